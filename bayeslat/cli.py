@@ -1,0 +1,113 @@
+"""The ``bayeslat`` command line: a thin argparse front end.
+
+Every sub-command's arguments are declared here; the work is done by ``cli_<command>(args)``
+in the domain module named in ``COMMANDS`` (imported lazily, so ``bayeslat specs`` never
+imports PyMC). Each returns the process exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "specs": "bayeslat.specs",
+    "ingest": "bayeslat.ingest",
+    "fit": "bayeslat.model",
+    "diagnose": "bayeslat.diagnose",
+    "export": "bayeslat.export",
+    "predict": "bayeslat.simulate",
+    "validate": "bayeslat.validate",
+    "check": "bayeslat.transfer",
+    "update": "bayeslat.transfer",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bayeslat", description="Bayesian latency models for vLLM serving.")
+    p.add_argument("--version", action="store_true", help="print the package version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("specs", help="derived quantities of a deployment (params, bytes, FLOPs, kv_blocks)")
+    s.add_argument("--model", required=True, help="HuggingFace config.json (or a spec key under specs/models)")
+    s.add_argument("--hardware", required=True, help="GPU datasheet JSON (or a key under specs/hardware)")
+    s.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (overrides --server)")
+    s.add_argument("--server", default=None, help="server config YAML (specs/servers/SCHEMA.md)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    s = sub.add_parser("ingest", help="parse vLLM traces / lifecycle data into validated tables")
+    s.add_argument("paths", nargs="+", help="trace files (OTLP JSON lines, kv_events.jsonl, inference-perf per-request JSON; .gz ok)")
+    s.add_argument("--experiment", required=True, help="experiment YAML (server config + model + hardware + workload)")
+    s.add_argument("--out", required=True, help="output directory for the Parquet tables and report.json")
+    s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
+
+    s = sub.add_parser("fit", help="fit the hierarchical model with NUTS and write netCDF")
+    s.add_argument("--data", default="bundled", help="'bundled' (real data shipped with bayeslat) or a directory of ingested tables")
+    s.add_argument("--runs", nargs="*", default=None, help="restrict to these run ids (substring match)")
+    s.add_argument("--exclude", nargs="*", default=None, help="exclude these run ids (substring match)")
+    s.add_argument("--out", default="models/default.nc", help="netCDF output path")
+    s.add_argument("--backend", default=None, choices=["nutpie", "pymc", "numpyro"], help="NUTS backend")
+    s.add_argument("--draws", type=int, default=None)
+    s.add_argument("--tune", type=int, default=None)
+    s.add_argument("--chains", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("diagnose", help="R-hat, ESS, divergences, BFMI, tree depth, PSIS-LOO, ARD")
+    s.add_argument("model", help="fitted netCDF")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("export", help="export posterior coefficients")
+    s.add_argument("model", help="fitted netCDF")
+    s.add_argument("--group", default=None, help="hardware/model_class[/regime], e.g. 'H100 SXM/dense'")
+    s.add_argument("--format", default="json", choices=["json", "yaml", "blis"])
+    s.add_argument("--out", default=None, help="write to this file instead of stdout")
+
+    s = sub.add_parser("predict", help="posterior predictive TTFT / ITL / E2E of a workload")
+    s.add_argument("spec", help="SPEC.yaml naming model, hardware, server and workload")
+    s.add_argument("--model", default=None, help="fitted netCDF (default: the shipped default fit)")
+    s.add_argument("--draws", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("validate", help="predict every real run and compare with the observed aggregates")
+    s.add_argument("--suite", default="replay", help="replay | aggregate | all | loro | lomo | lowo")
+    s.add_argument("--model", default=None, help="fitted netCDF (default: shipped default; CV modes refit)")
+    s.add_argument("--draws", type=int, default=8)
+    s.add_argument("--runs", nargs="*", default=None, help="restrict to these runs (substring match)")
+    s.add_argument("--out", default=None, help="write the JSON report here")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("check", help="transfer-failure check of a configuration before deployment")
+    s.add_argument("spec", help="SPEC.yaml")
+    s.add_argument("--model", default=None)
+    s.add_argument("--probe", nargs="*", default=None, help="probe traces / per-request data of a short run")
+    s.add_argument("--draws", type=int, default=20)
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("update", help="condition a fitted posterior on a probe run")
+    s.add_argument("model", help="fitted netCDF")
+    s.add_argument("--probe", nargs="+", required=True)
+    s.add_argument("--spec", required=True, help="SPEC.yaml of the probed configuration")
+    s.add_argument("--out", required=True)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from bayeslat import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command])
+    return int(getattr(module, f"cli_{args.command}")(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
