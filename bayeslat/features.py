@@ -226,3 +226,62 @@ def batch_stats(new_tokens, context_before, is_prefill, offload_tokens=0.0, n_pr
     out[6] = offload_tokens
     out[7] = n_preempted
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployment constants from specs (issue 2)
+# ---------------------------------------------------------------------------------------------
+def feature_context(model, hw, server) -> FeatureContext:
+    """The :class:`FeatureContext` of a deployment (``specs.ModelSpec`` x ``specs.HardwareSpec`` x
+    ``specs.ServerConfig``), per GPU after TP / EP sharding, in the units the kernel uses:
+
+    - ``peak_flops_per_us``: dense tensor-core FLOP/us; the FP8 peak when linear weights are 1 byte.
+    - ``hbm_bytes_per_us``, ``pcie_bytes_per_us``: datasheet bandwidths in bytes/us;
+      ``link_bytes_per_us``: NVLink if the sheet lists it (> 0), else PCIe.
+    - ``linear_flops_per_token``: 2 x active linear params / TP (top-k experts, no lm_head).
+    - ``attn_flops_per_pair``: L x 2 x (qk_dim + v_dim) x heads / TP (QK^T + PV per query-key pair).
+    - ``lm_head_flops_per_seq``: 2 x hidden x vocab / TP per sampled sequence.
+    - ``dense_weight_bytes``: weight bytes read every step with tokens (all but routed experts and
+      the input embedding table); ``expert_weight_bytes``: routed experts held by the GPU, of which
+      the kernel charges the expected fraction touched ``1 - (1 - k/E)**tokens``.
+    - ``kv_bytes_per_token``: KV bytes of one token over all layers on the GPU (model dtype, or 1
+      byte for ``kv_cache_dtype: fp8*``; MLA: compressed latent).
+    - ``allreduce_bytes_per_token``: ``2 (tp-1)/tp * hidden * act_bytes`` x 2 all-reduces x L.
+    - ``dispatch_bytes_per_token``: EP all-to-all (dispatch + combine) bytes over the MoE layers,
+      0 unless ``expert_parallel`` spreads experts over TP x DP > 1 GPUs.
+
+    Raises SpecError (naming ``tensor_parallel``) when TP cannot shard the model.
+    """
+    from bayeslat import specs as _s
+
+    _s.validate_deployment(model, server)
+    tp, ep = server.tensor_parallel, server.ep_size
+    w = _s.weight_bytes_per_gpu(model, tp, ep)
+    kvb = _s.kv_dtype_bytes(model, server)
+    link = hw.nvlink_bandwidth if hw.nvlink_bandwidth > 0 else hw.pcie_bandwidth
+    return FeatureContext(
+        peak_flops_per_us=hw.peak_flops(model.weight_bytes) / 1e6,
+        hbm_bytes_per_us=hw.hbm_bandwidth / 1e6,
+        link_bytes_per_us=link / 1e6,
+        pcie_bytes_per_us=hw.pcie_bandwidth / 1e6,
+        linear_flops_per_token=_s.linear_flops_per_token(model, tp),
+        attn_flops_per_pair=_s.attn_flops_per_pair(model, tp),
+        lm_head_flops_per_seq=_s.lm_head_flops_per_seq(model, tp),
+        dense_weight_bytes=w["dense"],
+        expert_weight_bytes=w["experts"],
+        num_experts=float(model.num_experts if model.model_class == "moe" else 0),
+        experts_per_token=float(model.experts_per_token if model.model_class == "moe" else 0),
+        kv_bytes_per_token=_s.kv_bytes_per_token(model, tp, kvb),
+        allreduce_bytes_per_token=_s.allreduce_bytes_per_token(model, tp),
+        dispatch_bytes_per_token=_s.dispatch_bytes_per_token(model, ep),
+        num_layers=float(model.num_layers),
+        num_moe_layers=float(model.num_moe_layers),
+    )
+
+
+def deployment_context(model, hw, server):
+    """``(feature_context(model, hw, server), kv_blocks)``: the kernel constants and the GPU
+    KV-cache capacity in blocks (``specs.kv_blocks``)."""
+    from bayeslat import specs as _s
+
+    return feature_context(model, hw, server), _s.kv_blocks(model, hw, server)

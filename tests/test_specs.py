@@ -1,0 +1,198 @@
+"""Spec loaders, validation errors, derived quantities and the `bayeslat specs` CLI."""
+import json
+
+import pytest
+
+from bayeslat import specs as S
+from bayeslat.cli import main
+from bayeslat.errors import SpecError
+
+MODEL_KEYS = sorted(p.parent.name for p in (S.specs_dir() / "models").glob("*/config.json"))
+DEPLOYMENTS = [  # (server yaml key, vLLM-reported GPU KV blocks, H100 SXM, gmu 0.9, block 16)
+    ("llama-2-7b-tp1", "llama-2-7b-hf", 7462),
+    ("codellama-34b-tp2", "codellama-34b-instruct-hf", 26602),
+    ("mixtral-8x7b-tp2", "mixtral-8x7b-v0.1", 27510),
+    ("llama-2-70b-tp4", "llama-2-70b-hf", 31356),
+]
+
+
+def test_every_bundled_config_loads():
+    assert len(MODEL_KEYS) == 14
+    for key in MODEL_KEYS:
+        m = S.load_model(key)
+        p = S.param_counts(m)
+        assert 0 < p["active"] <= p["total"]
+        assert m.model_class in ("dense", "moe")
+        assert S.kv_bytes_per_token(m) > 0
+
+
+def test_llama2_7b_params_and_kv():
+    m = S.load_model("llama-2-7b-hf")
+    assert m.model_class == "dense"
+    assert S.param_counts(m)["total"] == pytest.approx(6.74e9, rel=0.01)
+    # 32 layers * 2 (K,V) * 32 heads * 128 dims * 2 bytes
+    assert S.kv_bytes_per_token(m) == 524_288
+    assert S.kv_bytes_per_token(m, tp=2) == 262_144
+
+
+def test_mixtral_params():
+    m = S.load_model("mixtral-8x7b-v0.1")
+    p = S.param_counts(m)
+    assert m.model_class == "moe" and m.num_moe_layers == 32
+    assert p["total"] == pytest.approx(46.7e9, rel=0.02)
+    assert p["active"] == pytest.approx(12.9e9, rel=0.02)
+
+
+def test_moe_variants_and_mla():
+    ds = S.load_model("deepseek-v2-lite")
+    assert ds.is_mla and ds.num_moe_layers == 26  # first_k_dense_replace=1 of 27
+    assert ds.shared_intermediate_size == 2 * 1408
+    assert S.kv_bytes_per_token(ds) == 27 * (512 + 64) * 2  # compressed latent
+    assert S.kv_bytes_per_token(ds, tp=4) == S.kv_bytes_per_token(ds)  # replicated under TP
+    scout = S.load_model("llama-4-scout-17b-16e-instruct-fp8-dynamic")  # text_config nesting
+    assert scout.hidden_size == 5120 and scout.num_moe_layers == 48 and scout.weight_bytes == 1.0
+    assert scout.attn_weight_bytes == 2.0  # attention projections in the quant ignore list
+    p = S.param_counts(scout)
+    assert p["total"] == pytest.approx(107.8e9, rel=0.02) and p["active"] == pytest.approx(17.2e9, rel=0.03)
+    q3 = S.load_model("qwen3-30b-a3b")
+    assert S.param_counts(q3)["total"] == pytest.approx(30.5e9, rel=0.02)
+    assert S.load_model("glm-5.2-fp8").weight_bytes == 1.0
+    assert S.load_model("mistral-nemo-instruct-2407").head_dim == 128  # explicit head_dim != h/heads
+
+
+def test_int4_quantization_bytes():
+    cfg = json.loads((S.specs_dir() / "models" / "llama-2-7b-hf" / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    m = S.model_from_config(cfg, file="x.json")
+    assert m.weight_bytes == 0.5
+    assert S.weight_bytes_per_gpu(m)["total"] < 0.35 * S.param_counts(m)["total"] * 2
+
+
+def test_h100_datasheet():
+    hw = S.load_hardware("h100-sxm")
+    assert hw.bf16_flops == pytest.approx(989.5e12)  # 1979 with sparsity / 2
+    assert hw.fp8_flops == pytest.approx(1979e12)
+    assert hw.hbm_bandwidth == pytest.approx(3.35e12)
+    assert hw.visible_memory_bytes / 2**30 == pytest.approx(79.2)
+    assert hw.link_bandwidth == 900e9
+    assert S.load_hardware("l40s").link_bandwidth == 64e9  # no NVLink -> PCIe
+
+
+@pytest.mark.parametrize("server_key,model_key,reported", DEPLOYMENTS)
+def test_kv_blocks_match_vllm(server_key, model_key, reported):
+    server = S.load_server(server_key)
+    assert server.model == model_key
+    blocks = S.kv_blocks(S.load_model(model_key), S.load_hardware("h100-sxm"), server)
+    assert abs(blocks - reported) / reported < 0.03
+
+
+def test_kv_blocks_override_and_cpu_blocks():
+    m, hw = S.load_model("llama-2-7b-hf"), S.load_hardware("h100-sxm")
+    assert S.kv_blocks(m, hw, S.load_server({"kv_blocks": 123})) == 123
+    assert S.cpu_kv_blocks(m, S.load_server({"cpu_offload_gb": 8})) == 1023  # as vLLM reported
+    assert S.cpu_kv_blocks(m, S.load_server({"cpu_kv_blocks": 7})) == 7
+    # less memory for KV with a bigger step budget, more with lower utilisation
+    a = S.kv_blocks(m, hw, S.load_server({"max_num_batched_tokens": 8192, "max_num_seqs": 128}))
+    b = S.kv_blocks(m, hw, S.load_server({"max_num_batched_tokens": 2048, "max_num_seqs": 128}))
+    assert a < b
+
+
+def test_server_defaults_and_validation(tmp_path):
+    s = S.load_server(None)
+    assert (s.block_size, s.gpu_memory_utilization, s.tensor_parallel, s.prefix_caching) == (16, 0.9, 1, True)
+    assert S.load_server({"tensor_parallel_size": 2}).tensor_parallel == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tensor_parallel: 2\nbogus_knob: 3\n")
+    with pytest.raises(SpecError) as e:
+        S.load_server(bad)
+    assert e.value.file == str(bad) and e.value.field == "bogus_knob" and str(bad) in str(e.value)
+    with pytest.raises(SpecError, match="gpu_memory_utilization"):
+        S.load_server({"gpu_memory_utilization": 1.5})
+
+
+def test_tp_not_dividing_heads(tmp_path):
+    f = tmp_path / "tp3.yaml"
+    f.write_text("tensor_parallel: 3\n")
+    with pytest.raises(SpecError) as e:
+        S.validate_deployment(S.load_model("llama-2-7b-hf"), S.load_server(f))
+    assert e.value.field == "tensor_parallel" and str(f) in str(e.value)
+    # 8 KV heads < TP 16: allowed (vLLM replicates KV heads) since 16 is a multiple of 8
+    S.validate_deployment(S.load_model("llama-2-70b-hf"), S.load_server({"tensor_parallel": 16}))
+    with pytest.raises(SpecError, match="num_key_value_heads"):
+        S.validate_deployment(S.load_model("qwen2.5-7b-instruct"), S.load_server({"tensor_parallel": 7}))
+
+
+def test_malformed_config(tmp_path):
+    f = tmp_path / "config.json"
+    f.write_text("{\"hidden_size\": 4096,")
+    with pytest.raises(SpecError) as e:
+        S.load_model(f)
+    assert str(f) in str(e.value) and "invalid JSON" in str(e.value)
+    f.write_text(json.dumps({"hidden_size": 4096, "num_attention_heads": 32, "vocab_size": 32000}))
+    with pytest.raises(SpecError) as e:
+        S.load_model(f)
+    assert e.value.field == "num_hidden_layers" and str(f) in str(e.value)
+    f.write_text(json.dumps({"text_config": {"hidden_size": 4096, "num_attention_heads": 32, "vocab_size": 1}}))
+    with pytest.raises(SpecError) as e:
+        S.load_model(f)
+    assert e.value.field == "text_config.num_hidden_layers"
+
+
+def test_unknown_datasheet_field(tmp_path):
+    sheet = json.loads((S.specs_dir() / "hardware" / "h100-sxm.json").read_text())
+    sheet["memory"]["colour"] = "green"
+    f = tmp_path / "sheet.json"
+    f.write_text(json.dumps(sheet))
+    with pytest.raises(SpecError) as e:
+        S.load_hardware(f)
+    assert e.value.field == "memory.colour" and str(f) in str(e.value)
+    del sheet["memory"]["colour"]
+    sheet["price"] = 1
+    f.write_text(json.dumps(sheet))
+    with pytest.raises(SpecError, match="price"):
+        S.load_hardware(f)
+    del sheet["price"]
+    del sheet["memory"]["bandwidth_tb_s"]
+    f.write_text(json.dumps(sheet))
+    with pytest.raises(SpecError, match="memory.bandwidth_tb_s"):
+        S.load_hardware(f)
+
+
+def test_step_quantities_hand_computed():
+    m = S.load_model("llama-2-7b-hf")
+    # one decode at context 99 (100 pairs) + one prefill of 10 new tokens on 0 context (55 pairs)
+    fl = S.step_flops(m, [1, 10], [99, 0], [False, True])
+    lin_tok = 2 * 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    assert fl["linear"] == pytest.approx(11 * lin_tok)
+    assert fl["attention"] == pytest.approx(155 * 32 * 4 * 32 * 128)
+    assert fl["lm_head"] == pytest.approx(2 * 2 * 4096 * 32000)
+    by = S.step_bytes(m, [1, 10], [99, 0], [False, True])
+    assert by["kv_read"] == pytest.approx(100 * 524_288) and by["kv_write"] == pytest.approx(11 * 524_288)
+    assert S.allreduce_bytes(m, 10, tp=1) == 0.0
+    assert S.allreduce_bytes_per_token(m, tp=2) == pytest.approx(2 * 0.5 * 4096 * 2 * 2 * 32)
+    mx = S.load_model("mixtral-8x7b-v0.1")
+    assert S.dispatch_bytes(mx, 10, ep=1) == 0.0
+    assert S.dispatch_bytes_per_token(mx, ep=2) == pytest.approx(2 * 2 * 4096 * 2 * 0.5 * 32)
+    assert S.offload_bytes(m, 16) == 16 * 524_288
+    assert S.expected_experts_touched(mx, 1) == pytest.approx(0.25)
+    w1, w2 = S.weight_bytes_per_gpu(mx, 2), S.weight_bytes_per_gpu(mx, 2, ep=2)
+    assert w1["experts"] == pytest.approx(w2["experts"])
+
+
+def test_cli_specs_json(capsys):
+    rc = main(["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--server", "llama-2-7b-tp1", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert abs(out["kv_blocks"] - 7462) / 7462 < 0.03
+    assert out["params_total"] == pytest.approx(6.74e9, rel=0.01)
+    assert out["feature_context"]["kv_bytes_per_token"] == 524_288
+    rc = main(["specs", "--model", "mixtral-8x7b-v0.1", "--hardware", "h100-sxm", "--tp", "2"])
+    assert rc == 0 and "kv_blocks" in capsys.readouterr().out
+
+
+def test_cli_specs_error(capsys, tmp_path):
+    rc = main(["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--tp", "3", "--json"])
+    assert rc == 2
+    assert "tensor_parallel" in capsys.readouterr().err
+    rc = main(["specs", "--model", str(tmp_path / "nope.json"), "--hardware", "h100-sxm"])
+    assert rc == 2
