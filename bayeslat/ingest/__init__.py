@@ -1,0 +1,163 @@
+"""Trace ingestion: vLLM OTLP journey/step traces, KV event streams and inference-perf data ->
+validated tables (see :mod:`bayeslat.ingest.tables` for the schemas).
+
+``ingest(paths, experiment=None, out=None) -> IngestResult`` detects each file's kind by content
+(:func:`detect_kind`), parses it streaming (gzip by magic bytes), counts every record as kept or
+skipped with a reason (:class:`IngestReport`), and returns the tables (pandas) or, with ``out``,
+writes them as Parquet (``<table>.parquet``; the big tables are written incrementally so memory
+does not grow with the file size) plus ``report.json``.
+
+Modules: :mod:`.otlp` (journey + step traces), :mod:`.kvevents`, :mod:`.inference_perf`,
+:mod:`.experiment`, :mod:`.tables`, :mod:`.report`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayeslat.errors import IngestError
+
+from . import tables
+from ._io import detect_kind, open_binary
+from .experiment import experiments_row, load_experiment
+from .inference_perf import lifecycle_aggregates, load_json, parse_replay, replay_frame
+from .kvevents import KvState
+from .otlp import OtlpState
+from .report import IngestReport
+from .tables import SCHEMAS, TABLES, check_schema, read_table
+
+__all__ = ["ingest", "IngestResult", "IngestReport", "cli_ingest", "detect_kind", "check_schema", "read_table",
+           "SCHEMAS", "TABLES", "load_experiment", "replay_frame", "lifecycle_aggregates", "tables"]
+
+STREAMED = ("request_events", "steps", "step_requests", "kv_steps")
+
+
+@dataclass
+class IngestResult:
+    report: IngestReport
+    tables: dict = field(default_factory=dict)  # name -> DataFrame (out=None) or Path (out given)
+
+    def __getitem__(self, name):
+        return self.tables[name]
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suf in (".gz", ".jsonl", ".json", ".otlp"):
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+    return name
+
+
+def _gt_partner(path: str) -> str:
+    return _stem(path) + "_ground_truth"
+
+
+def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path | None = None,
+           block_bytes: float | None = None, chunk_rows: int = 50_000) -> IngestResult:
+    report = IngestReport()
+    exp = None
+    if isinstance(experiment, dict):
+        exp = experiment
+    elif experiment is not None:
+        exp = load_experiment(experiment)
+    run = exp["name"] if exp else None
+    if exp and block_bytes is None:
+        block_bytes = exp["server"].get("kv_block_bytes")
+    outdir = Path(out) if out is not None else None
+    if outdir is not None:
+        outdir.mkdir(parents=True, exist_ok=True)
+    sinks = {n: tables.TableSink(n, outdir / f"{n}.parquet" if outdir else None, chunk_rows) for n in STREAMED}
+    otlp = OtlpState(report, sinks, outdir)
+    kv = KvState(report)
+
+    kinds = {}
+    for p in map(str, paths):
+        try:
+            kinds[p] = detect_kind(p)
+        except (OSError, EOFError) as e:
+            report.error(p, f"unreadable: {e}")
+    gts = {_stem(p): p for p, k in kinds.items() if k == "ground_truth"}
+    used_gt = set()
+    frames = []
+    for p, k in kinds.items():
+        r = run or _stem(p)
+        try:
+            if k == "otlp":
+                otlp.parse_file(p, r)
+            elif k == "kv_events":
+                kv.parse_file(p, r)
+            elif k == "replay":
+                gt = gts.get(_gt_partner(p))
+                if gt:
+                    used_gt.add(gt)
+                frames.append(parse_replay(p, report, ground_truth=gt, run=run,
+                                           profile=(exp or {}).get("workload")))
+            elif k == "lifecycle":
+                report.file_kind[p] = "lifecycle"
+                report.aggregates[p] = lifecycle_aggregates(load_json(p))
+                report.keep(p, "aggregate")
+            elif k == "ground_truth":
+                continue
+            else:
+                report.file_kind[p] = "unknown"
+                report.skip(p, 1, "file", "unknown_record", "not an OTLP trace, KV event stream or inference-perf file")
+        except (OSError, EOFError) as e:
+            report.error(p, f"unreadable: {e}")
+        except (ValueError, KeyError, TypeError) as e:  # a whole-document file that does not parse
+            report.file_kind[p] = k
+            report.skip(p, 1, "file", "invalid_json", f"{e!r}")
+    for p in gts.values():
+        if p not in used_gt:
+            report.file_kind[p] = "ground_truth"
+            report.skip(p, 1, "file", "unknown_record", "ground truth without its replay file (<exp>.json.gz)")
+
+    req_dicts = otlp.finish_journey()
+    if req_dicts:
+        tr = tables.conform(pd.DataFrame(req_dicts), "requests")
+        arr = tr["arrival_ns"].astype("Float64")
+        first = arr.groupby([tr["run"], tr["source"]]).transform("min")
+        rel = ((arr - first) / 1000).round()
+        tr["arrival_us"] = rel.astype("Int64")
+        frames.insert(0, tr)
+    kv.finish(sinks["kv_steps"], block_bytes)
+    result = IngestResult(report)
+    requests = pd.concat(frames, ignore_index=True) if frames else tables.empty("requests")
+    requests = tables.conform(requests, "requests")
+    exps = experiments_row(exp) if exp else tables.empty("experiments")
+    for name, df in (("requests", requests), ("experiments", exps)):
+        report.tables[name] = len(df)
+        if outdir is not None:
+            tables.write_table(df, outdir / f"{name}.parquet", name)
+            result.tables[name] = outdir / f"{name}.parquet"
+        else:
+            result.tables[name] = df
+    for name, s in sinks.items():
+        if outdir is not None:
+            s.close()
+            result.tables[name] = s.path
+        else:
+            result.tables[name] = s.frame()
+        report.tables[name] = s.n
+    if outdir is not None:
+        (outdir / "report.json").write_text(report.to_json())
+    return result
+
+
+def cli_ingest(args) -> int:
+    """``bayeslat ingest PATHS --experiment YAML --out DIR [--json]``: 0 when every file was
+    read (skipped records are reported, not fatal), 2 on unreadable input."""
+    try:
+        res = ingest(args.paths, experiment=args.experiment, out=args.out)
+    except IngestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rep = res.report
+    print(rep.to_json() if getattr(args, "json", False) else rep.format())
+    return 0 if rep.ok else 2

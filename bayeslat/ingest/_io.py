@@ -1,0 +1,95 @@
+"""Line-by-line reading (gzip detected by magic bytes), JSON record iteration, kind detection."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+from .report import IngestReport
+
+GZIP_MAGIC = b"\x1f\x8b"
+DOC_MODE_MAX_BYTES = 256 << 20  # a pretty-printed (multi-line) JSON document is read whole up to this size
+_loads = json.loads
+
+
+def open_binary(path: str | Path) -> io.BufferedIOBase:
+    """Open ``path`` for binary reading, transparently gunzipping when it starts with the gzip
+    magic bytes (whatever its name)."""
+    f = open(path, "rb")
+    head = f.peek(2)[:2] if hasattr(f, "peek") else b""
+    if head == GZIP_MAGIC:
+        return io.BufferedReader(gzip.GzipFile(fileobj=f, mode="rb"), buffer_size=1 << 20)
+    return f
+
+
+def head_bytes(path: str | Path, n: int = 4096) -> bytes:
+    with open_binary(path) as f:
+        return f.read(n)
+
+
+def detect_kind(path: str | Path) -> str:
+    """``otlp`` | ``kv_events`` | ``replay`` | ``ground_truth`` | ``lifecycle`` | ``experiment`` |
+    ``unknown`` from the content (not the name)."""
+    h = head_bytes(path, 1 << 16).lstrip()
+    if not h:
+        return "unknown"
+    if h[:1] == b"[":
+        # kv events: [ts, [events...], ...]; ground truth: [{"index": ...}, ...]
+        rest = h[1:].lstrip()
+        if rest[:1] == b"{":
+            return "ground_truth"
+        return "kv_events"
+    if h[:1] == b"{":
+        if b'"resourceSpans"' in h:
+            return "otlp"
+        if b'"requests"' in h or b'"experiment"' in h:
+            return "replay"
+        if b'"successes"' in h or b'"load_summary"' in h or b'"failures"' in h:
+            return "lifecycle"
+        return "unknown"
+    if b"server:" in h or b"model:" in h:
+        return "experiment"
+    return "unknown"
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield (line number from 1, raw bytes, terminated-by-newline)."""
+    with open_binary(path) as f:
+        for i, raw in enumerate(f, 1):
+            yield i, raw, raw.endswith(b"\n")
+
+
+def iter_json_records(path: str | Path, report: IngestReport, file: str) -> Iterator[tuple[int, object]]:
+    """Yield (line, parsed JSON) for every non-blank line. Lines that do not parse are skipped
+    (``invalid_json``, or ``truncated_line`` for an unterminated last line) and reported. A file
+    whose first line is not JSON but which is one (pretty-printed) JSON document is yielded as a
+    single record at line 1."""
+    first = True
+    for lineno, raw, terminated in iter_lines(path):
+        if not raw.strip():
+            continue
+        report.lines[file] = lineno
+        try:
+            obj = _loads(raw)
+        except ValueError as e:
+            if first and Path(path).stat().st_size <= DOC_MODE_MAX_BYTES:
+                try:
+                    with open_binary(path) as f:
+                        doc = _loads(f.read())
+                except ValueError:
+                    doc = None
+                if doc is not None:
+                    report.note(f"{file}: read as one multi-line JSON document")
+                    report.lines[file] = 1
+                    yield 1, doc
+                    return
+            first = False
+            if not terminated:
+                report.skip(file, lineno, "line", "truncated_line", f"last line has no newline and is cut off ({len(raw)} bytes): {e}")
+            else:
+                report.skip(file, lineno, "line", "invalid_json", str(e))
+            continue
+        first = False
+        yield lineno, obj
