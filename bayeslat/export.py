@@ -1,0 +1,241 @@
+"""Export posterior coefficients of one group: bayeslat json / yaml, or BLIS trained-physics flags.
+
+bayeslat format (``FORMAT``, read by :mod:`bayeslat.latency`): per regime and feature the
+posterior mean, sd and 90% interval (q05, q95) of the coefficient in ms per scaled unit, the
+feature definitions (name, unit, scale, doc), the spec version, the group (with the levels that
+were not in the fit and were drawn from the population distribution) and the fit's attributes.
+
+BLIS format (``fmt="blis"``): ``--alpha-coeffs a0,a1,a2 --beta-coeffs b0..b9`` in microseconds,
+posterior means, BLIS index order (``shared/BLIS_BASIS.md``). Conversion: a coefficient ``c`` (ms
+per scaled unit) times ``1000 / scale`` is microseconds per raw unit, which for our roofline
+features (raw us, scale 1000) is ``c`` itself (a dimensionless efficiency, as in BLIS), and for
+count features is us per layer / request / step. BLIS has one coefficient per term, ours vary by
+regime: the exported value is the **load-weighted** average ``sum_r w_rf c_rf`` with ``w_rf`` the
+share of feature f's total (scaled) value in the fit rows of this group that fell in regime r,
+so the exported term reproduces feature f's total contribution on the fit data (uniform weights
+if the group has no rows). Terms that do not map one to one are listed in ``BLIS_NOTES``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bayeslat import features as F
+from bayeslat.errors import SpecError
+
+FORMAT = "bayeslat-coefficients/1"
+
+# BLIS beta index -> our feature (None: no counterpart)
+BLIS_BETA = ("prefill_compute", "decode_compute", "weight_load", "tp_comm", "layer_overhead", "request_overhead",
+             "step_overhead", "moe_layer_overhead", "prefill_kv", "decode_kv")
+BLIS_NOTES = (
+    "tp_comm: ours divides all-reduce bytes by the interconnect (NVLink) bandwidth, BLIS's by HBM "
+    "bandwidth; exported b3 = c_tp_comm * hbm_bw / link_bw of the group's GPU datasheet.",
+    "weight_load: for MoE ours counts the experts touched by the step's tokens, BLIS all experts held "
+    "per GPU; b2 is exported unchanged (BLIS's term is larger for small MoE batches).",
+    "prefill_overhead (per prefill request) has no BLIS term: folded into b5 (per request) with the "
+    "fit rows' ratio of prefill requests to all requests.",
+    "moe_dispatch (EP all-to-all) is dropped (BLIS's optional b10 defaults to b3 and only acts at DP>1).",
+    "kv_offload is dropped: BLIS adds CPU<->GPU KV transfers in its tiered KV cache, not in the step.",
+    "decode_kv: BLIS also counts the new token's KV write; the difference is one token per request.",
+    "alpha: a0 = const + prompt term at the fit rows' mean prompt length + queue term at the mean queue "
+    "depth (us); a1 = a2 = 0 because our step time already contains output processing (request_overhead).",
+)
+
+
+def _parse_group(group) -> tuple[str, str]:
+    if isinstance(group, str):
+        parts = [p.strip() for p in group.split("/")]
+        if len(parts) < 2:
+            raise SpecError(f"group must read 'hardware/model_class', got {group!r}", field="group")
+        return parts[0], parts[1]
+    return str(group[0]), str(group[1])
+
+
+def _attrs(idata) -> dict:
+    out = {}
+    for k, v in idata.attrs.items():
+        if isinstance(v, str) and v[:1] in "[{":
+            try:
+                out[k] = json.loads(v)
+                continue
+            except json.JSONDecodeError:
+                pass
+        out[k] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def _summ(x: np.ndarray) -> dict:
+    return {"mean": float(np.mean(x)), "sd": float(np.std(x, ddof=1)) if x.size > 1 else 0.0,
+            "q05": float(np.quantile(x, 0.05)), "q95": float(np.quantile(x, 0.95))}
+
+
+def coefficients(idata, group=("H100 SXM", "dense"), n: int | None = None, seed: int = 0) -> dict:
+    """The bayeslat export as a dict (see module docstring)."""
+    from bayeslat.model import coefficient_draws
+
+    hw, cls = _parse_group(group)
+    cd = coefficient_draws(idata, hw, cls, n=n, seed=seed)
+    beta = {}
+    for r, reg in enumerate(F.REGIMES):
+        beta[reg] = {}
+        for f, name in enumerate(F.BETA_NAMES):
+            beta[reg][name] = dict(_summ(cd.beta[:, r, f]), unit=f"ms per {F.BETA_SCALE[f]:g} {F.BETA_UNITS[f]}")
+    alpha = {name: dict(_summ(cd.alpha[:, a]), unit=f"ms per {F.ALPHA_SCALE[a]:g} {F.ALPHA_UNITS[a]}")
+             for a, name in enumerate(F.ALPHA_NAMES)}
+    return {
+        "format": FORMAT,
+        "spec_version": F.SPEC_VERSION,
+        "group": {"hardware": hw, "model_class": cls, "new_levels": list(cd.new_levels), "draws": int(cd.beta.shape[0])},
+        "beta": beta,
+        "alpha": alpha,
+        "noise": {"sigma_rel_step": _summ(cd.sigma_rel), "nu": _summ(cd.nu)},
+        "features": {
+            "beta": [{"name": n_, "unit": u, "scale": float(s), "doc": F.BETA_DOC[n_]}
+                     for n_, u, s in zip(F.BETA_NAMES, F.BETA_UNITS, F.BETA_SCALE)],
+            "alpha": [{"name": n_, "unit": u, "scale": float(s), "doc": F.ALPHA_DOC[n_]}
+                      for n_, u, s in zip(F.ALPHA_NAMES, F.ALPHA_UNITS, F.ALPHA_SCALE)],
+            "stats": list(F.STATS),
+            "regimes": list(F.REGIMES),
+        },
+        "fit": _attrs(idata),
+    }
+
+
+def _group_rows(idata, hw: str, cls: str):
+    if "constant_data" not in idata.groups():
+        return None
+    cdata = idata.constant_data
+    hw_levels = [str(v) for v in idata.posterior.coords["hardware"].values]
+    cls_levels = [str(v) for v in idata.posterior.coords["model_class"].values]
+    X = cdata["X"].values
+    A = cdata["A"].values
+    if hw in hw_levels and cls in cls_levels:
+        m = (cdata["hw"].values == hw_levels.index(hw)) & (cdata["cls"].values == cls_levels.index(cls))
+        if m.any():
+            return X[m], A[m]
+    return X, A
+
+
+def _link_hbm_ratio(hw: str) -> float | None:
+    """hbm_bw / link_bw of a GPU datasheet under specs/hardware (None if not found)."""
+    root = Path(__file__).resolve().parent.parent / "specs" / "hardware"
+    for p in sorted(root.glob("*.json")) if root.exists() else []:
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if d.get("name") == hw:
+            hbm = float(d["memory"]["bandwidth_tb_s"]) * 1e12
+            ic = d.get("interconnect", {})
+            link = float(ic.get("nvlink_bandwidth_gb_s") or ic.get("pcie_bandwidth_gb_s")) * 1e9
+            return hbm / link
+    return None
+
+
+def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float | None = None) -> dict:
+    """BLIS trained-physics alpha (3) and beta (10) coefficients in microseconds (posterior means)."""
+    from bayeslat.model import coefficient_draws
+
+    hw, cls = _parse_group(group)
+    cd = coefficient_draws(idata, hw, cls)
+    c = cd.beta.mean(axis=0)  # (R, F) ms per scaled unit
+    rows = _group_rows(idata, hw, cls)
+    if rows is not None:
+        load = rows[0].sum(axis=0)  # (R, F) scaled feature totals per regime
+    else:
+        load = np.ones_like(c)
+    tot = load.sum(axis=0)
+    w = np.where(tot > 0, load / np.where(tot > 0, tot, 1.0), 1.0 / len(F.REGIMES))
+    c_feat = (w * c).sum(axis=0)  # (F,) ms per scaled unit
+    us_per_raw = c_feat * 1000.0 / F.BETA_SCALE
+    B = F.B
+    betas = [float(us_per_raw[B[name]]) for name in BLIS_BETA]
+    ratio = hbm_over_link if hbm_over_link is not None else _link_hbm_ratio(hw)
+    notes = list(BLIS_NOTES)
+    if ratio is None:
+        ratio = 1.0
+        notes.append(f"no datasheet for {hw!r}: tp_comm exported without the HBM/link rescale")
+    betas[3] *= ratio
+    # fold prefill_overhead (us per prefill request) into per-request overhead
+    if rows is not None:
+        X = rows[0].sum(axis=1)  # (n, F) scaled
+        n_req = X[:, B["request_overhead"]].sum() * F.BETA_SCALE[B["request_overhead"]]
+        n_pf = X[:, B["prefill_overhead"]].sum() * F.BETA_SCALE[B["prefill_overhead"]]
+        frac = n_pf / n_req if n_req > 0 else 0.0
+    else:
+        frac = 0.0
+    betas[5] += float(us_per_raw[B["prefill_overhead"]]) * frac
+    a = cd.alpha.mean(axis=0)  # ms per scaled unit
+    ref = np.array([1.0, 0.0, 0.0])
+    if rows is not None:
+        A = rows[1]
+        m = A[:, 0] > 0
+        if m.any():
+            ref = A[m].mean(axis=0)
+    a0 = float(a @ ref) * 1000.0
+    return {"alpha": [a0, 0.0, 0.0], "beta": betas, "group": [hw, cls], "new_levels": list(cd.new_levels),
+            "hbm_over_link": float(ratio), "prefill_fraction": float(frac),
+            "reference_alpha_features": ref.tolist(), "notes": notes}
+
+
+def export(idata, group=("H100 SXM", "dense"), fmt: str = "json") -> str:
+    """Coefficients of one group as text: ``fmt`` is "json", "yaml" or "blis"."""
+    if fmt == "json":
+        return json.dumps(coefficients(idata, group), indent=2, default=str) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(coefficients(idata, group), default=str)), sort_keys=False)
+    if fmt == "blis":
+        b = blis_coefficients(idata, group)
+        lines = [f"# bayeslat -> BLIS trained-physics coefficients (us), group {b['group'][0]}/{b['group'][1]}"
+                 + (f", new levels drawn from the population: {b['new_levels']}" if b["new_levels"] else ""),
+                 "# posterior means; regime coefficients averaged with feature-load weights of the fit rows"]
+        lines += ["# " + n for n in b["notes"]]
+        fmtn = lambda xs: ",".join(f"{x:.6g}" for x in xs)  # noqa: E731
+        lines.append(f"--alpha-coeffs {fmtn(b['alpha'])} --beta-coeffs {fmtn(b['beta'])}")
+        return "\n".join(lines) + "\n"
+    raise SpecError(f"unknown format {fmt!r} (json, yaml, blis)", field="format")
+
+
+def read_export(path) -> dict:
+    """Read a bayeslat json/yaml export; check its format tag."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text)
+    else:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError:
+            import yaml
+
+            d = yaml.safe_load(text)
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise SpecError(f"expected format {FORMAT!r}", file=str(path), field="format")
+    if d.get("spec_version") != F.SPEC_VERSION:
+        raise SpecError(f"spec_version {d.get('spec_version')!r} != {F.SPEC_VERSION!r}", file=str(path), field="spec_version")
+    return d
+
+
+def cli_export(args) -> int:
+    """``bayeslat export MODEL [--group H/C] [--format json|yaml|blis] [--out FILE]``."""
+    from bayeslat.model import load
+
+    idata = load(args.model)
+    group = args.group or "H100 SXM/dense"
+    text = export(idata, group, args.format)
+    if args.format == "blis":
+        print("note: " + "\nnote: ".join(BLIS_NOTES), file=sys.stderr)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,239 @@
+"""Run-level validation against real runs: predicted mean / p90 / p99 TTFT, ITL and E2E vs observed.
+
+Suites
+------
+``replay``     the 16 per-request runs, replaying their real arrivals and prompt lengths.
+``aggregate``  the 12 aggregate-only runs of ``trainval15`` (new models, TP 1/2/4, budgets
+               1024/2048/8192, FP8 MoE, CPU offload configured), generated from their
+               inference-perf profiles (their arrivals are not public).
+``all``        both.
+``loro`` / ``lomo`` / ``lowo``  cross-validation on the replay runs: leave one run / model /
+               workload out, refit the model on the rest, predict the held-out runs.
+
+Metric definitions (say which): TTFT and E2E are means over successful requests; ITL is the
+per-request ``(E2E - TTFT) / (output_tokens - 1)`` with the server's output count (repaired,
+see :mod:`bayeslat.datasets`), averaged over requests. For aggregate-only runs the observed
+``itl_mean`` was computed by the source with the client's re-tokenised counts, which inflates it
+(e.g. 10.58 ms recorded vs 8.35 ms true on Llama-2-7B codegen); it is reported but flagged
+``itl_definition = "client"`` and left out of the ITL medians.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("ttft", "itl", "e2e")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the simulator needs for one configuration."""
+
+    name: str
+    model_spec: str
+    hardware_spec: str
+    hardware: str
+    model_class: str
+    server: dict
+    ctx: object
+    kv_blocks: int
+
+
+def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> Deployment:
+    """Build a :class:`Deployment` from spec keys (or paths) and a server dict; ``server['kv_blocks']``
+    overrides the derived KV capacity."""
+    from bayeslat import features, specs
+
+    model = specs.load_model(model_spec)
+    hw = specs.load_hardware(hardware_spec)
+    srv = specs.load_server(server)
+    ctx = features.feature_context(model, hw, srv)
+    kv = int(server.get("kv_blocks") or specs.kv_blocks(model, hw, srv))
+    sim_server = dict(
+        max_num_seqs=srv.max_num_seqs,
+        max_num_batched_tokens=srv.max_num_batched_tokens,
+        block_size=srv.block_size,
+        kv_blocks=kv,
+        cpu_kv_blocks=int(server.get("cpu_kv_blocks") or 0),
+        chunked_prefill=srv.chunked_prefill,
+        prefix_caching=srv.prefix_caching,
+    )
+    return Deployment(name or model_spec, model_spec, hardware_spec, hw.name, model.model_class, sim_server, ctx, kv)
+
+
+def _replay_cases(runs: list[str] | None):
+    from bayeslat import datasets, workload
+
+    out = []
+    for info in datasets.runs().to_dict("records"):
+        if runs and not any(r in info["run"] for r in runs):
+            continue
+        dep = deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
+        wl = workload.from_requests(datasets.requests(info["run"]))
+        obs = info["observed"]["all"]
+        observed = {f"{m}_{q}": obs[f"{m}_{q}"] for m in METRICS for q in ("mean", "p90", "p99")}
+        out.append(dict(run=info["run"], model=info["model"], workload=info["workload"], kind="replay",
+                        itl_definition="server", deployment=dep, workload_obj=wl, observed=observed,
+                        stress=info["workload"] == "reasoning"))
+    return out
+
+
+def _aggregate_cases(runs: list[str] | None, seed: int = 0):
+    from bayeslat import datasets, workload
+
+    out = []
+    for r in datasets.aggregate_runs():
+        if r.get("in_per_request_data") or not r.get("observed_ms"):
+            continue
+        if runs and not any(x in (r["name"] or r["id"]) for x in runs):
+            continue
+        server = dict(tensor_parallel=r["tensor_parallel"], max_num_seqs=r["max_num_seqs"],
+                      max_num_batched_tokens=r["max_num_batched_tokens"], max_model_len=4096,
+                      block_size=16, kv_blocks=r["gpu_kv_blocks"], cpu_kv_blocks=r.get("cpu_kv_blocks") or 0,
+                      prefix_caching=True, chunked_prefill=True)
+        dep = deployment(r["model_spec"], r["hardware_spec"], server, r["name"])
+        w = r["workload"]
+        profile = {"data": {"type": "shared_prefix", "shared_prefix": w["inference_perf"]["shared_prefix"]},
+                   "load": {"type": "constant", "stages": w["inference_perf"]["stages"]}}
+        wl = workload.from_inference_perf(profile, seed=int(w.get("seed", seed)), num_requests=w.get("num_requests"))
+        obs = r["observed_ms"]["all"]
+        observed = {f"{m}_{q}": obs.get(f"{m}_{q}") for m in METRICS for q in ("mean", "p90", "p99")}
+        name = r["name"]
+        out.append(dict(run=name, model=r["model_spec"], workload=name.split("-tp")[-1].split("-")[1] if "-tp" in name else "",
+                        kind="aggregate", itl_definition="client", deployment=dep, workload_obj=wl,
+                        observed=observed, stress="reasoning" in name))
+    return out
+
+
+def predict_case(case: dict, idata, draws: int, seed: int) -> dict:
+    """Posterior predictive of one case; returns the prediction dict of ``simulate.posterior_predictive``."""
+    from bayeslat import model, simulate
+
+    dep = case["deployment"]
+    cd = model.coefficient_draws(idata, dep.hardware, dep.model_class, n=draws, seed=seed)
+    return simulate.posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
+
+
+def compare(case: dict, pred: dict) -> dict:
+    """Signed % errors and interval containment of one case."""
+    row = {k: case[k] for k in ("run", "model", "workload", "kind", "itl_definition", "stress")}
+    row["new_levels"] = ",".join(pred.get("new_levels", []))
+    for m in METRICS:
+        p = pred[f"{m}_ms"]
+        for q in ("mean", "p90", "p99"):
+            o = case["observed"].get(f"{m}_{q}")
+            row[f"{m}_{q}_obs"] = o
+            row[f"{m}_{q}_pred"] = p.get(q)
+            row[f"{m}_{q}_err_pct"] = 100.0 * (p[q] - o) / o if o else np.nan
+        lo, hi = p["mean_interval90"]
+        row[f"{m}_mean_lo90"], row[f"{m}_mean_hi90"] = lo, hi
+        o = case["observed"].get(f"{m}_mean")
+        row[f"{m}_mean_in90"] = bool(o is not None and lo <= o <= hi)
+    return row
+
+
+def summarize(df: pd.DataFrame) -> dict:
+    """Median absolute % errors and 90%-interval coverage, overall and excluding stress runs."""
+    out = {}
+    for label, sub in (("all", df), ("typical", df[~df.stress])):
+        s = {"runs": int(len(sub))}
+        for m in METRICS:
+            use = sub if m != "itl" else sub[sub.itl_definition == "server"]
+            for q in ("mean", "p90", "p99"):
+                e = use[f"{m}_{q}_err_pct"].abs()
+                s[f"{m}_{q}_median_abs_err_pct"] = float(e.median()) if len(e.dropna()) else None
+            s[f"{m}_mean_coverage90"] = float(use[f"{m}_mean_in90"].mean()) if len(use) else None
+        out[label] = s
+    return out
+
+
+def drop_unused_levels(obs):
+    """Remove hardware / model-class levels without rows (so a held-out model class is a new level)."""
+    from dataclasses import replace
+
+    out = obs
+    for idx_name, lev_name in (("hw", "hardware_levels"), ("cls", "class_levels")):
+        idx = getattr(out, idx_name)
+        used = np.unique(idx)
+        levels = getattr(out, lev_name)
+        remap = np.full(len(levels), -1)
+        remap[used] = np.arange(len(used))
+        out = replace(out, **{idx_name: remap[idx].astype(idx.dtype), lev_name: tuple(levels[i] for i in used)})
+    return out
+
+
+def _cv_groups(cases, mode):
+    key = {"loro": "run", "lomo": "model", "lowo": "workload"}[mode]
+    groups: dict[str, list] = {}
+    for c in cases:
+        groups.setdefault(c[key], []).append(c)
+    return groups
+
+
+def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed: int = 0,
+             fit_kwargs: dict | None = None, log=None) -> tuple[pd.DataFrame, dict]:
+    """Predict every run of ``suite`` and compare. Returns (per-run table, summary)."""
+    from bayeslat import model
+
+    log = log or (lambda *a: None)
+    rows = []
+    if suite in ("loro", "lomo", "lowo"):
+        from bayeslat import design
+
+        cases = _replay_cases(runs)
+        full = design.bundled_obs(seed=seed)  # reconstruct once; each fold is a subset
+        for held, group in _cv_groups(cases, suite).items():
+            t0 = time.time()
+            exclude = {c["run"] for c in group}
+            obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude))))
+            fit_idata = model.fit(obs, seed=seed, progressbar=False, **(fit_kwargs or {}))
+            log(f"[{suite}] held out {held}: refit on {len(obs.y)} rows in {time.time() - t0:.0f} s")
+            for c in group:
+                rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
+    else:
+        idata = idata if idata is not None else model.load_default()
+        cases = []
+        if suite in ("replay", "all"):
+            cases += _replay_cases(runs)
+        if suite in ("aggregate", "all"):
+            cases += _aggregate_cases(runs, seed)
+        if not cases:
+            raise ValueError(f"no runs selected for suite {suite!r} (runs={runs})")
+        for c in cases:
+            t0 = time.time()
+            rows.append(compare(c, predict_case(c, idata, draws, seed)))
+            log(f"[{suite}] {c['run']}: {time.time() - t0:.1f} s")
+    df = pd.DataFrame(rows)
+    return df, summarize(df)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    cols = ["run", "ttft_mean_obs", "ttft_mean_pred", "ttft_mean_err_pct", "itl_mean_obs", "itl_mean_pred",
+            "itl_mean_err_pct", "e2e_mean_obs", "e2e_mean_pred", "e2e_mean_err_pct", "e2e_mean_in90"]
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.1f}".format):
+        return df[[c for c in cols if c in df]].to_string(index=False)
+
+
+def cli_validate(args) -> int:
+    idata = None
+    if args.model:
+        from bayeslat import model
+
+        idata = model.load(args.model)
+    df, summary = validate(args.suite, idata=idata, draws=args.draws, runs=args.runs,
+                           log=lambda *a: print(*a, file=sys.stderr))
+    report = {"suite": args.suite, "summary": summary, "runs": json.loads(df.to_json(orient="records"))}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_table(df))
+        print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from bayeslat import export as E
+from bayeslat import features as F
+from bayeslat import model as M
+from fakefit import fake_idata
+
+
+@pytest.fixture(scope="module")
+def fake():
+    obs, truth = M.simulate_obs(seed=3, rows={("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20})
+    return obs, truth, fake_idata(obs, truth, seed=1)
+
+
+def test_json_content_and_roundtrip(fake, tmp_path):
+    obs, truth, idata = fake
+    text = E.export(idata, ("H100 SXM", "dense"), "json")
+    d = json.loads(text)
+    assert d["format"] == E.FORMAT and d["spec_version"] == F.SPEC_VERSION
+    assert d["group"] == {"hardware": "H100 SXM", "model_class": "dense", "new_levels": [], "draws": 400}
+    assert set(d["beta"]) == set(F.REGIMES) and set(d["beta"]["decode"]) == set(F.BETA_NAMES)
+    for reg, row in d["beta"].items():
+        for f, s in row.items():
+            assert s["q05"] <= s["mean"] <= s["q95"] and s["sd"] >= 0 and s["unit"].startswith("ms per")
+    # posterior means sit near the known coefficients of the group
+    tb = truth["beta"][("H100 SXM", "dense")]
+    got = np.array([[d["beta"][r][f]["mean"] for f in F.BETA_NAMES] for r in F.REGIMES])
+    assert np.allclose(got, tb, rtol=0.1, atol=2e-3)
+    assert [f["name"] for f in d["features"]["beta"]] == list(F.BETA_NAMES)
+    assert d["features"]["stats"] == list(F.STATS)
+    assert d["fit"]["backend"] == "fake"
+    p = tmp_path / "c.json"
+    p.write_text(text)
+    assert E.read_export(p) == d
+
+
+def test_yaml_roundtrip_equals_json(fake, tmp_path):
+    _, _, idata = fake
+    dj = json.loads(E.export(idata, "H100 SXM/moe", "json"))
+    p = tmp_path / "c.yaml"
+    p.write_text(E.export(idata, "H100 SXM/moe", "yaml"))
+    assert E.read_export(p) == dj
+    assert yaml.safe_load(p.read_text())["group"]["model_class"] == "moe"
+
+
+def test_unseen_group_is_marked_and_wider(fake):
+    _, _, idata = fake
+    seen = json.loads(E.export(idata, "H100 SXM/dense", "json"))
+    new = json.loads(E.export(idata, "H200 SXM/dense", "json"))
+    assert new["group"]["new_levels"] == ["hardware", "model_class"]
+    w = lambda d: d["beta"]["decode"]["weight_load"]["q95"] - d["beta"]["decode"]["weight_load"]["q05"]  # noqa: E731
+    assert w(new) > 2 * w(seen)
+
+
+def test_blis_export(fake):
+    obs, truth, idata = fake
+    text = E.export(idata, "H100 SXM/dense", "blis")
+    line = [l for l in text.splitlines() if l.startswith("--alpha-coeffs")][0]
+    parts = line.split()
+    alpha = [float(x) for x in parts[1].split(",")]
+    beta = [float(x) for x in parts[3].split(",")]
+    assert len(alpha) == 3 and len(beta) == 10 and alpha[1:] == [0.0, 0.0]
+    assert all(b >= 0 for b in beta)
+    tb = truth["beta"][("H100 SXM", "dense")]
+    # per-step overhead: ms per step -> us per step (x1000), regime-weighted -> within the regime range
+    lo, hi = tb[:, F.B["step_overhead"]].min() * 1000, tb[:, F.B["step_overhead"]].max() * 1000
+    assert lo * 0.9 <= beta[6] <= hi * 1.1
+    # per-layer overhead: ms per 100 layers -> us per layer (x10)
+    lo, hi = tb[:, F.B["layer_overhead"]].min() * 10, tb[:, F.B["layer_overhead"]].max() * 10
+    assert lo * 0.9 <= beta[4] <= hi * 1.1
+    # decode KV is a dimensionless efficiency: same number as ours
+    assert tb[:, F.B["decode_kv"]].min() * 0.9 <= beta[9] <= tb[:, F.B["decode_kv"]].max() * 1.1
+    # tp_comm rescaled by HBM / NVLink bandwidth of the H100 datasheet
+    b = E.blis_coefficients(idata, "H100 SXM/dense")
+    assert b["hbm_over_link"] == pytest.approx(3.35e12 / 900e9)
+    assert alpha[0] > truth["alpha"][("H100 SXM", "dense")][0] * 1000 * 0.8  # const + prompt + queue terms (us)
+    assert "tp_comm" in text and "kv_offload" in text
+
+
+def test_bad_inputs(fake, tmp_path):
+    _, _, idata = fake
+    from bayeslat.errors import SpecError
+    with pytest.raises(SpecError, match="format"):
+        E.export(idata, "H100 SXM/dense", "toml")
+    with pytest.raises(SpecError, match="group"):
+        E.export(idata, "H100 SXM", "json")
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(SpecError, match="format"):
+        E.read_export(p)

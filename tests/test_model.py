@@ -1,0 +1,156 @@
+import json
+
+import numpy as np
+import pytest
+
+from bayeslat import features as F
+from bayeslat import model as M
+from bayeslat.diagnose import diagnose, diagnostic_vars
+from bayeslat.errors import SpecError
+from fakefit import fake_idata
+
+ZERO = [f for f, v in M.TRUE_BETA_POP.items() if v == 0.0]
+
+
+# ------------------------------------------------------------------ no sampling
+def test_check_obs_rejects_bad_input():
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 20})
+    bad = obs.subset(np.arange(20))
+    bad.X = bad.X[:, :2]
+    with pytest.raises(SpecError, match="X"):
+        M.check_obs(bad)
+    bad = obs.subset(np.arange(20))
+    bad.hw = bad.hw + 5
+    with pytest.raises(SpecError, match="hw"):
+        M.check_obs(bad)
+    bad = obs.subset(np.arange(20))
+    bad.y = bad.y.copy()
+    bad.y[0] = np.nan
+    with pytest.raises(SpecError, match="y"):
+        M.check_obs(bad)
+    with pytest.raises(SpecError, match="priors"):
+        M.build_model(obs, priors={"nonsense": 1})
+
+
+def test_data_hash_is_content_hash():
+    a, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 30})
+    b, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 30})
+    c, _ = M.simulate_obs(seed=2, rows={("H100 SXM", "dense"): 30})
+    assert M.data_hash(a) == M.data_hash(b) != M.data_hash(c)
+
+
+def test_model_structure_named_dims():
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 50, ("H100 SXM", "moe"): 50})
+    m = M.build_model(obs)
+    assert list(m.coords["hardware"]) == ["H100 SXM"] and list(m.coords["model_class"]) == ["dense", "moe"]
+    assert m.named_vars_to_dims["beta"] == ("hardware", "model_class", "regime", "feature")
+    names = set(m.named_vars)
+    assert "dev_hw" not in names  # a single hardware level: deviation absorbed into the population
+    assert "dev_cls" in names and "dev_regime" in names
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+
+
+def test_diagnose_flags_bad_rhat_and_divergences():
+    obs, truth = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 40})
+    good = fake_idata(obs, truth, chains=4, draws=500, seed=0)
+    d = diagnose(good)
+    assert d["max_rhat"] < 1.01 and d["divergences"] == 0 and d["checks"]["max_rhat"]
+    assert not any(v.startswith("z_") for v in diagnostic_vars(good))
+    assert "weight_load" in d["features_kept"] and "decode_compute" in d["features_pruned"]
+    div = np.zeros((4, 500), bool)
+    div[1, :7] = True
+    bad = fake_idata(obs, truth, chains=4, draws=500, seed=0, diverging=div, shift_chain=0.5)
+    d = diagnose(bad)
+    assert d["divergences"] == 7 and d["checks"]["divergences"] is False
+    assert d["max_rhat"] > 1.05 and d["checks"]["max_rhat"] is False
+    assert d["passed"] is False
+
+
+def test_unseen_group_wider_on_fake():
+    obs, truth = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 40})
+    idata = fake_idata(obs, truth, seed=0)
+    seen = M.coefficient_draws(idata, "H100 SXM", "dense")
+    new = M.coefficient_draws(idata, "L40S", "dense", n=300, seed=1)
+    assert seen.new_levels == [] and new.new_levels == ["hardware", "model_class"]
+    assert new.beta.shape == (300, len(F.REGIMES), F.N_BETA) and new.alpha.shape == (300, F.N_ALPHA)
+    f = F.B["weight_load"]
+    assert np.std(np.log(new.beta[:, 0, f])) > 2 * np.std(np.log(seen.beta[:, 0, f]))
+
+
+# ------------------------------------------------------------------ one real fit
+@pytest.fixture(scope="module")
+def fitted():
+    obs, truth = M.simulate_obs(seed=0)
+    idata = M.fit(obs, draws=300, tune=300, chains=2, seed=0, progressbar=False, attrs={"bundled_data_hash": "none"})
+    return obs, truth, idata
+
+
+@pytest.mark.slow
+def test_fit_recovers_known_coefficients(fitted):
+    obs, truth, idata = fitted
+    hits = []
+    for (h, c), tb in truth["beta"].items():
+        cd = M.coefficient_draws(idata, h, c)
+        assert cd.new_levels == []
+        m = (obs.hw == obs.hardware_levels.index(h)) & (obs.cls == obs.class_levels.index(c))
+        informed = (obs.X[m] != 0).sum(0) >= 5
+        lo, hi = np.quantile(cd.beta, [0.05, 0.95], axis=0)
+        hits.append(((lo <= tb) & (tb <= hi))[(tb > 0) & informed])
+        alo, ahi = np.quantile(cd.alpha, [0.05, 0.95], axis=0)
+        hits.append((alo <= truth["alpha"][(h, c)]) & (truth["alpha"][(h, c)] <= ahi))
+    hits = np.concatenate(hits)
+    assert hits.size > 40
+    assert 0.75 <= hits.mean() <= 1.0, f"90% intervals cover {hits.mean():.2f}"
+
+
+@pytest.mark.slow
+def test_zero_coefficients_shrink(fitted):
+    obs, truth, idata = fitted
+    mu = M.predict_mean(idata, obs).mean(0)
+    post = idata.posterior
+    for f in ZERO:
+        if not (obs.X[..., F.B[f]] > 0).any():
+            continue  # absent feature: posterior = prior, nothing to prune
+        beta = post["beta"].sel(feature=f).mean(("chain", "draw")).values  # (H, C, R)
+        contrib = np.einsum("nr,nr->n", obs.X[..., F.B[f]], beta[obs.hw, obs.cls])
+        share = contrib.sum() / mu.sum()
+        assert share < 0.05, f"{f} explains {share:.1%} of predicted time"
+        assert float(post["beta_pop"].sel(feature=f).median()) < 0.3
+
+
+@pytest.mark.slow
+def test_fit_groups_attrs_and_roundtrip(fitted, tmp_path):
+    obs, truth, idata = fitted
+    for g in ("posterior", "sample_stats", "log_likelihood", "observed_data", "constant_data"):
+        assert g in idata.groups()
+    for dim in ("hardware", "model_class", "regime", "feature", "alpha_feature"):
+        assert dim in idata.posterior.dims
+    a = idata.attrs
+    assert a["format"] == M.FORMAT and a["spec_version"] == F.SPEC_VERSION
+    assert json.loads(a["feature_names"]) == list(F.BETA_NAMES)
+    assert a["data_hash"] == M.data_hash(obs) and a["bundled_data_hash"] == "none"
+    assert a["backend"] == M.DEFAULT_BACKEND and a["seed"] == 0
+    p = M.save(idata, tmp_path / "fit.nc")
+    back = M.load(p)
+    assert back.attrs["data_hash"] == a["data_hash"]
+    np.testing.assert_allclose(back.posterior["beta"].values, idata.posterior["beta"].values)
+    p.with_name("bad.nc").write_bytes(b"")
+    with pytest.raises(Exception):
+        M.load(p.with_name("bad.nc"))
+
+
+@pytest.mark.slow
+def test_predictions_and_unseen_group(fitted):
+    obs, truth, idata = fitted
+    mu = M.predict_mean(idata, obs, n=200)
+    assert mu.shape == (200, len(obs.y))
+    assert np.median(np.abs(mu.mean(0) - obs.y) / obs.y) < 0.1
+    pp = M.posterior_predictive(idata, obs, n=200, seed=1)
+    lo, hi = np.quantile(pp, [0.05, 0.95], axis=0)
+    cover = ((lo <= obs.y) & (obs.y <= hi)).mean()
+    assert 0.8 <= cover <= 0.98
+    seen = M.coefficient_draws(idata, "H100 SXM", "dense")
+    new = M.coefficient_draws(idata, "H200 SXM", "dense", seed=3)
+    assert new.new_levels == ["hardware", "model_class"]
+    f = F.B["weight_load"]
+    assert np.std(np.log(new.beta[:, 0, f])) > 1.5 * np.std(np.log(seen.beta[:, 0, f]))
