@@ -1,0 +1,893 @@
+"""Discrete-event simulation of one vLLM v1 instance; posterior predictive; ``bayeslat predict``.
+
+The core loop (:func:`_sim_kernel`) is numba-compiled over flat arrays. One iteration = one
+engine step:
+
+1. **Arrivals.** Requests whose ``arrival_us`` has passed get their alpha delay
+   ``alpha . alpha_features(prompt, queue_depth)`` (ms; queue depth = running + waiting at the
+   step boundary where the arrival is processed) and enter the wait queue at
+   ``arrival + delay`` (ordered by that time). Requests whose prompt + output cannot fit in the
+   whole KV cache (or exceed ``max_model_len``) are rejected at arrival (failed).
+2. **Timeouts.** Requests whose ``arrival + timeout_us`` has passed are aborted (blocks freed,
+   marked failed). A request finishing in a step that ends after its deadline is failed too
+   (the client had gone).
+3. **Schedule running requests** in admission order: ``n_new = min(P + g - c, budget)`` tokens
+   (``P`` prompt, ``g`` tokens generated, ``c`` tokens in the KV cache; 1 for a decode, the next
+   chunk for a chunked prefill). A request needing a KV block when none is free (after evicting
+   cached prefix blocks, LRU) preempts the most recently admitted running request (recompute:
+   its blocks are freed, ``c = 0``, it goes back to the head of the wait queue, ``preemptions``
+   + 1), repeatedly, possibly itself.
+4. **Admit waiting requests** FCFS (only if nothing was preempted this step, as vLLM v1) while
+   ``max_num_seqs`` and the token budget allow and blocks can be allocated without preemption;
+   with chunked prefill the last one may get a partial chunk, without it a prompt must fit whole
+   (else admission stops). A resumed request recomputes ``P + g`` tokens (prompt + outputs).
+5. **Step time.** The STATS vector of the scheduled batch (``features.STATS``: ``t_i`` new tokens
+   over context ``c_i``; a request is a decode iff ``g >= 1`` and only its last token is missing)
+   -> ``features.step_features_kernel`` -> regime -> ``dt_ms = sum_f raw_f / BETA_SCALE_f x
+   beta[regime, f]``, times ``max(0.05, 1 + step_noise x z)`` with z ~ N(0,1) (seeded) when
+   ``step_noise > 0``; floored at 1 us. The clock advances by dt.
+6. **Emit.** A request whose ``c`` reaches ``P + g`` emits a token at the step's end (the first
+   one = TTFT); at ``g = output_tokens`` it finishes and frees its blocks.
+
+Idle engine: the clock jumps to the next arrival / queue entry.
+
+**Prefix caching** (``prefix_caching``): only the workload's shared prefix (``prefix_group``,
+``prefix_length``) is cached, in full blocks (``nb = min_group(prefix_length) // block_size``).
+The first request of a group whose prefix is not resident computes it and *populates* the
+group's ``nb`` blocks (shared, reference-counted); once its ``c >= nb x block_size`` the group
+is resident and later requests (with prompt + outputs > ``nb x block_size`` tokens) start with
+those tokens cached (not computed, counted in ``cached_tokens``). Blocks of a group with no
+holder stay resident as evictable cache and are evicted LRU (by last use) when an allocation
+needs free blocks. Requests' own (non-prefix) blocks are not cached after they finish.
+
+**CPU KV offload** (``cpu_kv_blocks > 0``, simplified): when a request is preempted and the CPU
+cache has room, its ``c`` computed tokens are stored there (``offload_tokens`` += c); on
+re-admission they are loaded back (``offload_tokens`` += loaded, up to ``P + g - 1``) instead of
+recomputed, and the CPU blocks are freed. Evicted prefix blocks are not offloaded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import pandas as pd
+
+from bayeslat import features as F
+from bayeslat.errors import SpecError
+
+METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
+TRACE_COLUMNS = ("t_us", *F.STATS, "regime", "dt_ms", "n_running", "n_waiting", "kv_used", "kv_cached", "n_tokens")
+ST_DONE, ST_FAILED = 4, 5
+
+_SERVER_KEYS = ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_blocks", "cpu_kv_blocks",
+                "chunked_prefill", "prefix_caching", "max_model_len")
+_SERVER_DEFAULTS = {"max_num_seqs": 1024, "max_num_batched_tokens": 8192, "block_size": 16, "cpu_kv_blocks": 0,
+                    "chunked_prefill": True, "prefix_caching": True, "max_model_len": None}
+
+
+# =============================================================================================
+# numba core
+# =============================================================================================
+@numba.njit(cache=True)
+def _alloc(need, st, gstate, gref, glast, gnb):
+    """Take `need` free blocks (st[0] free, st[1] cached-evictable), evicting LRU cached prefix
+    groups as needed. Returns True on success."""
+    if need <= 0:
+        return True
+    while st[0] < need and st[1] > 0:
+        best = -1
+        bt = np.inf
+        for g in range(gstate.shape[0]):
+            if gstate[g] == 2 and gref[g] == 0 and glast[g] < bt:
+                bt = glast[g]
+                best = g
+        if best < 0:
+            break
+        gstate[best] = 0
+        st[0] += gnb[best]
+        st[1] -= gnb[best]
+    if st[0] >= need:
+        st[0] -= need
+        return True
+    return False
+
+
+@numba.njit(cache=True)
+def _release_group(r, t, pfxb, grp, st, gstate, gref, glast, gnb):
+    if pfxb[r] > 0:
+        g = grp[r]
+        gref[g] -= 1
+        if gref[g] == 0:
+            if gstate[g] == 2:
+                st[1] += gnb[g]
+                glast[g] = t
+            else:  # the populating request left before the prefix was computed
+                st[0] += gnb[g]
+                gstate[g] = 0
+        pfxb[r] = 0
+
+
+@numba.njit(cache=True)
+def _sim_kernel(arrival, prompt, outlen, grp, deadline, dorder, reject, gnb,
+                max_seqs, max_tokens, bs, kv_blocks, cpu_blocks, chunked, prefix_on,
+                ctx, beta, alpha, step_noise, seed, record, inv_scale):
+    n = arrival.shape[0]
+    G = gnb.shape[0]
+    # per-request state
+    state = np.zeros(n, np.int64)        # 0 future, 1 pending (alpha delay), 2 waiting, 3 running, 4 done, 5 failed
+    comp = np.zeros(n, np.int64)         # tokens in the KV cache
+    gen = np.zeros(n, np.int64)          # tokens generated
+    own = np.zeros(n, np.int64)          # own blocks held
+    pfxb = np.zeros(n, np.int64)         # shared prefix blocks referenced
+    cpu_tok = np.zeros(n, np.int64)
+    cpu_blk = np.zeros(n, np.int64)
+    t_queued = np.full(n, np.nan)
+    t_sched = np.full(n, np.nan)
+    t_first = np.full(n, np.nan)
+    t_fin = np.full(n, np.nan)
+    qdepth = np.zeros(n, np.int64)
+    n_pre = np.zeros(n, np.int64)
+    cached_tok = np.zeros(n, np.int64)
+    computed_tok = np.zeros(n, np.int64)
+    loaded_tok = np.zeros(n, np.int64)
+    # groups
+    gstate = np.zeros(G, np.int64)
+    gref = np.zeros(G, np.int64)
+    glast = np.zeros(G)
+    gholder = np.full(G, -1, np.int64)
+    # queues
+    cap = n + 1
+    wq = np.empty(cap, np.int64)
+    head = 0
+    tail = 0
+    nwait = 0
+    run = np.empty(max_seqs, np.int64)
+    nrun = 0
+    pend = np.empty(n, np.int64)
+    npend = 0
+    ready = np.empty(n, np.int64)
+    # schedule of one step
+    s_req = np.empty(max_seqs + 1, np.int64)
+    s_new = np.empty(max_seqs + 1, np.int64)
+    s_ctx = np.empty(max_seqs + 1, np.int64)
+    s_pf = np.empty(max_seqs + 1, np.bool_)
+    stats = np.zeros(8)
+    raw = np.zeros(13)                   # N_BETA raw features
+    blk = np.zeros(2, np.int64)          # [free, cached-evictable]
+    blk[0] = kv_blocks
+    cpu_used = 0
+    # trace
+    tcap = 1024 if record else 1
+    trace = np.zeros((tcap, 17))
+    # counters
+    steps = 0
+    total_pre = 0
+    max_used = 0
+    max_run = 0
+    max_tok = 0
+    tot_prefill = 0
+    tot_decode = 0
+    tot_offload = 0.0
+    busy_us = 0.0
+    if seed >= 0:
+        np.random.seed(seed)
+
+    t = arrival[0] if n > 0 else 0.0
+    ia = 0
+    idl = 0
+    done = 0
+    while done < n:
+        # 1. arrivals
+        while ia < n and arrival[ia] <= t:
+            if reject[ia]:
+                state[ia] = 5
+                t_fin[ia] = arrival[ia]
+                done += 1
+            else:
+                qd = nrun + nwait
+                qdepth[ia] = qd
+                d_ms = alpha[0] + alpha[1] * prompt[ia] / 1000.0 + alpha[2] * qd / 100.0
+                if d_ms < 0.0:
+                    d_ms = 0.0
+                t_queued[ia] = arrival[ia] + d_ms * 1000.0
+                state[ia] = 1
+                pend[npend] = ia
+                npend += 1
+            ia += 1
+        # pending -> wait queue, in order of queue time
+        if npend > 0:
+            nready = 0
+            k = 0
+            while k < npend:
+                r = pend[k]
+                if state[r] != 1:
+                    pend[k] = pend[npend - 1]
+                    npend -= 1
+                    continue
+                if t_queued[r] <= t:
+                    ready[nready] = r
+                    nready += 1
+                    pend[k] = pend[npend - 1]
+                    npend -= 1
+                    continue
+                k += 1
+            # insertion sort by queue time (few per step)
+            for a in range(1, nready):
+                x = ready[a]
+                b = a - 1
+                while b >= 0 and (t_queued[ready[b]] > t_queued[x] or (t_queued[ready[b]] == t_queued[x] and ready[b] > x)):
+                    ready[b + 1] = ready[b]
+                    b -= 1
+                ready[b + 1] = x
+            for a in range(nready):
+                r = ready[a]
+                state[r] = 2
+                wq[tail] = r
+                tail = (tail + 1) % cap
+                nwait += 1
+        # 2. timeouts
+        removed = False
+        while idl < n and deadline[dorder[idl]] <= t:
+            r = dorder[idl]
+            idl += 1
+            s = state[r]
+            if s == 0:
+                continue
+            if s == 1 or s == 2 or s == 3:
+                if s == 2:
+                    nwait -= 1
+                if s == 3:
+                    blk[0] += own[r]
+                    own[r] = 0
+                    _release_group(r, t, pfxb, grp, blk, gstate, gref, glast, gnb)
+                    removed = True
+                if cpu_blk[r] > 0:
+                    cpu_used -= cpu_blk[r]
+                    cpu_blk[r] = 0
+                    cpu_tok[r] = 0
+                state[r] = 5
+                t_fin[r] = t
+                done += 1
+        if removed:
+            m = 0
+            for k in range(nrun):
+                if state[run[k]] == 3:
+                    run[m] = run[k]
+                    m += 1
+            nrun = m
+        if done >= n:
+            break
+        if nrun == 0 and nwait == 0:
+            nxt = np.inf
+            if ia < n:
+                nxt = arrival[ia]
+            for k in range(npend):
+                if state[pend[k]] == 1 and t_queued[pend[k]] < nxt:
+                    nxt = t_queued[pend[k]]
+            if idl < n and deadline[dorder[idl]] < nxt:
+                nxt = deadline[dorder[idl]]
+            if nxt == np.inf:
+                break
+            if nxt > t:
+                t = nxt
+            continue
+
+        # 3. schedule running requests
+        budget = max_tokens
+        nsched = 0
+        npre = 0
+        offl = 0
+        i = 0
+        while i < nrun and budget > 0:
+            r = run[i]
+            target = prompt[r] + gen[r]
+            n_new = target - comp[r]
+            if n_new > budget:
+                if chunked:
+                    n_new = budget
+                else:
+                    i += 1
+                    continue
+            need = (comp[r] + n_new + bs - 1) // bs - pfxb[r] - own[r]
+            ok = True
+            while need > 0 and not _alloc(need, blk, gstate, gref, glast, gnb):
+                v = run[nrun - 1]
+                nrun -= 1
+                # preempt v (recompute)
+                blk[0] += own[v]
+                own[v] = 0
+                _release_group(v, t, pfxb, grp, blk, gstate, gref, glast, gnb)
+                if cpu_blocks > 0 and comp[v] > 0 and cpu_blk[v] == 0:
+                    nb_c = (comp[v] + bs - 1) // bs
+                    if cpu_used + nb_c <= cpu_blocks:
+                        cpu_used += nb_c
+                        cpu_blk[v] = nb_c
+                        cpu_tok[v] = comp[v]
+                        offl += comp[v]
+                comp[v] = 0
+                state[v] = 2
+                head = (head - 1 + cap) % cap
+                wq[head] = v
+                nwait += 1
+                n_pre[v] += 1
+                npre += 1
+                if v == r:
+                    ok = False
+                    break
+            if not ok:
+                break
+            if need > 0:
+                own[r] += need
+            s_req[nsched] = r
+            s_new[nsched] = n_new
+            s_ctx[nsched] = comp[r]
+            s_pf[nsched] = not (gen[r] >= 1 and comp[r] == target - 1)
+            nsched += 1
+            budget -= n_new
+            i += 1
+        total_pre += npre
+
+        # 4. admit waiting requests (FCFS)
+        if npre == 0:
+            while nwait > 0 and budget > 0 and nrun < max_seqs:
+                r = wq[head]
+                if state[r] != 2:  # lazily deleted (timed out while waiting)
+                    head = (head + 1) % cap
+                    continue
+                g = grp[r]
+                target = prompt[r] + gen[r]
+                mode = 0
+                nbg = 0
+                hit = 0
+                if prefix_on and g >= 0:
+                    nbg = gnb[g]
+                    if nbg > 0 and target > nbg * bs:
+                        if gstate[g] == 2:
+                            mode = 1
+                            hit = nbg * bs
+                        elif gstate[g] == 0:
+                            mode = 2
+                load = 0
+                if cpu_tok[r] > 0:
+                    load = min(cpu_tok[r], target - 1)
+                c0 = hit if hit > load else load
+                n_new = target - c0
+                if n_new > budget:
+                    if not chunked:
+                        break
+                    n_new = budget
+                pb = nbg if mode > 0 else 0
+                need = (c0 + n_new + bs - 1) // bs - pb
+                if need < 0:
+                    need = 0
+                total = need + (nbg if mode == 2 else 0)
+                if mode == 1:
+                    if gref[g] == 0:
+                        blk[1] -= nbg
+                    gref[g] += 1
+                if not _alloc(total, blk, gstate, gref, glast, gnb):
+                    if mode == 1:
+                        gref[g] -= 1
+                        if gref[g] == 0:
+                            blk[1] += nbg
+                    break
+                if mode == 2:
+                    gstate[g] = 1
+                    gref[g] = 1
+                    gholder[g] = r
+                if mode == 1:
+                    glast[g] = t
+                    cached_tok[r] += hit
+                pfxb[r] = pb
+                own[r] = need
+                comp[r] = c0
+                if cpu_tok[r] > 0:
+                    ld = load
+                    if mode == 1:
+                        ld = load - hit if load > hit else 0
+                    if ld > 0:
+                        offl += ld
+                        loaded_tok[r] += ld
+                    cpu_used -= cpu_blk[r]
+                    cpu_blk[r] = 0
+                    cpu_tok[r] = 0
+                head = (head + 1) % cap
+                nwait -= 1
+                state[r] = 3
+                run[nrun] = r
+                nrun += 1
+                if np.isnan(t_sched[r]):
+                    t_sched[r] = t
+                s_req[nsched] = r
+                s_new[nsched] = n_new
+                s_ctx[nsched] = c0
+                s_pf[nsched] = not (gen[r] >= 1 and c0 == target - 1)
+                nsched += 1
+                budget -= n_new
+
+        if nsched == 0:
+            if nrun == 0 and nwait > 0 and npre == 0:
+                # the head request cannot be placed even in an empty engine: fail it
+                while nwait > 0:
+                    r = wq[head]
+                    head = (head + 1) % cap
+                    if state[r] == 2:
+                        nwait -= 1
+                        state[r] = 5
+                        t_fin[r] = t
+                        done += 1
+                        break
+            continue
+
+        # 5. batch statistics and step time
+        for k in range(8):
+            stats[k] = 0.0
+        ntok = 0
+        for k in range(nsched):
+            tn = float(s_new[k])
+            c = float(s_ctx[k])
+            ntok += s_new[k]
+            if s_pf[k]:
+                stats[0] += 1.0
+                stats[2] += tn
+                stats[3] += tn * (c + (tn + 1.0) / 2.0)
+                stats[4] += c + tn
+                tot_prefill += s_new[k]
+            else:
+                stats[1] += 1.0
+                stats[5] += c + 1.0
+                tot_decode += s_new[k]
+            computed_tok[s_req[k]] += s_new[k]
+        stats[6] = float(offl)
+        stats[7] = float(npre)
+        tot_offload += offl
+        F.step_features_kernel(stats, ctx, raw)
+        reg = F.regime_kernel(raw)
+        dt_ms = 0.0
+        for f in range(raw.shape[0]):
+            dt_ms += raw[f] * inv_scale[f] * beta[reg, f]
+        if step_noise > 0.0:
+            fac = 1.0 + step_noise * np.random.standard_normal()
+            if fac < 0.05:
+                fac = 0.05
+            dt_ms *= fac
+        dt_us = dt_ms * 1000.0
+        if not dt_us >= 1.0:
+            dt_us = 1.0
+        t_end = t + dt_us
+        used = kv_blocks - blk[0] - blk[1]
+        if used > max_used:
+            max_used = used
+        if nrun > max_run:
+            max_run = nrun
+        if ntok > max_tok:
+            max_tok = ntok
+        if record:
+            if steps >= tcap:
+                tcap *= 2
+                nt = np.zeros((tcap, 17))
+                nt[:steps] = trace[:steps]
+                trace = nt
+            trace[steps, 0] = t
+            for k in range(8):
+                trace[steps, 1 + k] = stats[k]
+            trace[steps, 9] = reg
+            trace[steps, 10] = dt_ms
+            trace[steps, 11] = nrun
+            trace[steps, 12] = nwait
+            trace[steps, 13] = used
+            trace[steps, 14] = blk[1]
+            trace[steps, 15] = ntok
+            trace[steps, 16] = blk[0]
+        steps += 1
+        busy_us += dt_us
+
+        # 6. emit tokens, finish
+        finished = False
+        for k in range(nsched):
+            r = s_req[k]
+            comp[r] += s_new[k]
+            g = grp[r]
+            if g >= 0 and gstate[g] == 1 and gholder[g] == r and comp[r] >= gnb[g] * bs:
+                gstate[g] = 2
+                glast[g] = t_end
+            if comp[r] == prompt[r] + gen[r]:
+                gen[r] += 1
+                if np.isnan(t_first[r]):
+                    t_first[r] = t_end
+                if gen[r] >= outlen[r]:
+                    t_fin[r] = t_end
+                    state[r] = 4 if t_end <= deadline[r] else 5
+                    blk[0] += own[r]
+                    own[r] = 0
+                    _release_group(r, t_end, pfxb, grp, blk, gstate, gref, glast, gnb)
+                    if cpu_blk[r] > 0:
+                        cpu_used -= cpu_blk[r]
+                        cpu_blk[r] = 0
+                        cpu_tok[r] = 0
+                    done += 1
+                    finished = True
+        if finished:
+            m = 0
+            for k in range(nrun):
+                if state[run[k]] == 3:
+                    run[m] = run[k]
+                    m += 1
+            nrun = m
+        t = t_end
+
+    counters = np.array([steps, total_pre, max_used, max_run, max_tok, tot_prefill, tot_decode, tot_offload,
+                         busy_us, t, kv_blocks - blk[0] - blk[1], blk[1], cpu_used], dtype=np.float64)
+    return (state, t_queued, t_sched, t_first, t_fin, n_pre, cached_tok, computed_tok, loaded_tok, qdepth,
+            counters, trace[:steps])
+
+
+COUNTERS = ("steps", "preemptions", "max_kv_used", "max_running", "max_batch_tokens", "prefill_tokens",
+            "decode_tokens", "offload_tokens", "busy_us", "end_us", "kv_used_end", "kv_cached_end", "cpu_used_end")
+
+
+# =============================================================================================
+# Python API
+# =============================================================================================
+@dataclass
+class SimResult:
+    """Per-request outputs (``requests``), run summary and optional per-step ``trace``."""
+
+    requests: pd.DataFrame
+    summary: dict
+    trace: pd.DataFrame | None = None
+    counters: dict = field(default_factory=dict)
+
+
+def _server_params(server) -> dict:
+    out = {}
+    for k in _SERVER_KEYS:
+        if isinstance(server, dict):
+            v = server.get(k, None)
+        else:
+            v = getattr(server, k, None)
+        if v is None:
+            if k == "kv_blocks":
+                raise SpecError("kv_blocks (GPU KV-cache capacity in blocks) is required by the simulator", field="kv_blocks")
+            v = _SERVER_DEFAULTS[k]
+        out[k] = v
+    for k in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+        if int(out[k]) < 1:
+            raise SpecError(f"must be >= 1, got {out[k]}", field=k)
+    if int(out["kv_blocks"]) < 1:
+        raise SpecError(f"must be >= 1, got {out['kv_blocks']}", field="kv_blocks")
+    return out
+
+
+def _ctx_array(ctx) -> np.ndarray:
+    arr = ctx.to_array() if isinstance(ctx, F.FeatureContext) else np.asarray(ctx, dtype=np.float64)
+    if arr.shape != (len(F.CONTEXT_FIELDS),):
+        raise SpecError(f"feature context must have {len(F.CONTEXT_FIELDS)} entries, got {arr.shape}", field="ctx")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _beta_array(beta) -> np.ndarray:
+    b = np.asarray(beta, dtype=np.float64)
+    if b.shape == (F.N_BETA,):
+        b = np.broadcast_to(b, (len(F.REGIMES), F.N_BETA))
+    if b.shape != (len(F.REGIMES), F.N_BETA):
+        raise SpecError(f"beta must have shape ({len(F.REGIMES)}, {F.N_BETA}) or ({F.N_BETA},), got {b.shape}", field="beta")
+    return np.ascontiguousarray(b)
+
+
+def _prepare(workload, srv: dict) -> dict:
+    """Kernel inputs that depend on the workload and server only (reused across draws)."""
+    w = workload
+    n = len(w)
+    arrival = w.arrival_us.astype(np.float64)
+    timeout = w.timeout_us
+    deadline = np.where(timeout >= 0, arrival + timeout.astype(np.float64), np.inf)
+    dorder = np.argsort(deadline, kind="stable").astype(np.int64)
+    bs = int(srv["block_size"])
+    need_blocks = -(-(w.input_tokens + w.output_tokens - 1) // bs)
+    reject = need_blocks > int(srv["kv_blocks"])
+    if srv.get("max_model_len"):
+        reject |= (w.input_tokens + w.output_tokens) > int(srv["max_model_len"])
+    # remap prefix groups to 0..G-1; group block count = min over members of prefix_length // bs
+    grp = np.full(n, -1, dtype=np.int64)
+    has = w.prefix_group >= 0
+    if has.any():
+        uniq, inv = np.unique(w.prefix_group[has], return_inverse=True)
+        grp[has] = inv
+        gnb = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(gnb, inv, w.prefix_length[has] // bs)
+    else:
+        gnb = np.zeros(0, dtype=np.int64)
+    return {"arrival": arrival, "prompt": w.input_tokens, "outlen": w.output_tokens, "grp": grp,
+            "deadline": deadline, "dorder": dorder, "reject": reject, "gnb": gnb}
+
+
+def _run_kernel(prep, srv, ctx_arr, beta, alpha, step_noise, seed, record):
+    return _sim_kernel(prep["arrival"], prep["prompt"], prep["outlen"], prep["grp"], prep["deadline"],
+                       prep["dorder"], prep["reject"], prep["gnb"],
+                       int(srv["max_num_seqs"]), int(srv["max_num_batched_tokens"]), int(srv["block_size"]),
+                       int(srv["kv_blocks"]), int(srv["cpu_kv_blocks"] or 0), bool(srv["chunked_prefill"]),
+                       bool(srv["prefix_caching"]), ctx_arr, beta, np.asarray(alpha, dtype=np.float64),
+                       float(step_noise), int(seed), bool(record), 1.0 / F.BETA_SCALE)
+
+
+def _q(v: np.ndarray) -> dict:
+    if len(v) == 0:
+        return {"mean": float("nan"), "p90": float("nan"), "p99": float("nan")}
+    return {"mean": float(v.mean()), "p90": float(np.quantile(v, 0.9)), "p99": float(np.quantile(v, 0.99))}
+
+
+def _metric_arrays(prep, out):
+    state, tq, ts, tf, tfin = out[:5]
+    arr = prep["arrival"]
+    ok = state == ST_DONE
+    ttft = (tf - arr) / 1e3
+    e2e = (tfin - arr) / 1e3
+    n = prep["outlen"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        itl = np.where(n > 1, (e2e - ttft) / (n - 1), np.nan)
+    return ok, ttft, itl, e2e
+
+
+def simulate(workload, ctx, server, beta, alpha, *, step_noise: float = 0.0, seed: int = 0,
+             record_steps: bool = False) -> SimResult:
+    """Simulate ``workload`` (:class:`bayeslat.workload.Workload`) on one vLLM instance.
+
+    ``ctx``: FeatureContext (or its array); ``server``: dict or ServerConfig-like with
+    max_num_seqs, max_num_batched_tokens, block_size, kv_blocks (required), cpu_kv_blocks,
+    chunked_prefill, prefix_caching (optional max_model_len); ``beta`` (N_REGIMES, N_BETA) or
+    (N_BETA,) ms per scaled unit; ``alpha`` (N_ALPHA,) ms per scaled unit; ``step_noise`` relative
+    sd of each step time. Returns a :class:`SimResult`.
+    """
+    srv = _server_params(server)
+    prep = _prepare(workload, srv)
+    ctx_arr = _ctx_array(ctx)
+    b = _beta_array(beta)
+    a = np.asarray(alpha, dtype=np.float64).reshape(-1)
+    if a.shape != (F.N_ALPHA,):
+        raise SpecError(f"alpha must have {F.N_ALPHA} entries, got {a.shape}", field="alpha")
+    if len(workload) == 0:
+        raise SpecError("empty workload", field="workload")
+    t0 = time.perf_counter()
+    out = _run_kernel(prep, srv, ctx_arr, b, a, step_noise, seed, record_steps)
+    wall = time.perf_counter() - t0
+    state, tq, ts, tf, tfin, npre, cached, computed, loaded, qd, counters, trace = out
+    ok, ttft, itl, e2e = _metric_arrays(prep, out)
+    arr = prep["arrival"]
+    df = pd.DataFrame({
+        "arrival_us": workload.arrival_us, "input_tokens": workload.input_tokens,
+        "output_tokens": workload.output_tokens, "prefix_group": workload.prefix_group,
+        "queued_us": tq, "scheduled_us": ts, "first_token_us": tf, "finish_us": tfin,
+        "ttft_ms": np.where(ok, ttft, np.nan), "e2e_ms": np.where(ok, e2e, np.nan), "itl_ms": np.where(ok, itl, np.nan),
+        "alpha_ms": (tq - arr) / 1e3, "queue_depth": qd, "preemptions": npre, "cached_tokens": cached,
+        "computed_tokens": computed, "loaded_tokens": loaded, "failed": state != ST_DONE,
+    })
+    c = dict(zip(COUNTERS, counters.tolist()))
+    for k in ("steps", "preemptions", "max_kv_used", "max_running", "max_batch_tokens", "prefill_tokens", "decode_tokens"):
+        c[k] = int(c[k])
+    summary = {m: _q(v[ok & np.isfinite(v)]) for m, v in (("ttft_ms", ttft), ("itl_ms", itl), ("e2e_ms", e2e))}
+    summary.update({"requests": int(len(df)), "n_success": int(ok.sum()), "n_failed": int((~ok).sum()),
+                    "steps": c["steps"], "preemptions": c["preemptions"], "sim_wall_s": wall,
+                    "sim_time_s": (c["end_us"] - arr[0]) / 1e6})
+    tr = None
+    if record_steps:
+        tr = pd.DataFrame(trace[:, :16], columns=list(TRACE_COLUMNS))
+        tr["kv_free"] = trace[:, 16]
+        tr["regime"] = tr["regime"].astype(np.int64)
+    return SimResult(requests=df, summary=summary, trace=tr, counters=c)
+
+
+# ---------------------------------------------------------------------------------------------
+# posterior predictive
+# ---------------------------------------------------------------------------------------------
+_POOL_STATE: dict = {}
+
+
+def _one_draw(args):
+    prep, srv, ctx_arr, beta, alpha, noise, seed = args
+    out = _run_kernel(prep, srv, ctx_arr, beta, alpha, noise, seed, False)
+    ok, ttft, itl, e2e = _metric_arrays(prep, out)
+    res = {}
+    for m, v in (("ttft_ms", ttft), ("itl_ms", itl), ("e2e_ms", e2e)):
+        res[m] = _q(v[ok & np.isfinite(v)])
+    res["n_failed"] = int((~ok).sum())
+    res["steps"] = int(out[10][0])
+    return res
+
+
+def _pool_draw(i):
+    s = _POOL_STATE
+    return _one_draw((s["prep"], s["srv"], s["ctx"], s["beta"][i], s["alpha"][i], s["noise"][i], s["seeds"][i]))
+
+
+def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = None, seed: int = 0,
+                         processes: int | None = None) -> dict:
+    """Simulate the workload once per coefficient draw and summarise across draws.
+
+    ``draws``: CoefDraws-like (``beta`` (D, R, F), ``alpha`` (D, A), ``sigma_rel`` (D,)) or a dict
+    with those keys. ``n_draws`` of them are used (chosen without replacement with ``seed`` when
+    fewer than D; all when None). Each draw uses its ``sigma_rel`` as the per-step noise and its
+    own RNG seed. ``processes`` > 1 runs draws in a fork process pool (None / 1: in-process).
+
+    Returns ``{metric: {"mean", "p90", "p99" (medians across draws), "<stat>_interval50",
+    "<stat>_interval90" ([lo, hi] across draws), "draws": [per-draw values]}, "requests": n,
+    "n_failed": mean failed per draw, "draws": n_draws, "wall_s": s}``.
+    """
+    get = (lambda k: draws[k]) if isinstance(draws, dict) else (lambda k: getattr(draws, k))
+    beta = np.asarray(get("beta"), dtype=np.float64)
+    alpha = np.asarray(get("alpha"), dtype=np.float64)
+    try:
+        sig = get("sigma_rel")
+    except (KeyError, AttributeError):
+        sig = None
+    D = beta.shape[0]
+    sig = np.zeros(D) if sig is None else np.broadcast_to(np.asarray(sig, dtype=np.float64), (D,))
+    if beta.ndim != 3 or beta.shape[1:] != (len(F.REGIMES), F.N_BETA):
+        raise SpecError(f"draws.beta must be (D, {len(F.REGIMES)}, {F.N_BETA}), got {beta.shape}", field="beta")
+    if alpha.shape != (D, F.N_ALPHA):
+        raise SpecError(f"draws.alpha must be ({D}, {F.N_ALPHA}), got {alpha.shape}", field="alpha")
+    rng = np.random.default_rng(seed)
+    if n_draws is None or n_draws >= D:
+        idx = np.arange(D)
+    else:
+        idx = np.sort(rng.choice(D, size=int(n_draws), replace=False))
+    srv = _server_params(server)
+    prep = _prepare(workload, srv)
+    ctx_arr = _ctx_array(ctx)
+    seeds = rng.integers(0, 2**31 - 1, size=len(idx))
+    b = np.ascontiguousarray(beta[idx])
+    a = np.ascontiguousarray(alpha[idx])
+    s = np.maximum(sig[idx], 0.0)
+    t0 = time.perf_counter()
+    if processes and processes > 1 and len(idx) > 1:
+        import multiprocessing as mp
+
+        _POOL_STATE.update(prep=prep, srv=srv, ctx=ctx_arr, beta=b, alpha=a, noise=s, seeds=seeds)
+        try:
+            with mp.get_context("fork").Pool(min(int(processes), len(idx))) as pool:
+                per = pool.map(_pool_draw, range(len(idx)))
+        finally:
+            _POOL_STATE.clear()
+    else:
+        per = [_one_draw((prep, srv, ctx_arr, b[i], a[i], s[i], int(seeds[i]))) for i in range(len(idx))]
+    wall = time.perf_counter() - t0
+    out: dict = {}
+    for m in METRICS:
+        entry: dict = {}
+        for stat in ("mean", "p90", "p99"):
+            v = np.array([p[m][stat] for p in per], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if len(v) == 0:
+                entry[stat] = float("nan")
+                entry[f"{stat}_interval50"] = [float("nan")] * 2
+                entry[f"{stat}_interval90"] = [float("nan")] * 2
+                continue
+            entry[stat] = float(np.mean(v))
+            entry[f"{stat}_interval50"] = [float(np.quantile(v, 0.25)), float(np.quantile(v, 0.75))]
+            entry[f"{stat}_interval90"] = [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]
+        entry["draws"] = {stat: [p[m][stat] for p in per] for stat in ("mean", "p90", "p99")}
+        out[m] = entry
+    out["requests"] = int(len(workload))
+    out["n_failed"] = float(np.mean([p["n_failed"] for p in per]))
+    out["draws"] = int(len(idx))
+    out["wall_s"] = wall
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# bayeslat predict SPEC.yaml
+# ---------------------------------------------------------------------------------------------
+DEFAULT_MODEL = Path(__file__).parent / "data" / "models" / "default.nc"
+
+
+def _resolve_rel(value, base: Path):
+    """A path relative to the SPEC file if it exists there, else the value as given (spec key)."""
+    if value is None:
+        return None
+    p = Path(str(value))
+    if not p.is_absolute() and (base / p).exists():
+        return base / p
+    return p if p.exists() else value
+
+
+def load_spec(path) -> dict:
+    """Read and validate a predict SPEC.yaml; returns {model, hardware, server (ServerConfig),
+    workload (Workload), ctx, kv_blocks, cpu_kv_blocks, spec_path}."""
+    import yaml
+
+    from bayeslat import specs as S
+    from bayeslat import workload as W
+
+    path = Path(path)
+    if not path.exists():
+        raise SpecError("no such file", file=str(path))
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError(f"invalid YAML: {e}", file=str(path), line=(mark.line + 1) if mark else None) from None
+    if not isinstance(spec, dict):
+        raise SpecError("SPEC must be a mapping with model, hardware, server, workload", file=str(path))
+    for k in ("model", "hardware", "workload"):
+        if k not in spec:
+            raise SpecError("missing key (need model, hardware, server, workload)", file=str(path), field=k)
+    base = path.parent
+    model = S.load_model(_resolve_rel(spec["model"], base))
+    hw = S.load_hardware(_resolve_rel(spec["hardware"], base))
+    srv_in = spec.get("server") or {}
+    if isinstance(srv_in, (str, Path)):
+        server = S.load_server(_resolve_rel(srv_in, base))
+    else:
+        server = S.load_server(dict(srv_in))
+    ctx = F.feature_context(model, hw, server)
+    kvb = S.kv_blocks(model, hw, server)
+    cpub = S.cpu_kv_blocks(model, server)
+    wl = spec["workload"]
+    if not isinstance(wl, dict):
+        raise SpecError("workload must be a mapping with `requests:` or `inference_perf:`", file=str(path), field="workload")
+    seed = int(wl.get("seed", 0))
+    timeout = wl.get("timeout_s", W.DEFAULT_TIMEOUT_S)
+    if "requests" in wl:
+        wpath = _resolve_rel(wl["requests"], base)
+        if not Path(str(wpath)).exists():
+            raise SpecError(f"no such file {wl['requests']!r}", file=str(path), field="workload.requests")
+        workload = W.from_file(wpath, timeout_s=timeout)
+    elif "inference_perf" in wl:
+        prof = wl["inference_perf"]
+        if not isinstance(prof, dict):
+            raise SpecError("must be a mapping (data, load)", file=str(path), field="workload.inference_perf")
+        if "data" not in prof and "shared_prefix" in prof:
+            prof = {"data": {"shared_prefix": prof["shared_prefix"]}, "load": {"stages": prof.get("stages", [])}}
+        try:
+            workload = W.from_inference_perf(prof, seed=seed, num_requests=wl.get("num_requests"),
+                                             arrivals=wl.get("arrivals", "poisson"), timeout_s=timeout)
+        except SpecError as e:
+            raise SpecError(e.reason, file=str(path), field=f"workload.inference_perf.{e.field}" if e.field else "workload.inference_perf") from None
+    else:
+        raise SpecError("need `requests:` (CSV/Parquet) or `inference_perf:` (profile)", file=str(path), field="workload")
+    return {"model": model, "hardware": hw, "server": server, "workload": workload, "ctx": ctx,
+            "kv_blocks": kvb, "cpu_kv_blocks": cpub, "spec_path": str(path)}
+
+
+def sim_server(server, kv_blocks: int, cpu_kv_blocks: int = 0) -> dict:
+    """The simulator's server dict from a ServerConfig and derived capacities."""
+    return {"max_num_seqs": server.max_num_seqs, "max_num_batched_tokens": server.max_num_batched_tokens,
+            "block_size": server.block_size, "kv_blocks": int(kv_blocks), "cpu_kv_blocks": int(cpu_kv_blocks),
+            "chunked_prefill": server.chunked_prefill, "prefix_caching": server.prefix_caching,
+            "max_model_len": server.max_model_len}
+
+
+def cli_predict(args) -> int:
+    import json
+
+    from bayeslat import model as M
+
+    spec = load_spec(args.spec)
+    mpath = Path(args.model) if args.model else DEFAULT_MODEL
+    if not mpath.exists():
+        raise SpecError("fitted model not found" + ("" if args.model else
+                        " (no default fit is shipped yet: run `bayeslat fit --out PATH` and pass --model PATH)"),
+                        file=str(mpath))
+    idata = M.load(mpath)
+    draws = M.coefficient_draws(idata, spec["hardware"].name, spec["model"].model_class, n=int(args.draws),
+                                seed=int(args.seed))
+    srv = sim_server(spec["server"], spec["kv_blocks"], spec["cpu_kv_blocks"])
+    res = posterior_predictive(spec["workload"], spec["ctx"], srv, draws, n_draws=None, seed=int(args.seed))
+    out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in METRICS}
+    out["requests"] = res["requests"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{spec['spec_path']}: {out['requests']} requests, {res['draws']} posterior draws, "
+              f"{res['n_failed']:.0f} failed per draw (mean)")
+        print(f"{'metric':8s} {'mean':>10s} {'p90':>10s} {'p99':>10s}   mean 90% interval")
+        for m in METRICS:
+            e = out[m]
+            lo, hi = e["mean_interval90"]
+            print(f"{m:8s} {e['mean']:10.2f} {e['p90']:10.2f} {e['p99']:10.2f}   [{lo:.2f}, {hi:.2f}]")
+        if getattr(draws, "new_levels", None):
+            print(f"note: {', '.join(draws.new_levels)} not in the fit: drawn from the population (wider intervals)")
+    return 0

@@ -1,0 +1,112 @@
+"""Request streams: generated inference-perf profiles match the profile and the real runs;
+replayed and file workloads parse exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslat import datasets
+from bayeslat import workload as W
+from bayeslat.errors import SpecError
+
+PROFILE = {"data": {"shared_prefix": {"system_prompt_len": 100, "question_len": 447, "output_len": 248,
+                                      "num_unique_system_prompts": 9, "num_users_per_system_prompt": 5,
+                                      "enable_multi_turn_chat": True}},
+           "load": {"type": "constant", "stages": [{"rate": 8, "duration": 100}, {"rate": 20, "duration": 100}]}}
+
+
+def test_generated_matches_profile():
+    w = W.from_inference_perf(PROFILE, seed=1)
+    assert len(w) == 800 + 2000
+    t = w.arrival_us / 1e6
+    assert (np.diff(w.arrival_us) >= 0).all()
+    n0 = (t < 100).sum()
+    assert abs(n0 - 800) < 60  # stage boundary at the nominal start (+- Poisson jitter)
+    for lo, hi, rate in ((5, 95, 8), (105, 195, 20)):
+        k = ((t >= lo) & (t < hi)).sum() / (hi - lo)
+        assert abs(k - rate) < 4 * np.sqrt(rate / (hi - lo))
+        g = np.diff(t[(t >= lo) & (t < hi)])
+        assert 0.85 < g.std() / g.mean() < 1.15  # exponential gaps (what the real runs show)
+    assert (w.output_tokens == 248).all()
+    assert abs(w.input_tokens.mean() - W.calibrated_prompt(PROFILE["data"]["shared_prefix"])) < 1.0
+    assert w.input_tokens.std() < 10
+    assert set(np.unique(w.prefix_group)) == set(range(9))
+    assert (w.prefix_length == round(100 * W.TEMPLATE_RATIO)).all()
+    assert (w.timeout_us == 300_000_000).all()
+    # reproducible, num_requests truncates
+    w2 = W.from_inference_perf(PROFILE, seed=1, num_requests=50)
+    assert len(w2) == 50 and (w2.arrival_us == w.arrival_us[:50]).all()
+    assert not np.array_equal(W.from_inference_perf(PROFILE, seed=2).arrival_us, w.arrival_us)
+
+
+def test_constant_arrivals():
+    w = W.from_inference_perf(PROFILE, seed=0, arrivals="constant")
+    g = np.diff(w.arrival_us[:800])
+    assert np.allclose(g, 125_000, atol=1)
+    assert np.allclose(np.diff(w.arrival_us[801:]), 50_000, atol=1)
+    with pytest.raises(SpecError, match="arrivals"):
+        W.from_inference_perf(PROFILE, arrivals="bursty")
+
+
+def test_profile_errors():
+    with pytest.raises(SpecError, match="question_len"):
+        W.from_inference_perf({"data": {"shared_prefix": {"system_prompt_len": 1, "output_len": 2}}, "load": PROFILE["load"]})
+    with pytest.raises(SpecError, match="load.stages"):
+        W.from_inference_perf({"data": PROFILE["data"], "load": {}})
+
+
+def test_calibration_against_real_runs():
+    """The constant template calibration reproduces every real run's mean prompt within 5 tokens,
+    and the real arrivals are Poisson (gap CV ~ 1) with exactly rate x duration per stage."""
+    for run in datasets.runs()["run"]:
+        info = datasets.run_info(run)
+        q = datasets.requests(run)
+        ok = ~q["has_error"] & ~q["input_imputed"]
+        sp = info["profile"]["data"]["shared_prefix"]
+        assert abs(q.loc[ok, "input_tokens"].mean() - W.calibrated_prompt(sp)) < 5.0, run
+        for k, g in q.groupby("stage"):
+            st = info["profile"]["load"]["stages"][k]
+            assert len(g) == round(st["rate"] * st["duration"])
+            gaps = np.diff(g["arrival_us"].to_numpy())
+            assert 0.9 < gaps.std() / gaps.mean() < 1.1
+    # multi-turn chat does not grow prompts over time
+    q = datasets.requests("llama-2-7b-tp1-codegen")
+    x = q["input_tokens"].to_numpy()
+    assert abs(x[:1000].mean() - x[-1000:].mean()) < 2.0
+
+
+def test_from_requests_bundled_run():
+    run = "llama-2-7b-tp1-reasoning"
+    q = datasets.requests(run)
+    w = W.from_run(run)
+    assert len(w) == len(q)
+    assert (w.arrival_us == q["arrival_us"].to_numpy()).all()  # errored requests keep their arrival
+    assert (w.output_tokens == datasets.run_info(run)["output_len"]).all()  # repaired count
+    assert (w.timeout_us == 300_000_000).all()
+    assert w.info["n_error_recorded"] == int(q["has_error"].sum()) > 0
+    assert set(np.unique(w.prefix_group)) == set(range(23))
+    w2 = W.from_requests(q, timeout_s=None)
+    assert (w2.prefix_group == -1).all() and (w2.timeout_us == -1).all()
+
+
+def test_from_csv_and_parquet(tmp_path):
+    df = pd.DataFrame({"arrival_time_us": [5, 0, 10], "input_tokens": [10, 20, 30], "output_tokens": [1, 2, 3],
+                       "prefix_group": [0, -1, 0], "prefix_length": [8, 0, 40]})
+    df.to_csv(tmp_path / "w.csv", index=False)
+    df.to_parquet(tmp_path / "w.parquet")
+    for w in (W.from_csv(tmp_path / "w.csv"), W.from_parquet(tmp_path / "w.parquet"), W.from_file(tmp_path / "w.parquet")):
+        assert list(w.arrival_us) == [0, 5, 10]  # sorted by arrival
+        assert list(w.input_tokens) == [20, 10, 30]
+        assert list(w.prefix_group) == [-1, 0, 0]
+        assert list(w.prefix_length) == [0, 8, 30]  # clipped to the prompt
+        assert (w.timeout_us == -1).all()
+    assert (W.from_csv(tmp_path / "w.csv", timeout_s=2).timeout_us == 2_000_000).all()
+    (tmp_path / "bad.csv").write_text("arrival_time_us,input_tokens\n0,1\n")
+    with pytest.raises(SpecError, match="output_tokens"):
+        W.from_csv(tmp_path / "bad.csv")
+    (tmp_path / "bad2.csv").write_text("arrival_time_us,input_tokens,output_tokens\n0,1,1\n5,x,1\n")
+    with pytest.raises(SpecError, match=r"bad2.csv:3: input_tokens"):
+        W.from_csv(tmp_path / "bad2.csv")
+    with pytest.raises(SpecError, match="no such file"):
+        W.from_csv(tmp_path / "nope.csv")
