@@ -105,8 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from bayeslat.errors import BayeslatError
+
     module = importlib.import_module(COMMANDS[args.command])
-    return int(getattr(module, f"cli_{args.command}")(args) or 0)
+    try:
+        return int(getattr(module, f"cli_{args.command}")(args) or 0)
+    except (BayeslatError, FileNotFoundError) as err:
+        print(f"bayeslat {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,9 @@ validated tables (see :mod:`bayeslat.ingest.tables` for the schemas).
 ``ingest(paths, experiment=None, out=None) -> IngestResult`` detects each file's kind by content
 (:func:`detect_kind`), parses it streaming (gzip by magic bytes), counts every record as kept or
 skipped with a reason (:class:`IngestReport`), and returns the tables (pandas) or, with ``out``,
-writes them as Parquet (``<table>.parquet``; the big tables are written incrementally so memory
-does not grow with the file size) plus ``report.json``.
+writes them as Parquet (``<table>.parquet``; every trace table, ``requests`` included, is written
+incrementally so memory does not grow with the file size: see :mod:`.otlp` for the streaming
+journey join and its ``journey_idle_lines`` policy) plus ``report.json``.
 
 Modules: :mod:`.otlp` (journey + step traces), :mod:`.kvevents`, :mod:`.inference_perf`,
 :mod:`.experiment`, :mod:`.tables`, :mod:`.report`.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bayeslat.errors import IngestError
 
@@ -28,7 +31,7 @@ from ._io import detect_kind, open_binary
 from .experiment import experiments_row, load_experiment
 from .inference_perf import lifecycle_aggregates, load_json, parse_replay, replay_frame
 from .kvevents import KvState
-from .otlp import OtlpState
+from .otlp import IDLE_LINES, OtlpState
 from .report import IngestReport
 from .tables import SCHEMAS, TABLES, check_schema, read_table
 
@@ -60,7 +63,8 @@ def _gt_partner(path: str) -> str:
 
 
 def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path | None = None,
-           block_bytes: float | None = None, chunk_rows: int = 50_000) -> IngestResult:
+           block_bytes: float | None = None, chunk_rows: int = 50_000,
+           journey_idle_lines: int | None = IDLE_LINES) -> IngestResult:
     report = IngestReport()
     exp = None
     if isinstance(experiment, dict):
@@ -74,7 +78,7 @@ def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path |
     if outdir is not None:
         outdir.mkdir(parents=True, exist_ok=True)
     sinks = {n: tables.TableSink(n, outdir / f"{n}.parquet" if outdir else None, chunk_rows) for n in STREAMED}
-    otlp = OtlpState(report, sinks, outdir)
+    otlp = OtlpState(report, sinks, outdir, idle_lines=journey_idle_lines)
     kv = KvState(report)
 
     kinds = {}
@@ -118,26 +122,27 @@ def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path |
             report.file_kind[p] = "ground_truth"
             report.skip(p, 1, "file", "unknown_record", "ground truth without its replay file (<exp>.json.gz)")
 
-    req_dicts = otlp.finish_journey()
-    if req_dicts:
-        tr = tables.conform(pd.DataFrame(req_dicts), "requests")
-        arr = tr["arrival_ns"].astype("Float64")
-        first = arr.groupby([tr["run"], tr["source"]]).transform("min")
-        rel = ((arr - first) / 1000).round()
-        tr["arrival_us"] = rel.astype("Int64")
-        frames.insert(0, tr)
+    n_trace = otlp.finish_journey()
     kv.finish(sinks["kv_steps"], block_bytes)
     result = IngestResult(report)
-    requests = pd.concat(frames, ignore_index=True) if frames else tables.empty("requests")
-    requests = tables.conform(requests, "requests")
+    replay = tables.conform(pd.concat(frames, ignore_index=True), "requests") if frames else None
+    if outdir is not None:
+        report.tables["requests"] = _write_requests(outdir / "requests.parquet", otlp.request_tables(), replay)
+        result.tables["requests"] = outdir / "requests.parquet"
+    else:
+        parts = [tables.from_arrow(t, "requests") for t in otlp.request_tables()] if n_trace else []
+        if replay is not None:
+            parts.append(replay)
+        requests = tables.conform(pd.concat(parts, ignore_index=True), "requests") if parts else tables.empty("requests")
+        report.tables["requests"] = len(requests)
+        result.tables["requests"] = requests
     exps = experiments_row(exp) if exp else tables.empty("experiments")
-    for name, df in (("requests", requests), ("experiments", exps)):
-        report.tables[name] = len(df)
-        if outdir is not None:
-            tables.write_table(df, outdir / f"{name}.parquet", name)
-            result.tables[name] = outdir / f"{name}.parquet"
-        else:
-            result.tables[name] = df
+    report.tables["experiments"] = len(exps)
+    if outdir is not None:
+        tables.write_table(exps, outdir / "experiments.parquet", "experiments")
+        result.tables["experiments"] = outdir / "experiments.parquet"
+    else:
+        result.tables["experiments"] = exps
     for name, s in sinks.items():
         if outdir is not None:
             s.close()
@@ -148,6 +153,25 @@ def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path |
     if outdir is not None:
         (outdir / "report.json").write_text(report.to_json())
     return result
+
+
+def _write_requests(path: Path, trace_tables, replay: pd.DataFrame | None) -> int:
+    """Stream the ``requests`` table to Parquet: the trace rows chunk by chunk, then the replay
+    rows. The file carries the same pandas metadata as :func:`tables.write_table` would write."""
+    schema = tables.arrow_schema("requests")
+    meta = pa.Table.from_pandas(tables.empty("requests"), schema=schema, preserve_index=False).schema.metadata
+    n = 0
+    with pq.ParquetWriter(str(path), schema.with_metadata(meta), compression="zstd") as w:
+        for t in trace_tables:
+            w.write_table(t.replace_schema_metadata(meta))
+            n += t.num_rows
+        if replay is not None:
+            tables.check_schema(replay, "requests")
+            w.write_table(pa.Table.from_pandas(replay, schema=schema, preserve_index=False).replace_schema_metadata(meta))
+            n += len(replay)
+        if n == 0:
+            w.write_table(pa.Table.from_pandas(tables.empty("requests"), schema=schema, preserve_index=False).replace_schema_metadata(meta))
+    return n
 
 
 def cli_ingest(args) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import tables as T
-from ._io import open_binary
+from ._io import _loads, open_binary
 from .report import IngestReport
 
 REQUIRED = ("index", "arrival_time_us", "input_tokens", "output_tokens", "has_error")
@@ -31,7 +31,7 @@ REQUIRED = ("index", "arrival_time_us", "input_tokens", "output_tokens", "has_er
 
 def load_json(path: str | Path):
     with open_binary(path) as f:
-        return json.loads(f.read())
+        return _loads(f.read())
 
 
 def profile_info(profile: dict | None) -> tuple[int | None, bool | None, list | None]:

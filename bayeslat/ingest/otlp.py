@@ -20,9 +20,28 @@ document is accepted too). Integers are strings (``{"intValue": "42"}``), double
   the unix clock (``startTimeUnixNano`` .. ``endTimeUnixNano``), ``gen_ai.latency.*`` -> ms.
 
 Join: an ``llm_core`` span joins the ``llm_request`` span whose spanId is its ``parentSpanId``;
-failing that, the one whose request id is the core id up to its last ``-0-``. Joining happens
-after all files are read (spans of one request may sit in different lines/files), so journey
-state is O(requests) (a few hundred bytes each); steps / snapshots are streamed out in chunks.
+failing that, the one whose request id is the core id up to its last ``-0-``. The join is
+streaming, so memory does not grow with the file size (policy):
+
+- an OTLP span is exported once, when it ends, with all its events: as soon as both spans of a
+  request have been read (in either order, also across lines and files) nothing more can arrive
+  for it, so the joined request is written out at once (``requests`` row + its
+  ``request_events`` rows) and forgotten;
+- a span whose partner has not been read yet is held (a few hundred bytes). A held ``llm_core``
+  span with a ``parentSpanId`` waits for that parent; it falls back to the request-id prefix
+  only when it (or the prefix-matching ``llm_request`` span) expires. One without a parent joins
+  the prefix match at once (the latest such ``llm_request`` span read so far);
+- a held span expires after ``idle_lines`` (default :data:`IDLE_LINES`) further lines (counted
+  over all OTLP files of the ingest) without its partner, and at the end of the ingest; it is
+  then written unjoined (``core-only`` / ``api-only``, counted in the report note). A partner
+  read after that does not join it. ``idle_lines=None`` holds unjoined spans until the end (needed
+  only when the api and core spans of a request are further apart than that, e.g. separate api /
+  core files longer than ``idle_lines``; memory is then O(unjoined requests));
+- the ``parentSpanId`` of each ``llm_core`` span is remembered for ``idle_lines`` lines to skip a
+  second core span of the same request (``duplicate``);
+- ``requests`` rows are in the order the requests completed (joined or expired), journey rows
+  first, then upstream rows; ``arrival_us`` is filled in at the end from the run's first arrival
+  (the rows are spilled to a temporary Arrow file next to the output meanwhile).
 
 Timestamps: an event whose time is negative is skipped (``negative_timestamp``); one earlier
 than the previous kept event of the same span is skipped (``reversed_timestamp``); a step whose
@@ -30,8 +49,8 @@ than the previous kept event of the same span is skipped (``reversed_timestamp``
 
 ``steps.cycle_time_us`` is the true step time: next start - this start where ``step.id + 1`` of
 the same file was sampled (the computation is done per file, after the file is read: the step
-rows of a file are buffered in a temporary Parquet file/Arrow chunks, then re-emitted with the
-cycle column). ``step.duration_us`` is the scheduler's own bookkeeping, kept as recorded.
+rows of a file are buffered in a temporary Arrow IPC file/Arrow chunks, then re-emitted with the
+cycle column; only step.id and ts_start_ns, 16 bytes a step, stay in memory). ``step.duration_us`` is the scheduler's own bookkeeping, kept as recorded.
 """
 from __future__ import annotations
 
@@ -46,6 +65,8 @@ from . import tables as T
 from ._io import iter_json_records
 from .report import IngestReport
 
+IDLE_LINES = 50_000  # a journey span without its partner is written unjoined after this many lines
+
 API_EVENTS = {"api.ARRIVED": "arrival", "api.HANDOFF_TO_CORE": "handoff", "api.FIRST_RESPONSE": "first_response",
               "api.DEPARTED": "departed", "api.ABORTED": "aborted_at"}
 CORE_EVENTS = ("journey.QUEUED", "journey.SCHEDULED", "journey.FIRST_TOKEN", "journey.PREEMPTED", "journey.FINISHED")
@@ -54,6 +75,18 @@ SNAP_ATTRS = ["request.phase", "request.num_prompt_tokens", "request.num_compute
               "request.num_preemptions", "request.scheduled_tokens_this_step", "kv.blocks_allocated_gpu",
               "kv.blocks_cached_gpu", "request.effective_prompt_len"]
 _STEP_N = len(T.columns("steps"))
+# fast path of step events: the attributes in the row's column order
+_SUM_KEYS = STEP_ATTRS                       # step.id, ts_start, ts_end, 12 ints + kv.usage_gpu_ratio
+_RATIO = STEP_ATTRS.index("kv.usage_gpu_ratio")
+_SNAP_KEYS = ["step.id", "request.id"] + SNAP_ATTRS
+_REQ_COLS = T.columns("requests")
+_REQ_STR = [i for i, (c, d, *_) in enumerate(T.SCHEMAS["requests"]) if d == "string"]
+_ARR_US = _REQ_COLS.index("arrival_us")
+_NONE_REQ = (None,) * len(_REQ_COLS)
+
+
+class _Slow(Exception):
+    """The fast path of an event does not apply: take the general (original) path."""
 
 
 class Bad(Exception):
@@ -100,16 +133,35 @@ def _int(d: dict, key: str, required: bool = False):
 
 
 class OtlpState:
-    """Parser state shared by all OTLP files of one ingest (sinks and the journey join)."""
+    """Parser state shared by all OTLP files of one ingest (sinks and the streaming journey join)."""
 
-    def __init__(self, report: IngestReport, sinks: dict, tmpdir: Path | None = None):
+    def __init__(self, report: IngestReport, sinks: dict, tmpdir: Path | None = None, idle_lines: int | None = IDLE_LINES):
         self.report, self.sinks, self.tmpdir = report, sinks, tmpdir
-        self.api: dict = {}          # (run, spanId) -> api record
-        self.api_by_rid: dict = {}   # (run, request id) -> (run, spanId)
-        self.core: list = []         # core records
-        self.core_parents: set = set()
-        self.upstream: list = []     # upstream request dicts
+        self.idle_lines = idle_lines
+        self.tick = 0                # OTLP lines read so far (all files): the clock of the idle policy
+        self._next_sweep = 0
+        self.api: dict = {}          # (run, spanId) -> held api record (insertion order = tick order)
+        self.api_by_rid: dict = {}   # (run, request id) -> key of the latest held api record
+        self.core: dict = {}         # seq -> held core record (waiting for its api span)
+        self._wait_parent: dict = {}  # (run, parentSpanId) -> seq of the held core waiting for it
+        self._wait_rid: dict = {}    # (run, core id up to its last -0-) -> [seq, ...] held cores
+        self.core_parents: dict = {}  # (run, parentSpanId) -> tick (duplicate detection, expires)
+        self._seq = 0
+        self.n_core = self.n_api = self.n_fallback = self.n_core_only = self.n_api_only = 0
+        self.first_arrival: dict = {}  # (run, source) -> smallest arrival_ns (for arrival_us)
+
+        def spill(name):
+            return T.TableSink("requests", tmpdir / f".{name}.tmp.arrow" if tmpdir is not None else None, fmt="ipc")
+        self._journey_rows = spill("requests_journey")
+        self._upstream_rows = spill("requests_upstream")
         self._ntmp = 0
+        self._kinds: dict = {}       # (file, kind) -> the report's counter dict (fast keep)
+
+    def _keep(self, file: str, kind: str) -> None:
+        c = self._kinds.get((file, kind))
+        if c is None:
+            c = self._kinds[(file, kind)] = self.report._c(file, kind)
+        c["kept"] += 1
 
     # ---------------------------------------------------------------------------------------
     def parse_file(self, path: str | Path, run: str, file: str | None = None) -> None:
@@ -121,15 +173,18 @@ class OtlpState:
         tmp = None
         if self.tmpdir is not None:
             self._ntmp += 1
-            tmp = self.tmpdir / f".steps.{self._ntmp}.tmp.parquet"
-        self._steps_tmp = T.TableSink("steps", tmp)
+            tmp = self.tmpdir / f".steps.{self._ntmp}.tmp.arrow"
+        self._steps_tmp = T.TableSink("steps", tmp, fmt="ipc")
         snaps = self.sinks["step_requests"]
         for lineno, obj in iter_json_records(path, rep, file):
+            self.tick += 1
+            if self.tick >= self._next_sweep:
+                self._sweep()
             rs = obj.get("resourceSpans") if isinstance(obj, dict) else None
             if not isinstance(rs, list):
                 rep.skip(file, lineno, "line", "unknown_record", "not an OTLP object with a resourceSpans list")
                 continue
-            rep.keep(file, "line")
+            self._keep(file, "line")
             for r in rs:
                 for ss in r.get("scopeSpans") or ():
                     scope = (ss.get("scope") or {}).get("name")
@@ -156,49 +211,124 @@ class OtlpState:
 
     # ---------------------------------------------------------------------------------------
     def _steps_span(self, span, file, lineno, run, snaps) -> None:
-        rep = self.report
-        rep.keep(file, "scheduler_steps")
+        """Step events. Each event first tries a fast path that applies when every attribute is
+        one of the expected keys, once, in its expected form (``intValue`` / a lone
+        ``stringValue`` / a lone ``doubleValue``) and the event is valid; it gives exactly the
+        row of the general path (:meth:`_step_event`), which handles everything else."""
+        self._keep(file, "scheduler_steps")
         ids, tss, tmp = self._step_ids, self._step_ts, self._steps_tmp
+        trows, srows = tmp.rows, snaps.rows
+        kinds = self._kinds
+        n_sum = n_snap = 0
         for ev in span.get("events") or ():
             en = ev.get("name")
-            try:
-                a = attrs(ev.get("attributes"))
-                if en == "step.BATCH_SUMMARY":
-                    sid = _int(a, "step.id", True)
-                    t0 = _int(a, "step.ts_start_ns", True)
-                    t1 = _int(a, "step.ts_end_ns", True)
-                    if sid < 0:
-                        raise Bad("bad_value", f"step.id={sid} is negative", "step.id")
-                    if t0 < 0 or t1 < 0:
-                        raise Bad("negative_timestamp", f"step {sid}: ts_start_ns={t0}, ts_end_ns={t1}", "step.ts_start_ns")
-                    if t1 < t0:
-                        raise Bad("reversed_timestamp", f"step {sid}: ts_end_ns {t1} < ts_start_ns {t0}", "step.ts_end_ns")
-                    row = [run, sid, t0, t1]
-                    for k in STEP_ATTRS[3:]:
-                        v = a.get(k)
-                        if v is not None and k != "kv.usage_gpu_ratio" and type(v) is not int:
-                            v = _int(a, k)
-                        row.append(v)
-                    row.append(None)
-                    row.append(None)
-                    ids.append(sid)
-                    tss.append(t0)
-                    tmp.append(tuple(row))
-                elif en == "step.REQUEST_SNAPSHOT":
-                    sid = _int(a, "step.id", True)
-                    rid = a.get("request.id")
-                    if rid is None:
-                        raise Bad("missing_attribute", "attribute request.id is missing", "request.id")
-                    row = [run, sid, str(rid), a.get("request.phase")]
-                    for k in SNAP_ATTRS[1:]:
-                        v = a.get(k)
-                        row.append(v if v is None or type(v) is int else _int(a, k))
-                    snaps.append(tuple(row))
-                else:
-                    raise Bad("unknown_event", f"event {en!r} in span {span['name']}")
-                rep.keep(file, en)
-            except Bad as b:
-                rep.skip(file, lineno, str(en), b.reason, b.message, b.field)
+            if en == "step.BATCH_SUMMARY":
+                try:
+                    lst = ev["attributes"]
+                    r = {a["key"]: a["value"] for a in lst}
+                    vals = list(map(r.get, _SUM_KEYS))
+                    if len(lst) != len(_SUM_KEYS) - vals.count(None):
+                        raise _Slow  # unknown / repeated / null-valued attributes
+                    x = vals[_RATIO]
+                    if x is not None:
+                        if len(x) != 1:
+                            raise _Slow
+                        vals[_RATIO] = None
+                        x = float(x["doubleValue"])
+                    row = [None if v is None else int(v["intValue"]) for v in vals]
+                    sid, t0, t1 = row[0], row[1], row[2]
+                    if sid is None or t0 is None or t1 is None or sid < 0 or t0 < 0 or t1 < t0:
+                        raise _Slow
+                except Exception:
+                    self._step_event(ev, en, span, file, lineno, run, snaps)
+                    continue
+                row[_RATIO] = x
+                ids.append(sid)
+                tss.append(t0)
+                trows.append((run, *row, None, None))
+                n_sum += 1
+            elif en == "step.REQUEST_SNAPSHOT":
+                try:
+                    lst = ev["attributes"]
+                    r = {a["key"]: a["value"] for a in lst}
+                    vals = list(map(r.get, _SNAP_KEYS))
+                    if len(lst) != len(_SNAP_KEYS) - vals.count(None):
+                        raise _Slow
+                    rid, ph = vals[1], vals[2]
+                    if len(rid) != 1:
+                        raise _Slow
+                    rid = str(rid["stringValue"])
+                    if ph is not None:
+                        if len(ph) != 1:
+                            raise _Slow
+                        ph = ph["stringValue"]
+                    vals[1] = vals[2] = None
+                    row = [None if v is None else int(v["intValue"]) for v in vals]
+                    if row[0] is None:
+                        raise _Slow
+                except Exception:
+                    self._step_event(ev, en, span, file, lineno, run, snaps)
+                    continue
+                row[1], row[2] = rid, ph
+                srows.append((run, *row))
+                n_snap += 1
+            else:
+                self._step_event(ev, en, span, file, lineno, run, snaps)
+            # keep the report's kind order: count a kind where the general path would first see it
+            if n_sum == 1 and (file, "step.BATCH_SUMMARY") not in kinds:
+                self._keep(file, "step.BATCH_SUMMARY")
+                n_sum = 0
+            if n_snap == 1 and (file, "step.REQUEST_SNAPSHOT") not in kinds:
+                self._keep(file, "step.REQUEST_SNAPSHOT")
+                n_snap = 0
+        if n_sum:
+            kinds[(file, "step.BATCH_SUMMARY")]["kept"] += n_sum
+        if n_snap:
+            kinds[(file, "step.REQUEST_SNAPSHOT")]["kept"] += n_snap
+        tmp.maybe_flush()
+        snaps.maybe_flush()
+
+    def _step_event(self, ev, en, span, file, lineno, run, snaps) -> None:
+        """The general path of one step event (any attribute form; skips with a reason)."""
+        rep = self.report
+        try:
+            a = attrs(ev.get("attributes"))
+            if en == "step.BATCH_SUMMARY":
+                sid = _int(a, "step.id", True)
+                t0 = _int(a, "step.ts_start_ns", True)
+                t1 = _int(a, "step.ts_end_ns", True)
+                if sid < 0:
+                    raise Bad("bad_value", f"step.id={sid} is negative", "step.id")
+                if t0 < 0 or t1 < 0:
+                    raise Bad("negative_timestamp", f"step {sid}: ts_start_ns={t0}, ts_end_ns={t1}", "step.ts_start_ns")
+                if t1 < t0:
+                    raise Bad("reversed_timestamp", f"step {sid}: ts_end_ns {t1} < ts_start_ns {t0}", "step.ts_end_ns")
+                row = [run, sid, t0, t1]
+                for k in STEP_ATTRS[3:]:
+                    v = a.get(k)
+                    if v is not None and k != "kv.usage_gpu_ratio" and type(v) is not int:
+                        v = _int(a, k)
+                    row.append(v)
+                row.append(None)
+                row.append(None)
+                self._step_ids.append(sid)
+                self._step_ts.append(t0)
+                self._steps_tmp.rows.append(tuple(row))
+            elif en == "step.REQUEST_SNAPSHOT":
+                sid = _int(a, "step.id", True)
+                rid = a.get("request.id")
+                if rid is None:
+                    raise Bad("missing_attribute", "attribute request.id is missing", "request.id")
+                row = [run, sid, str(rid), a.get("request.phase")]
+                for k in SNAP_ATTRS[1:]:
+                    v = a.get(k)
+                    row.append(v if v is None or type(v) is int else _int(a, k))
+                snaps.rows.append(tuple(row))
+            else:
+                raise Bad("unknown_event", f"event {en!r} in span {span['name']}")
+            self._keep(file, en)
+        except Bad as b:
+            rep.skip(file, lineno, str(en), b.reason, b.message, b.field)
 
     def _finish_steps(self, file: str) -> None:
         sink = self._steps_tmp
@@ -220,15 +350,9 @@ class OtlpState:
         else:
             has, cyc = np.zeros(0, bool), np.zeros(0)
         main = self.sinks["steps"]
-        if sink.path is not None:
-            sink.close()
-            batches = pq.ParquetFile(str(sink.path)).iter_batches(batch_size=65536)
-        else:
-            batches = (b for t in sink.kept for b in t.to_batches())
         i = 0
-        for b in batches:
-            m = b.num_rows
-            t = pa.Table.from_batches([b])
+        for t in sink.batches():
+            m = t.num_rows
             t = t.set_column(_STEP_N - 2, "cycle_time_us", pa.array(cyc[i:i + m], type=pa.float64()))
             t = t.set_column(_STEP_N - 1, "successor_sampled", pa.array(has[i:i + m], type=pa.bool_()))
             main.write_arrow(t)
@@ -236,6 +360,7 @@ class OtlpState:
         if sink.path is not None:
             Path(sink.path).unlink(missing_ok=True)
         self._steps_tmp = None
+        self._step_ids = self._step_ts = None
 
     # ---------------------------------------------------------------------------------------
     def _span_events(self, span, file, lineno, timeattr):
@@ -271,7 +396,7 @@ class OtlpState:
                 if last is not None and t < last:
                     raise Bad("reversed_timestamp", f"{en} at {t} ns is before the previous event ({last} ns)", "ts")
                 last = t
-                rep.keep(file, en)
+                self._keep(file, en)
                 yield en, t, a
             except Bad as b:
                 rep.skip(file, lineno, str(en), b.reason, b.message, b.field)
@@ -283,13 +408,28 @@ class OtlpState:
             raise Bad("missing_attribute", "llm_request without gen_ai.request.id", "gen_ai.request.id")
         rec = {"rid": str(rid), "prompt": _int(a, "gen_ai.usage.prompt_tokens"), "max_tokens": _int(a, "gen_ai.request.max_tokens"),
                "aborted": False, "file": file, "line": lineno}
-        self.report.keep(file, "llm_request")
+        self._keep(file, "llm_request")
         for en, t, _ in self._span_events(span, file, lineno, "api"):
             key = API_EVENTS[en]
             if key == "aborted_at":
                 rec["aborted"] = True
             rec.setdefault(key, t)
         key = (run, span.get("spanId") or f"@{file}:{lineno}:{rid}")
+        self.n_api += 1
+        rec["key"], rec["tick"] = key, self.tick
+        # the earliest held core that joins it: by parentSpanId, or (no parent) by request-id prefix
+        best = self._wait_parent.get(key)
+        for seq in self._wait_rid.get((run, rec["rid"]), ()):
+            if self.core[seq]["parent"] is None:
+                if best is None or seq < best:
+                    best = seq
+                break
+        if best is not None:
+            c = self.core[best]
+            self._join(c, rec, fallback=c["parent"] is None or (run, c["parent"]) != key)
+            return
+        if key in self.api:  # a repeated spanId replaces the held record (as a later span would)
+            del self.api[key]
         self.api[key] = rec
         self.api_by_rid[(run, rec["rid"])] = key
 
@@ -302,8 +442,8 @@ class OtlpState:
         if parent is not None and (run, parent) in self.core_parents:
             raise Bad("duplicate", f"second llm_core span for parent {parent}")
         if parent is not None:
-            self.core_parents.add((run, parent))
-        self.report.keep(file, "llm_core")
+            self.core_parents[(run, parent)] = self.tick
+        self._keep(file, "llm_core")
         rec = {"run": run, "rid": None if rid is None else str(rid), "parent": parent, "n_pre_events": 0, "n_pre": None,
                "rows": [], "file": file, "line": lineno}
         for en, t, ea in self._span_events(span, file, lineno, "core"):
@@ -331,7 +471,28 @@ class OtlpState:
             for k, col in (("prefill.total_tokens", "prompt"), ("decode.max_tokens", "max_tokens")):
                 if ea.get(k) is not None and rec.get(col) is None:
                     rec[col] = _int(ea, k)
-        self.core.append(rec)
+        self.n_core += 1
+        self._seq += 1
+        rec["seq"], rec["tick"] = self._seq, self.tick
+        rid = rec["rid"]
+        i = rid.rfind("-0-") if rid is not None else -1
+        rec["prefix"] = (run, rid[:i]) if i > 0 else None
+        if parent is not None:
+            api = self.api.get((run, parent))
+            if api is not None:
+                return self._join(rec, api, fallback=False)
+        elif rec["prefix"] is not None:
+            key = self.api_by_rid.get(rec["prefix"])
+            api = self.api.get(key) if key is not None else None
+            if api is not None:
+                return self._join(rec, api, fallback=True)
+        if parent is None and rec["prefix"] is None:
+            return self._emit(rec, None)  # nothing can ever join it
+        self.core[rec["seq"]] = rec
+        if parent is not None:
+            self._wait_parent[(run, parent)] = rec["seq"]
+        if rec["prefix"] is not None:
+            self._wait_rid.setdefault(rec["prefix"], []).append(rec["seq"])
 
     def _upstream_span(self, span, file, lineno, run) -> None:
         a = attrs(span.get("attributes"))
@@ -350,70 +511,169 @@ class OtlpState:
             v = a.get(k)
             return float(v) * 1e3 if isinstance(v, (int, float)) else None
 
-        self.upstream.append({"source": "upstream", "run": run, "request_id": str(rid), "clock": "unix",
-                              "arrival_ns": t0, "departed_ns": t1,
-                              "input_tokens": _int(a, "gen_ai.usage.prompt_tokens"), "max_tokens": _int(a, "gen_ai.request.max_tokens"),
-                              "output_tokens": _int(a, "gen_ai.usage.completion_tokens"),
-                              "ttft_ms": ms("gen_ai.latency.time_to_first_token"), "e2e_ms": ms("gen_ai.latency.e2e"),
-                              "queue_ms": ms("gen_ai.latency.time_in_queue"), "aborted": False, "has_error": False})
-        self.report.keep(file, "llm_request")
+        self._row(self._upstream_rows, {
+            "source": "upstream", "run": run, "request_id": str(rid), "clock": "unix",
+            "arrival_ns": t0, "departed_ns": t1,
+            "input_tokens": _int(a, "gen_ai.usage.prompt_tokens"), "max_tokens": _int(a, "gen_ai.request.max_tokens"),
+            "output_tokens": _int(a, "gen_ai.usage.completion_tokens"),
+            "ttft_ms": ms("gen_ai.latency.time_to_first_token"), "e2e_ms": ms("gen_ai.latency.e2e"),
+            "queue_ms": ms("gen_ai.latency.time_in_queue"), "aborted": False, "has_error": False})
+        self._keep(file, "llm_request")
+
+    # -- the streaming join ---------------------------------------------------------------------
+    def _row(self, sink, d: dict) -> None:
+        """A ``requests`` row (dict) -> the spill sink; tracks the first arrival per run/source."""
+        row = [d.get(c) for c in _REQ_COLS]
+        for i in _REQ_STR:
+            v = row[i]
+            if v is not None and type(v) is not str:
+                row[i] = str(v)
+        arr = d.get("arrival_ns")
+        if arr is not None:
+            g = (d["run"], d["source"])
+            f = self.first_arrival.get(g)
+            if f is None or arr < f:
+                self.first_arrival[g] = arr
+        sink.append(tuple(row))
+
+    def _unhold_core(self, c) -> None:
+        if self.core.pop(c["seq"], None) is None:
+            return
+        if c["parent"] is not None and self._wait_parent.get((c["run"], c["parent"])) == c["seq"]:
+            del self._wait_parent[(c["run"], c["parent"])]
+        if c["prefix"] is not None:
+            lst = self._wait_rid.get(c["prefix"])
+            if lst is not None:
+                lst.remove(c["seq"])
+                if not lst:
+                    del self._wait_rid[c["prefix"]]
+
+    def _unhold_api(self, api) -> None:
+        key = api["key"]
+        if self.api.get(key) is api:
+            del self.api[key]
+            rk = (key[0], api["rid"])
+            if self.api_by_rid.get(rk) == key:
+                del self.api_by_rid[rk]
+
+    def _join(self, c, api, fallback: bool) -> None:
+        if fallback:
+            self.n_fallback += 1
+        self._unhold_core(c)
+        self._unhold_api(api)
+        self._emit(c, api)
+
+    def _emit(self, c, api) -> None:
+        """Write one journey request (``c`` core record or None, ``api`` record or None)."""
+        if c is None:  # api-only
+            self.n_api_only += 1
+            run = api["key"][0]
+            arr, dep, fr = api.get("arrival"), api.get("departed"), api.get("first_response")
+            self._row(self._journey_rows, {
+                "source": "journey", "run": run, "request_id": api["rid"], "clock": "monotonic",
+                "arrival_ns": arr, "handoff_ns": api.get("handoff"), "first_response_ns": fr, "departed_ns": dep,
+                "input_tokens": api.get("prompt"), "max_tokens": api.get("max_tokens"), "n_preemptions": None,
+                "aborted": api["aborted"], "has_error": api["aborted"],
+                "ttft_ms": (fr - arr) / 1e6 if fr is not None and arr is not None else None,
+                "e2e_ms": (dep - arr) / 1e6 if dep is not None and arr is not None else None})
+            return
+        if api is None:
+            self.n_core_only += 1
+            api = {}
+        run = c["run"]
+        rid = api.get("rid") or c["rid"] or c["parent"]
+        status = c.get("status")
+        aborted = bool(api.get("aborted")) or (status is not None and "ABORT" in str(status).upper())
+        arr, dep, fr = api.get("arrival"), api.get("departed"), api.get("first_response")
+        n_pre = max(c["n_pre"] or 0, c["n_pre_events"])
+        self._row(self._journey_rows, {
+            "source": "journey", "run": run, "request_id": rid, "clock": "monotonic",
+            "arrival_ns": arr, "handoff_ns": api.get("handoff"), "queued_ns": c.get("queued"),
+            "first_scheduled_ns": c.get("first_sched"), "first_token_ns": c.get("first_token"),
+            "first_response_ns": fr, "finished_ns": c.get("finished"), "departed_ns": dep,
+            "input_tokens": api.get("prompt") if api.get("prompt") is not None else c.get("prompt"),
+            "max_tokens": api.get("max_tokens") if api.get("max_tokens") is not None else c.get("max_tokens"),
+            "output_tokens": c.get("output"), "n_preemptions": n_pre, "finish_status": status,
+            "aborted": aborted, "has_error": aborted,
+            "ttft_ms": (fr - arr) / 1e6 if fr is not None and arr is not None else None,
+            "e2e_ms": (dep - arr) / 1e6 if dep is not None and arr is not None else None,
+            "queue_ms": (c["first_sched"] - c["queued"]) / 1e6 if c.get("first_sched") is not None and c.get("queued") is not None else None})
+        rid = None if rid is None else str(rid)
+        ev_sink = self.sinks["request_events"]
+        for i, r in enumerate(c["rows"]):
+            ev_sink.append((run, rid, i) + r[:3] + (None if r[3] is None else str(r[3]),) + r[4:])
+
+    def _expire_core(self, c) -> None:
+        """A held core span gives up waiting: request-id prefix fallback, else core-only."""
+        self._unhold_core(c)
+        key = self.api_by_rid.get(c["prefix"]) if c["prefix"] is not None else None
+        api = self.api.get(key) if key is not None else None
+        if api is not None:
+            self._unhold_api(api)
+            self.n_fallback += 1
+        self._emit(c, api)
+
+    def _expire_api(self, api) -> None:
+        """A held api span gives up waiting: a held core with a parent that matches it by
+        request-id prefix (the general fallback), else api-only."""
+        self._unhold_api(api)
+        lst = self._wait_rid.get((api["key"][0], api["rid"]))
+        if lst:
+            c = self.core[lst[0]]
+            self._unhold_core(c)
+            self.n_fallback += 1
+            self._emit(c, api)
+        else:
+            self._emit(None, api)
+
+    def _sweep(self, final: bool = False) -> None:
+        """Expire held spans (and remembered core parents) idle for ``idle_lines`` lines."""
+        self._next_sweep = self.tick + 1024
+        if final:
+            cut = float("inf")
+        elif self.idle_lines is None:
+            return
+        else:
+            cut = self.tick - self.idle_lines
+        while self.core:
+            c = next(iter(self.core.values()))
+            if c["tick"] > cut:
+                break
+            self._expire_core(c)
+        while self.api:
+            api = next(iter(self.api.values()))
+            if api["tick"] > cut:
+                break
+            self._expire_api(api)
+        cp = self.core_parents
+        while cp:
+            k, t = next(iter(cp.items()))
+            if t > cut:
+                break
+            del cp[k]
 
     # ---------------------------------------------------------------------------------------
-    def finish_journey(self) -> list[dict]:
-        """Join api and core spans; emit request_events rows; return request dicts."""
-        out, used = [], set()
-        ev_sink = self.sinks["request_events"]
-        n_fallback = n_core_only = 0
-        for c in self.core:
-            run = c["run"]
-            key = (run, c["parent"]) if c["parent"] is not None else None
-            api = self.api.get(key) if key is not None else None
-            if api is None and c["rid"] is not None:
-                i = c["rid"].rfind("-0-")
-                if i > 0:
-                    key = self.api_by_rid.get((run, c["rid"][:i]))
-                    api = self.api.get(key) if key is not None else None
-                    if api is not None:
-                        n_fallback += 1
-            if api is not None and key in used:
-                api = None  # the api span already joined another core span
-            if api is not None:
-                used.add(key)
-            else:
-                n_core_only += 1
-                api = {}
-            rid = api.get("rid") or c["rid"] or c["parent"]
-            status = c.get("status")
-            aborted = bool(api.get("aborted")) or (status is not None and "ABORT" in str(status).upper())
-            arr, dep, fr = api.get("arrival"), api.get("departed"), api.get("first_response")
-            n_pre = max(c["n_pre"] or 0, c["n_pre_events"])
-            out.append({"source": "journey", "run": run, "request_id": rid, "clock": "monotonic",
-                        "arrival_ns": arr, "handoff_ns": api.get("handoff"), "queued_ns": c.get("queued"),
-                        "first_scheduled_ns": c.get("first_sched"), "first_token_ns": c.get("first_token"),
-                        "first_response_ns": fr, "finished_ns": c.get("finished"), "departed_ns": dep,
-                        "input_tokens": api.get("prompt") if api.get("prompt") is not None else c.get("prompt"),
-                        "max_tokens": api.get("max_tokens") if api.get("max_tokens") is not None else c.get("max_tokens"),
-                        "output_tokens": c.get("output"), "n_preemptions": n_pre, "finish_status": status,
-                        "aborted": aborted, "has_error": aborted,
-                        "ttft_ms": (fr - arr) / 1e6 if fr is not None and arr is not None else None,
-                        "e2e_ms": (dep - arr) / 1e6 if dep is not None and arr is not None else None,
-                        "queue_ms": (c["first_sched"] - c["queued"]) / 1e6 if c.get("first_sched") is not None and c.get("queued") is not None else None})
-            for i, r in enumerate(c["rows"]):
-                ev_sink.append((run, rid, i) + r)
-        n_api_only = 0
-        for key, api in self.api.items():
-            if key in used:
-                continue
-            n_api_only += 1
-            arr, dep, fr = api.get("arrival"), api.get("departed"), api.get("first_response")
-            out.append({"source": "journey", "run": key[0], "request_id": api["rid"], "clock": "monotonic",
-                        "arrival_ns": arr, "handoff_ns": api.get("handoff"), "first_response_ns": fr, "departed_ns": dep,
-                        "input_tokens": api.get("prompt"), "max_tokens": api.get("max_tokens"), "n_preemptions": None,
-                        "aborted": api["aborted"], "has_error": api["aborted"],
-                        "ttft_ms": (fr - arr) / 1e6 if fr is not None and arr is not None else None,
-                        "e2e_ms": (dep - arr) / 1e6 if dep is not None and arr is not None else None})
-        if self.core or self.api:
-            self.report.note(f"journey join: {len(self.core) - n_core_only} joined ({n_fallback} by request-id prefix), "
-                             f"{n_core_only} core-only, {n_api_only} api-only")
-        self.api, self.core = {}, []
-        return out + self.upstream
+    def finish_journey(self) -> int:
+        """Expire every held span (end of input); return the number of ``requests`` rows of the
+        traces (journey + upstream), read back with :meth:`request_tables`."""
+        self._sweep(final=True)
+        if self.n_core or self.n_api:
+            self.report.note(f"journey join: {self.n_core - self.n_core_only} joined ({self.n_fallback} by request-id prefix), "
+                             f"{self.n_core_only} core-only, {self.n_api_only} api-only")
+        return self._journey_rows.n + len(self._journey_rows.rows) + self._upstream_rows.n + len(self._upstream_rows.rows)
+
+    def request_tables(self):
+        """Yield the trace ``requests`` rows (journey, then upstream) as Arrow tables with
+        ``arrival_us`` filled in (relative to the first arrival of the same run and source)."""
+        for sink in (self._journey_rows, self._upstream_rows):
+            for t in sink.batches():
+                arr = t.column("arrival_ns").to_numpy(zero_copy_only=False).astype("float64")  # nulls -> NaN
+                run = t.column("run").to_pylist()
+                src = t.column("source").to_pylist()
+                first = np.array([self.first_arrival.get(g, np.nan) for g in zip(run, src)], dtype="float64")
+                rel = np.round((arr - first) / 1000)
+                ok = ~np.isnan(rel)
+                col = pa.array(np.where(ok, rel, 0).astype("int64"), type=pa.int64(), mask=~ok)
+                yield t.set_column(_ARR_US, "arrival_us", col)
+            if sink.path is not None:
+                Path(sink.path).unlink(missing_ok=True)

@@ -240,13 +240,16 @@ def read_table(path: str | Path, name: str) -> pd.DataFrame:
 
 class TableSink:
     """Accumulates rows of one table in chunks of ``chunk_rows``; streams each full chunk to
-    ``path`` (Parquet, zstd) when given, else keeps it (Arrow) for :meth:`frame`."""
+    ``path`` (Parquet, zstd; or, with ``fmt="ipc"``, an uncompressed Arrow IPC file: the cheap
+    format of ingest's own temporary spill files) when given, else keeps it (Arrow) for
+    :meth:`frame`. Rows are tuples in schema column order (``None`` = null); a producer in a hot
+    loop may append to :attr:`rows` directly and call :meth:`maybe_flush` now and then."""
 
-    def __init__(self, name: str, path: str | Path | None = None, chunk_rows: int = 50_000):
-        self.name, self.path, self.chunk_rows = name, (Path(path) if path else None), chunk_rows
+    def __init__(self, name: str, path: str | Path | None = None, chunk_rows: int = 50_000, fmt: str = "parquet"):
+        self.name, self.path, self.chunk_rows, self.fmt = name, (Path(path) if path else None), chunk_rows, fmt
         self.rows: list[tuple] = []
         self.kept: list[pa.Table] = []
-        self.writer: pq.ParquetWriter | None = None
+        self.writer = None
         self.n = 0
 
     def append(self, row: tuple) -> None:
@@ -254,9 +257,18 @@ class TableSink:
         if len(self.rows) >= self.chunk_rows:
             self.flush()
 
+    def maybe_flush(self) -> None:
+        if len(self.rows) >= self.chunk_rows:
+            self.flush()
+
     def write_arrow(self, t: pa.Table) -> None:
         self.flush()
         self._emit(t)
+
+    def _open(self):
+        if self.fmt == "ipc":
+            return pa.ipc.new_file(str(self.path), arrow_schema(self.name))
+        return pq.ParquetWriter(str(self.path), arrow_schema(self.name), compression="zstd")
 
     def _emit(self, t: pa.Table) -> None:
         self.n += t.num_rows
@@ -264,7 +276,7 @@ class TableSink:
             self.kept.append(t)
             return
         if self.writer is None:
-            self.writer = pq.ParquetWriter(str(self.path), arrow_schema(self.name), compression="zstd")
+            self.writer = self._open()
         self.writer.write_table(t)
 
     def flush(self) -> None:
@@ -277,10 +289,28 @@ class TableSink:
         self.flush()
         if self.path is not None:
             if self.writer is None:  # no rows: still write an empty, typed file
-                pq.write_table(to_arrow([], self.name), str(self.path), compression="zstd")
+                if self.fmt == "ipc":
+                    self._open().close()
+                else:
+                    pq.write_table(to_arrow([], self.name), str(self.path), compression="zstd")
             else:
                 self.writer.close()
                 self.writer = None
+
+    def batches(self, batch_size: int = 65536):
+        """Close the sink and yield its rows back as Arrow tables, a chunk at a time (bounded
+        memory when it spilled to ``path``)."""
+        self.close()
+        if self.path is None:
+            yield from self.kept
+        elif self.fmt == "ipc":
+            with pa.OSFile(str(self.path)) as f:  # not memory-mapped: pages would count as RSS
+                r = pa.ipc.open_file(f)
+                for i in range(r.num_record_batches):
+                    yield pa.Table.from_batches([r.get_batch(i)])
+        else:
+            for b in pq.ParquetFile(str(self.path)).iter_batches(batch_size=batch_size):
+                yield pa.Table.from_batches([b])
 
     def frame(self) -> pd.DataFrame:
         self.flush()
