@@ -33,7 +33,11 @@ Failed requests
 ---------------
 Requests with ``has_error`` timed out on the client after 300 s (all in the overloaded
 ``reasoning`` runs); their recorded prompt length is 0, so ``input_tokens`` is imputed with the
-run's median successful prompt length (``input_imputed`` marks them) and TTFT is NaN.
+run's median successful prompt length (``input_imputed`` marks them), TTFT / E2E are NaN and
+``output_tokens`` is the profile's ``output_len`` (what the server was asked to generate under
+``ignore_eos``; the count produced before the client gave up is not recorded). The per-request
+rows are built by :func:`bayeslat.ingest.inference_perf.replay_frame`, the same function
+``bayeslat ingest`` uses, so the two agree on every column (this module only narrows dtypes).
 
 The bundle is rebuilt from ``shared/data`` with :func:`build_bundle` (``python -m
 bayeslat.datasets SHARED_DATA_DIR``).
@@ -137,11 +141,6 @@ def data_hash() -> str:
 # ---------------------------------------------------------------------------------------------
 # Building the bundle from shared/data
 # ---------------------------------------------------------------------------------------------
-def _stage_of(arrival_s: np.ndarray, stages: list[dict]) -> np.ndarray:
-    ends = np.cumsum([s["duration"] for s in stages])
-    return np.minimum(np.searchsorted(ends, arrival_s, side="right"), len(stages) - 1).astype(np.int8)
-
-
 def _aggregates(df: pd.DataFrame) -> dict:
     ok = df[~df.has_error]
     itl = (ok.e2e_ms - ok.ttft_ms) / (ok.output_tokens - 1)
@@ -155,6 +154,7 @@ def _aggregates(df: pd.DataFrame) -> dict:
 
 def build_bundle(shared: str | Path, out: str | Path = DATA_DIR) -> None:
     """Rebuild the bundled tables from a ``shared/data`` checkout."""
+    from bayeslat.ingest.inference_perf import profile_info, replay_frame
     shared, out = Path(shared), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tv = json.loads((shared / "trainval15.json").read_text())
@@ -164,7 +164,7 @@ def build_bundle(shared: str | Path, out: str | Path = DATA_DIR) -> None:
         if f.name.endswith("_ground_truth.json.gz"):
             continue
         d = json.load(gzip.open(f))
-        gt = pd.DataFrame(json.load(gzip.open(str(f).replace(".json.gz", "_ground_truth.json.gz"))))
+        gt = json.load(gzip.open(str(f).replace(".json.gz", "_ground_truth.json.gz")))
         exp = d["experiment"]
         expdir = shared / "experiments" / exp
         profile = json.loads((expdir / "profile.yaml").read_text())
@@ -172,24 +172,20 @@ def build_bundle(shared: str | Path, out: str | Path = DATA_DIR) -> None:
 
         expcfg = yaml.safe_load((expdir / "exp-config.yaml").read_text())
         sp = profile["data"]["shared_prefix"]
-        req = pd.DataFrame(d["requests"]).merge(gt, on="index", suffixes=("_client", ""))
-        if (req["has_error_client"] != req["has_error"]).any():
-            raise ValueError(f"{f}: has_error differs between request and ground-truth files")
-        ok = ~req.has_error
-        med_in = int(req.loc[ok, "input_tokens"].median())
-        imputed = req.input_tokens <= 0
-        df = pd.DataFrame({
+        out_len, ignore_eos, stages = profile_info(profile)
+        q = replay_frame(d, gt, run=exp, output_len=out_len, ignore_eos=ignore_eos, stages=stages, strict=True)
+        df = pd.DataFrame({  # compact dtypes of the ingest `requests` columns (no nulls here)
             "run": exp,
-            "index": req["index"].astype(np.int32),
-            "arrival_us": req.arrival_time_us.astype(np.int64),
-            "input_tokens": np.where(imputed, med_in, req.input_tokens).astype(np.int32),
-            "input_imputed": imputed.to_numpy(),
-            "output_tokens": np.full(len(req), sp["output_len"], dtype=np.int32),
-            "output_tokens_client": req.output_tokens.astype(np.int32),
-            "has_error": req.has_error.astype(bool),
-            "ttft_ms": (req.ttft_s * 1e3).astype(np.float64),
-            "e2e_ms": (req.e2e_s * 1e3).astype(np.float64),
-            "stage": _stage_of(req.arrival_time_us.to_numpy() / 1e6, profile["load"]["stages"]),
+            "index": q["index"].to_numpy(np.int32),
+            "arrival_us": q["arrival_us"].to_numpy(np.int64),
+            "input_tokens": q["input_tokens"].to_numpy(np.int32),
+            "input_imputed": q["input_imputed"].to_numpy(bool),
+            "output_tokens": q["output_tokens"].to_numpy(np.int32),
+            "output_tokens_client": q["output_tokens_client"].to_numpy(np.int32),
+            "has_error": q["has_error"].to_numpy(bool),
+            "ttft_ms": q["ttft_ms"].to_numpy(np.float64),
+            "e2e_ms": q["e2e_ms"].to_numpy(np.float64),
+            "stage": q["stage"].to_numpy(np.int8),
         })
         frames.append(df)
         short = d["model_short"]

@@ -176,3 +176,91 @@ def test_real_replay_run(tmp_path):
     b = datasets.requests(exp.name)
     np.testing.assert_allclose(q.ttft_ms.to_numpy(), b.ttft_ms.to_numpy())
     assert (q.input_tokens.to_numpy() == b.input_tokens.to_numpy()).all()
+
+
+# -- streaming journey join, fast paths, optional orjson -------------------------------------------
+def _split_journey(tmp_path, order):
+    """The fixture's reqA as separate api / core lines in ``order`` (with a filler line between)."""
+    lines = (TR / "journey.jsonl").read_text().splitlines()
+    api, core = json.loads(lines[0]), json.loads(lines[1])
+    filler = json.dumps({"resourceSpans": []})
+    body = {"api": json.dumps(api), "core": json.dumps(core)}
+    p = tmp_path / "split.jsonl"
+    p.write_text("\n".join([body[order[0]], filler, filler, body[order[1]]]) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("order", [("api", "core"), ("core", "api")])
+def test_journey_join_either_order(tmp_path, order):
+    r = ingest([_split_journey(tmp_path, order)])
+    q = r["requests"]
+    assert list(q.request_id) == ["reqA"] and q.arrival_ns.iloc[0] == S0 and q.queued_ns.iloc[0] == S0 + 2_000_000
+    assert q.output_tokens.iloc[0] == 20 and q.ttft_ms.iloc[0] == pytest.approx(200.0)
+    assert list(r["request_events"].request_id) == ["reqA"] * 3
+    assert "1 joined (0 by request-id prefix), 0 core-only, 0 api-only" in r.report.notes[-1]
+
+
+def test_journey_idle_policy(tmp_path):
+    # a partner further away than journey_idle_lines (+ the sweep granularity) is not joined
+    p = _split_journey(tmp_path, ("core", "api"))
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join([lines[0]] + [lines[1]] * 3000 + [lines[-1]]) + "\n")
+    r = ingest([p], journey_idle_lines=10)
+    q = r["requests"]
+    assert list(q.request_id) == ["reqA-0-abc", "reqA"] and q.arrival_ns.isna().tolist() == [True, False]  # core-only, api-only
+    assert "0 joined (0 by request-id prefix), 1 core-only, 1 api-only" in r.report.notes[-1]
+    r = ingest([p], journey_idle_lines=None)  # hold until the end: joined
+    assert list(r["requests"].request_id) == ["reqA"] and r["requests"].arrival_ns.iloc[0] == S0
+
+
+def test_step_fast_path_matches_general_path(tmp_path):
+    # reversed / extra / doubled attributes take other paths; the rows must not change
+    out = []
+    for line in (TR / "steps.jsonl").read_text().splitlines(keepends=True):
+        try:
+            d = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        for r in d["resourceSpans"]:
+            for ss in r["scopeSpans"]:
+                for sp in ss["spans"]:
+                    for ev in sp.get("events", []):
+                        ev["attributes"] = ev.get("attributes", [])[::-1]
+        out.append(json.dumps(d) + ("\n" if line.endswith("\n") else ""))
+    p = tmp_path / "steps.jsonl"
+    p.write_text("".join(out))
+    a, b = ingest([TR / "steps.jsonl"]), ingest([p])
+    pd.testing.assert_frame_equal(a["steps"].drop(columns="run"), b["steps"].drop(columns="run"))
+    pd.testing.assert_frame_equal(a["step_requests"].drop(columns="run"), b["step_requests"].drop(columns="run"))
+    assert a.report.skipped.keys() == b.report.skipped.keys()
+
+
+def test_stdlib_json_fallback_same_result(monkeypatch, res):
+    from bayeslat.ingest import _io, otlp
+    monkeypatch.setattr(_io, "_fast_loads", None)
+    monkeypatch.setattr(otlp, "_fast_loads", None)
+    r = ingest([TR / "journey.jsonl", TR / "steps.jsonl", TR / "kv_events.jsonl"], experiment=TR / "experiment.yaml")
+    for name in tables.TABLES:
+        pd.testing.assert_frame_equal(r[name], res[name])
+    assert r.report.to_dict() == res.report.to_dict()
+
+
+REASONING = SHARED / "replay" / "20260217-170634-llama-2-7b-tp1-reasoning.json.gz"
+
+
+@pytest.mark.skipif(not REASONING.exists(), reason="shared data not present")
+def test_failed_replay_requests_agree_with_bundle():
+    exp = SHARED / "experiments" / REASONING.name.replace(".json.gz", "")
+    r = ingest([REASONING, Path(str(REASONING).replace(".json.gz", "_ground_truth.json.gz"))], experiment=exp / "exp-config.yaml")
+    q = r["requests"]
+    from bayeslat import datasets
+    b = datasets.requests(exp.name)
+    err = q.has_error.to_numpy(bool)
+    assert err.sum() > 1000 and (err == b.has_error.to_numpy()).all()
+    assert (q.output_tokens.to_numpy() == b.output_tokens.to_numpy()).all()  # failed: output_len in both
+    assert (q.output_tokens[err] == datasets.run_info(exp.name)["output_len"]).all()
+    for c in ("index", "arrival_us", "input_tokens", "input_imputed", "output_tokens_client", "stage"):
+        assert (q[c].to_numpy() == b[c].to_numpy()).all(), c
+    np.testing.assert_array_equal(q.ttft_ms.to_numpy(), b.ttft_ms.to_numpy())
+    np.testing.assert_array_equal(q.e2e_ms.to_numpy(), b.e2e_ms.to_numpy())

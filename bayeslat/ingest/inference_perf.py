@@ -7,12 +7,20 @@
 
 Output-token repair (see the data README): the recorded ``output_tokens`` is the client's
 re-tokenisation. When the workload used ``ignore_eos`` the server generated exactly the
-profile's ``output_len``: ``output_tokens`` = ``output_len`` for successful requests (null for
-failed ones: unknown), the recorded count is kept in ``output_tokens_client``. Without a known
-profile no repair is made (``output_tokens`` = client count) and the report says so.
-Failed requests record ``input_tokens`` 0: imputed with the run's median successful prompt
-length (``input_imputed``), as :mod:`bayeslat.datasets` does. :func:`replay_frame` is the
-shared per-request builder (pure function of the parsed JSON).
+profile's ``output_len``: ``output_tokens`` = ``output_len``, the recorded count is kept in
+``output_tokens_client``. Without a known profile no repair is made (``output_tokens`` = client
+count) and the report says so.
+
+Failed requests (``has_error``: the client gave up after its timeout) get ``output_tokens`` =
+``output_len`` as well: under ``ignore_eos`` that is what the server was asked to generate (and
+what it was generating for them); the count actually produced before the client gave up is not
+recorded. TTFT / E2E stay NaN, so no latency is attributed to them. They record
+``input_tokens`` 0: imputed with the median prompt length of the run's successful requests with
+a positive prompt length (``input_imputed``).
+
+:func:`replay_frame` is THE per-request builder (a pure function of the parsed JSON): ingest uses
+it for ``requests`` rows and :func:`bayeslat.datasets.build_bundle` for the bundled
+``requests.parquet`` (which keeps compact numpy dtypes of the same values).
 """
 from __future__ import annotations
 
@@ -52,12 +60,16 @@ def stage_of(arrival_s: np.ndarray, stages: list[dict]) -> np.ndarray:
 
 
 def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_len: int | None = None,
-                 ignore_eos: bool | None = None, stages: list | None = None) -> pd.DataFrame:
-    """Per-request rows (``requests`` schema) from a parsed replay file and its ground truth."""
+                 ignore_eos: bool | None = None, stages: list | None = None, strict: bool = False) -> pd.DataFrame:
+    """Per-request rows (``requests`` schema) from a parsed replay file and its ground truth.
+    ``strict``: raise ``ValueError`` when a request lacks its ground-truth row or the two files
+    disagree on ``has_error`` (the bundle build checks this; ingest tolerates it)."""
     req = pd.DataFrame(replay["requests"])
     if ground_truth is not None:
         gt = pd.DataFrame(ground_truth)
         req = req.merge(gt, on="index", how="left", suffixes=("_client", ""))
+        if strict and (req["has_error"].isna().any() or (req["has_error_client"] != req["has_error"]).any()):
+            raise ValueError(f"{run}: has_error differs between the request and ground-truth files (or a request lacks ground truth)")
         req["has_error"] = req["has_error"].fillna(req["has_error_client"]).astype(bool)
     else:
         req["ttft_s"] = np.nan
@@ -71,8 +83,7 @@ def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_le
         inp = np.where(imputed, med, inp)
     client = req["output_tokens"].astype("int64").to_numpy()
     if output_len is not None and ignore_eos:
-        out = pd.array(np.where(ok, output_len, 0), dtype="Int64")
-        out[err] = pd.NA
+        out = pd.array(np.full(len(req), output_len), dtype="Int64")  # failed requests too (module doc)
     else:
         out = pd.array(client, dtype="Int64")
     arr_us = req["arrival_time_us"].astype("int64").to_numpy()

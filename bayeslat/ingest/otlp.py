@@ -38,7 +38,8 @@ streaming, so memory does not grow with the file size (policy):
   only when the api and core spans of a request are further apart than that, e.g. separate api /
   core files longer than ``idle_lines``; memory is then O(unjoined requests));
 - the ``parentSpanId`` of each ``llm_core`` span is remembered for ``idle_lines`` lines to skip a
-  second core span of the same request (``duplicate``);
+  second core span of the same request (``duplicate``), and the spanId of each joined
+  ``llm_request`` span to ignore a re-export of it (expiry is checked every 1024 lines);
 - ``requests`` rows are in the order the requests completed (joined or expired), journey rows
   first, then upstream rows; ``arrival_us`` is filled in at the end from the run's first arrival
   (the rows are spilled to a temporary Arrow file next to the output meanwhile).
@@ -50,11 +51,20 @@ than the previous kept event of the same span is skipped (``reversed_timestamp``
 ``steps.cycle_time_us`` is the true step time: next start - this start where ``step.id + 1`` of
 the same file was sampled (the computation is done per file, after the file is read: the step
 rows of a file are buffered in a temporary Arrow IPC file/Arrow chunks, then re-emitted with the
-cycle column; only step.id and ts_start_ns, 16 bytes a step, stay in memory). ``step.duration_us`` is the scheduler's own bookkeeping, kept as recorded.
+cycle column; only step.id and ts_start_ns, 16 bytes a step, stay in memory).
+``step.duration_us`` is the scheduler's own bookkeeping, kept as recorded.
+
+Speed: step spans (most of a trace) take a bulk path (:meth:`OtlpState._steps_span_bulk`: the
+whole span's attribute values converted by C-level ``map``/``zip`` over flat lists, integers by
+one orjson call, rows buffered column-wise) when every event has the expected attribute layout,
+and an event-by-event path with the original semantics otherwise; both give the same rows and
+report counts.
 """
 from __future__ import annotations
 
 from array import array
+from itertools import chain, compress
+from operator import ge, itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +72,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import tables as T
-from ._io import iter_json_records
+from ._io import _fast_loads, iter_json_records
 from .report import IngestReport
 
 IDLE_LINES = 50_000  # a journey span without its partner is written unjoined after this many lines
@@ -87,6 +97,104 @@ _NONE_REQ = (None,) * len(_REQ_COLS)
 
 class _Slow(Exception):
     """The fast path of an event does not apply: take the general (original) path."""
+
+
+_KEY, _VALUE, _INT = itemgetter("key"), itemgetter("value"), itemgetter("intValue")
+_NAME, _ATTRS, _DOUBLE, _STRV = itemgetter("name"), itemgetter("attributes"), itemgetter("doubleValue"), itemgetter("stringValue")
+_SUM, _SNAP = "step.BATCH_SUMMARY", "step.REQUEST_SNAPSHOT"
+_INT_TYPES = {int}
+
+
+def _ints(strs: list) -> list:
+    """``[int(s) for s in strs]`` for ``intValue`` strings, parsed in one C call: the strings
+    joined as a JSON array and read by orjson. Exact: the result is used only when it has one
+    element per string and every element is an int, i.e. when every string is a JSON integer
+    literal (whose value int() gives too); anything else raises (the caller then takes the
+    general path). Without orjson: plain ``int``."""
+    if _fast_loads is None:
+        return list(map(int, strs))
+    res = _fast_loads("[" + ",".join(strs) + "]")
+    if len(res) != len(strs) or set(map(type, res)) != _INT_TYPES:
+        raise _Slow
+    return res
+_STR_OR_NONE = {str, type(None)}
+
+
+def _getter(idx: list[int]):
+    """itemgetter that always returns a tuple (also for one index)."""
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda seq: (seq[i],)
+    return itemgetter(*idx)
+
+
+class _Plan:
+    """Fast path of step events with one attribute-key sequence ``keys``: ``ints`` picks the
+    integer attribute values in the table's column order, ``pos`` is the position of the ratio
+    (summary) or request.id (snapshot) value, ``phase`` that of request.phase, ``shape`` the
+    columns present (rows of one shape share a column buffer)."""
+    __slots__ = ("ints", "pos", "phase", "shape")
+
+    def __init__(self, en: str, keys: tuple):
+        summary = en == "step.BATCH_SUMMARY"
+        cols, strs = (_SUM_KEYS, ("kv.usage_gpu_ratio",)) if summary else (_SNAP_KEYS, ("request.id", "request.phase"))
+        int_cols = [k for k in cols if k not in strs and k in keys]
+        self.ints = _getter([keys.index(k) for k in int_cols])
+        self.pos = keys.index(strs[0]) if strs[0] in keys else None
+        self.phase = keys.index("request.phase") if not summary and "request.phase" in keys else None
+        self.shape = (tuple(int_cols), self.pos is not None, self.phase is not None)
+
+
+def _plan(en: str, keys: tuple):
+    """The :class:`_Plan` of an event with these attribute keys, or False when the general path
+    must be taken (an unknown or repeated key, a required key missing)."""
+    cols, required = (_SUM_KEYS, _SUM_KEYS[:3]) if en == "step.BATCH_SUMMARY" else (_SNAP_KEYS, _SNAP_KEYS[:2])
+    if len(set(keys)) != len(keys) or not set(keys) <= set(cols) or not set(required) <= set(keys):
+        return False
+    return _Plan(en, keys)
+
+
+class _ColumnBuffer:
+    """Rows of one table produced by the fast path, kept column-wise (integers in one flat
+    ``array('q')``, the ratio in an ``array('d')``, strings in lists) and turned into an Arrow
+    table in a few vectorised calls. All buffered rows have one :class:`_Plan` shape; a row of
+    another shape, a general-path row or ``chunk_rows`` rows flush it to the sink first, so rows
+    keep their order."""
+
+    def __init__(self, sink: T.TableSink):
+        self.sink, self.shape = sink, None
+        self.ints, self.floats, self.runs, self.rids, self.phases = array("q"), array("d"), [], [], []
+        self.n = 0
+
+    def start(self, shape) -> None:
+        """Make ready for a fast-path row of ``shape`` (flushing what does not fit before it)."""
+        if self.n and (shape is not self.shape or self.n >= self.sink.chunk_rows):
+            self.flush()
+        self.shape = shape
+        if self.sink.rows:
+            self.sink.flush()
+
+    def flush(self) -> None:
+        n = self.n
+        if not n:
+            return
+        int_cols, has_pos, has_phase = self.shape
+        schema = T.arrow_schema(self.sink.name)
+        ints = np.frombuffer(self.ints, dtype=np.int64).reshape(n, len(int_cols))
+        cols = {"run": pa.array(self.runs, pa.string())}
+        for j, c in enumerate(int_cols):
+            cols[c] = pa.array(ints[:, j])
+        if self.sink.name == "steps":
+            if has_pos:  # NaN -> null, as for general-path rows (from_pandas)
+                cols["kv.usage_gpu_ratio"] = pa.array(np.frombuffer(self.floats, dtype=np.float64), from_pandas=True)
+        else:
+            cols["request.id"] = pa.array(self.rids, pa.string())
+            if has_phase:
+                cols["request.phase"] = pa.array(self.phases, pa.string())
+        t = pa.Table.from_arrays([cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
+        self.ints, self.floats, self.runs, self.rids, self.phases = array("q"), array("d"), [], [], []
+        self.n = 0
+        self.sink.write_arrow(t)
 
 
 class Bad(Exception):
@@ -146,6 +254,7 @@ class OtlpState:
         self._wait_parent: dict = {}  # (run, parentSpanId) -> seq of the held core waiting for it
         self._wait_rid: dict = {}    # (run, core id up to its last -0-) -> [seq, ...] held cores
         self.core_parents: dict = {}  # (run, parentSpanId) -> tick (duplicate detection, expires)
+        self.joined_api: dict = {}   # (run, spanId) of joined api spans -> tick (a repeat is ignored, expires)
         self._seq = 0
         self.n_core = self.n_api = self.n_fallback = self.n_core_only = self.n_api_only = 0
         self.first_arrival: dict = {}  # (run, source) -> smallest arrival_ns (for arrival_us)
@@ -156,12 +265,18 @@ class OtlpState:
         self._upstream_rows = spill("requests_upstream")
         self._ntmp = 0
         self._kinds: dict = {}       # (file, kind) -> the report's counter dict (fast keep)
+        self._plans: dict = {}       # (event name, attribute keys) -> fast-path plan (see _plan)
+        self._last_plan = {"step.BATCH_SUMMARY": (None, None), "step.REQUEST_SNAPSHOT": (None, None)}
+        self._snap_buf = _ColumnBuffer(sinks["step_requests"])
 
-    def _keep(self, file: str, kind: str) -> None:
+    def _counter(self, file: str, kind: str) -> dict:
         c = self._kinds.get((file, kind))
         if c is None:
             c = self._kinds[(file, kind)] = self.report._c(file, kind)
-        c["kept"] += 1
+        return c
+
+    def _keep(self, file: str, kind: str) -> None:
+        self._counter(file, kind)["kept"] += 1
 
     # ---------------------------------------------------------------------------------------
     def parse_file(self, path: str | Path, run: str, file: str | None = None) -> None:
@@ -175,6 +290,7 @@ class OtlpState:
             self._ntmp += 1
             tmp = self.tmpdir / f".steps.{self._ntmp}.tmp.arrow"
         self._steps_tmp = T.TableSink("steps", tmp, fmt="ipc")
+        self._sum_buf = _ColumnBuffer(self._steps_tmp)
         snaps = self.sinks["step_requests"]
         for lineno, obj in iter_json_records(path, rep, file):
             self.tick += 1
@@ -207,6 +323,8 @@ class OtlpState:
                             rep.skip(file, lineno, name, b.reason, b.message, b.field)
                         except (KeyError, TypeError, AttributeError, ValueError) as e:
                             rep.skip(file, lineno, name, "bad_value", f"malformed span: {e!r}")
+        self._sum_buf.flush()
+        self._snap_buf.flush()
         self._finish_steps(file)
 
     # ---------------------------------------------------------------------------------------
@@ -216,77 +334,190 @@ class OtlpState:
         ``stringValue`` / a lone ``doubleValue``) and the event is valid; it gives exactly the
         row of the general path (:meth:`_step_event`), which handles everything else."""
         self._keep(file, "scheduler_steps")
+        if self._steps_span_bulk(span, file, run, snaps):
+            return
         ids, tss, tmp = self._step_ids, self._step_ts, self._steps_tmp
-        trows, srows = tmp.rows, snaps.rows
-        kinds = self._kinds
-        n_sum = n_snap = 0
+        c_sum = c_snap = None  # the report's kept/skipped counters of the two event kinds
+        plans, last = self._plans, self._last_plan
+        sbuf, rbuf = self._sum_buf, self._snap_buf
         for ev in span.get("events") or ():
             en = ev.get("name")
             if en == "step.BATCH_SUMMARY":
                 try:
                     lst = ev["attributes"]
-                    r = {a["key"]: a["value"] for a in lst}
-                    vals = list(map(r.get, _SUM_KEYS))
-                    if len(lst) != len(_SUM_KEYS) - vals.count(None):
-                        raise _Slow  # unknown / repeated / null-valued attributes
-                    x = vals[_RATIO]
-                    if x is not None:
+                    keys = list(map(_KEY, lst))
+                    lk, plan = last[en]
+                    if keys != lk:
+                        tk = tuple(keys)
+                        plan = plans.get((en, tk))
+                        if plan is None:
+                            plan = plans[(en, tk)] = _plan(en, tk)
+                        last[en] = (keys, plan)
+                    vals = list(map(_VALUE, lst))
+                    iv = list(map(int, map(_INT, plan.ints(vals))))
+                    sid, t0, t1 = iv[0], iv[1], iv[2]
+                    if sid < 0 or t0 < 0 or t1 < t0:
+                        raise _Slow
+                    if plan.pos is not None:
+                        x = vals[plan.pos]
                         if len(x) != 1:
                             raise _Slow
-                        vals[_RATIO] = None
                         x = float(x["doubleValue"])
-                    row = [None if v is None else int(v["intValue"]) for v in vals]
-                    sid, t0, t1 = row[0], row[1], row[2]
-                    if sid is None or t0 is None or t1 is None or sid < 0 or t0 < 0 or t1 < t0:
-                        raise _Slow
-                except Exception:
+                except Exception:  # plan False, an unexpected value form, an invalid step, ...
                     self._step_event(ev, en, span, file, lineno, run, snaps)
                     continue
-                row[_RATIO] = x
+                if sbuf.shape is not plan.shape or sbuf.n >= sbuf.sink.chunk_rows or tmp.rows:
+                    sbuf.start(plan.shape)
+                sbuf.ints.extend(iv)
+                if plan.pos is not None:
+                    sbuf.floats.append(x)
+                sbuf.runs.append(run)
+                sbuf.n += 1
                 ids.append(sid)
                 tss.append(t0)
-                trows.append((run, *row, None, None))
-                n_sum += 1
+                if c_sum is None:
+                    c_sum = self._counter(file, en)
+                c_sum["kept"] += 1
             elif en == "step.REQUEST_SNAPSHOT":
                 try:
                     lst = ev["attributes"]
-                    r = {a["key"]: a["value"] for a in lst}
-                    vals = list(map(r.get, _SNAP_KEYS))
-                    if len(lst) != len(_SNAP_KEYS) - vals.count(None):
-                        raise _Slow
-                    rid, ph = vals[1], vals[2]
+                    keys = list(map(_KEY, lst))
+                    lk, plan = last[en]
+                    if keys != lk:
+                        tk = tuple(keys)
+                        plan = plans.get((en, tk))
+                        if plan is None:
+                            plan = plans[(en, tk)] = _plan(en, tk)
+                        last[en] = (keys, plan)
+                    vals = list(map(_VALUE, lst))
+                    iv = list(map(int, map(_INT, plan.ints(vals))))
+                    rid = vals[plan.pos]
                     if len(rid) != 1:
                         raise _Slow
-                    rid = str(rid["stringValue"])
-                    if ph is not None:
+                    rid = rid["stringValue"]
+                    if rid is None:
+                        raise _Slow
+                    rid = str(rid)
+                    ph = None
+                    if plan.phase is not None:
+                        ph = vals[plan.phase]
                         if len(ph) != 1:
                             raise _Slow
                         ph = ph["stringValue"]
-                    vals[1] = vals[2] = None
-                    row = [None if v is None else int(v["intValue"]) for v in vals]
-                    if row[0] is None:
-                        raise _Slow
+                        if ph is not None and type(ph) is not str:
+                            raise _Slow
                 except Exception:
                     self._step_event(ev, en, span, file, lineno, run, snaps)
                     continue
-                row[1], row[2] = rid, ph
-                srows.append((run, *row))
-                n_snap += 1
+                if rbuf.shape is not plan.shape or rbuf.n >= rbuf.sink.chunk_rows or snaps.rows:
+                    rbuf.start(plan.shape)
+                rbuf.ints.extend(iv)
+                rbuf.runs.append(run)
+                rbuf.rids.append(rid)
+                rbuf.phases.append(ph)
+                rbuf.n += 1
+                if c_snap is None:
+                    c_snap = self._counter(file, en)
+                c_snap["kept"] += 1
             else:
                 self._step_event(ev, en, span, file, lineno, run, snaps)
-            # keep the report's kind order: count a kind where the general path would first see it
-            if n_sum == 1 and (file, "step.BATCH_SUMMARY") not in kinds:
-                self._keep(file, "step.BATCH_SUMMARY")
-                n_sum = 0
-            if n_snap == 1 and (file, "step.REQUEST_SNAPSHOT") not in kinds:
-                self._keep(file, "step.REQUEST_SNAPSHOT")
-                n_snap = 0
-        if n_sum:
-            kinds[(file, "step.BATCH_SUMMARY")]["kept"] += n_sum
-        if n_snap:
-            kinds[(file, "step.REQUEST_SNAPSHOT")]["kept"] += n_snap
         tmp.maybe_flush()
         snaps.maybe_flush()
+
+    def _layout(self, en: str, events: list):
+        """(plan, keys list) of the first event of ``events``; plan False if none applies."""
+        keys = list(map(_KEY, events[0]["attributes"]))
+        lk, plan = self._last_plan[en]
+        if keys != lk:
+            tk = tuple(keys)
+            plan = self._plans.get((en, tk))
+            if plan is None:
+                plan = self._plans[(en, tk)] = _plan(en, tk)
+            self._last_plan[en] = (keys, plan)
+        return plan, keys
+
+    def _steps_span_bulk(self, span, file, run, snaps) -> bool:
+        """The whole span at once, all loops in C (``map``/``zip``/slices over flat lists), when
+        every event is a BATCH_SUMMARY or REQUEST_SNAPSHOT, all events of a kind have the same
+        attribute keys (a fast-path :class:`_Plan`) and every value converts and validates.
+        Returns False, having changed nothing, otherwise (the caller then goes event by event)."""
+        try:
+            events = span["events"]
+            names = list(map(_NAME, events))
+            sums = list(compress(events, map(_SUM.__eq__, names)))
+            snps = list(compress(events, map(_SNAP.__eq__, names)))
+            if len(sums) + len(snps) != len(names):
+                return False
+            out = []
+            for en, evs in ((_SUM, sums), (_SNAP, snps)):
+                if not evs:
+                    out.append(None)
+                    continue
+                plan, keys = self._layout(en, evs)
+                if plan is False:
+                    return False
+                n, width = len(evs), len(keys)
+                flat = list(chain.from_iterable(map(_ATTRS, evs)))
+                if list(map(_KEY, flat)) != keys * n:
+                    return False
+                groups = list(zip(*[iter(list(map(_VALUE, flat)))] * width))
+                iv = _ints(list(map(_INT, chain.from_iterable(map(plan.ints, groups)))))
+                k = len(plan.shape[0])
+                if en == _SUM:
+                    sid, t0, t1 = iv[0::k], iv[1::k], iv[2::k]
+                    if min(sid) < 0 or min(t0) < 0 or not all(map(ge, t1, t0)):
+                        return False
+                    fl = None
+                    if plan.pos is not None:
+                        x = list(map(itemgetter(plan.pos), groups))
+                        if set(map(len, x)) != {1}:
+                            return False
+                        fl = array("d", map(float, map(_DOUBLE, x)))
+                    out.append((plan.shape, array("q", iv), fl, sid, t0, n))
+                else:
+                    rid = list(map(_STRV, map(itemgetter(plan.pos), groups)))  # KeyError unless all lone? see below
+                    if None in rid:
+                        return False
+                    if set(map(len, map(itemgetter(plan.pos), groups))) != {1}:
+                        return False
+                    rid = list(map(str, rid))
+                    if plan.phase is not None:
+                        ph = list(map(itemgetter(plan.phase), groups))
+                        if set(map(len, ph)) != {1}:
+                            return False
+                        ph = list(map(_STRV, ph))
+                        if not set(map(type, ph)) <= _STR_OR_NONE:
+                            return False
+                    else:
+                        ph = [None] * n
+                    out.append((plan.shape, array("q", iv), rid, ph, n))
+        except Exception:
+            return False
+        # all good: commit (no exception possible from here on but a full disk)
+        s, r = out
+        if s is not None:
+            shape, iv, fl, sid, t0, n = s
+            buf = self._sum_buf
+            buf.start(shape)
+            buf.ints.extend(iv)
+            if fl is not None:
+                buf.floats.extend(fl)
+            buf.runs.extend([run] * n)
+            buf.n += n
+            self._step_ids.extend(sid)
+            self._step_ts.extend(t0)
+        if r is not None:
+            shape, iv, rid, ph, n = r
+            buf = self._snap_buf
+            buf.start(shape)
+            buf.ints.extend(iv)
+            buf.runs.extend([run] * n)
+            buf.rids.extend(rid)
+            buf.phases.extend(ph)
+            buf.n += n
+        for en in dict.fromkeys(names):  # the report's kinds in the order first seen
+            self._counter(file, en)["kept"] += len(sums) if en == _SUM else len(snps)
+        return True
 
     def _step_event(self, ev, en, span, file, lineno, run, snaps) -> None:
         """The general path of one step event (any attribute form; skips with a reason)."""
@@ -313,6 +544,7 @@ class OtlpState:
                 row.append(None)
                 self._step_ids.append(sid)
                 self._step_ts.append(t0)
+                self._sum_buf.flush()
                 self._steps_tmp.rows.append(tuple(row))
             elif en == "step.REQUEST_SNAPSHOT":
                 sid = _int(a, "step.id", True)
@@ -323,6 +555,7 @@ class OtlpState:
                 for k in SNAP_ATTRS[1:]:
                     v = a.get(k)
                     row.append(v if v is None or type(v) is int else _int(a, k))
+                self._snap_buf.flush()
                 snaps.rows.append(tuple(row))
             else:
                 raise Bad("unknown_event", f"event {en!r} in span {span['name']}")
@@ -331,35 +564,42 @@ class OtlpState:
             rep.skip(file, lineno, str(en), b.reason, b.message, b.field)
 
     def _finish_steps(self, file: str) -> None:
+        """Re-emit the file's step rows with cycle times, a batch at a time. Memory: the step ids
+        and start times (16 bytes a step, zero-copy views of the arrays) plus, only when the ids
+        are not strictly increasing (repeats / out of order), np.unique's sorted copies."""
         sink = self._steps_tmp
         sink.flush()
         ids = np.frombuffer(self._step_ids, dtype=np.int64) if len(self._step_ids) else np.zeros(0, np.int64)
         ts = np.frombuffer(self._step_ts, dtype=np.int64) if len(self._step_ts) else np.zeros(0, np.int64)
         n = len(ids)
-        if n:
+        if n and all(bool((ids[i + 1:j + 1] > ids[i:j]).all())
+                     for i in range(0, n - 1, 1 << 20) for j in (min(i + (1 << 20), n - 1),)):
+            uniq, uts = ids, ts  # the usual case: strictly increasing, no sorted copies needed
+        elif n:
             uniq, first = np.unique(ids, return_index=True)
             if len(uniq) < n:
                 self.report.note(f"{file}: {n - len(uniq)} steps repeat a step.id (cycle times use the first)")
             uts = ts[first]
-            pos = np.minimum(np.searchsorted(uniq, ids + 1), len(uniq) - 1)
-            has = uniq[pos] == ids + 1
-            cyc = np.where(has, (uts[pos] - ts) / 1000.0, np.nan)
-            neg = int((cyc < 0).sum())
-            if neg:
-                self.report.note(f"{file}: {neg} cycle times are negative (next step starts before this one)")
-        else:
-            has, cyc = np.zeros(0, bool), np.zeros(0)
+            del first
+        neg = 0
         main = self.sinks["steps"]
         i = 0
         for t in sink.batches():
             m = t.num_rows
-            t = t.set_column(_STEP_N - 2, "cycle_time_us", pa.array(cyc[i:i + m], type=pa.float64()))
-            t = t.set_column(_STEP_N - 1, "successor_sampled", pa.array(has[i:i + m], type=pa.bool_()))
+            nxt = ids[i:i + m] + 1
+            pos = np.minimum(np.searchsorted(uniq, nxt), len(uniq) - 1)
+            has = uniq[pos] == nxt
+            cyc = np.where(has, (uts[pos] - ts[i:i + m]) / 1000.0, np.nan)
+            neg += int((cyc < 0).sum())
+            t = t.set_column(_STEP_N - 2, "cycle_time_us", pa.array(cyc, type=pa.float64()))
+            t = t.set_column(_STEP_N - 1, "successor_sampled", pa.array(has, type=pa.bool_()))
             main.write_arrow(t)
             i += m
+        if neg:
+            self.report.note(f"{file}: {neg} cycle times are negative (next step starts before this one)")
         if sink.path is not None:
             Path(sink.path).unlink(missing_ok=True)
-        self._steps_tmp = None
+        self._steps_tmp = self._sum_buf = None
         self._step_ids = self._step_ts = None
 
     # ---------------------------------------------------------------------------------------
@@ -416,6 +656,8 @@ class OtlpState:
             rec.setdefault(key, t)
         key = (run, span.get("spanId") or f"@{file}:{lineno}:{rid}")
         self.n_api += 1
+        if key in self.joined_api:  # the same span again (re-export) after its request was written
+            return
         rec["key"], rec["tick"] = key, self.tick
         # the earliest held core that joins it: by parentSpanId, or (no parent) by request-id prefix
         best = self._wait_parent.get(key)
@@ -561,6 +803,7 @@ class OtlpState:
             self.n_fallback += 1
         self._unhold_core(c)
         self._unhold_api(api)
+        self.joined_api[api["key"]] = self.tick
         self._emit(c, api)
 
     def _emit(self, c, api) -> None:
@@ -610,6 +853,7 @@ class OtlpState:
         api = self.api.get(key) if key is not None else None
         if api is not None:
             self._unhold_api(api)
+            self.joined_api[api["key"]] = self.tick
             self.n_fallback += 1
         self._emit(c, api)
 
@@ -621,6 +865,7 @@ class OtlpState:
         if lst:
             c = self.core[lst[0]]
             self._unhold_core(c)
+            self.joined_api[api["key"]] = self.tick
             self.n_fallback += 1
             self._emit(c, api)
         else:
@@ -645,12 +890,12 @@ class OtlpState:
             if api["tick"] > cut:
                 break
             self._expire_api(api)
-        cp = self.core_parents
-        while cp:
-            k, t = next(iter(cp.items()))
-            if t > cut:
-                break
-            del cp[k]
+        for cp in (self.core_parents, self.joined_api):
+            while cp:
+                k, t = next(iter(cp.items()))
+                if t > cut:
+                    break
+                del cp[k]
 
     # ---------------------------------------------------------------------------------------
     def finish_journey(self) -> int:
