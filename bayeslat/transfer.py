@@ -1,0 +1,786 @@
+"""Transfer checks: will a fitted posterior predict a configuration it was not fit on?
+
+Three tools, for three moments of a deployment:
+
+- :func:`check` (before any data exists): which hierarchy levels are new, how far the
+  configuration's features are from the training deployments, how wide the posterior predictive
+  intervals are, and a ``verdict`` with ``reasons``.
+- :func:`score_probe` (after a short probe run): how well the posterior predicts the probe's
+  observation rows (z-scores, PIT, 90% coverage) and a ``decision``.
+- :func:`update` (with the probe): refit the hierarchy on the training rows plus the probe rows.
+
+Verdict rules (:func:`check`; thresholds are the module constants)
+------------------------------------------------------------------
+``out-of-distribution`` if any of
+
+- the relative 90% width of the workload's mean E2E, ``(q95 - q05) / mean``, exceeds
+  ``OOD_E2E_REL_WIDTH`` (1.0);
+- a configuration-level feature of a canonical batch lies beyond ``OOD_FEATURE_RATIO`` (x3) of the
+  training deployments' [min, max], or is active while it was zero in every training deployment
+  (its coefficient is then only its prior);
+- a workload-level per-step feature exceeds ``OOD_FEATURE_RATIO`` x the largest trained per-step value;
+- both the hardware and the model class are new (nothing of the group was fit);
+
+``extrapolating`` (else) if any level (hardware, model class, regime) is new, a configuration
+feature is beyond ``EXTRAP_FEATURE_RATIO`` (x1.1) of the training range, or more than
+``EXTRAP_WORKLOAD_FRAC`` (10%) of the simulated steps have a feature outside the training rows'
+0.5-99.5% range (moving averages over the steps a training window spans);
+``in-distribution`` otherwise.
+
+Probe decision rules (:func:`score_probe`)
+------------------------------------------
+With ``ratio`` = median over the probe's rows of observed / predicted mean, ``cov90`` = fraction
+of rows inside their 90% posterior predictive interval and ``outliers`` = fraction with PIT outside
+[0.005, 0.995]:
+
+- ``refit``: ``|log ratio| > log(PROBE_REFIT_RATIO)`` (x1.5) or ``cov90 < PROBE_REFIT_COVERAGE`` (0.3);
+- ``update``: ``|log ratio| > log(PROBE_UPDATE_RATIO)`` (x1.1) or ``cov90 < PROBE_UPDATE_COVERAGE``
+  (0.6) or ``outliers > PROBE_UPDATE_OUTLIERS`` (0.1);
+- ``transfer-ok`` otherwise.
+
+``bayeslat check SPEC [--probe ...]`` exits 3 when the verdict is out-of-distribution or the
+probe's decision is ``refit``, 0 otherwise.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayeslat import features as F
+from bayeslat.errors import SpecError
+
+VERDICTS = ("in-distribution", "extrapolating", "out-of-distribution")
+DECISIONS = ("transfer-ok", "update", "refit")
+
+OOD_E2E_REL_WIDTH = 1.0
+OOD_FEATURE_RATIO = 3.0
+EXTRAP_FEATURE_RATIO = 1.10
+EXTRAP_WORKLOAD_FRAC = 0.10
+NEVER_TRAINED = 99.0  # log-distance reported for a feature active here but zero in every training deployment
+
+PROBE_REFIT_RATIO = 1.5
+PROBE_REFIT_COVERAGE = 0.3
+PROBE_UPDATE_RATIO = 1.1
+PROBE_UPDATE_COVERAGE = 0.6
+PROBE_UPDATE_OUTLIERS = 0.1
+PROBE_WARMUP = 20  # requests skipped at the start of a bundled run for a "bundled:" probe
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs
+# ---------------------------------------------------------------------------------------------
+def make_spec(model, hardware, server=None, workload=None, name: str = "") -> dict:
+    """A resolved spec (the dict of :func:`bayeslat.simulate.load_spec`) from spec keys / paths /
+    objects. ``server``: dict, path, key or ServerConfig; ``workload``: a Workload (or None)."""
+    from bayeslat import specs as S
+
+    m = S.load_model(model) if isinstance(model, (str, Path)) else model
+    hw = S.load_hardware(hardware) if isinstance(hardware, (str, Path)) else hardware
+    srv = server if isinstance(server, S.ServerConfig) else S.load_server(server)
+    return {"model": m, "hardware": hw, "server": srv, "workload": workload, "ctx": F.feature_context(m, hw, srv),
+            "kv_blocks": S.kv_blocks(m, hw, srv), "cpu_kv_blocks": S.cpu_kv_blocks(m, srv),
+            "spec_path": name or f"{m.name}@{hw.name}"}
+
+
+def spec_for_run(run: str, *, hardware=None, model=None, server_overrides: dict | None = None, workload=None) -> dict:
+    """The resolved spec of a bundled run (its model, GPU, server with the recorded KV capacity and
+    its replayed workload), optionally with the hardware / model / server fields replaced."""
+    from bayeslat import datasets
+    from bayeslat import workload as W
+
+    info = datasets.run_info(run)
+    srv = dict(info["server"])
+    if hardware is not None or model is not None:
+        srv.pop("kv_blocks", None)  # the recorded capacity belongs to the recorded deployment
+    srv.update(server_overrides or {})
+    wl = workload if workload is not None else W.from_run(info["run"])
+    return make_spec(model or info["model_spec"], hardware or info["hardware_spec"], srv, wl, name=info["run"])
+
+
+def resolve_spec(spec) -> dict:
+    """SPEC.yaml path, resolved dict (has ``ctx``) or raw dict in the SPEC.yaml format."""
+    from bayeslat import simulate
+
+    if isinstance(spec, (str, Path)):
+        return simulate.load_spec(spec)
+    if not isinstance(spec, dict):
+        raise SpecError("spec must be a SPEC.yaml path or a dict", field="spec")
+    if "ctx" in spec:
+        return spec
+    wl = spec.get("workload")
+    if wl is not None and not isinstance(wl, dict):  # a Workload object
+        return make_spec(spec["model"], spec["hardware"], spec.get("server"), wl)
+    import yaml
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "SPEC.yaml"
+        p.write_text(yaml.safe_dump(spec))
+        out = simulate.load_spec(p)
+    out["spec_path"] = "<dict>"
+    return out
+
+
+def _sim_server(s: dict) -> dict:
+    from bayeslat import simulate
+
+    return simulate.sim_server(s["server"], s["kv_blocks"], s.get("cpu_kv_blocks") or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data back from an InferenceData
+# ---------------------------------------------------------------------------------------------
+def _levels(idata):
+    post = idata.posterior
+    return ([str(v) for v in post.coords["hardware"].values], [str(v) for v in post.coords["model_class"].values])
+
+
+def obs_from_idata(idata):
+    """The training rows of a fit as a :class:`bayeslat.design.ObsTable` (``t_frac`` is not stored:
+    0)."""
+    from bayeslat import design
+
+    cd = idata.constant_data
+    n = cd.sizes["obs_id"]
+    hl, cl = _levels(idata)
+    run = cd["run"].values.astype(str) if "run" in cd else np.full(n, "train")
+    req = cd["request"].values.astype(np.int64) if "request" in cd else np.full(n, -1, dtype=np.int64)
+    return design.ObsTable(kind=cd["kind"].values.astype(np.int64), y=idata.observed_data["y"].values.astype(np.float64),
+                           X=cd["X"].values.astype(np.float64), A=cd["A"].values.astype(np.float64),
+                           n_steps=cd["n_steps"].values.astype(np.float64), hw=cd["hw"].values.astype(np.int64),
+                           cls=cd["cls"].values.astype(np.int64), run=run, request=req, t_frac=np.zeros(n),
+                           hardware_levels=tuple(hl), class_levels=tuple(cl), meta={"runs": sorted(set(run.tolist()))})
+
+
+def _group_rows(idata):
+    from bayeslat import model as M
+
+    hl, cl = _levels(idata)
+    return np.asarray(M.attr_json(idata, "group_rows", np.ones((len(hl), len(cl)))), dtype=float)
+
+
+@functools.lru_cache(maxsize=64)
+def _run_deployment(run: str):
+    from bayeslat import datasets, validate
+
+    info = datasets.run_info(run)
+    return validate.deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
+
+
+def training_deployments(idata) -> dict:
+    """{run: (FeatureContext, max_model_len)} of the training runs that are bundled runs (others,
+    e.g. synthetic or probe rows, are skipped)."""
+    if "run" not in idata.constant_data:
+        return {}
+    out = {}
+    for run in sorted(set(idata.constant_data["run"].values.astype(str).tolist())):
+        try:
+            dep = _run_deployment(run)
+        except (KeyError, SpecError):
+            continue
+        from bayeslat import datasets
+
+        out[run] = (dep.ctx, int(datasets.run_info(run)["server"].get("max_model_len") or 4096))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical batches and feature distances
+# ---------------------------------------------------------------------------------------------
+def canonical_batches(max_model_len: int) -> dict:
+    """{name: STATS} of fixed batches: decodes at 1k / 4k context, a 2048-token prefill chunk, and
+    a decode / prefill at the configuration's ``max_model_len``."""
+    L = int(max_model_len or 4096)
+    dec = lambda n, c: F.batch_stats(np.ones(n), np.full(n, float(c)), np.zeros(n, bool))  # noqa: E731
+    return {
+        "decode 32 @ 1k": dec(32, 1024),
+        "prefill 2048 chunk": F.batch_stats([2048.0], [0.0], [True]),
+        "decode 128 @ 4k": dec(128, 4096),
+        "decode 8 @ max_model_len": dec(8, max(L - 1, 1)),
+        "prefill 2048 @ max_model_len": F.batch_stats([2048.0], [float(max(L - 2048, 0))], [True]),
+    }
+
+
+def _canonical_raw(ctx, max_model_len):
+    cb = canonical_batches(max_model_len)
+    raw, reg = F.step_features(np.array(list(cb.values())), ctx, scaled=False)
+    return list(cb), raw, reg
+
+
+def _server_max_len(s: dict) -> int:
+    L = getattr(s["server"], "max_model_len", None)
+    if not L:
+        L = getattr(s["model"], "max_position_embeddings", None) or 4096
+    return int(L)
+
+
+def config_distance(ctx, max_model_len: int, train: dict) -> dict:
+    """Configuration-level distance of a deployment's canonical-batch raw features to those of the
+    training deployments (``train``: {name: (ctx, max_model_len)})."""
+    names, raw, _ = _canonical_raw(ctx, max_model_len)
+    if not train:
+        return {"per_feature": {}, "joint": None, "training_deployments": 0}
+    T = np.stack([_canonical_raw(c, L)[1] for c, L in train.values()])  # (n_dep, B, F)
+    lo, hi = T.min(axis=0), T.max(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(raw > hi, np.log(raw / hi), 0.0)
+        d = np.where((raw > 0) & (raw < lo), np.log(lo / raw), d)
+    d = np.where((raw > 0) & (hi <= 0), NEVER_TRAINED, d)
+    d = np.nan_to_num(d, nan=0.0, posinf=NEVER_TRAINED)
+    per = {}
+    for f, fname in enumerate(F.BETA_NAMES):
+        b = int(np.argmax(d[:, f]))
+        per[fname] = {"log_distance": float(d[b, f]), "ratio": float(math.exp(min(d[b, f], 50.0))),
+                      "batch": names[b], "value": float(raw[b, f]), "train_min": float(lo[b, f]),
+                      "train_max": float(hi[b, f]), "direction": "above" if raw[b, f] > hi[b, f] else
+                      ("below" if d[b, f] > 0 else "inside"), "never_trained": bool(d[b, f] >= NEVER_TRAINED)}
+    # joint: standardized distance in log-feature space to the nearest training deployment
+    pos = np.concatenate([T.reshape(-1), raw.reshape(-1)])
+    eps = np.zeros(F.N_BETA)
+    for f in range(F.N_BETA):
+        v = np.concatenate([T[:, :, f].ravel(), raw[:, f]])
+        v = v[v > 0]
+        eps[f] = 1e-3 * (np.median(v) if len(v) else 1.0)
+    lt = np.log(T + eps)
+    lx = np.log(raw + eps)
+    sd = np.maximum(lt.std(axis=0), 0.25) if len(train) > 1 else np.full(lx.shape, 0.25)
+    dist = np.sqrt((((lx[None] - lt) / sd) ** 2).mean(axis=(1, 2)))
+    k = int(np.argmin(dist))
+    del pos
+    return {"per_feature": per, "batches": names,
+            "joint": {"nearest": list(train)[k], "distance": float(dist[k]),
+                      "distances": {n: float(v) for n, v in zip(train, dist)}},
+            "training_deployments": len(train)}
+
+
+def training_step_features(idata) -> np.ndarray:
+    """Per-step average scaled features ``X.sum(regime) / n_steps`` of the training rows that span
+    at least one step (n_rows, N_BETA)."""
+    cd = idata.constant_data
+    X = cd["X"].values.sum(axis=1)
+    ns = cd["n_steps"].values
+    m = ns >= 1.0
+    return X[m] / ns[m, None]
+
+
+def smoothing_steps(idata) -> int:
+    """Steps a training row typically spans (median ``n_steps`` of the decode windows; 1 if none)."""
+    cd = idata.constant_data
+    ns = cd["n_steps"].values[cd["kind"].values == 1]
+    return int(max(1, np.median(ns))) if len(ns) else 1
+
+
+def smooth_steps(step_feats: np.ndarray, k: int) -> np.ndarray:
+    """Moving averages over ``k`` consecutive steps (the training rows are per-step averages over
+    windows of steps, and the lifecycle reconstruction spreads each prefill over its steps: single
+    simulated steps are compared at the same time scale)."""
+    if k <= 1 or len(step_feats) <= k:
+        return step_feats if k <= 1 or not len(step_feats) else step_feats.mean(axis=0, keepdims=True)
+    c = np.concatenate([np.zeros((1, step_feats.shape[1])), np.cumsum(step_feats, axis=0)])
+    return (c[k:] - c[:-k]) / k
+
+
+_REF_CACHE: dict = {}
+
+
+def training_reference_steps(idata, *, max_requests: int = 3000, seed: int = 0) -> tuple[np.ndarray | None, str]:
+    """Per-step scaled features of the training runs *simulated* with their group's posterior-mean
+    coefficients (replayed arrivals, first ``max_requests`` requests): the workload-level
+    reference, produced by the same simulator as the checked configuration's steps. Falls back to
+    the training rows' per-step averages (``X.sum(regime) / n_steps``, smoothed over the steps a
+    window spans) when no training run is a bundled run. Returns (features, source)."""
+    from bayeslat import datasets, simulate
+    from bayeslat import model as M
+    from bayeslat import workload as W
+
+    runs = training_deployments(idata)
+    if not runs:
+        return None, "training rows"
+    key = (idata.attrs.get("data_hash", id(idata)), tuple(runs), max_requests)
+    if key in _REF_CACHE:
+        return _REF_CACHE[key], "simulated training runs"
+    parts = []
+    for run in runs:
+        dep = _run_deployment(run)
+        info = datasets.run_info(run)
+        wl = W.from_run(info["run"])
+        wl = wl.head(max_requests) if len(wl) > max_requests else wl
+        cd = M.coefficient_draws(idata, dep.hardware, dep.model_class, n=100, seed=seed)
+        res = simulate.simulate(wl, dep.ctx, dep.server, cd.beta.mean(axis=0), cd.alpha.mean(axis=0), seed=seed, record_steps=True)
+        fe, _ = F.step_features(res.trace[list(F.STATS)].to_numpy(np.float64), dep.ctx)
+        parts.append(fe)
+    ref = np.concatenate(parts)
+    _REF_CACHE[key] = ref
+    return ref, "simulated training runs"
+
+
+def workload_distance(step_feats: np.ndarray, idata) -> dict:
+    """Workload-level distance: fraction of the simulated steps' scaled features outside the
+    reference's 0.5-99.5% range and the largest simulated / largest reference value. The reference
+    is :func:`training_reference_steps` (the training runs simulated the same way); without bundled
+    training runs, the training rows' per-step averages, with the simulated steps smoothed over the
+    steps a training window spans."""
+    tr, source = training_reference_steps(idata)
+    if tr is None:
+        tr = training_step_features(idata)
+        step_feats = smooth_steps(step_feats, smoothing_steps(idata))
+    out = {"_reference": source}
+    for f, fname in enumerate(F.BETA_NAMES):
+        v = step_feats[:, f]
+        t = tr[:, f] if len(tr) else np.zeros(1)
+        lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
+        tmax = float(t.max())
+        frac = float(np.mean((v < lo * (1 - 1e-9)) | (v > hi * (1 + 1e-9)))) if len(v) else 0.0
+        vmax = float(v.max()) if len(v) else 0.0
+        ratio = vmax / tmax if tmax > 0 else (math.inf if vmax > 0 else 0.0)
+        out[fname] = {"frac_outside": frac, "train_q005": float(lo), "train_q995": float(hi), "train_max": tmax,
+                      "sim_max": vmax, "sim_q50": float(np.median(v)) if len(v) else 0.0,
+                      "max_ratio": float(min(ratio, 1e6))}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+# ---------------------------------------------------------------------------------------------
+def _post_mean(idata, name, default):
+    if name in idata.posterior:
+        return float(idata.posterior[name].mean())
+    return default
+
+
+def _interval(v):
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"mean": float("nan"), "lo90": float("nan"), "hi90": float("nan"), "rel_width90": float("nan")}
+    m, lo, hi = float(v.mean()), float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))
+    return {"mean": m, "lo90": lo, "hi90": hi, "rel_width90": (hi - lo) / m if m > 0 else float("nan")}
+
+
+def _coef_draws(idata, s, n, seed):
+    from bayeslat import model as M
+
+    return M.coefficient_draws(idata, s["hardware"].name, s["model"].model_class, n=n, seed=seed)
+
+
+def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400) -> dict:
+    """Transfer check of a configuration against a fit, before any data of it exists.
+
+    Returns a JSON-able dict with ``verdict``, ``reasons``, ``new_levels``, ``feature_distance``
+    (``config`` per feature + ``joint``; ``workload`` per feature), ``intervals`` (``step`` per
+    canonical batch and ``workload`` per metric) and ``regimes`` (see the module docstring for the
+    rules)."""
+    from bayeslat import simulate
+
+    s = resolve_spec(spec)
+    hwname, cls = s["hardware"].name, s["model"].model_class
+    hl, cl = _levels(idata)
+    rows = _group_rows(idata)
+    cd = _coef_draws(idata, s, step_draws, seed)
+    fitted_hw = [h for i, h in enumerate(hl) if rows[i].sum() > 0]
+    fitted_cls = [c for j, c in enumerate(cl) if rows[:, j].sum() > 0]
+    new = {"hardware": hwname not in fitted_hw, "model_class": cls not in fitted_cls,
+           "group": "model_class" in cd.new_levels or "hardware" in cd.new_levels, "regimes": []}
+    reasons, ood, extrap = [], [], []
+
+    if new["hardware"]:
+        sd = _post_mean(idata, "sigma_hw", 0.2)
+        reasons.append(f"hardware '{hwname}' was not in the fit: its deviation is drawn from the population "
+                       f"(sd {sd:.2f} on the log scale)")
+        extrap.append("hardware")
+    if new["model_class"]:
+        sd = _post_mean(idata, "sigma_cls", 0.2)
+        reasons.append(f"model class '{cls}' was not in the fit: its deviation is drawn from the population "
+                       f"(sd {sd:.2f} on the log scale)")
+        extrap.append("model_class")
+    elif new["group"] and not new["hardware"]:
+        reasons.append(f"model class '{cls}' was never fit on '{hwname}': its deviation is drawn from the population")
+        extrap.append("group")
+    if new["hardware"] and new["model_class"]:
+        ood.append("new hardware and new model class")
+
+    # (a) configuration-level feature distance
+    train = training_deployments(idata)
+    cfg = config_distance(s["ctx"], _server_max_len(s), train)
+    for fname, e in cfg["per_feature"].items():
+        if e["never_trained"]:
+            reasons.append(f"{fname} is active ({e['batch']}: {e['value']:.3g} us) but zero in every training deployment: "
+                           f"its coefficient is only its prior")
+            ood.append(f"feature {fname}")
+        elif e["ratio"] > EXTRAP_FEATURE_RATIO:
+            word = "largest" if e["direction"] == "above" else "smallest"
+            reasons.append(f"{fname} of a {e['batch']} batch is {e['ratio']:.1f}x the {word} trained value "
+                           f"({e['value']:.3g} us vs training [{e['train_min']:.3g}, {e['train_max']:.3g}])")
+            (ood if e["ratio"] > OOD_FEATURE_RATIO else extrap).append(f"feature {fname}")
+
+    # (b) simulate the workload with the posterior-mean coefficients: regimes, per-step features
+    wd, regimes = {}, {}
+    wl = s.get("workload")
+    srv = _sim_server(s)
+    if wl is not None and len(wl):
+        res = simulate.simulate(wl, s["ctx"], srv, cd.beta.mean(axis=0), cd.alpha.mean(axis=0), seed=seed, record_steps=True)
+        tr = res.trace
+        stats = tr[list(F.STATS)].to_numpy(np.float64)
+        feats, reg = F.step_features(stats, s["ctx"])
+        Xc = idata.constant_data["X"].values
+        trained_reg = [F.REGIMES[r] for r in range(len(F.REGIMES)) if np.any(Xc[:, r, :] != 0)]
+        frac = np.bincount(reg, minlength=len(F.REGIMES)) / max(len(reg), 1)
+        regimes = {"simulated_fraction": {F.REGIMES[r]: float(frac[r]) for r in range(len(F.REGIMES))},
+                   "trained": trained_reg}
+        for r in range(len(F.REGIMES)):
+            if frac[r] > 0 and F.REGIMES[r] not in trained_reg:
+                new["regimes"].append(F.REGIMES[r])
+                reasons.append(f"regime '{F.REGIMES[r]}' ({100 * frac[r]:.1f}% of the simulated steps) never occurs in the "
+                               f"training rows: its deviation is drawn from the population")
+                extrap.append(f"regime {F.REGIMES[r]}")
+        wd = workload_distance(feats, idata)
+        for fname, e in wd.items():
+            if fname.startswith("_"):
+                continue
+            if e["max_ratio"] > OOD_FEATURE_RATIO and e["frac_outside"] > 0.01:
+                reasons.append(f"{fname} per step is {e['max_ratio']:.1f}x the largest trained value "
+                               f"({100 * e['frac_outside']:.0f}% of the simulated steps outside the training range)")
+                ood.append(f"workload {fname}")
+            elif e["frac_outside"] > EXTRAP_WORKLOAD_FRAC:
+                reasons.append(f"{fname}: {100 * e['frac_outside']:.0f}% of the simulated steps are outside the training "
+                               f"rows' 0.5-99.5% range (max {e['max_ratio']:.1f}x the largest trained value)")
+                extrap.append(f"workload {fname}")
+
+    # intervals: canonical step times and workload metrics
+    names, _, _ = _canonical_raw(s["ctx"], _server_max_len(s))
+    cb = canonical_batches(_server_max_len(s))
+    fs, rg = F.step_features(np.array(list(cb.values())), s["ctx"])
+    step_iv = {}
+    for i, nm in enumerate(names):
+        t = np.einsum("f,df->d", fs[i], cd.beta[:, rg[i], :])
+        step_iv[nm] = _interval(t) | {"regime": F.REGIMES[rg[i]]}
+    wl_iv = {}
+    if wl is not None and len(wl):
+        pdraws = _coef_draws(idata, s, draws, seed)
+        pp = simulate.posterior_predictive(wl, s["ctx"], srv, pdraws, n_draws=None, seed=seed)
+        for m in simulate.METRICS:
+            wl_iv[m] = _interval(pp[m]["draws"]["mean"]) | {"p90": pp[m]["p90"], "p99": pp[m]["p99"]}
+        wl_iv["n_failed"] = pp["n_failed"]
+        wl_iv["requests"] = pp["requests"]
+        w = wl_iv["e2e_ms"]["rel_width90"]
+        if np.isfinite(w) and w > OOD_E2E_REL_WIDTH:
+            reasons.append(f"the 90% interval of the mean E2E is {100 * w:.0f}% of its mean "
+                           f"(> {100 * OOD_E2E_REL_WIDTH:.0f}%)")
+            ood.append("interval width")
+    verdict = VERDICTS[2] if ood else VERDICTS[1] if extrap else VERDICTS[0]
+    if verdict == VERDICTS[0]:
+        reasons.append("every level was fit and every feature lies inside the training range")
+    return {
+        "spec": s.get("spec_path"),
+        "hardware": hwname, "model_class": cls, "model": getattr(s["model"], "name", ""),
+        "tensor_parallel": int(s["server"].tensor_parallel),
+        "verdict": verdict, "reasons": reasons,
+        "triggers": {"out-of-distribution": ood, "extrapolating": extrap},
+        "new_levels": new,
+        "feature_distance": {"config": cfg, "workload": wd},
+        "regimes": regimes,
+        "intervals": {"step": step_iv, "workload": wl_iv},
+        "score": score_of({"intervals": {"workload": wl_iv}, "feature_distance": {"config": cfg}}),
+    }
+
+
+def score_of(report: dict) -> float:
+    """A continuous risk score of a check report: relative 90% width of the mean E2E plus the largest
+    configuration-level log-distance (capped at 3)."""
+    w = report["intervals"]["workload"].get("e2e_ms", {}).get("rel_width90", 0.0)
+    w = 0.0 if not np.isfinite(w) else w
+    per = report["feature_distance"]["config"].get("per_feature", {})
+    d = max([min(e["log_distance"], 3.0) for e in per.values()] or [0.0])
+    return float(w + d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe
+# ---------------------------------------------------------------------------------------------
+def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
+    """Per-request probe data as the columns :func:`bayeslat.reconstruct.reconstruct_lifecycle`
+    needs, plus info. ``path``: CSV / Parquet (arrival_time_us or arrival_us, input_tokens,
+    output_tokens, ttft_ms, e2e_ms; optional has_error) or ``bundled:<run>[:first_n]`` (the first
+    ``first_n`` requests after ``PROBE_WARMUP`` warm-up requests of a bundled run)."""
+    from bayeslat import datasets
+
+    path = str(path)
+    info = {"source": path, "system_prompt_len": 0}
+    if path.startswith("bundled:"):
+        parts = path.split(":")
+        run = parts[1]
+        n = int(parts[2]) if len(parts) > 2 and parts[2] else None
+        ri = datasets.run_info(run)
+        df = datasets.requests(run)
+        df = df.iloc[PROBE_WARMUP:PROBE_WARMUP + n] if n else df
+        df = df.reset_index(drop=True)
+        info.update(run=ri["run"], system_prompt_len=ri["profile"]["data"].get("shared_prefix", {}).get("system_prompt_len", 0))
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise SpecError("no such file", file=path)
+        df = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+        if "arrival_us" not in df.columns and "arrival_time_us" in df.columns:
+            df = df.rename(columns={"arrival_time_us": "arrival_us"})
+        for c in ("arrival_us", "input_tokens", "output_tokens", "ttft_ms", "e2e_ms"):
+            if c not in df.columns:
+                raise SpecError("missing column (need arrival_time_us, input_tokens, output_tokens, ttft_ms, e2e_ms)",
+                                file=path, field=c)
+        if "has_error" not in df.columns:
+            df["has_error"] = ~(np.isfinite(df["ttft_ms"]) & np.isfinite(df["e2e_ms"]))
+        if "index" not in df.columns:
+            df["index"] = np.arange(len(df))
+        info["run"] = "probe:" + p.stem
+    df = df.sort_values("arrival_us", kind="stable").reset_index(drop=True)
+    df["arrival_us"] = df["arrival_us"] - df["arrival_us"].min()
+    return df, info
+
+
+def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
+    """Reconstruct probe runs (lifecycle path) into ObsTable rows of the spec's group; returns
+    (ObsTable, [per-probe info with observed mean TTFT / E2E])."""
+    from bayeslat import design
+    from bayeslat import reconstruct as R
+
+    s = resolve_spec(spec)
+    if isinstance(probe_paths, (str, Path)):
+        probe_paths = [probe_paths]
+    srv = s["server"]
+    tables, infos = [], []
+    for i, pth in enumerate(probe_paths):
+        df, info = read_probe(pth)
+        run = info["run"] if len(probe_paths) == 1 else f"{info['run']}#{i}"
+        rec = R.reconstruct_lifecycle(df, run=run, budget=int(srv.max_num_batched_tokens), max_num_seqs=int(srv.max_num_seqs),
+                                      block_size=int(srv.block_size), system_prompt_len=int(info["system_prompt_len"]))
+        t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class,
+                             hardware_levels=hardware_levels, class_levels=class_levels)
+        ok = ~df["has_error"].astype(bool)
+        info.update(run=run, requests=int(len(df)), rows=int(len(t)),
+                    observed={"ttft_mean": float(df.loc[ok, "ttft_ms"].mean()), "e2e_mean": float(df.loc[ok, "e2e_ms"].mean())},
+                    frame=df)
+        tables.append(t)
+        infos.append(info)
+    return design.concat(tables), infos
+
+
+def score_rows(idata, obs, *, draws: int = 400, seed: int = 0) -> dict:
+    """Posterior predictive checks of ObsTable rows: z-scores, PIT, 90% coverage, outliers, ratio."""
+    from bayeslat import model as M
+
+    pp = M.posterior_predictive(idata, obs, n=draws, seed=seed)
+    y = np.asarray(obs.y, dtype=float)
+    m, sd = pp.mean(axis=0), pp.std(axis=0)
+    z = (y - m) / np.maximum(sd, 1e-9)
+    pit = (pp < y).mean(axis=0)
+    lo, hi = np.quantile(pp, 0.05, axis=0), np.quantile(pp, 0.95, axis=0)
+    cov = (y >= lo) & (y <= hi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log(np.where((y > 0) & (m > 0), y / m, np.nan))
+    out = {"rows": int(len(y)), "z_mean": float(np.mean(z)), "z_sd": float(np.std(z)),
+           "coverage90": float(cov.mean()), "outlier_rate": float(np.mean((pit < 0.005) | (pit > 0.995))),
+           "ratio_median": float(np.exp(np.nanmedian(lr))), "abs_err_pct_median": float(100 * np.nanmedian(np.abs(y - m) / np.abs(m))),
+           "rel_width90_median": float(np.nanmedian((hi - lo) / np.abs(m))),
+           "pit_hist": np.histogram(pit, bins=10, range=(0, 1))[0].tolist(), "by_kind": {}}
+    kinds = np.asarray(obs.kind)
+    for k in np.unique(kinds):
+        sel = kinds == k
+        out["by_kind"][M.KINDS[int(k)]] = {"rows": int(sel.sum()), "coverage90": float(cov[sel].mean()),
+                                         "z_mean": float(z[sel].mean()), "ratio_median": float(np.exp(np.nanmedian(lr[sel])))}
+    return out
+
+
+def decide(sc: dict) -> tuple[str, list]:
+    """Probe decision from :func:`score_rows` output (rules in the module docstring)."""
+    lr = abs(math.log(max(sc["ratio_median"], 1e-12)))
+    why = []
+    if lr > math.log(PROBE_REFIT_RATIO) or sc["coverage90"] < PROBE_REFIT_COVERAGE:
+        why.append(f"observed / predicted = {sc['ratio_median']:.2f}, 90% coverage {100 * sc['coverage90']:.0f}%")
+        return "refit", why
+    if lr > math.log(PROBE_UPDATE_RATIO):
+        why.append(f"observed / predicted = {sc['ratio_median']:.2f} (> {PROBE_UPDATE_RATIO}x off)")
+    if sc["coverage90"] < PROBE_UPDATE_COVERAGE:
+        why.append(f"90% coverage {100 * sc['coverage90']:.0f}% < {100 * PROBE_UPDATE_COVERAGE:.0f}%")
+    if sc["outlier_rate"] > PROBE_UPDATE_OUTLIERS:
+        why.append(f"{100 * sc['outlier_rate']:.0f}% of the rows have PIT outside [0.005, 0.995]")
+    return ("update" if why else "transfer-ok"), why or [f"observed / predicted = {sc['ratio_median']:.2f}, "
+                                                          f"90% coverage {100 * sc['coverage90']:.0f}%"]
+
+
+def score_probe(spec, idata, probe_paths, *, draws: int = 400, seed: int = 0) -> dict:
+    """Score a probe run of the configuration against the posterior (rules in the module docstring)."""
+    obs, infos = probe_obs(spec, probe_paths)
+    sc = score_rows(idata, obs, draws=draws, seed=seed)
+    decision, why = decide(sc)
+    return {"decision": decision, "reasons": why, "scores": sc,
+            "probes": [{k: v for k, v in i.items() if k != "frame"} for i in infos]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Update
+# ---------------------------------------------------------------------------------------------
+def _workload_of(infos):
+    from bayeslat import workload as W
+
+    df = pd.concat([i["frame"] for i in infos], ignore_index=True)
+    return W.from_requests(df), df
+
+
+def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune: int | None = None,
+           chains: int | None = None, seed: int | None = None, backend: str | None = None, probe_infos=None,
+           pred_draws: int = 20):
+    """Bayesian update of the hierarchy: refit on the training rows (:func:`obs_from_idata`) plus
+    the probe rows (their own group), with the fit's sampler settings and seed unless overridden
+    (nutpie has no warm start from a previous posterior, so this is a refit with the same seeds).
+
+    Returns the new InferenceData; ``attrs["transfer_update"]`` (JSON) reports the probe rows'
+    median relative 90% width and |% error| before / after and, when ``spec`` and
+    ``probe_infos`` are given, the predicted mean TTFT / E2E of the probe's requests before / after
+    vs observed."""
+    from bayeslat import design
+    from bayeslat import model as M
+
+    train = obs_from_idata(idata)
+    both = design.concat([train, probe_obs_table])
+    samp = M.attr_json(idata, "sampler", {}) or {}
+    cfg = {"draws": draws or samp.get("draws"), "tune": tune or samp.get("tune"), "chains": chains or samp.get("chains")}
+    sd = int(seed if seed is not None else idata.attrs.get("seed", 0))
+    bk = backend or (idata.attrs.get("backend") if idata.attrs.get("backend") in M.BACKENDS else None)
+    new = M.fit(both, backend=bk, seed=sd, progressbar=False, **cfg,
+                attrs={"updated_from": idata.attrs.get("data_hash", ""), "probe_runs": sorted(set(np.asarray(probe_obs_table.run).tolist()))})
+    before = score_rows(idata, probe_obs_table, seed=sd)
+    after = score_rows(new, probe_obs_table, seed=sd)
+    rep = {"rows_train": int(len(train)), "rows_probe": int(len(probe_obs_table)),
+           "probe_rows": {"before": {k: before[k] for k in ("coverage90", "rel_width90_median", "abs_err_pct_median", "ratio_median")},
+                          "after": {k: after[k] for k in ("coverage90", "rel_width90_median", "abs_err_pct_median", "ratio_median")}}}
+    rep["probe_rows"]["width_shrink"] = 1.0 - after["rel_width90_median"] / max(before["rel_width90_median"], 1e-12)
+    if spec is not None and probe_infos:
+        rep["probe_workload"] = predict_before_after(spec, idata, new, probe_infos, draws=pred_draws, seed=sd)
+    new.attrs["transfer_update"] = json.dumps(rep)
+    return new
+
+
+def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: int = 0) -> dict:
+    """Predicted mean TTFT / E2E (and 90% intervals) of the probe's own requests under the old and
+    the updated posterior, vs the observed means."""
+    from bayeslat import simulate
+
+    s = resolve_spec(spec)
+    wl, df = _workload_of(probe_infos)
+    ok = ~df["has_error"].astype(bool)
+    obs = {"ttft_ms": float(df.loc[ok, "ttft_ms"].mean()), "e2e_ms": float(df.loc[ok, "e2e_ms"].mean())}
+    out = {}
+    for tag, idt in (("before", old), ("after", new)):
+        pp = simulate.posterior_predictive(wl, s["ctx"], _sim_server(s), _coef_draws(idt, s, draws, seed), seed=seed)
+        out[tag] = {m: {"mean": pp[m]["mean"], "interval90": pp[m]["mean_interval90"],
+                        "err_pct": 100 * (pp[m]["mean"] - obs[m]) / obs[m]} for m in ("ttft_ms", "e2e_ms")}
+    out["observed"] = obs
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def _load_model(path):
+    from bayeslat import model as M
+    from bayeslat import simulate
+
+    mpath = Path(path) if path else simulate.DEFAULT_MODEL
+    if not mpath.exists():
+        raise SpecError("fitted model not found" + ("" if path else " (no default fit is shipped yet: pass --model PATH)"),
+                        file=str(mpath))
+    return M.load(mpath)
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        v = float(o)
+        return v if math.isfinite(v) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+def format_check(rep: dict) -> str:
+    lines = [f"{rep['spec']}: {rep['model']} TP{rep['tensor_parallel']} on {rep['hardware']} ({rep['model_class']})",
+             f"verdict: {rep['verdict'].upper()}"]
+    lines += [f"  - {r}" for r in rep["reasons"]]
+    lines.append(f"{'canonical batch':32s} {'mean ms':>9s} {'90% interval':>20s} {'rel width':>9s}")
+    for nm, e in rep["intervals"]["step"].items():
+        lines.append(f"{nm:32s} {e['mean']:9.3f} [{e['lo90']:8.3f}, {e['hi90']:8.3f}] {100 * e['rel_width90']:8.0f}%")
+    wl = rep["intervals"]["workload"]
+    if wl:
+        lines.append(f"workload ({wl['requests']} requests): mean over requests, 90% interval across posterior draws")
+        for m in ("ttft_ms", "itl_ms", "e2e_ms"):
+            e = wl[m]
+            lines.append(f"  {m:8s} {e['mean']:10.2f} [{e['lo90']:.2f}, {e['hi90']:.2f}] rel width {100 * e['rel_width90']:.0f}%")
+    j = rep["feature_distance"]["config"].get("joint")
+    if j:
+        lines.append(f"nearest training deployment: {j['nearest']} (standardized log-feature distance {j['distance']:.2f})")
+    if "probe" in rep:
+        p = rep["probe"]
+        sc = p["scores"]
+        lines.append(f"probe: {p['decision'].upper()} ({sc['rows']} rows: 90% coverage {100 * sc['coverage90']:.0f}%, "
+                     f"observed/predicted {sc['ratio_median']:.2f}, outliers {100 * sc['outlier_rate']:.0f}%, "
+                     f"mean z {sc['z_mean']:.2f})")
+        lines += [f"  - {r}" for r in p["reasons"]]
+    return "\n".join(lines)
+
+
+def cli_check(args) -> int:
+    """``bayeslat check SPEC [--model M] [--probe P ...]``: exit 3 if out-of-distribution (or the
+    probe says refit), else 0."""
+    idata = _load_model(args.model)
+    rep = check(args.spec, idata, draws=int(args.draws or 20))
+    if getattr(args, "probe", None):
+        rep["probe"] = score_probe(args.spec, idata, args.probe)
+    rep = _jsonable(rep)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(format_check(rep))
+    bad = rep["verdict"] == "out-of-distribution" or rep.get("probe", {}).get("decision") == "refit"
+    return 3 if bad else 0
+
+
+def cli_update(args) -> int:
+    """``bayeslat update MODEL --probe P... --spec SPEC --out OUT``: refit with the probe rows."""
+    from bayeslat import model as M
+
+    idata = _load_model(args.model)
+    obs, infos = probe_obs(args.spec, args.probe)
+    new = update(idata, obs, args.spec, probe_infos=infos)
+    path = M.save(new, args.out)
+    rep = json.loads(new.attrs["transfer_update"]) | {"out": str(path)}
+    if args.json:
+        print(json.dumps(_jsonable(rep), indent=1))
+    else:
+        pr = rep["probe_rows"]
+        print(f"wrote {path}: {rep['rows_train']} training + {rep['rows_probe']} probe rows")
+        for tag in ("before", "after"):
+            e = pr[tag]
+            print(f"  probe rows {tag:6s}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "
+                  f"{100 * e['rel_width90_median']:.0f}%, coverage {100 * e['coverage90']:.0f}%")
+        if "probe_workload" in rep:
+            pw = rep["probe_workload"]
+            for m in ("ttft_ms", "e2e_ms"):
+                print(f"  {m}: observed {pw['observed'][m]:.1f}, before {pw['before'][m]['mean']:.1f} "
+                      f"({pw['before'][m]['err_pct']:+.1f}%), after {pw['after'][m]['mean']:.1f} ({pw['after'][m]['err_pct']:+.1f}%)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from bayeslat.cli import main
+
+    sys.exit(main(["check", *sys.argv[1:]]))

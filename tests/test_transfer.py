@@ -1,0 +1,114 @@
+"""Transfer checks (bayeslat.transfer) on a tiny real fit: 2 bundled runs, 40 rows per kind, 1 chain."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslat import cli, datasets
+from bayeslat import model as M
+from bayeslat import transfer as T
+from bayeslat import workload as W
+
+RUN = "llama-2-7b-tp1-codegen"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    from bayeslat import design
+
+    obs = design.bundled_obs(runs=[RUN, "mixtral-8x7b-v0-1-tp2-codegen"], n_per_run_kind=40, step_rows=False)
+    idata = M.fit(obs, draws=100, tune=150, chains=1, seed=0, progressbar=False)
+    path = M.save(idata, tmp_path_factory.mktemp("fit") / "tiny.nc")
+    return idata, path, obs
+
+
+@pytest.fixture(scope="module")
+def wl():
+    return W.from_run(RUN).head(300)
+
+
+def test_obs_from_idata_roundtrip(fitted):
+    idata, _, obs = fitted
+    back = T.obs_from_idata(idata)
+    assert np.allclose(back.y, obs.y) and np.allclose(back.X, obs.X)
+    assert list(back.run) == list(obs.run) and back.class_levels == obs.class_levels
+
+
+def test_trained_h100_config_is_in_distribution(fitted, wl):
+    rep = T.check(T.spec_for_run(RUN, workload=wl), fitted[0], draws=8)
+    assert rep["verdict"] == "in-distribution", rep["reasons"]
+    assert not rep["new_levels"]["hardware"] and not rep["new_levels"]["model_class"]
+    assert rep["feature_distance"]["config"]["joint"]["distance"] == pytest.approx(0.0, abs=1e-9)
+    for k in ("verdict", "new_levels", "reasons", "intervals", "feature_distance"):
+        assert k in rep
+
+
+@pytest.mark.parametrize("hw", ["a100-sxm-80gb", "l40s"])
+def test_new_hardware_is_flagged_and_widens_intervals(fitted, wl, hw):
+    idata = fitted[0]
+    base = T.check(T.spec_for_run(RUN, workload=wl), idata, draws=8)
+    new = T.check(T.spec_for_run(RUN, hardware=hw, workload=wl), idata, draws=8)
+    assert new["new_levels"]["hardware"] and new["verdict"] != "in-distribution"
+    assert any("was not in the fit" in r and "population" in r for r in new["reasons"])
+    for b in ("decode 32 @ 1k", "decode 128 @ 4k"):
+        assert new["intervals"]["step"][b]["rel_width90"] > 1.5 * base["intervals"]["step"][b]["rel_width90"]
+    assert new["intervals"]["workload"]["e2e_ms"]["rel_width90"] > base["intervals"]["workload"]["e2e_ms"]["rel_width90"]
+
+
+def test_tp8_flags_tp_comm_outside_range(fitted):
+    s = T.spec_for_run("llama-2-70b-tp4-general", server_overrides={"tensor_parallel": 8}, workload=W.from_run(RUN).head(100))
+    rep = T.check(s, fitted[0], draws=4)
+    tc = rep["feature_distance"]["config"]["per_feature"]["tp_comm"]
+    assert tc["direction"] == "above" and tc["ratio"] > T.EXTRAP_FEATURE_RATIO
+    assert rep["verdict"] != "in-distribution"
+    assert any(r.startswith("tp_comm") for r in rep["reasons"])
+
+
+def test_64k_context_flags_decode_kv(fitted):
+    s = T.make_spec("llama-3.1-8b-instruct", "h100-sxm", {"max_model_len": 65536, "max_num_batched_tokens": 2048,
+                                                          "max_num_seqs": 128})
+    rep = T.check(s, fitted[0], draws=4)
+    dk = rep["feature_distance"]["config"]["per_feature"]["decode_kv"]
+    assert dk["batch"] == "decode 8 @ max_model_len" and dk["ratio"] > T.OOD_FEATURE_RATIO
+    assert rep["verdict"] == "out-of-distribution"
+
+
+def _probe_csv(tmp_path, factor):
+    df = datasets.requests(RUN).iloc[T.PROBE_WARMUP:T.PROBE_WARMUP + 200]
+    out = pd.DataFrame({"arrival_time_us": df.arrival_us - df.arrival_us.min(), "input_tokens": df.input_tokens,
+                        "output_tokens": df.output_tokens, "ttft_ms": df.ttft_ms * factor, "e2e_ms": df.e2e_ms * factor})
+    p = tmp_path / f"probe_{factor}.csv"
+    out.to_csv(p, index=False)
+    return p
+
+
+def test_probe_accepts_trained_run_and_flags_2x(fitted, tmp_path):
+    idata = fitted[0]
+    s = T.spec_for_run(RUN)
+    ok = T.score_probe(s, idata, [f"bundled:{RUN}:200"])
+    assert ok["decision"] == "transfer-ok", ok
+    assert 0.8 < ok["scores"]["ratio_median"] < 1.25
+    same = T.score_probe(s, idata, [str(_probe_csv(tmp_path, 1.0))])
+    assert same["decision"] == "transfer-ok", same
+    slow = T.score_probe(s, idata, [str(_probe_csv(tmp_path, 2.0))])
+    assert slow["decision"] in ("update", "refit") and slow["scores"]["ratio_median"] > 1.5
+    assert slow["scores"]["coverage90"] < ok["scores"]["coverage90"]
+
+
+def test_cli_exit_codes(fitted, tmp_path):
+    _, path, _ = fitted
+    reqs = datasets.requests(RUN).iloc[:150]
+    pd.DataFrame({"arrival_time_us": reqs.arrival_us, "input_tokens": reqs.input_tokens,
+                  "output_tokens": reqs.output_tokens}).to_csv(tmp_path / "reqs.csv", index=False)
+    good = tmp_path / "GOOD.yaml"
+    good.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nserver: {max_num_batched_tokens: 2048, max_num_seqs: 128, "
+                    "max_model_len: 4096, kv_blocks: 7462}\nworkload: {requests: reqs.csv}\n")
+    far = tmp_path / "FAR.yaml"
+    far.write_text("model: llama-3.1-8b-instruct\nhardware: l40s\nserver: {max_model_len: 65536, tensor_parallel: 1}\n"
+                   "workload: {requests: reqs.csv}\n")
+    assert cli.main(["check", str(good), "--model", str(path), "--draws", "4"]) == 0
+    assert cli.main(["check", str(far), "--model", str(path), "--draws", "4", "--json"]) == 3
+    assert cli.main(["check", str(good), "--model", str(tmp_path / "missing.nc")]) == 2
+    probe = _probe_csv(tmp_path, 2.0)
+    assert cli.main(["check", str(good), "--model", str(path), "--draws", "4", "--probe", str(probe)]) == 3
