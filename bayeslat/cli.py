@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="fitted netCDF")
     s.add_argument("--group", default=None, help="hardware/model_class[/regime], e.g. 'H100 SXM/dense'")
     s.add_argument("--format", default="json", choices=["json", "yaml", "blis"])
+    s.add_argument("--tp", type=int, default=1, help="TP degree of the target deployment (blis: folds TP sync latency into b4)")
     s.add_argument("--out", default=None, help="write to this file instead of stdout")
 
     s = sub.add_parser("predict", help="posterior predictive TTFT / ITL / E2E of a workload")

@@ -41,6 +41,8 @@ BLIS_NOTES = (
     "moe_dispatch (EP all-to-all) is dropped (BLIS's optional b10 defaults to b3 and only acts at DP>1).",
     "kv_offload is dropped: BLIS adds CPU<->GPU KV transfers in its tiered KV cache, not in the step.",
     "decode_kv: BLIS also counts the new token's KV write; the difference is one token per request.",
+    "tp_sync_overhead (us per TP all-reduce call, 2 per layer at TP > 1) has no BLIS term: folded into "
+    "b4 (per layer) as 2 x its coefficient for the TP degree given to the export (tp > 1).",
     "alpha: a0 = const + prompt term at the fit rows' mean prompt length + queue term at the mean queue "
     "depth (us); a1 = a2 = 0 because our step time already contains output processing (request_overhead).",
 )
@@ -136,7 +138,7 @@ def _link_hbm_ratio(hw: str) -> float | None:
     return None
 
 
-def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float | None = None) -> dict:
+def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float | None = None, tp: int = 1) -> dict:
     """BLIS trained-physics alpha (3) and beta (10) coefficients in microseconds (posterior means)."""
     from bayeslat.model import coefficient_draws
 
@@ -169,6 +171,8 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     else:
         frac = 0.0
     betas[5] += float(us_per_raw[B["prefill_overhead"]]) * frac
+    if tp > 1:
+        betas[4] += 2.0 * float(us_per_raw[B["tp_sync_overhead"]])
     a = cd.alpha.mean(axis=0)  # ms per scaled unit
     ref = np.array([1.0, 0.0, 0.0])
     if rows is not None:
@@ -178,11 +182,11 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
             ref = A[m].mean(axis=0)
     a0 = float(a @ ref) * 1000.0
     return {"alpha": [a0, 0.0, 0.0], "beta": betas, "group": [hw, cls], "new_levels": list(cd.new_levels),
-            "hbm_over_link": float(ratio), "prefill_fraction": float(frac),
+            "hbm_over_link": float(ratio), "prefill_fraction": float(frac), "tp": int(tp),
             "reference_alpha_features": ref.tolist(), "notes": notes}
 
 
-def export(idata, group=("H100 SXM", "dense"), fmt: str = "json") -> str:
+def export(idata, group=("H100 SXM", "dense"), fmt: str = "json", tp: int = 1) -> str:
     """Coefficients of one group as text: ``fmt`` is "json", "yaml" or "blis"."""
     if fmt == "json":
         return json.dumps(coefficients(idata, group), indent=2, default=str) + "\n"
@@ -191,7 +195,7 @@ def export(idata, group=("H100 SXM", "dense"), fmt: str = "json") -> str:
 
         return yaml.safe_dump(json.loads(json.dumps(coefficients(idata, group), default=str)), sort_keys=False)
     if fmt == "blis":
-        b = blis_coefficients(idata, group)
+        b = blis_coefficients(idata, group, tp=tp)
         lines = [f"# bayeslat -> BLIS trained-physics coefficients (us), group {b['group'][0]}/{b['group'][1]}"
                  + (f", new levels drawn from the population: {b['new_levels']}" if b["new_levels"] else ""),
                  "# posterior means; regime coefficients averaged with feature-load weights of the fit rows"]
@@ -230,7 +234,7 @@ def cli_export(args) -> int:
 
     idata = load(args.model)
     group = args.group or "H100 SXM/dense"
-    text = export(idata, group, args.format)
+    text = export(idata, group, args.format, tp=getattr(args, "tp", 1))
     if args.format == "blis":
         print("note: " + "\nnote: ".join(BLIS_NOTES), file=sys.stderr)
     if args.out:

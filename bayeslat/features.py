@@ -56,6 +56,7 @@ BETA_FEATURES = (
     ("moe_layer_overhead", "layers", 100.0, "number of MoE layers (router, permute, grouped-GEMM launch)"),
     ("step_overhead", "steps", 1.0, "constant per step (scheduler, CUDA graph replay, sync)"),
     ("prefill_overhead", "requests", 10.0, "requests with a prefill chunk (varlen attention metadata, chunk bookkeeping)"),
+    ("tp_sync_overhead", "collectives", 100.0, "TP all-reduce calls per step (2 per layer at TP > 1): per-collective launch + synchronisation latency"),
 )
 BETA_NAMES = tuple(f[0] for f in BETA_FEATURES)
 BETA_UNITS = tuple(f[1] for f in BETA_FEATURES)
@@ -149,6 +150,7 @@ def step_features_kernel(stats, ctx, out):
     out[10] = ctx[15]
     out[11] = 1.0
     out[12] = n_pf
+    out[13] = 2.0 * ctx[14] if ctx[12] > 0.0 else 0.0
 
 
 @numba.njit(cache=True)

@@ -57,8 +57,8 @@ Two paths:
 Observation windows (:func:`observation_windows`) are ``(k0, k1, w0, w1)`` over a run's step
 sequence: steps k0..k1 inclusive, weight w0 on k0, w1 on k1, 1 in between (if ``k0 == k1``
 the weight is ``w0 + w1 - 1``). kinds: 0 step (traced, server clock), 1 decode window
-(y = E2E - TTFT, n-1 steps), 2 TTFT (y = TTFT; the step in flight at arrival with the fraction
-left of it, then every step up to and including ``k_first``).
+(y = E2E - TTFT, n-1 steps), 2 TTFT (y = TTFT = alpha + half of step ``k_start - 1`` + the
+prefill steps ``k_start..k_first``; only requests arriving to an empty waiting queue).
 
 Clock offset (:func:`estimate_offset`): server monotonic ns vs client us from the first
 request; ``t_client_us = ts_ns / 1000 - offset_us``. Estimated by matching the traced decode
@@ -447,20 +447,22 @@ def observation_windows(rec: Reconstruction, *, include_warmup: bool = False) ->
                        "prompt": r["prompt"].to_numpy(), "queue_depth": r["queue_depth"].to_numpy(),
                        "t_us": r["ft_us"].to_numpy()})[ok]
     rows.append(dw)
-    # TTFT: remaining fraction of the step in flight at arrival, then up to k_first inclusive
+    # TTFT rows follow the simulator's generative model: TTFT = alpha (arrival -> queued, incl.
+    # API and streaming overheads) + the wait for the step in flight when the request is queued
+    # (expected half a step: weight 0.5 on step k_start - 1) + its prefill steps k_start..k_first.
+    # Only requests that arrived with an empty waiting queue: under load, queueing delay is the
+    # simulator's job and must not be absorbed by alpha. (Spanning arrival -> first token with
+    # steps instead leaves alpha unidentified: y = sum of steps by construction of the step clock.)
     ka = r["k_arrival"].to_numpy()
-    wa = r["w_arrival"].to_numpy()
-    in_gap = (ka < 0) | idle[np.clip(ka, 0, nK - 1)]
-    k0 = np.where(in_gap, ka + 1, ka)
-    w0 = np.where(in_gap, 1.0, wa)
+    ks = r["k_start"].to_numpy()
+    waiting = st["waiting_depth"].to_numpy()
+    no_queue = (ka >= 0) & (waiting[np.clip(ka, 0, nK - 1)] == 0)
     k1 = np.minimum(kf, nK - 1)
+    k0 = np.maximum(ks - 1, 0)
+    w0 = np.where(ks >= 1, 0.5, 1.0)
     w1 = np.ones(len(r))
-    same = k1 <= k0
-    # arrived during the step that (by rounding) carries its last chunk: keep it as one partial
-    # step (weight w0 + w1 - 1 = w0)
-    k1 = np.where(same, k0, k1)
-    n_steps = np.where(same, w0, w0 + (k1 - k0))
-    ok = (k0 >= 0) & (k0 < nK) & ((idle_cum[k1] - idle_cum[np.clip(k0, 0, nK)] == 0) | same)
+    n_steps = w0 + (k1 - k0)
+    ok = no_queue & (ks >= 0) & (k1 >= k0) & (k0 < nK) & (idle_cum[k1] - idle_cum[np.clip(k0, 0, nK)] == 0)
     tw = pd.DataFrame({"kind": KIND_TTFT, "request": r["index"].to_numpy(), "y_ms": (r["ft_us"] - r["arrival_us"]).to_numpy() / 1e3,
                        "k0": k0, "k1": k1, "w0": w0, "w1": w1,
                        "n_steps": n_steps, "prompt": r["prompt"].to_numpy(), "queue_depth": r["queue_depth"].to_numpy(),

@@ -58,6 +58,8 @@ import pandas as pd
 from bayeslat import features as F
 from bayeslat.errors import SpecError
 
+N_BETA = F.N_BETA
+
 METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
 TRACE_COLUMNS = ("t_us", *F.STATS, "regime", "dt_ms", "n_running", "n_waiting", "kv_used", "kv_cached", "n_tokens")
 ST_DONE, ST_FAILED = 4, 5
@@ -155,7 +157,7 @@ def _sim_kernel(arrival, prompt, outlen, grp, deadline, dorder, reject, gnb,
     s_ctx = np.empty(max_seqs + 1, np.int64)
     s_pf = np.empty(max_seqs + 1, np.bool_)
     stats = np.zeros(8)
-    raw = np.zeros(13)                   # N_BETA raw features
+    raw = np.zeros(N_BETA)               # raw beta features
     blk = np.zeros(2, np.int64)          # [free, cached-evictable]
     blk[0] = kv_blocks
     cpu_used = 0

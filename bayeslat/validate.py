@@ -74,7 +74,7 @@ def _replay_cases(runs: list[str] | None):
         if runs and not any(r in info["run"] for r in runs):
             continue
         dep = deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
-        wl = workload.from_requests(datasets.requests(info["run"]))
+        wl = workload.from_run(info["run"])
         obs = info["observed"]["all"]
         observed = {f"{m}_{q}": obs[f"{m}_{q}"] for m in METRICS for q in ("mean", "p90", "p99")}
         out.append(dict(run=info["run"], model=info["model"], workload=info["workload"], kind="replay",
