@@ -457,6 +457,24 @@ def load(path):
     return idata
 
 
+DEFAULT_MODEL = Path(__file__).parent / "data" / "models" / "default.nc"
+
+
+def load_default():
+    """The shipped default fit (``models/default.nc``: the bundled real runs)."""
+    return load_or_default(None)
+
+
+def load_or_default(path=None):
+    """Load the fit at ``path``, or the shipped default when ``path`` is None; a missing file is
+    a SpecError naming it."""
+    mpath = Path(path) if path else DEFAULT_MODEL
+    if not mpath.exists():
+        raise SpecError("fitted model not found" + ("" if path else " (no default fit shipped: run `bayeslat fit`"
+                                                    " and pass --model PATH)"), file=str(mpath))
+    return load(mpath)
+
+
 def attr_json(idata, key, default=None):
     v = idata.attrs.get(key, None)
     if v is None:

@@ -57,6 +57,7 @@ import pandas as pd
 
 from bayeslat import features as F
 from bayeslat.errors import SpecError
+from bayeslat.model import DEFAULT_MODEL  # noqa: F401  (re-exported: the shipped default fit)
 
 N_BETA = F.N_BETA
 
@@ -782,7 +783,6 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
 # ---------------------------------------------------------------------------------------------
 # bayeslat predict SPEC.yaml
 # ---------------------------------------------------------------------------------------------
-DEFAULT_MODEL = Path(__file__).parent / "data" / "models" / "default.nc"
 
 
 def _resolve_rel(value, base: Path):
@@ -868,12 +868,7 @@ def cli_predict(args) -> int:
     from bayeslat import model as M
 
     spec = load_spec(args.spec)
-    mpath = Path(args.model) if args.model else DEFAULT_MODEL
-    if not mpath.exists():
-        raise SpecError("fitted model not found" + ("" if args.model else
-                        " (no default fit is shipped yet: run `bayeslat fit --out PATH` and pass --model PATH)"),
-                        file=str(mpath))
-    idata = M.load(mpath)
+    idata = M.load_or_default(args.model)
     draws = M.coefficient_draws(idata, spec["hardware"].name, spec["model"].model_class, n=int(args.draws),
                                 seed=int(args.seed))
     srv = sim_server(spec["server"], spec["kv_blocks"], spec["cpu_kv_blocks"])

@@ -688,13 +688,8 @@ def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: 
 # ---------------------------------------------------------------------------------------------
 def _load_model(path):
     from bayeslat import model as M
-    from bayeslat import simulate
 
-    mpath = Path(path) if path else simulate.DEFAULT_MODEL
-    if not mpath.exists():
-        raise SpecError("fitted model not found" + ("" if path else " (no default fit is shipped yet: pass --model PATH)"),
-                        file=str(mpath))
-    return M.load(mpath)
+    return M.load_or_default(path)
 
 
 def _jsonable(o):

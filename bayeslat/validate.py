@@ -176,7 +176,7 @@ def _cv_groups(cases, mode):
 
 
 def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed: int = 0,
-             fit_kwargs: dict | None = None, log=None) -> tuple[pd.DataFrame, dict]:
+             fit_kwargs: dict | None = None, n_per_run_kind: int = 40, log=None) -> tuple[pd.DataFrame, dict]:
     """Predict every run of ``suite`` and compare. Returns (per-run table, summary)."""
     from bayeslat import model
 
@@ -191,7 +191,8 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
             t0 = time.time()
             exclude = {c["run"] for c in group}
             obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude))))
-            fit_idata = model.fit(obs, seed=seed, progressbar=False, **(fit_kwargs or {}))
+            obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
+            fit_idata = model.fit(obs, seed=20261122 + seed, progressbar=False, **(fit_kwargs or {}))
             log(f"[{suite}] held out {held}: refit on {len(obs.y)} rows in {time.time() - t0:.0f} s")
             for c in group:
                 rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
