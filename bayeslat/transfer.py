@@ -35,7 +35,8 @@ of rows inside their 90% posterior predictive interval and ``outliers`` = fracti
 
 - ``refit``: ``|log ratio| > log(PROBE_REFIT_RATIO)`` (x1.5) or ``cov90 < PROBE_REFIT_COVERAGE`` (0.3);
 - ``update``: ``|log ratio| > log(PROBE_UPDATE_RATIO)`` (x1.1) or ``cov90 < PROBE_UPDATE_COVERAGE``
-  (0.6) or ``outliers > PROBE_UPDATE_OUTLIERS`` (0.1);
+  (0.6) or ``outliers > PROBE_UPDATE_OUTLIERS`` (0.1), counting outliers only in row kinds whose
+  median observed / predicted is off by more than ``PROBE_BIAS_TOLERANCE`` (5%);
 - ``transfer-ok`` otherwise.
 
 ``bayeslat check SPEC [--probe ...]`` exits 3 when the verdict is out-of-distribution or the
@@ -70,6 +71,11 @@ PROBE_REFIT_COVERAGE = 0.3
 PROBE_UPDATE_RATIO = 1.1
 PROBE_UPDATE_COVERAGE = 0.6
 PROBE_UPDATE_OUTLIERS = 0.1
+# Decode windows sum ~250 steps: their predictive sd is < 1%, so a 2% bias already puts them
+# outside [0.005, 0.995] (measured: in-sample probe, window ratio 1.02, 53% window coverage).
+# A bias that small is not a transfer failure for workload metrics whose intervals are wider;
+# outliers count only in row kinds whose median observed / predicted is off by more than this.
+PROBE_BIAS_TOLERANCE = 1.05
 PROBE_WARMUP = 20  # requests skipped at the start of a bundled run for a "bundled:" probe
 
 
@@ -591,7 +597,12 @@ def score_rows(idata, obs, *, draws: int = 400, seed: int = 0) -> dict:
     for k in np.unique(kinds):
         sel = kinds == k
         out["by_kind"][M.KINDS[int(k)]] = {"rows": int(sel.sum()), "coverage90": float(cov[sel].mean()),
-                                         "z_mean": float(z[sel].mean()), "ratio_median": float(np.exp(np.nanmedian(lr[sel])))}
+                                         "z_mean": float(z[sel].mean()), "ratio_median": float(np.exp(np.nanmedian(lr[sel]))),
+                                         "outlier_rate": float(np.mean((pit[sel] < 0.005) | (pit[sel] > 0.995)))}
+    # outliers that come with a material bias of their kind (see PROBE_BIAS_TOLERANCE)
+    biased = [k for k, v in out["by_kind"].items() if abs(math.log(max(v["ratio_median"], 1e-12))) > math.log(PROBE_BIAS_TOLERANCE)]
+    n_biased_out = sum(out["by_kind"][k]["outlier_rate"] * out["by_kind"][k]["rows"] for k in biased)
+    out["biased_outlier_rate"] = float(n_biased_out / max(len(y), 1))
     return out
 
 
@@ -606,8 +617,9 @@ def decide(sc: dict) -> tuple[str, list]:
         why.append(f"observed / predicted = {sc['ratio_median']:.2f} (> {PROBE_UPDATE_RATIO}x off)")
     if sc["coverage90"] < PROBE_UPDATE_COVERAGE:
         why.append(f"90% coverage {100 * sc['coverage90']:.0f}% < {100 * PROBE_UPDATE_COVERAGE:.0f}%")
-    if sc["outlier_rate"] > PROBE_UPDATE_OUTLIERS:
-        why.append(f"{100 * sc['outlier_rate']:.0f}% of the rows have PIT outside [0.005, 0.995]")
+    if sc.get("biased_outlier_rate", sc["outlier_rate"]) > PROBE_UPDATE_OUTLIERS:
+        why.append(f"{100 * sc['biased_outlier_rate']:.0f}% of the rows have PIT outside [0.005, 0.995] in a kind "
+                   f"biased by more than {100 * (PROBE_BIAS_TOLERANCE - 1):.0f}%")
     return ("update" if why else "transfer-ok"), why or [f"observed / predicted = {sc['ratio_median']:.2f}, "
                                                           f"90% coverage {100 * sc['coverage90']:.0f}%"]
 

@@ -114,7 +114,17 @@ def test_windows_exact(synth):
     assert np.all(dw["n_steps"].to_numpy() == n - 1)
     assert len(dw) >= 0.95 * len(req)
     tt = w[w.kind == R.KIND_TTFT]
-    assert len(tt) >= 0.95 * len(req) and np.all((tt.w0 >= 0) & (tt.w0 <= 1))
+    # TTFT rows: exactly the served requests that arrived to an empty waiting queue; they span
+    # half of the step before prefill (w0 = 0.5, or 1 at the first step) through k_first
+    r = rec.requests.set_index("index")
+    ka = r.loc[tt["request"], "k_arrival"].to_numpy()
+    assert np.all(rec.steps["waiting_depth"].to_numpy()[ka] == 0)
+    ok = (r["status"] == "ok") & ~r["warmup"] & (r["k_arrival"] >= 0)
+    no_queue = ok & (rec.steps["waiting_depth"].to_numpy()[np.clip(r["k_arrival"], 0, None)] == 0)
+    assert len(tt) >= 0.95 * no_queue.sum() and len(tt) >= 0.5 * len(req)
+    assert set(np.unique(tt.w0)) <= {0.5, 1.0}
+    assert np.all(tt.k1.to_numpy() == r.loc[tt["request"], "k_first"].to_numpy())
+    assert np.all(tt.k0.to_numpy() == np.maximum(r.loc[tt["request"], "k_start"].to_numpy() - 1, 0))
     # window sums through cumsums == brute force
     vals = rec.steps[list(F.STATS)].to_numpy()
     s = R.window_sums(vals, w.k0, w.k1, w.w0, w.w1)
