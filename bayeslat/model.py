@@ -292,11 +292,15 @@ def build_model(obs, priors: dict | None = None):
         # Run level: one multiplicative factor per run (software state, contention, clocks: what
         # the features do not see), non-centred. A new run draws it from N(0, sigma_run): this is
         # what makes workload-level intervals honest rather than parameter-uncertainty only.
-        runs, run_idx = np.unique(np.asarray(d["run"]).astype(str), return_inverse=True)
-        model.add_coord("run", runs.tolist())
-        sig_run = pm.HalfNormal("sigma_run", p["sigma_run"])
-        z_run = pm.Normal("z_run", 0.0, 1.0, dims="run")
-        mu = pm.Deterministic("run_factor", pt.exp(sig_run * z_run), dims="run")[run_idx] * mu_g
+        # (sigma_run = 0 in the priors switches the run level off)
+        if p["sigma_run"] > 0:
+            runs, run_idx = np.unique(np.asarray(d["run"]).astype(str), return_inverse=True)
+            model.add_coord("run", runs.tolist())
+            sig_run = pm.HalfNormal("sigma_run", p["sigma_run"])
+            z_run = pm.Normal("z_run", 0.0, 1.0, dims="run")
+            mu = pm.Deterministic("run_factor", pt.exp(sig_run * z_run), dims="run")[run_idx] * mu_g
+        else:
+            mu = mu_g
 
         s_abs = pm.HalfNormal("s_abs", s_abs_scale, dims="kind")
         s_rel = pm.HalfNormal("s_rel", p["s_rel"], dims="kind")
