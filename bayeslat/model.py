@@ -96,33 +96,8 @@ FIELDS = ("kind", "y", "X", "A", "n_steps", "hw", "cls", "run", "request", "hard
 
 
 # ---------------------------------------------------------------------------------------------
-# Input handling (duck-typed ObsTable, see DEVELOPING.md)
+# Input handling (an ObsTable: bayeslat.design.ObsTable, or any object with its fields)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class SimpleObs:
-    """A minimal ObsTable (same fields as ``bayeslat.design.ObsTable``), used for synthetic data."""
-
-    kind: np.ndarray
-    y: np.ndarray
-    X: np.ndarray
-    A: np.ndarray
-    n_steps: np.ndarray
-    hw: np.ndarray
-    cls: np.ndarray
-    run: np.ndarray
-    request: np.ndarray
-    hardware_levels: tuple
-    class_levels: tuple
-    meta: dict = field(default_factory=dict)
-
-    def __len__(self):
-        return len(self.y)
-
-    def subset(self, idx) -> "SimpleObs":
-        idx = np.asarray(idx)
-        return SimpleObs(*(getattr(self, f)[idx] for f in FIELDS[:9]), self.hardware_levels, self.class_levels, dict(self.meta))
-
-
 def check_obs(obs) -> dict:
     """Validate an ObsTable-like object; return its arrays as a dict of numpy arrays."""
     out = {}
@@ -752,11 +727,15 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
             cols["cls"].append(cls_levels.index(c))
             cols["run"].append(f"sim-{h}-{c}")
             cols["request"].append(i if k >= 2 else -1)
-    obs = SimpleObs(
+    from bayeslat.design import ObsTable
+
+    n_rows = len(cols["y"])
+    obs = ObsTable(
         kind=np.array(cols["kind"], dtype=np.int64), y=np.array(cols["y"]), X=np.array(cols["X"]),
-        A=np.array(cols["A"]), n_steps=np.array(cols["n_steps"]), hw=np.array(cols["hw"], dtype=np.int64),
+        A=np.array(cols["A"]), n_steps=np.array(cols["n_steps"], dtype=np.float64), hw=np.array(cols["hw"], dtype=np.int64),
         cls=np.array(cols["cls"], dtype=np.int64), run=np.array(cols["run"]), request=np.array(cols["request"], dtype=np.int64),
-        hardware_levels=hw_levels, class_levels=cls_levels, meta={"synthetic": True, "seed": seed},
+        t_frac=rng.uniform(0.0, 1.0, n_rows), hardware_levels=tuple(hw_levels), class_levels=tuple(cls_levels),
+        meta={"synthetic": True, "seed": seed},
     )
     return obs, truth
 

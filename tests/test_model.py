@@ -15,19 +15,17 @@ ZERO = [f for f, v in M.TRUE_BETA_POP.items() if v == 0.0]
 # ------------------------------------------------------------------ no sampling
 def test_check_obs_rejects_bad_input():
     obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 20})
-    bad = obs.subset(np.arange(20))
-    bad.X = bad.X[:, :2]
+    from dataclasses import replace
+
+    good = obs.subset(np.arange(20))
     with pytest.raises(SpecError, match="X"):
-        M.check_obs(bad)
-    bad = obs.subset(np.arange(20))
-    bad.hw = bad.hw + 5
+        M.check_obs(replace(good, X=good.X[:, :2]))
     with pytest.raises(SpecError, match="hw"):
-        M.check_obs(bad)
-    bad = obs.subset(np.arange(20))
-    bad.y = bad.y.copy()
-    bad.y[0] = np.nan
+        M.check_obs(replace(good, hw=good.hw + 5))
+    y = good.y.copy()
+    y[0] = np.nan
     with pytest.raises(SpecError, match="y"):
-        M.check_obs(bad)
+        M.check_obs(replace(good, y=y))
     with pytest.raises(SpecError, match="priors"):
         M.build_model(obs, priors={"nonsense": 1})
 
