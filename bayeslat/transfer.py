@@ -378,7 +378,8 @@ def _coef_draws(idata, s, n, seed):
 def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400) -> dict:
     """Transfer check of a configuration against a fit, before any data of it exists.
 
-    Returns a JSON-able dict with ``verdict``, ``reasons``, ``new_levels``, ``feature_distance``
+    Returns a JSON-able dict with ``verdict``, ``reasons``, ``new_levels`` (list, e.g.
+    ``["hardware"]``; ``level_flags`` has the same as booleans), ``feature_distance``
     (``config`` per feature + ``joint``; ``workload`` per feature), ``intervals`` (``step`` per
     canonical batch and ``workload`` per metric) and ``regimes`` (see the module docstring for the
     rules)."""
@@ -488,7 +489,8 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         "tensor_parallel": int(s["server"].tensor_parallel),
         "verdict": verdict, "reasons": reasons,
         "triggers": {"out-of-distribution": ood, "extrapolating": extrap},
-        "new_levels": new,
+        "new_levels": [k for k in ("hardware", "model_class") if new[k]] + [f"regime:{r}" for r in new["regimes"]],
+        "level_flags": new,
         "feature_distance": {"config": cfg, "workload": wd},
         "regimes": regimes,
         "intervals": {"step": step_iv, "workload": wl_iv},

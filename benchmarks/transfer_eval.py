@@ -88,7 +88,7 @@ def main(argv=None) -> int:
             row = {"mode": mode, "held_out": held, "run": c["run"], "verdict": rep["verdict"], "score": rep["score"],
                    "e2e_rel_width90": rep["intervals"]["workload"]["e2e_ms"]["rel_width90"],
                    "joint_distance": rep["feature_distance"]["config"]["joint"]["distance"],
-                   "new_levels": [k for k in ("hardware", "model_class") if rep["new_levels"][k]] + rep["new_levels"]["regimes"],
+                   "new_levels": rep["new_levels"],
                    "e2e_err_pct": cmp_["e2e_mean_err_pct"], "ttft_err_pct": cmp_["ttft_mean_err_pct"],
                    "e2e_in90": cmp_["e2e_mean_in90"], "reasons": rep["reasons"]}
             rows.append(row)

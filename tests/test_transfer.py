@@ -38,7 +38,7 @@ def test_obs_from_idata_roundtrip(fitted):
 def test_trained_h100_config_is_in_distribution(fitted, wl):
     rep = T.check(T.spec_for_run(RUN, workload=wl), fitted[0], draws=8)
     assert rep["verdict"] == "in-distribution", rep["reasons"]
-    assert not rep["new_levels"]["hardware"] and not rep["new_levels"]["model_class"]
+    assert rep["new_levels"] == [] and not rep["level_flags"]["hardware"] and not rep["level_flags"]["model_class"]
     assert rep["feature_distance"]["config"]["joint"]["distance"] == pytest.approx(0.0, abs=1e-9)
     for k in ("verdict", "new_levels", "reasons", "intervals", "feature_distance"):
         assert k in rep
@@ -49,7 +49,7 @@ def test_new_hardware_is_flagged_and_widens_intervals(fitted, wl, hw):
     idata = fitted[0]
     base = T.check(T.spec_for_run(RUN, workload=wl), idata, draws=8)
     new = T.check(T.spec_for_run(RUN, hardware=hw, workload=wl), idata, draws=8)
-    assert new["new_levels"]["hardware"] and new["verdict"] != "in-distribution"
+    assert "hardware" in new["new_levels"] and new["level_flags"]["hardware"] and new["verdict"] != "in-distribution"
     assert any("was not in the fit" in r and "population" in r for r in new["reasons"])
     for b in ("decode 32 @ 1k", "decode 128 @ 4k"):
         assert new["intervals"]["step"][b]["rel_width90"] > 1.5 * base["intervals"]["step"][b]["rel_width90"]
