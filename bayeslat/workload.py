@@ -252,11 +252,6 @@ def calibrated_prompt(sp: dict, template=(TEMPLATE_OVERHEAD, TEMPLATE_RATIO)) ->
     return template[0] + template[1] * (float(sp["system_prompt_len"]) + float(sp["question_len"]))
 
 
-def calibrated_prefix(sp: dict, template=(TEMPLATE_OVERHEAD, TEMPLATE_RATIO)) -> int:
-    """Shared (cacheable) prefix of a group: the calibrated system prompt."""
-    return int(round(template[1] * float(sp["system_prompt_len"])))
-
-
 def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None = None,
                         tokens_template=(TEMPLATE_OVERHEAD, TEMPLATE_RATIO), *, rel_sd: float = TEMPLATE_REL_SD,
                         arrivals: str = "poisson", timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Workload:

@@ -22,13 +22,10 @@ from bayeslat import datasets
 from bayeslat import features as F
 from bayeslat import simulate as S
 from bayeslat import workload as W
+from bayeslat.specs import load_hardware, load_model, load_server
 
-CTX = F.FeatureContext(
-    peak_flops_per_us=989.5e6, hbm_bytes_per_us=3.35e6, link_bytes_per_us=0.9e6, pcie_bytes_per_us=0.128e6,
-    linear_flops_per_token=2 * 6.48e9, attn_flops_per_pair=4 * 32 * 4096 * 32, lm_head_flops_per_seq=2 * 4096 * 32000,
-    dense_weight_bytes=2 * 6.74e9, expert_weight_bytes=0.0, num_experts=0.0, experts_per_token=0.0,
-    kv_bytes_per_token=2 * 32 * 4096 * 2, allreduce_bytes_per_token=0.0, dispatch_bytes_per_token=0.0,
-    num_layers=32.0, num_moe_layers=0.0)
+# Llama-2-7B TP1 on H100 SXM, derived from the bundled specs (the real feature constants)
+CTX = F.feature_context(load_model("llama-2-7b-hf"), load_hardware("h100-sxm"), load_server({"tensor_parallel": 1}))
 
 
 def illustrative_draws(D: int, seed: int = 0):
