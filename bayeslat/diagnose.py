@@ -90,6 +90,8 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
         out["min_ess_tail"] = _min_max(az.ess(idata, var_names=names, method="tail"), "min")
     ss = idata.get("sample_stats", None)
     out["divergences"] = int(ss["diverging"].sum()) if ss is not None and "diverging" in ss else 0
+    # a thinned fit keeps the divergence count of every draw in its attrs
+    out["divergences"] = max(out["divergences"], int(idata.attrs.get("divergences_all_draws", 0) or 0))
     out["min_bfmi"] = float(np.min(az.bfmi(idata))) if ss is not None and "energy" in ss else float("nan")
     sat = float("nan")
     if ss is not None:

@@ -70,6 +70,12 @@ def _attrs(idata) -> dict:
     return out
 
 
+def _kinds(n: int) -> list:
+    from bayeslat.model import KINDS
+
+    return list(KINDS[:n]) if n <= len(KINDS) else [str(i) for i in range(n)]
+
+
 def _summ(x: np.ndarray) -> dict:
     return {"mean": float(np.mean(x)), "sd": float(np.std(x, ddof=1)) if x.size > 1 else 0.0,
             "q05": float(np.quantile(x, 0.05)), "q95": float(np.quantile(x, 0.95))}
@@ -94,7 +100,9 @@ def coefficients(idata, group=("H100 SXM", "dense"), n: int | None = None, seed:
         "group": {"hardware": hw, "model_class": cls, "new_levels": list(cd.new_levels), "draws": int(cd.beta.shape[0])},
         "beta": beta,
         "alpha": alpha,
-        "noise": {"sigma_rel_step": _summ(cd.sigma_rel), "nu": _summ(cd.nu)},
+        "noise": {"sigma_rel_step": _summ(cd.sigma_rel), "nu": _summ(np.asarray(cd.nu).reshape(len(cd.sigma_rel), -1)[:, 0]),
+                  "nu_by_kind": {k: _summ(np.asarray(cd.nu).reshape(len(cd.sigma_rel), -1)[:, i])
+                                 for i, k in enumerate(_kinds(np.asarray(cd.nu).reshape(len(cd.sigma_rel), -1).shape[1]))}},
         "features": {
             "beta": [{"name": n_, "unit": u, "scale": float(s), "doc": F.BETA_DOC[n_]}
                      for n_, u, s in zip(F.BETA_NAMES, F.BETA_UNITS, F.BETA_SCALE)],

@@ -5,7 +5,7 @@ Model (see ``specs/method.md`` for the derivation and the choices)
 For an observation row i of group (h, c) = (hardware, model class)::
 
     mu_i = A_i . alpha[h, c, :] + sum_r X_i[r] . beta[h, c, r, :]
-    y_i ~ StudentT(nu, mu_i, s_abs[k_i] + s_rel[k_i] * mu_i / sqrt(max(n_steps_i, 1)))
+    y_i ~ StudentT(nu[k_i], mu_i, s_abs[k_i] + (s_rel[k_i] / sqrt(max(n_steps_i, 1)) + s_sys[k_i]) * mu_i)
 
 Coefficients are non-negative and pooled multiplicatively::
 
@@ -18,12 +18,24 @@ so ``beta_pop[f] / scale_f ~ BetaPrime(a, b)``: with a = b = 1/2 this is the dis
 at zero (sparsity, ARD-like pruning of irrelevant features) and a polynomial right tail (no
 shrinkage of large terms). PyMC samples ``w`` on the log-odds scale, i.e. ``log(beta_pop /
 scale)``, where this prior is log-concave: the geometry NUTS likes. A deviation multiplies the
-population coefficient, so a group cannot re-introduce a term the population pruned. Each
-deviation cell is centred where many rows inform it and non-centred (``z_*`` ~ N(0, 1), the
-"offset" variables) where few do (unobserved groups, regimes, absent features). A deviation level with a
-single observed member (e.g. one GPU) is not identified from the population; it is then dropped
-for the fitted levels (absorbed into ``beta_pop``) while its scale keeps its prior, which is what
-an unseen level is drawn with. ``alpha`` pools hardware -> model class the same way.
+population coefficient, so a group cannot re-introduce a term the population pruned.
+
+The sampling geometry (measured on the 1,320 real rows; benchmarks/fit_backends.py, method.md):
+
+- hardware and class deviations sum to zero over their levels (ZeroSumNormal in an orthonormal
+  basis, :func:`_zerosum`); each cell is centred (``u_*``) where the data pin it and
+  non-centred (``z_*`` ~ N(0, 1), the "offset" variables) where few data inform it;
+- class deviations exist only for features observed in every class and varying within it
+  (:func:`_centred_cells`); per-deployment constants and single-class (MoE) terms are shared;
+- regime factors are relative to decode (factor 1), centred for regimes with >= 100 rows;
+- ``exclude_features`` (default ``step_overhead``) holds coefficients the design cannot
+  identify at 0; nu and the noise scales are per observation kind, with a systematic relative
+  term ``s_sys`` that does not average out over a window's steps.
+
+A deviation level with a single observed member (e.g. one GPU) is not identified from the
+population; it is then dropped for the fitted levels (absorbed into ``beta_pop``) while its
+scale keeps its prior, which is what an unseen level is drawn with. ``alpha`` pools hardware ->
+model class the same way.
 
 Public API: :func:`fit`, :func:`save`, :func:`load`, :func:`coefficient_draws`,
 :func:`predict_mean`, :func:`posterior_predictive`, :func:`simulate_obs`, :func:`cli_fit`.
@@ -47,10 +59,13 @@ KINDS = ("step", "window", "ttft", "alpha")
 BACKENDS = ("nutpie", "pymc", "numpyro")
 # Chosen from benchmarks/fit_backends.py (ESS per second incl. compilation, see specs/method.md).
 DEFAULT_BACKEND = "nutpie"
-DEFAULT_SAMPLER = {"draws": 500, "tune": 500, "chains": 2, "target_accept": 0.9}
+# The shipped default: 2 x (1000 tune + 4000 draws) on 1,320 real rows in ~5 min on 2 cores, all
+# diagnostics within thresholds (models/default_diagnostics.json).
+MAX_SAVED_DRAWS = 1000  # per chain, after thinning (fit)
+DEFAULT_SAMPLER = {"draws": 4000, "tune": 1000, "chains": 2, "target_accept": 0.97}
 
 # Variables that are re-parameterisation helpers, not quantities of interest (left out of diagnostics).
-OFFSET_PREFIXES = ("z_",)
+OFFSET_PREFIXES = ("z_", "u_")
 HELPER_VARS = ("beta_pop_w", "alpha_pop_w", "beta_pop_physics")
 
 DEFAULT_PRIORS = {
@@ -90,9 +105,17 @@ DEFAULT_PRIORS = {
     # noise: s_abs[k] ~ HalfNormal(s_abs_frac * median(y_k)); s_rel[k] ~ HalfNormal(s_rel)
     "s_abs_frac": 0.5,
     "s_rel": 0.3,
-    # nu = 2 + nu_m2, nu_m2 ~ Gamma(nu_alpha, nu_beta) (mean 20): the location is the mean (nu > 2)
+    # s_sys[k] ~ HalfNormal(s_sys): relative error common to all steps of a row
+    "s_sys": 0.05,
+    # nu[kind] = 2 + nu_m2[kind], nu_m2 ~ Gamma(nu_alpha, nu_beta) (mean 20): the location is the mean (nu > 2)
     "nu_alpha": 2.0,
     "nu_beta": 0.1,
+    # beta features held at 0 (not fitted). step_overhead: a constant per step is not identified
+    # next to layer_overhead (L), tp_sync_overhead (2L at TP > 1) and weight loading when the
+    # training set has fewer deployments than per-deployment constants (the 4 bundled ones);
+    # measured on the real data: bulk ESS 8-35 along that ridge for any prior shape. Fitting data
+    # with more deployments can release it: priors={"exclude_features": []}.
+    "exclude_features": ["step_overhead"],
 }
 
 FIELDS = ("kind", "y", "X", "A", "n_steps", "hw", "cls", "run", "request", "hardware_levels", "class_levels")
@@ -163,6 +186,9 @@ def _merge_priors(priors: dict | None) -> dict:
         if k not in p:
             raise SpecError(f"unknown prior {k!r}; known: {sorted(p)}", field="priors")
         p[k] = v
+    unknown = sorted(set(p["exclude_features"]) - set(F.BETA_NAMES))
+    if unknown:
+        raise SpecError(f"exclude_features: unknown beta features {unknown}; known: {list(F.BETA_NAMES)}", field="priors")
     for k in ("beta_scale", "alpha_scale"):
         p[k] = [float(x) for x in np.broadcast_to(np.asarray(p[k], dtype=float), (F.N_BETA if k == "beta_scale" else F.N_ALPHA,))]
     return p
@@ -183,15 +209,107 @@ def _structure(d: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The PyMC model
 # ---------------------------------------------------------------------------------------------
-def _zerosum(pm, name, sigma, dims, axis):
-    """Non-centred deviations ``sigma * z`` with ``z`` ZeroSumNormal(1) summing to zero along
-    ``dims[axis]`` (the level axis); returned with ``dims`` order as a named Deterministic."""
+def _zerosum_basis(n: int) -> np.ndarray:
+    """Orthonormal basis (n, n-1) of the sum-to-zero subspace of R^n."""
+    u = np.linalg.svd(np.eye(n) - 1.0 / n)[0][:, : n - 1]
+    return u * np.where(u[0] < 0, -1.0, 1.0)  # deterministic sign
+
+
+def _zerosum(pm, name, sigma, dims, axis, centred=None, active=None, model=None):
+    """Deviations summing to zero along ``dims[axis]`` (the level axis), distributed as
+    ``ZeroSumNormal(sigma)``; returned with ``dims`` order as a named Deterministic.
+
+    Each cell (one index of the other dims) has ``n_levels - 1`` free coordinates ``u`` in an
+    orthonormal basis ``Q`` of the zero-sum subspace (``dev = Q u``, ``u ~ N(0, sigma)``, which is
+    exactly ZeroSumNormal). ``centred`` (bool, shape of the other dims) picks per cell:
+
+    - centred (``u_<name>`` ~ N(0, sigma)) where the data pin the cell: its posterior is much
+      narrower than sigma, and the non-centred form would couple ``z = u / sigma`` to sigma (the
+      funnel the other way round; measured: bulk ESS 13 for the class deviation of decode_kv);
+    - non-centred (``z_<name>`` ~ N(0, 1), ``u = sigma z``) where few data inform it.
+
+    ``active`` (bool, same shape; default all): cells without a deviation (fixed at 0).
+    """
     import pytensor.tensor as pt
 
+    coords = model.coords if model is not None else pm.modelcontext(None).coords
     order = [d for i, d in enumerate(dims) if i != axis] + [dims[axis]]
-    z = pm.ZeroSumNormal(f"z_{name}", sigma=1.0, dims=tuple(order), n_zerosum_axes=1)
+    other = [len(coords[d]) for d in order[:-1]]
+    n = len(coords[dims[axis]])
+    cells = int(np.prod(other)) if other else 1
+    cmask = np.zeros(cells, dtype=bool) if centred is None else np.broadcast_to(np.asarray(centred, dtype=bool), tuple(other)).ravel()
+    amask = np.ones(cells, dtype=bool) if active is None else np.broadcast_to(np.asarray(active, dtype=bool), tuple(other)).ravel()
+    ic, inc = np.flatnonzero(cmask & amask), np.flatnonzero(~cmask & amask)
+    u = pt.zeros((cells, n - 1))
+    if ic.size:
+        u = pt.set_subtensor(u[ic], pm.Normal(f"u_{name}", 0.0, sigma, shape=(ic.size, n - 1)))
+    if inc.size:
+        u = pt.set_subtensor(u[inc], sigma * pm.Normal(f"z_{name}", 0.0, 1.0, shape=(inc.size, n - 1)))
+    dev = pt.dot(u, _zerosum_basis(n).T).reshape(tuple(other) + (n,))
     perm = [order.index(d) for d in dims]
-    return pm.Deterministic(name, sigma * pt.transpose(z, perm), dims=dims)
+    return pm.Deterministic(name, pt.transpose(dev, perm), dims=dims)
+
+
+def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1) -> dict:
+    """Which deviation cells exist and which are centred (see :func:`_zerosum`).
+
+    Class deviations exist only for the features the data can tell apart between classes:
+    observed in every class on the hardware and varying within each class (below). A feature
+    present in one class only (the MoE terms) has no deviation: its population coefficient is
+    that class's value (a deviation would form an exact ridge with it). A feature constant per
+    deployment (weight loading of a dense model; layer, step, TP-sync overheads) is a software
+    cost shared by every model of the hardware: with one MoE deployment, per-class constants are
+    collinear (measured: chains in different modes, R-hat 2.7). These existing cells are centred.
+
+    - regime (one shared factor per regime): centred when every regime has ``min_rows`` rows
+      with steps in it;
+    - class deviation of feature f on hardware h: centred when every class observed on h has
+      ``min_rows`` rows where f is non-zero and f varies within the class (coefficient of
+      variation of its per-step value ``>= min_cv``). A feature that is constant per deployment
+      (weight loading of a dense model, layer or step overheads) is identified only across the
+      few deployments of a class, so its cell stays non-centred.
+    """
+    X, ns = d["X"], np.maximum(d["n_steps"], 1.0)
+    R = X.shape[1]
+    reg_rows = np.array([(X[:, r].sum(axis=1) > 0).sum() for r in range(R)])
+    H, C = len(d["hardware_levels"]), len(d["class_levels"])
+    per_step = X.sum(axis=1) / ns[:, None]
+    cls = np.zeros((H, F.N_BETA), dtype=bool)
+    for h in range(H):
+        ok = np.ones(F.N_BETA, dtype=bool)
+        seen = 0
+        for c in range(C):
+            m = (d["hw"] == h) & (d["cls"] == c) & (d["kind"] <= 1)
+            if not m.any():
+                continue
+            seen += 1
+            v = per_step[m]
+            nz = v > 0
+            cnt = nz.sum(axis=0)
+            mean = np.where(cnt > 0, (v * nz).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+            sd = np.sqrt(np.where(cnt > 1, (((v - mean) * nz) ** 2).sum(axis=0) / np.maximum(cnt - 1, 1), 0.0))
+            cv = np.where(mean > 0, sd / np.maximum(mean, 1e-300), 0.0)
+            ok &= (cnt >= min_rows) & (cv >= min_cv)
+        cls[h] = ok & (seen >= 2)
+    # alpha class deviations: centred for alpha features that vary within every class (prompt
+    # length, queue depth), non-centred for the constant (identified only by the class's level)
+    A = d["A"]
+    acls = np.zeros((H, F.N_ALPHA), dtype=bool)
+    for h in range(H):
+        ok, seen = np.ones(F.N_ALPHA, dtype=bool), 0
+        for c in range(C):
+            m = (d["hw"] == h) & (d["cls"] == c) & (A.sum(axis=1) > 0)
+            if not m.any():
+                continue
+            seen += 1
+            v = A[m]
+            mean = v.mean(axis=0)
+            cv = np.where(mean > 0, v.std(axis=0) / np.maximum(mean, 1e-300), 0.0)
+            ok &= (m.sum() >= min_rows) & (cv >= min_cv)
+        acls[h] = ok & (seen >= 2)
+    return {"regime": bool((reg_rows >= min_rows).all()), "cls": cls, "cls_active": cls, "alpha_cls": acls,
+            "regime_ref": 0 if reg_rows[0] >= min_rows else int(np.argmax(reg_rows)),
+            "regime_centred": reg_rows >= 100, "regime_rows": reg_rows}
 
 
 def build_model(obs, priors: dict | None = None):
@@ -224,7 +342,8 @@ def build_model(obs, priors: dict | None = None):
 
         a, b = p["shape_a"], p["shape_b"]
         present = np.abs(d["X"]).sum(axis=(0, 1)) > 0
-        ip, ia = np.flatnonzero(present), np.flatnonzero(~present)
+        fixed = np.isin(np.asarray(F.BETA_NAMES), p["exclude_features"])
+        ip, ia = np.flatnonzero(present & ~fixed), np.flatnonzero(~present & ~fixed)
         w = pm.Beta("beta_pop_w", alpha=a, beta=b, shape=ip.size)
         bp = pt.zeros(F.N_BETA)
         bp = pt.set_subtensor(bp[ip], np.asarray(p["beta_scale"])[ip] * w / (1.0 - w))
@@ -244,7 +363,7 @@ def build_model(obs, priors: dict | None = None):
         sig_ahw = pm.LogNormal("sigma_alpha_hw", np.log(p["sigma_alpha_hw"]), sd)
         sig_acls = pm.LogNormal("sigma_alpha_cls", np.log(p["sigma_alpha_cls"]), sd)
 
-        H, C, R = len(coords["hardware"]), len(coords["model_class"]), len(F.REGIMES)
+        H, C, R = len(coords["hardware"]), len(coords["model_class"]), len(F.REGIMES)  # noqa: F841
         # Deviations sum to zero over the levels of their own axis (ZeroSumNormal), non-centred.
         # Without the constraint, log beta_pop + dev_cls + dev_regime has an exact ridge (shift the
         # population up, every deviation down), only pinned by the N(0, sigma) priors: NUTS then
@@ -255,14 +374,32 @@ def build_model(obs, priors: dict | None = None):
         # steps leave the CUDA-graph path). Per-feature regime deviations were not identified by
         # real data (windows mix regimes; many (regime, feature) cells have no rows): measured
         # sigma_regime -> 2.4 and saturated trees. See specs/method.md.
-        dev = _zerosum(pm, "dev_regime", sig_reg, ("regime",), axis=0)[None, None, :, None]
+        cen = _centred_cells(d)
+        # Regime factors relative to decode (or, without decode rows, the regime with the most
+        # rows): its factor is 1, so beta_pop is the decode-regime coefficient, pinned by most
+        # rows. The others deviate by N(0, sigma_regime) on the log scale, centred where >= 100
+        # rows inform them, non-centred where fewer do (prefill-heavy / KV-bound: 22 / 41 of
+        # 1,320 real rows; centring KV-bound coupled it to the MoE decode-KV deviation).
+        # A zero-sum vector cannot mix the two (measured: sigma_regime bulk ESS 15).
+        ref, rcen = cen["regime_ref"], cen["regime_centred"]
+        rdev = pt.zeros(R)
+        for r in range(R):
+            if r == ref:
+                continue
+            if rcen[r]:
+                rdev = pt.set_subtensor(rdev[r], pm.Normal(f"u_dev_regime_{F.REGIMES[r]}", 0.0, sig_reg))
+            else:
+                rdev = pt.set_subtensor(rdev[r], sig_reg * pm.Normal(f"z_dev_regime_{F.REGIMES[r]}", 0.0, 1.0))
+        dev = pm.Deterministic("dev_regime", rdev, dims="regime")[None, None, :, None]
         adev = pt.zeros((H, C, F.N_ALPHA))
         if st["use_hw"]:
             dev = dev + _zerosum(pm, "dev_hw", sig_hw, ("hardware", "feature"), axis=0)[:, None, None, :]
             adev = adev + _zerosum(pm, "dev_alpha_hw", sig_ahw, ("hardware", "alpha_feature"), axis=0)[:, None, :]
         if st["use_cls"]:
-            dev = dev + _zerosum(pm, "dev_cls", sig_cls, ("hardware", "model_class", "feature"), axis=1)[:, :, None, :]
-            adev = adev + _zerosum(pm, "dev_alpha_cls", sig_acls, ("hardware", "model_class", "alpha_feature"), axis=1)
+            dev = dev + _zerosum(pm, "dev_cls", sig_cls, ("hardware", "model_class", "feature"), axis=1,
+                                 centred=cen["cls"], active=cen["cls_active"])[:, :, None, :]
+            adev = adev + _zerosum(pm, "dev_alpha_cls", sig_acls, ("hardware", "model_class", "alpha_feature"), axis=1,
+                                   centred=cen["alpha_cls"])
         beta = pm.Deterministic("beta", beta_pop * pt.exp(dev), dims=("hardware", "model_class", "regime", "feature"))
         alpha = pm.Deterministic("alpha", alpha_pop * pt.exp(adev), dims=("hardware", "model_class", "alpha_feature"))
 
@@ -282,10 +419,18 @@ def build_model(obs, priors: dict | None = None):
 
         s_abs = pm.HalfNormal("s_abs", s_abs_scale, dims="kind")
         s_rel = pm.HalfNormal("s_rel", p["s_rel"], dims="kind")
-        nu_m2 = pm.Gamma("nu_m2", alpha=p["nu_alpha"], beta=p["nu_beta"])
-        nu = pm.Deterministic("nu", 2.0 + nu_m2)
-        scale = s_abs[kind] + s_rel[kind] * mu / pt.sqrt(pt.maximum(n_steps, 1.0))
-        pm.StudentT("y", nu=nu, mu=mu, sigma=scale, observed=d["y"], dims="obs_id")
+        # one tail weight per kind: TTFT rows carry queueing the reconstruction cannot see (heavy
+        # tails), step and window rows are close to Gaussian. A shared nu was pulled to 2.03 by
+        # the TTFT outliers (its log-scale funnel stalled a chain: 344 divergences).
+        nu_m2 = pm.Gamma("nu_m2", alpha=p["nu_alpha"], beta=p["nu_beta"], dims="kind")
+        nu = pm.Deterministic("nu", 2.0 + nu_m2, dims="kind")
+        # s_sys: the relative error that does not average out over the steps of a window (a
+        # run's steps all a few % slower than its features say). Without it a long window's
+        # scale shrinks as 1/sqrt(n) and a 30% misfit of one overloaded run is a 20-sigma
+        # outlier: nu fell to 2.05 and the chains switched modes (R-hat 1.1).
+        s_sys = pm.HalfNormal("s_sys", p["s_sys"], dims="kind")
+        scale = s_abs[kind] + (s_rel[kind] / pt.sqrt(pt.maximum(n_steps, 1.0)) + s_sys[kind]) * mu
+        pm.StudentT("y", nu=nu[kind], mu=mu, sigma=scale, observed=d["y"], dims="obs_id")
     return model
 
 
@@ -359,6 +504,13 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
     t_sample = time.perf_counter() - t0
     keep = [g for g in ("posterior", "sample_stats") if g in idata.groups()]
     idata = az.InferenceData(**{g: idata[g] for g in keep})
+    # Thin to at most MAX_SAVED_DRAWS per chain before the pointwise log-likelihood (which is
+    # rows x draws): long chains are for ESS, not for storage. The divergences of every draw
+    # are kept in the attrs (diagnose reports the larger count).
+    n_div_all = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    thin = max(1, -(-int(cfg["draws"]) // MAX_SAVED_DRAWS))
+    if thin > 1:
+        idata = idata.isel(draw=slice(None, None, thin))
     with model:
         pm.compute_log_likelihood(idata, var_names=["y"], extend_inferencedata=True, progressbar=False)
     n = len(d["y"])
@@ -410,6 +562,8 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
         "regimes": json.dumps(list(F.REGIMES)),
         "offset_vars": json.dumps([v for v in idata.posterior.data_vars if v.startswith(OFFSET_PREFIXES)] + list(HELPER_VARS)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "thin": int(thin),
+        "divergences_all_draws": n_div_all,
     }
     for k, v in (attrs or {}).items():
         info[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
@@ -480,7 +634,8 @@ class CoefDraws:
     new_levels: list       # "hardware" / "model_class" drawn from the population distribution
     s_abs: np.ndarray | None = None  # (D, n_kinds)
     s_rel: np.ndarray | None = None  # (D, n_kinds)
-    nu: np.ndarray | None = None     # (D,)
+    s_sys: np.ndarray | None = None  # (D, n_kinds) relative error common to the steps of a row
+    nu: np.ndarray | None = None     # (D, n_kinds) Student-t degrees of freedom per kind
     draw_index: np.ndarray | None = None  # (D,) which flattened posterior draws were used
 
 
@@ -549,8 +704,12 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         beta = beta * f[:, None, None]
         alpha = alpha * f[:, None]
     s_rel = _flat(post, "s_rel")[sel]
+    nu = _flat(post, "nu")[sel]
+    if nu.ndim == 1:  # fits before per-kind nu: one tail weight shared by all kinds
+        nu = np.repeat(nu[:, None], s_rel.shape[1], axis=1)
     return CoefDraws(beta=beta, alpha=alpha, sigma_rel=s_rel[:, 0], new_levels=new,
-                     s_abs=_flat(post, "s_abs")[sel], s_rel=s_rel, nu=_flat(post, "nu")[sel], draw_index=sel)
+                     s_abs=_flat(post, "s_abs")[sel], s_rel=s_rel, nu=nu, draw_index=sel,
+                     s_sys=_flat(post, "s_sys")[sel] if "s_sys" in post else np.zeros_like(s_rel))
 
 
 def _group_draws(idata, obs, n, seed):
@@ -605,8 +764,8 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.
         mu = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
             * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed)
         k = d["kind"][m]
-        scale = cd.s_abs[:, k] + cd.s_rel[:, k] * mu / np.sqrt(np.maximum(d["n_steps"][m], 1.0))
-        out[:, m] = mu + scale * rng.standard_t(cd.nu[:, None], size=mu.shape)
+        scale = cd.s_abs[:, k] + (cd.s_rel[:, k] / np.sqrt(np.maximum(d["n_steps"][m], 1.0)) + cd.s_sys[:, k]) * mu
+        out[:, m] = mu + scale * rng.standard_t(cd.nu[:, k], size=mu.shape)
     return out
 
 
@@ -761,9 +920,13 @@ def _load_obs(args):
         extra["path"] = args.data
     sig = inspect.signature(fn).parameters
     kw = {k: v for k, v in (("runs", args.runs), ("exclude", args.exclude), ("seed", args.seed)) if k in sig and v is not None}
-    if "path" in extra:
-        return fn(extra["path"], **kw)
-    return fn(**kw)
+    obs = fn(extra["path"], **kw) if "path" in extra else fn(**kw)
+    n = getattr(args, "rows_per_run_kind", None)
+    if n:
+        # the likelihood sees a stratified subsample: n rows per (run, kind), spread evenly over
+        # each run's timeline (the shipped default: 40, i.e. 1,320 real rows)
+        obs = design.subsample(obs, int(n), seed=0 if args.seed is None else int(args.seed) % 2**32)
+    return obs
 
 
 def cli_fit(args) -> int:
@@ -776,8 +939,9 @@ def cli_fit(args) -> int:
         if hasattr(datasets, "data_hash"):
             attrs["bundled_data_hash"] = datasets.data_hash()
     seed = 0 if args.seed is None else args.seed
+    attrs["rows_per_run_kind"] = int(getattr(args, "rows_per_run_kind", 0) or 0)
     idata = fit(obs, backend=args.backend, draws=args.draws, tune=args.tune, chains=args.chains, seed=seed,
-                progressbar=not args.no_progress, attrs=attrs)
+                progressbar=not args.no_progress, attrs=attrs, target_accept=getattr(args, "target_accept", None))
     path = save(idata, args.out)
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else -1
     print(f"wrote {path}: {len(obs.y)} rows, backend {idata.attrs['backend']}, "

@@ -54,6 +54,24 @@ Two paths:
    runs): the decode count, prefill tokens, running depth at the sampled steps, the step clock
    ``K`` against the traced ``step.id`` and the step time over traced gaps.
 
+   *Where it fails: KV-cache exhaustion.* The step clock assumes a request, once its first token
+   is out, decodes one token every step until it finishes (no preemption), and that failed
+   requests took no steps. Both break in the overloaded Llama-2-7B ``reasoning`` run: its KV
+   cache holds 7462 x 16 = 119k tokens, i.e. 47 requests of ~1080 + 1448 tokens, while 4 req/s
+   of 1448-token outputs keep ~80-130 successful requests between first token and finish at
+   once (rebuilt KV demand: p95 1.75x, peak 2.0x the capacity; all other runs <= 0.6x). vLLM
+   preempts (recompute), so decode windows hold pauses: the successful requests' ITL is bimodal
+   (56% at 29.0-29.4 ms, a third at 45-57 ms), and no step rate fits all windows
+   (``resid_steps_mad`` 279 steps, vs <= 0.1 elsewhere). 85% of its requests failed (every
+   arrival after 180 s); with TTFTs of the last successful ones near 240 s, an unknown number of
+   them were scheduled (prefilled, partly decoded) before the client's 300 s timeout, with no
+   record of when: the batches' composition is unknown. Fitting the clock
+   on the unpreempted requests alone (ITL < 31 ms) brings the residual to 3.1 steps, but the
+   rebuilt batches would still lack the preempted and failed requests that filled the cache, so
+   rows from them would bias beta: :func:`bayeslat.design.bundled_obs` / ``obs_from_tables``
+   skip such runs (``info["kv_demand_ratio_p95"]`` says why). Using them needs the step
+   records (``step.BATCH_SUMMARY``) or journey events of such a run.
+
 Observation windows (:func:`observation_windows`) are ``(k0, k1, w0, w1)`` over a run's step
 sequence: steps k0..k1 inclusive, weight w0 on k0, w1 on k1, 1 in between (if ``k0 == k1``
 the weight is ``w0 + w1 - 1``). kinds: 0 step (traced, server clock), 1 decode window
@@ -239,11 +257,18 @@ def _uncached(prompt, arrival_order, mode, block, system_len):
 def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 2048, max_num_seqs: int = 128,
                           block_size: int = 16, prefix_cache: str = "repeat", system_prompt_len: int = 0,
                           bin_us: float = 20_000.0, smooth: float = 3.0, timeout_s: float = 300.0,
-                          n_warmup_max: int = 20, iter_lim: int = 300) -> Reconstruction:
+                          n_warmup_max: int = 20, iter_lim: int = 300,
+                          kv_capacity_tokens: float | None = None) -> Reconstruction:
     """Rebuild the step sequence of one run from per-request lifecycle data.
 
     ``req`` columns (as :func:`bayeslat.datasets.requests`): index, arrival_us, input_tokens,
     output_tokens, has_error, ttft_ms, e2e_ms. See the module docstring for the method.
+
+    ``kv_capacity_tokens`` (GPU KV blocks x block size; optional) only adds a diagnostic of the
+    no-preemption assumption: ``info["kv_demand_ratio_p95"]``, the 95th percentile over steps of
+    the KV tokens the rebuilt batches hold (decode + prefill contexts) over the capacity. Above 1
+    the batches cannot have fitted: vLLM preempted requests, their decode windows hold pauses, and
+    the step clock does not fit (``resid_steps_mad`` large).
     """
     _require(req, ("arrival_us", "input_tokens", "output_tokens", "has_error", "ttft_ms", "e2e_ms"), run or "requests")
     n_req = len(req)
@@ -414,7 +439,12 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
         "n_warmup": int(warm.sum()), "prefill_overflow": int(overflow),
         "resid_steps_mad": float(np.nanmedian(np.abs(resid[ok]))),
         "bin_us": bin_us, "prefix_cache": prefix_cache, "budget": budget,
+        "failed_frac": float(err.mean()) if n_req else 0.0,
     }
+    kv_demand = stats[:, F.S["decode_ctx_tokens"]] + stats[:, F.S["prefill_ctx_tokens"]]
+    info["kv_demand_p95_tokens"] = float(np.percentile(kv_demand, 95)) if nK else 0.0
+    if kv_capacity_tokens:
+        info["kv_demand_ratio_p95"] = info["kv_demand_p95_tokens"] / float(kv_capacity_tokens)
     return Reconstruction(run, steps, reqs, info, edges, Kedge)
 
 
@@ -473,14 +503,15 @@ def observation_windows(rec: Reconstruction, *, include_warmup: bool = False) ->
 
 
 def trace_step_windows(rec: Reconstruction, trace: pd.DataFrame, offset_us: float, *, max_gap: int = 1,
-                       id0: float | None = None) -> pd.DataFrame:
+                       id0: float | None = None, skip_ids=None) -> pd.DataFrame:
     """Step rows (kind 0) from sampled real step records, mapped onto the reconstruction.
 
     ``trace``: step.id, step.ts_start_ns (one run). Consecutive sampled records with id gap
     ``d <= max_gap`` give the exact server-clock time of steps id..id+d-1 (``y = dts``;
     ``n_steps = d``; ``max_gap=1`` is the contract's single-step row = ``cycle_time_us``).
     Reconstructed index ``k = step.id - id0`` with ``id0`` the median of ``step.id - K(ts)``
-    (estimated if not given)."""
+    (estimated if not given). ``skip_ids``: step ids whose one-step pair (gap 1) is left out
+    (they have exact rows from step snapshots, see :func:`bayeslat.design.exact_step_rows`)."""
     tr = trace.sort_values("step.id")
     ids = tr["step.id"].to_numpy(np.int64)
     ts_us = tr["step.ts_start_ns"].to_numpy(np.float64) / 1e3 - offset_us
@@ -489,6 +520,8 @@ def trace_step_windows(rec: Reconstruction, trace: pd.DataFrame, offset_us: floa
     gap = np.diff(ids)
     y = np.diff(ts_us) / 1e3
     sel = (gap >= 1) & (gap <= max_gap)
+    if skip_ids is not None and len(skip_ids):
+        sel &= ~((gap == 1) & np.isin(ids[:-1], np.asarray(skip_ids, dtype=np.int64)))
     k0 = ids[:-1][sel] - int(round(id0))
     k1 = k0 + gap[sel] - 1
     nK = len(rec.steps)

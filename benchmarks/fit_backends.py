@@ -21,6 +21,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="synthetic", help="synthetic | bundled")
     ap.add_argument("--rows", type=int, default=500, help="synthetic rows (split 50/40/10 over 3 groups)")
+    ap.add_argument("--rows-per-run-kind", type=int, default=40, help="bundled: rows per (run, kind), as the default fit")
+    ap.add_argument("--target-accept", type=float, default=None)
     ap.add_argument("--draws", type=int, default=300)
     ap.add_argument("--tune", type=int, default=300)
     ap.add_argument("--chains", type=int, default=2)
@@ -35,9 +37,9 @@ def main(argv=None):
     from bayeslat.diagnose import diagnostic_vars
 
     if args.data == "bundled":
-        from bayeslat.design import bundled_obs
+        from bayeslat.design import bundled_obs, subsample
 
-        obs = bundled_obs()
+        obs = subsample(bundled_obs(seed=0), args.rows_per_run_kind, seed=0)
     else:
         n = args.rows
         obs, _ = M.simulate_obs(seed=args.seed, rows={("H100 SXM", "dense"): n // 2, ("H100 SXM", "moe"): 2 * n // 5,
@@ -49,7 +51,8 @@ def main(argv=None):
             results.append({"backend": be, "available": False})
             continue
         t0 = time.perf_counter()
-        idata = M.fit(obs, backend=be, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed, progressbar=False)
+        idata = M.fit(obs, backend=be, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed, progressbar=False,
+                      target_accept=args.target_accept)
         wall = time.perf_counter() - t0
         names = diagnostic_vars(idata)
         ess = az.ess(idata, var_names=names)

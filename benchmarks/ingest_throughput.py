@@ -1,14 +1,18 @@
 """Ingest throughput and memory on a synthetic OTLP JSON-lines trace (journey + step events).
 
-    python benchmarks/ingest_throughput.py [--size-mb 1024 200 100] [--out benchmarks/out/ingest_throughput.json]
+    python benchmarks/ingest_throughput.py [--size-mb 1024 200 100] [--workers auto 0] [--out benchmarks/out/ingest_throughput.json]
 
 Each size runs in a fresh subprocess (so ``ru_maxrss`` is that run's peak RSS): generate the trace
 in a temp dir (exact instrumented-vLLM format, integers as strings), ingest it to Parquet with
 ``bayeslat.ingest.ingest(..., out=...)``, report events/s, MB/s and peak RSS. Peak RSS that does
 not grow with the file size shows the streaming bound (every table streams to Parquet in chunks;
 journey requests are written as soon as both spans are read, see ``bayeslat.ingest.otlp``).
-``events_per_cpu_s`` uses the process CPU time: on shared cores the wall-clock rate also measures
-the neighbours.
+``events_per_cpu_s`` uses the CPU time of the process and its worker processes: on shared cores
+the wall-clock rate also measures the neighbours. ``--workers``: ``auto`` (ingest's default:
+worker processes for the step lines when >= 3 CPUs are usable, see
+``bayeslat.ingest.otlp.n_workers``) and/or fixed counts (0 = all in one process); one run per
+(size, workers). ``peak_rss_mb`` is the main process's, ``peak_rss_worker_mb`` the largest
+worker's.
 """
 from __future__ import annotations
 
@@ -89,45 +93,65 @@ def _parser() -> str:
     return "orjson" if getattr(_io, "_fast_loads", None) is not None else "json"
 
 
-def child(size_mb: float) -> dict:
+def child(size_mb: float, workers: str = "auto", trace: str | None = None) -> dict:
     from bayeslat.ingest import ingest
+    from bayeslat.ingest.otlp import n_workers
 
     with tempfile.TemporaryDirectory(prefix="bayeslat-bench-") as d:
-        p = Path(d) / "trace.jsonl"
+        p = Path(trace) if trace else Path(d) / "trace.jsonl"
         t0 = time.perf_counter()
-        n_ev = generate(p, size_mb)
+        n_ev = generate(p, size_mb) if not trace else int(Path(str(p) + ".events").read_text())
         tgen = time.perf_counter() - t0
         nbytes = p.stat().st_size
+        w = None if workers == "auto" else int(workers)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0, c0 = time.perf_counter(), time.process_time()
-        r = ingest([p], out=Path(d) / "out")
+        r = ingest([p], out=Path(d) / "out", workers=w)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+        dch = (ch.ru_utime + ch.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kept_events = sum(c["kept"] for k, c in r.report.files[str(p)].items() if "." in k)
         return {"size_mb": nbytes / 2**20, "events": n_ev, "events_kept": kept_events, "skipped": r.report.count(what="skipped"),
-                "gen_s": tgen, "ingest_s": dt, "events_per_s": n_ev / dt, "mb_per_s": nbytes / 2**20 / dt,
-                "ingest_cpu_s": dc, "events_per_cpu_s": n_ev / dc, "json_parser": _parser(),
-                "peak_rss_mb": rss / 1024, "rss_before_ingest_mb": rss0 / 1024, "tables": r.report.tables}
+                "workers": n_workers(p, w), "gen_s": tgen, "ingest_s": dt, "events_per_s": n_ev / dt, "mb_per_s": nbytes / 2**20 / dt,
+                "ingest_cpu_s": dc, "worker_cpu_s": dch, "events_per_cpu_s": n_ev / (dc + dch), "json_parser": _parser(),
+                "cpus": len(os.sched_getaffinity(0)), "peak_rss_mb": rss / 1024, "peak_rss_worker_mb": ch.ru_maxrss / 1024,
+                "rss_before_ingest_mb": rss0 / 1024, "tables": r.report.tables}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=float, nargs="+", default=[1024, 200, 100])
+    ap.add_argument("--workers", nargs="+", default=["auto"], help="'auto' and/or worker counts (0 = one process)")
+    ap.add_argument("--trace-dir", default=None, help="keep the generated traces here (reused across worker settings)")
     ap.add_argument("--out", default="benchmarks/out/ingest_throughput.json")
     ap.add_argument("--_child", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_w", default="auto", help=argparse.SUPPRESS)
+    ap.add_argument("--_trace", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a._child is not None:
-        print(json.dumps(child(a._child)))
+        print(json.dumps(child(a._child, a._w, a._trace)))
         return 0
     rows = []
     for s in a.size_mb:
-        out = subprocess.run([sys.executable, __file__, "--_child", str(s)], check=True, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"{'size MB':>9} {'events':>10} {'ingest s':>9} {'events/s':>10} {'ev/cpu-s':>10} {'MB/s':>7} {'peak RSS MB':>12}")
+        trace = None
+        if a.trace_dir:
+            Path(a.trace_dir).mkdir(parents=True, exist_ok=True)
+            trace = Path(a.trace_dir) / f"trace_{s:g}mb.jsonl"
+            if not trace.exists():
+                Path(str(trace) + ".events").write_text(str(generate(trace, s)))
+        for w in a.workers:
+            cmd = [sys.executable, __file__, "--_child", str(s), "--_w", str(w)] + (["--_trace", str(trace)] if trace else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1])] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]) | {"workers_arg": w})
+    print(f"{'size MB':>9} {'workers':>7} {'events':>10} {'ingest s':>9} {'events/s':>10} {'ev/cpu-s':>10} {'MB/s':>7} "
+          f"{'peak RSS MB':>12} {'worker RSS':>10}")
     for r in rows:
-        print(f"{r['size_mb']:>9.0f} {r['events']:>10} {r['ingest_s']:>9.1f} {r['events_per_s']:>10.0f} "
-              f"{r.get('events_per_cpu_s', float('nan')):>10.0f} {r['mb_per_s']:>7.1f} {r['peak_rss_mb']:>12.0f}")
+        print(f"{r['size_mb']:>9.0f} {r['workers']:>7} {r['events']:>10} {r['ingest_s']:>9.1f} {r['events_per_s']:>10.0f} "
+              f"{r.get('events_per_cpu_s', float('nan')):>10.0f} {r['mb_per_s']:>7.1f} {r['peak_rss_mb']:>12.0f} "
+              f"{r.get('peak_rss_worker_mb', 0):>10.0f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"python": sys.version.split()[0], "cpu_count": os.cpu_count(), "runs": rows}, indent=1))
     print("written", a.out)

@@ -264,3 +264,40 @@ def test_failed_replay_requests_agree_with_bundle():
         assert (q[c].to_numpy() == b[c].to_numpy()).all(), c
     np.testing.assert_array_equal(q.ttft_ms.to_numpy(), b.ttft_ms.to_numpy())
     np.testing.assert_array_equal(q.e2e_ms.to_numpy(), b.e2e_ms.to_numpy())
+
+
+def test_worker_processes_same_tables_and_report(tmp_path, monkeypatch):
+    """Step lines parsed by worker processes (small blocks, so many are in flight) give exactly
+    the tables and report of the in-process parse, also around bad lines and journey spans."""
+    from bayeslat.ingest import otlp
+    from tests.test_obs_from_tables import _run, write_trace
+
+    if otlp.n_workers(TR / "steps.jsonl", 2) != 2:
+        pytest.skip("workers need orjson and fork")
+    req, steps = _run(n=60)
+    write_trace(tmp_path / "gen.jsonl", req, steps)
+    mixed = tmp_path / "mixed.jsonl"
+    gen = (tmp_path / "gen.jsonl").read_text().splitlines(keepends=True)
+    fx = [(TR / n).read_text() for n in ("steps.jsonl", "journey.jsonl")]
+    mixed.write_text("".join(gen[:40]) + fx[0] + "".join(gen[40:]) + fx[1].rstrip("\n") + "\n" + "".join(gen[:5]))
+    monkeypatch.setattr(otlp, "BLOCK_BYTES", 4096)
+    seen = []
+    orig = otlp.OtlpState._bulk_commit
+    monkeypatch.setattr(otlp.OtlpState, "_bulk_commit", lambda self, *a: (seen.append(1), orig(self, *a))[1])
+    by_worker = []
+    par = otlp._parallel_lines
+
+    def counted(*args, **kw):
+        for lineno, raw, res in par(*args, **kw):
+            by_worker.append(res is not None)
+            yield lineno, raw, res
+    monkeypatch.setattr(otlp, "_parallel_lines", counted)
+    a = ingest([mixed], workers=0)
+    n_seq = len(seen)
+    b = ingest([mixed], workers=2)
+    assert n_seq and len(seen) == 2 * n_seq  # the same spans took the bulk path ...
+    assert sum(by_worker) > 20 and not all(by_worker)  # ... mostly in the workers; the rest in-process
+    for name in tables.TABLES:
+        pd.testing.assert_frame_equal(a[name], b[name])
+    assert a.report.to_dict() == b.report.to_dict()
+    assert a.report.skipped.keys() >= {"invalid_json", "missing_attribute", "unknown_event"}

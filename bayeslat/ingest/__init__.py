@@ -100,12 +100,15 @@ def _gc_for_parsing():
 
 def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path | None = None,
            block_bytes: float | None = None, chunk_rows: int = 50_000,
-           journey_idle_lines: int | None = IDLE_LINES) -> IngestResult:
+           journey_idle_lines: int | None = IDLE_LINES, workers: int | None = None) -> IngestResult:
+    """Parse ``paths`` into the tables (see the module docstring). ``workers``: processes that
+    parse the step lines of large OTLP files in parallel (None: automatic, 0: none; see
+    :func:`.otlp.n_workers`); the tables and the report are the same either way."""
     with _gc_for_parsing():
-        return _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines)
+        return _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines, workers)
 
 
-def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines) -> IngestResult:
+def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines, workers=None) -> IngestResult:
     report = IngestReport()
     exp = None
     if isinstance(experiment, dict):
@@ -119,7 +122,7 @@ def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines)
     if outdir is not None:
         outdir.mkdir(parents=True, exist_ok=True)
     sinks = {n: tables.TableSink(n, outdir / f"{n}.parquet" if outdir else None, chunk_rows) for n in STREAMED}
-    otlp = OtlpState(report, sinks, outdir, idle_lines=journey_idle_lines)
+    otlp = OtlpState(report, sinks, outdir, idle_lines=journey_idle_lines, workers=workers)
     kv = KvState(report)
 
     kinds = {}

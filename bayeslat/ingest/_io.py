@@ -82,46 +82,72 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
             yield i, raw, raw.endswith(b"\n")
 
 
-def iter_json_records(path: str | Path, report: IngestReport, file: str) -> Iterator[tuple[int, object]]:
-    """Yield (line, parsed JSON) for every non-blank line. Lines that do not parse are skipped
-    (``invalid_json``, or ``truncated_line`` for an unterminated last line) and reported. A file
-    whose first line is not JSON but which is one (pretty-printed) JSON document is yielded as a
-    single record at line 1."""
-    first = True
-    lines = report.lines
-    fast, std = _fast_loads, _std_loads
+class Prepared:
+    """A line already handled elsewhere (a worker process, see :mod:`.otlp`): ``res`` is its
+    result; :func:`json_records` yields it in place of the parsed JSON."""
+    __slots__ = ("res",)
+
+    def __init__(self, res):
+        self.res = res
+
+
+def iter_raw_lines(path: str | Path) -> Iterator[tuple[int, bytes, None]]:
+    """(line number from 1, raw bytes, None) of every non-blank line."""
     with open_binary(path) as f:
         lineno = 0
         for raw in f:
             lineno += 1
             if not raw or raw.isspace():  # == `not raw.strip()` without copying the line
                 continue
-            lines[file] = lineno
-            try:
-                if fast is not None:
-                    try:
-                        obj = fast(raw)
-                    except ValueError:
-                        obj = std(raw)
-                else:
-                    obj = std(raw)
-            except ValueError as e:
-                if first and Path(path).stat().st_size <= DOC_MODE_MAX_BYTES:
-                    try:
-                        with open_binary(path) as g:
-                            doc = _loads(g.read())
-                    except ValueError:
-                        doc = None
-                    if doc is not None:
-                        report.note(f"{file}: read as one multi-line JSON document")
-                        report.lines[file] = 1
-                        yield 1, doc
-                        return
-                first = False
-                if not raw.endswith(b"\n"):
-                    report.skip(file, lineno, "line", "truncated_line", f"last line has no newline and is cut off ({len(raw)} bytes): {e}")
-                else:
-                    report.skip(file, lineno, "line", "invalid_json", str(e))
-                continue
+            yield lineno, raw, None
+
+
+def iter_json_records(path: str | Path, report: IngestReport, file: str) -> Iterator[tuple[int, object]]:
+    """Yield (line, parsed JSON) for every non-blank line. Lines that do not parse are skipped
+    (``invalid_json``, or ``truncated_line`` for an unterminated last line) and reported. A file
+    whose first line is not JSON but which is one (pretty-printed) JSON document is yielded as a
+    single record at line 1."""
+    return json_records(path, report, file, iter_raw_lines(path))
+
+
+def json_records(path: str | Path, report: IngestReport, file: str, raw_lines) -> Iterator[tuple[int, object]]:
+    """:func:`iter_json_records` over ``raw_lines`` ((line, raw bytes, result) of the non-blank
+    lines in order): a line whose result is not None was handled elsewhere and is yielded as
+    :class:`Prepared` (it parsed as JSON there), the others are parsed here."""
+    first = True
+    lines = report.lines
+    fast, std = _fast_loads, _std_loads
+    for lineno, raw, pre in raw_lines:
+        lines[file] = lineno
+        if pre is not None:
             first = False
-            yield lineno, obj
+            yield lineno, Prepared(pre)
+            continue
+        try:
+            if fast is not None:
+                try:
+                    obj = fast(raw)
+                except ValueError:
+                    obj = std(raw)
+            else:
+                obj = std(raw)
+        except ValueError as e:
+            if first and Path(path).stat().st_size <= DOC_MODE_MAX_BYTES:
+                try:
+                    with open_binary(path) as g:
+                        doc = _loads(g.read())
+                except ValueError:
+                    doc = None
+                if doc is not None:
+                    report.note(f"{file}: read as one multi-line JSON document")
+                    report.lines[file] = 1
+                    yield 1, doc
+                    return
+            first = False
+            if not raw.endswith(b"\n"):
+                report.skip(file, lineno, "line", "truncated_line", f"last line has no newline and is cut off ({len(raw)} bytes): {e}")
+            else:
+                report.skip(file, lineno, "line", "invalid_json", str(e))
+            continue
+        first = False
+        yield lineno, obj

@@ -51,18 +51,31 @@ than the previous kept event of the same span is skipped (``reversed_timestamp``
 ``steps.cycle_time_us`` is the true step time: next start - this start where ``step.id + 1`` of
 the same file was sampled (the computation is done per file, after the file is read: the step
 rows of a file are buffered in a temporary Arrow IPC file/Arrow chunks, then re-emitted with the
-cycle column; only step.id and ts_start_ns, 16 bytes a step, stay in memory).
+cycle column, streaming when the ids are strictly increasing, see :meth:`OtlpState._finish_steps`).
 ``step.duration_us`` is the scheduler's own bookkeeping, kept as recorded.
 
+Memory does not grow with the file size: rows are held as compact Arrow chunks (at most
+``chunk_rows`` per table, Python tuples at most :data:`.tables.PY_ROWS`), the journey join holds
+only spans waiting for their partner plus the ids remembered for ``idle_lines`` lines (a bound
+independent of the file size, reached after ``idle_lines`` lines), and the cycle times need one
+batch of look-ahead.
+
 Speed: step spans (most of a trace) take a bulk path (:meth:`OtlpState._steps_span_bulk`: the
-whole span's attribute values converted by C-level ``map``/``zip`` over flat lists, integers by
-one orjson call, rows buffered column-wise) when every event has the expected attribute layout,
-and an event-by-event path with the original semantics otherwise; both give the same rows and
-report counts.
+whole span's attribute values taken by C-level ``map`` and strided slices over flat lists,
+integers by one orjson call, rows buffered column-wise) when every event has the expected
+attribute layout, and an event-by-event path with the original semantics otherwise; both give
+the same rows and report counts. On large files with >= 3 usable CPUs, worker processes
+(:func:`n_workers`) parse the lines that hold only step spans and run the bulk path on them
+(:func:`_work_line`); the main process reads the file, keeps the order, handles every other
+line (journey spans, bad lines, spans the bulk path does not take) exactly as without workers,
+and writes the tables: the same tables and report either way.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 from array import array
+from collections import deque
 from itertools import chain, compress
 from operator import ge, itemgetter
 from pathlib import Path
@@ -72,7 +85,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import tables as T
-from ._io import _fast_loads, iter_json_records
+from ._io import Prepared, _fast_loads, iter_raw_lines, json_records, open_binary
 from .report import IngestReport
 
 IDLE_LINES = 50_000  # a journey span without its partner is written unjoined after this many lines
@@ -133,16 +146,41 @@ class _Plan:
     integer attribute values in the table's column order, ``pos`` is the position of the ratio
     (summary) or request.id (snapshot) value, ``phase`` that of request.phase, ``shape`` the
     columns present (rows of one shape share a column buffer)."""
-    __slots__ = ("ints", "pos", "phase", "shape")
+    __slots__ = ("ints", "pos", "phase", "shape", "keys", "width", "drop", "_rep")
 
     def __init__(self, en: str, keys: tuple):
         summary = en == "step.BATCH_SUMMARY"
         cols, strs = (_SUM_KEYS, ("kv.usage_gpu_ratio",)) if summary else (_SNAP_KEYS, ("request.id", "request.phase"))
         int_cols = [k for k in cols if k not in strs and k in keys]
-        self.ints = _getter([keys.index(k) for k in int_cols])
+        idx = [keys.index(k) for k in int_cols]
+        self.ints = _getter(idx)
         self.pos = keys.index(strs[0]) if strs[0] in keys else None
         self.phase = keys.index("request.phase") if not summary and "request.phase" in keys else None
         self.shape = (tuple(int_cols), self.pos is not None, self.phase is not None)
+        self.keys, self.width = list(keys), len(keys)
+        # bulk path: when the integer attributes come in column order, the flat list of all
+        # events' values minus the non-integer positions (deleted as strided slices, highest
+        # position first) is the integers row by row; else ``drop`` is None (use ``ints``)
+        self.drop = sorted(set(range(len(keys))) - set(idx), reverse=True) if idx == sorted(idx) else None
+        self._rep = (0, [])
+
+    def keys_times(self, n: int) -> list:
+        """``keys * n`` (cached for the last n: spans usually carry the same number of events)."""
+        if self._rep[0] != n:
+            self._rep = (n, self.keys * n)
+        return self._rep[1]
+
+    def int_strings(self, vals: list) -> list:
+        """The ``intValue`` strings of the integer columns, row by row, from the flat value
+        dicts of n events (``vals``, consumed); raises unless each is an ``intValue``."""
+        if self.drop is None:
+            groups = zip(*[iter(vals)] * self.width)
+            return list(map(_INT, chain.from_iterable(map(self.ints, groups))))
+        w = self.width
+        for q in self.drop:
+            del vals[q::w]
+            w -= 1
+        return list(map(_INT, vals))
 
 
 def _plan(en: str, keys: tuple):
@@ -243,9 +281,11 @@ def _int(d: dict, key: str, required: bool = False):
 class OtlpState:
     """Parser state shared by all OTLP files of one ingest (sinks and the streaming journey join)."""
 
-    def __init__(self, report: IngestReport, sinks: dict, tmpdir: Path | None = None, idle_lines: int | None = IDLE_LINES):
+    def __init__(self, report: IngestReport, sinks: dict, tmpdir: Path | None = None, idle_lines: int | None = IDLE_LINES,
+                 workers: int | None = None):
         self.report, self.sinks, self.tmpdir = report, sinks, tmpdir
         self.idle_lines = idle_lines
+        self.workers = workers       # step-line worker processes (None: auto, see n_workers)
         self.tick = 0                # OTLP lines read so far (all files): the clock of the idle policy
         self._next_sweep = 0
         self.api: dict = {}          # (run, spanId) -> held api record (insertion order = tick order)
@@ -268,6 +308,7 @@ class OtlpState:
         self._plans: dict = {}       # (event name, attribute keys) -> fast-path plan (see _plan)
         self._last_plan = {"step.BATCH_SUMMARY": (None, None), "step.REQUEST_SNAPSHOT": (None, None)}
         self._snap_buf = _ColumnBuffer(sinks["step_requests"])
+        self._shapes: dict = {}      # plan shape -> the one object used for it (rows from workers)
 
     def _counter(self, file: str, kind: str) -> dict:
         c = self._kinds.get((file, kind))
@@ -283,8 +324,7 @@ class OtlpState:
         rep = self.report
         file = file or str(path)
         rep.file_kind[file] = "otlp"
-        # per-file step buffer (for cycle times)
-        self._step_ids, self._step_ts = array("q"), array("q")
+        # per-file step rows (spilled; cycle times are added by _finish_steps)
         tmp = None
         if self.tmpdir is not None:
             self._ntmp += 1
@@ -292,10 +332,18 @@ class OtlpState:
         self._steps_tmp = T.TableSink("steps", tmp, fmt="ipc")
         self._sum_buf = _ColumnBuffer(self._steps_tmp)
         snaps = self.sinks["step_requests"]
-        for lineno, obj in iter_json_records(path, rep, file):
+        nw = n_workers(path, self.workers)
+        raw = _parallel_lines(path, nw) if nw else iter_raw_lines(path)
+        for lineno, obj in json_records(path, rep, file, raw):
             self.tick += 1
             if self.tick >= self._next_sweep:
                 self._sweep()
+            if type(obj) is Prepared:  # a steps-only line a worker parsed (bulk path, see _work_line)
+                self._keep(file, "line")
+                for res in obj.res:
+                    self._keep(file, "scheduler_steps")
+                    self._bulk_commit(file, run, res)
+                continue
             rs = obj.get("resourceSpans") if isinstance(obj, dict) else None
             if not isinstance(rs, list):
                 rep.skip(file, lineno, "line", "unknown_record", "not an OTLP object with a resourceSpans list")
@@ -336,7 +384,7 @@ class OtlpState:
         self._keep(file, "scheduler_steps")
         if self._steps_span_bulk(span, file, run, snaps):
             return
-        ids, tss, tmp = self._step_ids, self._step_ts, self._steps_tmp
+        tmp = self._steps_tmp
         c_sum = c_snap = None  # the report's kept/skipped counters of the two event kinds
         plans, last = self._plans, self._last_plan
         sbuf, rbuf = self._sum_buf, self._snap_buf
@@ -373,8 +421,6 @@ class OtlpState:
                     sbuf.floats.append(x)
                 sbuf.runs.append(run)
                 sbuf.n += 1
-                ids.append(sid)
-                tss.append(t0)
                 if c_sum is None:
                     c_sum = self._counter(file, en)
                 c_sum["kept"] += 1
@@ -437,66 +483,88 @@ class OtlpState:
         return plan, keys
 
     def _steps_span_bulk(self, span, file, run, snaps) -> bool:
-        """The whole span at once, all loops in C (``map``/``zip``/slices over flat lists), when
+        """The whole span at once, all loops in C (``map``/strided slices over flat lists), when
         every event is a BATCH_SUMMARY or REQUEST_SNAPSHOT, all events of a kind have the same
         attribute keys (a fast-path :class:`_Plan`) and every value converts and validates.
         Returns False, having changed nothing, otherwise (the caller then goes event by event)."""
+        res = self._bulk_compute(span)
+        if res is None:
+            return False
+        self._bulk_commit(file, run, res)
+        return True
+
+    def _bulk_compute(self, span):
+        """The rows of :meth:`_steps_span_bulk` (a pure function of the span, but for the plan
+        caches): ``(kinds in first-seen order, n summaries, n snapshots, (summary part,
+        snapshot part))``, or None when the bulk path does not apply."""
         try:
             events = span["events"]
             names = list(map(_NAME, events))
-            sums = list(compress(events, map(_SUM.__eq__, names)))
-            snps = list(compress(events, map(_SNAP.__eq__, names)))
-            if len(sums) + len(snps) != len(names):
-                return False
+            n_sum = names.count(_SUM)
+            if n_sum == len(names):
+                sums, snps = events, ()
+            else:
+                # every name is one of the two (str.__eq__ of a non-str would be NotImplemented)
+                if n_sum + names.count(_SNAP) != len(names):
+                    return None
+                sums = list(compress(events, map(_SUM.__eq__, names))) if n_sum else ()
+                snps = list(compress(events, map(_SNAP.__eq__, names)))
             out = []
             for en, evs in ((_SUM, sums), (_SNAP, snps)):
                 if not evs:
                     out.append(None)
                     continue
-                plan, keys = self._layout(en, evs)
+                plan, _ = self._layout(en, evs)
                 if plan is False:
-                    return False
-                n, width = len(evs), len(keys)
+                    return None
+                n, width = len(evs), plan.width
                 flat = list(chain.from_iterable(map(_ATTRS, evs)))
-                if list(map(_KEY, flat)) != keys * n:
-                    return False
-                groups = list(zip(*[iter(list(map(_VALUE, flat)))] * width))
-                iv = _ints(list(map(_INT, chain.from_iterable(map(plan.ints, groups)))))
+                if list(map(_KEY, flat)) != plan.keys_times(n):
+                    return None
+                vals = list(map(_VALUE, flat))
+                del flat
+                # the non-integer values first (int_strings consumes vals)
+                x = vals[plan.pos::width] if plan.pos is not None else None
+                ph = vals[plan.phase::width] if en == _SNAP and plan.phase is not None else None
+                iv = _ints(plan.int_strings(vals))
                 k = len(plan.shape[0])
                 if en == _SUM:
                     sid, t0, t1 = iv[0::k], iv[1::k], iv[2::k]
                     if min(sid) < 0 or min(t0) < 0 or not all(map(ge, t1, t0)):
-                        return False
+                        return None
                     fl = None
-                    if plan.pos is not None:
-                        x = list(map(itemgetter(plan.pos), groups))
+                    if x is not None:
                         if set(map(len, x)) != {1}:
-                            return False
+                            return None
                         fl = array("d", map(float, map(_DOUBLE, x)))
-                    out.append((plan.shape, array("q", iv), fl, sid, t0, n))
+                    out.append((plan.shape, array("q", iv), fl, n))
                 else:
-                    rid = list(map(_STRV, map(itemgetter(plan.pos), groups)))  # KeyError unless all lone? see below
+                    if set(map(len, x)) != {1}:
+                        return None
+                    rid = list(map(_STRV, x))
                     if None in rid:
-                        return False
-                    if set(map(len, map(itemgetter(plan.pos), groups))) != {1}:
-                        return False
+                        return None
                     rid = list(map(str, rid))
-                    if plan.phase is not None:
-                        ph = list(map(itemgetter(plan.phase), groups))
+                    if ph is not None:
                         if set(map(len, ph)) != {1}:
-                            return False
+                            return None
                         ph = list(map(_STRV, ph))
                         if not set(map(type, ph)) <= _STR_OR_NONE:
-                            return False
+                            return None
                     else:
                         ph = [None] * n
                     out.append((plan.shape, array("q", iv), rid, ph, n))
         except Exception:
-            return False
-        # all good: commit (no exception possible from here on but a full disk)
-        s, r = out
+            return None
+        return tuple(dict.fromkeys(names)), len(sums), len(snps), tuple(out)
+
+    def _bulk_commit(self, file, run, res) -> None:
+        """Append the rows computed by :meth:`_bulk_compute` (no exception possible but a full
+        disk) and count them in the report."""
+        kinds, n_sum, n_snp, (s, r) = res
         if s is not None:
-            shape, iv, fl, sid, t0, n = s
+            shape, iv, fl, n = s
+            shape = self._shapes.setdefault(shape, shape)  # one object per shape (buffer identity test)
             buf = self._sum_buf
             buf.start(shape)
             buf.ints.extend(iv)
@@ -504,10 +572,9 @@ class OtlpState:
                 buf.floats.extend(fl)
             buf.runs.extend([run] * n)
             buf.n += n
-            self._step_ids.extend(sid)
-            self._step_ts.extend(t0)
         if r is not None:
             shape, iv, rid, ph, n = r
+            shape = self._shapes.setdefault(shape, shape)
             buf = self._snap_buf
             buf.start(shape)
             buf.ints.extend(iv)
@@ -515,9 +582,8 @@ class OtlpState:
             buf.rids.extend(rid)
             buf.phases.extend(ph)
             buf.n += n
-        for en in dict.fromkeys(names):  # the report's kinds in the order first seen
-            self._counter(file, en)["kept"] += len(sums) if en == _SUM else len(snps)
-        return True
+        for en in kinds:  # the report's kinds in the order first seen
+            self._counter(file, en)["kept"] += n_sum if en == _SUM else n_snp
 
     def _step_event(self, ev, en, span, file, lineno, run, snaps) -> None:
         """The general path of one step event (any attribute form; skips with a reason)."""
@@ -542,8 +608,6 @@ class OtlpState:
                     row.append(v)
                 row.append(None)
                 row.append(None)
-                self._step_ids.append(sid)
-                self._step_ts.append(t0)
                 self._sum_buf.flush()
                 self._steps_tmp.rows.append(tuple(row))
             elif en == "step.REQUEST_SNAPSHOT":
@@ -564,43 +628,67 @@ class OtlpState:
             rep.skip(file, lineno, str(en), b.reason, b.message, b.field)
 
     def _finish_steps(self, file: str) -> None:
-        """Re-emit the file's step rows with cycle times, a batch at a time. Memory: the step ids
-        and start times (16 bytes a step, zero-copy views of the arrays) plus, only when the ids
-        are not strictly increasing (repeats / out of order), np.unique's sorted copies."""
+        """Re-emit the file's step rows (spilled to a temporary Arrow IPC file while parsing)
+        with cycle times, a batch at a time. A first pass reads the step ids to check that they
+        are strictly increasing (the usual case); the second then pairs each row with the next
+        one (one batch of look-ahead), so memory stays bounded whatever the file size. Only when
+        the ids repeat or go backwards are all ids and start times (16 bytes a step) loaded, for
+        np.unique (cycle times then use the first record of a repeated id)."""
         sink = self._steps_tmp
         sink.flush()
-        ids = np.frombuffer(self._step_ids, dtype=np.int64) if len(self._step_ids) else np.zeros(0, np.int64)
-        ts = np.frombuffer(self._step_ts, dtype=np.int64) if len(self._step_ts) else np.zeros(0, np.int64)
-        n = len(ids)
-        if n and all(bool((ids[i + 1:j + 1] > ids[i:j]).all())
-                     for i in range(0, n - 1, 1 << 20) for j in (min(i + (1 << 20), n - 1),)):
-            uniq, uts = ids, ts  # the usual case: strictly increasing, no sorted copies needed
-        elif n:
-            uniq, first = np.unique(ids, return_index=True)
-            if len(uniq) < n:
-                self.report.note(f"{file}: {n - len(uniq)} steps repeat a step.id (cycle times use the first)")
-            uts = ts[first]
-            del first
-        neg = 0
-        main = self.sinks["steps"]
-        i = 0
+        ID, TS = 1, 2  # column positions of step.id and step.ts_start_ns
+        increasing, last, n = True, None, 0
         for t in sink.batches():
-            m = t.num_rows
-            nxt = ids[i:i + m] + 1
-            pos = np.minimum(np.searchsorted(uniq, nxt), len(uniq) - 1)
-            has = uniq[pos] == nxt
-            cyc = np.where(has, (uts[pos] - ts[i:i + m]) / 1000.0, np.nan)
+            ids = t.column(ID).to_numpy()
+            n += len(ids)
+            if len(ids) and ((last is not None and ids[0] <= last) or not bool((ids[1:] > ids[:-1]).all())):
+                increasing = False
+                break
+            if len(ids):
+                last = ids[-1]
+        main = self.sinks["steps"]
+        neg = 0
+
+        def emit(t, has, cyc):
+            nonlocal neg
             neg += int((cyc < 0).sum())
             t = t.set_column(_STEP_N - 2, "cycle_time_us", pa.array(cyc, type=pa.float64()))
             t = t.set_column(_STEP_N - 1, "successor_sampled", pa.array(has, type=pa.bool_()))
             main.write_arrow(t)
-            i += m
+
+        if increasing:
+            prev = None  # (table, ids, ts) waiting for the first row of the next batch
+            for t in chain(sink.batches(), [None]):
+                if t is not None and t.num_rows == 0:
+                    continue
+                if prev is not None:
+                    pt, ids, ts = prev
+                    nid = np.append(ids[1:], t.column(ID)[0].as_py() if t is not None else -1)
+                    nts = np.append(ts[1:], t.column(TS)[0].as_py() if t is not None else 0)
+                    has = nid == ids + 1
+                    emit(pt, has, np.where(has, (nts - ts) / 1000.0, np.nan))
+                prev = None if t is None else (t, t.column(ID).to_numpy(), t.column(TS).to_numpy())
+        else:
+            ids = np.concatenate([t.column(ID).to_numpy() for t in sink.batches()])
+            ts = np.concatenate([t.column(TS).to_numpy() for t in sink.batches()])
+            uniq, first = np.unique(ids, return_index=True)
+            if len(uniq) < len(ids):
+                self.report.note(f"{file}: {len(ids) - len(uniq)} steps repeat a step.id (cycle times use the first)")
+            uts = ts[first]
+            del first
+            i = 0
+            for t in sink.batches():
+                m = t.num_rows
+                nxt = ids[i:i + m] + 1
+                pos = np.minimum(np.searchsorted(uniq, nxt), len(uniq) - 1)
+                has = uniq[pos] == nxt
+                emit(t, has, np.where(has, (uts[pos] - ts[i:i + m]) / 1000.0, np.nan))
+                i += m
         if neg:
             self.report.note(f"{file}: {neg} cycle times are negative (next step starts before this one)")
         if sink.path is not None:
             Path(sink.path).unlink(missing_ok=True)
         self._steps_tmp = self._sum_buf = None
-        self._step_ids = self._step_ts = None
 
     # ---------------------------------------------------------------------------------------
     def _span_events(self, span, file, lineno, timeattr):
@@ -905,7 +993,7 @@ class OtlpState:
         if self.n_core or self.n_api:
             self.report.note(f"journey join: {self.n_core - self.n_core_only} joined ({self.n_fallback} by request-id prefix), "
                              f"{self.n_core_only} core-only, {self.n_api_only} api-only")
-        return self._journey_rows.n + len(self._journey_rows.rows) + self._upstream_rows.n + len(self._upstream_rows.rows)
+        return self._journey_rows.count + self._upstream_rows.count
 
     def request_tables(self):
         """Yield the trace ``requests`` rows (journey, then upstream) as Arrow tables with
@@ -922,3 +1010,133 @@ class OtlpState:
                 yield t.set_column(_ARR_US, "arrival_us", col)
             if sink.path is not None:
                 Path(sink.path).unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Parallel parsing of step lines
+# -------------------------------------------------------------------------------------------------
+PARALLEL_MIN_BYTES = 64 << 20   # smaller files are parsed in-process (worker start-up ~0.1 s)
+BLOCK_BYTES = 2 << 20           # raw bytes of lines per work item
+MAX_WORKERS = 4
+
+
+def n_workers(path, workers: int | None = None) -> int:
+    """Worker processes for one OTLP file: ``workers`` if given (0 = none), else, when orjson
+    is installed, fork is available, the file has at least :data:`PARALLEL_MIN_BYTES` (gzip: an
+    eighth of that) and at least 3 CPUs are usable, ``min(MAX_WORKERS, CPUs - 1)`` (the main
+    process keeps one: it reads, joins the journey spans and writes the tables)."""
+    if _fast_loads is None or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    if workers is not None:
+        return max(int(workers), 0)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    if cpus < 3:
+        return 0
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return 0
+    return min(MAX_WORKERS, cpus - 1) if size * (8 if gz else 1) >= PARALLEL_MIN_BYTES else 0
+
+
+class _BulkWorker:
+    """The state a worker needs for :meth:`OtlpState._bulk_compute`: the plan caches."""
+
+    _layout = OtlpState._layout
+    _bulk_compute = OtlpState._bulk_compute
+
+    def __init__(self):
+        self._plans = {}
+        self._last_plan = {_SUM: (None, None), _SNAP: (None, None)}
+
+
+_WORKER = None
+
+
+def _work_line(raw):
+    """A worker's result for one raw line: the :meth:`OtlpState._bulk_compute` results of its
+    spans when it is a valid JSON object whose every span is a ``vllm.scheduler.step`` /
+    ``scheduler_steps*`` span the bulk path takes; else None (the main process then parses and
+    handles the line itself, exactly as without workers)."""
+    global _WORKER
+    if _WORKER is None:
+        _WORKER = _BulkWorker()
+    try:
+        obj = _fast_loads(raw)
+    except ValueError:
+        return None
+    if type(obj) is not dict:
+        return None
+    rs = obj.get("resourceSpans")
+    if type(rs) is not list:
+        return None
+    out = []
+    for r in rs:
+        if type(r) is not dict:
+            return None
+        sss = r.get("scopeSpans") or ()
+        if type(sss) is not list:
+            return None
+        for ss in sss:
+            if type(ss) is not dict:
+                return None
+            sc = ss.get("scope") or {}
+            spans = ss.get("spans") or ()
+            if type(sc) is not dict or sc.get("name") != "vllm.scheduler.step" or type(spans) is not list:
+                return None
+            for span in spans:
+                if type(span) is not dict:
+                    return None
+                name = span.get("name", "?")
+                if type(name) is not str or not name.startswith("scheduler_steps"):
+                    return None
+                res = _WORKER._bulk_compute(span)
+                if res is None:
+                    return None
+                out.append(res)
+    return out
+
+
+def _work_block(raws: list) -> list:
+    return [_work_line(r) for r in raws]
+
+
+def _parallel_lines(path, nproc: int, block_bytes: int | None = None):
+    """:func:`._io.iter_raw_lines` of ``path`` with each line's :func:`_work_line` result,
+    computed by ``nproc`` forked worker processes on blocks of ``block_bytes``; in order, with at
+    most ``2 * nproc`` blocks in flight (bounded memory)."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(nproc)
+    try:
+        pending = deque()
+
+        def drain(k):
+            while len(pending) > k:
+                blk, ar = pending.popleft()
+                for (lineno, raw), res in zip(blk, ar.get()):
+                    yield lineno, raw, res
+
+        with open_binary(path) as f:
+            blk, size, lineno = [], 0, 0
+            for raw in f:
+                lineno += 1
+                if not raw or raw.isspace():
+                    continue
+                blk.append((lineno, raw))
+                size += len(raw)
+                if size >= block_bytes:
+                    pending.append((blk, pool.apply_async(_work_block, ([r for _, r in blk],))))
+                    blk, size = [], 0
+                    yield from drain(2 * nproc)
+            if blk:
+                pending.append((blk, pool.apply_async(_work_block, ([r for _, r in blk],))))
+        yield from drain(0)
+    finally:
+        pool.terminate()
+        pool.join()

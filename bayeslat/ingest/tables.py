@@ -238,28 +238,62 @@ def read_table(path: str | Path, name: str) -> pd.DataFrame:
     return from_arrow(pq.read_table(str(path)), name)
 
 
+#: a sink converts its Python row tuples to Arrow every this many rows (see :class:`TableSink`)
+PY_ROWS = 4096
+
+
 class TableSink:
     """Accumulates rows of one table in chunks of ``chunk_rows``; streams each full chunk to
     ``path`` (Parquet, zstd; or, with ``fmt="ipc"``, an uncompressed Arrow IPC file: the cheap
     format of ingest's own temporary spill files) when given, else keeps it (Arrow) for
     :meth:`frame`. Rows are tuples in schema column order (``None`` = null); a producer in a hot
-    loop may append to :attr:`rows` directly and call :meth:`maybe_flush` now and then."""
+    loop may append to :attr:`rows` directly and call :meth:`maybe_flush` now and then.
 
-    def __init__(self, name: str, path: str | Path | None = None, chunk_rows: int = 50_000, fmt: str = "parquet"):
+    Memory: Python tuples cost ~30x their Arrow size (a ``requests`` row ~1.2 kB), so every
+    ``py_rows`` rows they are converted to a compact Arrow chunk held in :attr:`pending`; the
+    pending chunks are written together (one Parquet row group) once they reach ``chunk_rows``.
+    At most ``py_rows`` tuples and ``chunk_rows`` Arrow rows are held, whatever the input size."""
+
+    def __init__(self, name: str, path: str | Path | None = None, chunk_rows: int = 50_000, fmt: str = "parquet",
+                 py_rows: int = PY_ROWS):
         self.name, self.path, self.chunk_rows, self.fmt = name, (Path(path) if path else None), chunk_rows, fmt
+        self.py_rows = max(1, min(py_rows, chunk_rows))
         self.rows: list[tuple] = []
+        self.pending: list[pa.Table] = []
+        self.n_pending = 0
         self.kept: list[pa.Table] = []
         self.writer = None
+        self._closed = False
         self.n = 0
+
+    @property
+    def count(self) -> int:
+        """Rows received so far (written, pending and not yet converted)."""
+        return self.n + self.n_pending + len(self.rows)
 
     def append(self, row: tuple) -> None:
         self.rows.append(row)
-        if len(self.rows) >= self.chunk_rows:
-            self.flush()
+        if len(self.rows) >= self.py_rows:
+            self._convert()
 
     def maybe_flush(self) -> None:
-        if len(self.rows) >= self.chunk_rows:
-            self.flush()
+        if len(self.rows) >= self.py_rows:
+            self._convert()
+
+    def _convert(self) -> None:
+        if self.rows:
+            t = to_arrow(self.rows, self.name)
+            self.rows = []
+            self.pending.append(t)
+            self.n_pending += t.num_rows
+        if self.n_pending >= self.chunk_rows:
+            self._emit_pending()
+
+    def _emit_pending(self) -> None:
+        if self.pending:
+            t = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
+            self.pending, self.n_pending = [], 0
+            self._emit(t)
 
     def write_arrow(self, t: pa.Table) -> None:
         self.flush()
@@ -280,14 +314,20 @@ class TableSink:
         self.writer.write_table(t)
 
     def flush(self) -> None:
+        """Write out everything received so far (in order)."""
         if self.rows:
             t = to_arrow(self.rows, self.name)
             self.rows = []
-            self._emit(t)
+            self.pending.append(t)
+            self.n_pending += t.num_rows
+        self._emit_pending()
 
     def close(self) -> None:
+        """Write out the rest and close the file (idempotent: once closed, later calls do
+        nothing, so :meth:`batches` can be iterated more than once)."""
         self.flush()
-        if self.path is not None:
+        if self.path is not None and not self._closed:
+            self._closed = True
             if self.writer is None:  # no rows: still write an empty, typed file
                 if self.fmt == "ipc":
                     self._open().close()

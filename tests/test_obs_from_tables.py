@@ -1,0 +1,350 @@
+"""Ingested tables -> ObsTable (design.obs_from_tables) and `bayeslat fit --data DIR`.
+
+A tiny exact scheduler (decode first, FCFS, chunked prefill, known step times and alpha delays)
+writes a run in the instrumented vLLM's OTLP format (journey api + core spans, sampled
+BATCH_SUMMARY steps with REQUEST_SNAPSHOTs) and as inference-perf replay files; both are ingested
+with `bayeslat ingest` to Parquet and turned into observation rows whose values are checked
+against the generating truth.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayeslat import cli
+from bayeslat import design as D
+from bayeslat import features as F
+from bayeslat import reconstruct as R
+from bayeslat.errors import IngestError, SpecError
+from bayeslat.ingest import ingest
+
+T0_NS = 5_000_000_000_000  # monotonic clock of the "server"
+STREAM_NS = 1_000_000      # FIRST_TOKEN -> FIRST_RESPONSE (API streaming)
+DEPART_NS = 500_000        # FINISHED -> DEPARTED
+BUDGET, MAX_SEQS = 512, 64
+
+
+def _run(n=160, rate=20.0, seed=3):
+    """Exact step-level run. Returns (requests dict of arrays, steps list of dicts)."""
+    rng = np.random.default_rng(seed)
+    arr = np.cumsum(rng.exponential(1e9 / rate, n)).astype(np.int64)
+    arr -= arr[0]
+    prompt = rng.integers(40, 700, n)
+    nout = rng.integers(4, 60, n)
+    alpha_ns = (2_000_000 + 3_000 * prompt).astype(np.int64)  # 2 ms + 3 us per prompt token
+    queued = arr + alpha_ns
+    done, gen = np.zeros(n, int), np.zeros(n, int)
+    first_sched = np.full(n, -1, np.int64)
+    ft = np.full(n, -1, np.int64)
+    fin = np.full(n, -1, np.int64)
+    waiting, running, steps = deque(), [], []
+    t, nxt, k = 0, 0, 0
+    order = np.argsort(queued, kind="stable")
+    while nxt < n or waiting or running:
+        while nxt < n and queued[order[nxt]] <= t:
+            waiting.append(order[nxt])
+            nxt += 1
+        if not waiting and not running:
+            t = int(queued[order[nxt]])
+            continue
+        left, snaps = BUDGET, []
+        for r in running:
+            if done[r] >= prompt[r]:
+                snaps.append((r, "DECODE", prompt[r] + gen[r] - 1, 1))
+                left -= 1
+        for r in running:
+            if done[r] < prompt[r] and left > 0:
+                c = min(prompt[r] - done[r], left)
+                snaps.append((r, "PREFILL", done[r], c))
+                left -= c
+        while waiting and left > 0 and len(running) < MAX_SEQS:
+            r = waiting.popleft()
+            running.append(r)
+            first_sched[r] = t
+            c = min(prompt[r], left)
+            snaps.append((r, "PREFILL", 0, c))
+            left -= c
+        ndec = sum(1 for s in snaps if s[1] == "DECODE")
+        dt = 8_000_000 + 4_000 * (BUDGET - left) + 30_000 * ndec
+        steps.append({"id": k, "t": t, "dt": dt, "snaps": snaps, "running": len(running), "waiting": len(waiting),
+                      "stats": F.batch_stats([s[3] for s in snaps], [s[2] for s in snaps], [s[1] == "PREFILL" for s in snaps])})
+        t += dt
+        for r, ph, _, c in snaps:
+            if ph == "PREFILL":
+                done[r] += c
+                if done[r] == prompt[r]:
+                    gen[r] = 1
+                    ft[r] = t
+            else:
+                gen[r] += 1
+        for r in list(running):
+            if done[r] == prompt[r] and gen[r] >= nout[r]:
+                fin[r] = t
+                running.remove(r)
+        k += 1
+    req = {"arrival": arr, "queued": queued, "prompt": prompt, "nout": nout, "first_sched": first_sched,
+           "first_token": ft, "finished": fin, "first_response": ft + STREAM_NS, "departed": fin + DEPART_NS}
+    return req, steps
+
+
+def _I(k, v):
+    return {"key": k, "value": {"intValue": str(int(v))}}
+
+
+def _S(k, v):
+    return {"key": k, "value": {"stringValue": v}}
+
+
+def _D(k, v):
+    return {"key": k, "value": {"doubleValue": float(v)}}
+
+
+def _line(scope, spans):
+    return json.dumps({"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": scope}, "spans": spans}]}]})
+
+
+def write_trace(path: Path, req, steps, sample=0.6, seed=0):
+    """OTLP JSON lines: one api + one core span per request (api line first), sampled steps in
+    spans of 8 events (each sampled step: BATCH_SUMMARY + one REQUEST_SNAPSHOT per request)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(len(req["arrival"])):
+        a = T0_NS + int(req["arrival"][i])
+        ev = [(n, a + d) for n, d in (("api.ARRIVED", 0), ("api.HANDOFF_TO_CORE", 500_000),
+                                        ("api.FIRST_RESPONSE", int(req["first_response"][i] - req["arrival"][i])),
+                                        ("api.DEPARTED", int(req["departed"][i] - req["arrival"][i])))]
+        lines.append(_line("vllm.api", [{"spanId": f"a{i}", "name": "llm_request",
+                                         "attributes": [_S("gen_ai.request.id", f"cmpl-{i}"), _I("gen_ai.usage.prompt_tokens", req["prompt"][i]),
+                                                        _I("gen_ai.request.max_tokens", req["nout"][i])],
+                                         "events": [{"timeUnixNano": "0", "name": n, "attributes": [_D("event.ts.monotonic", t / 1e9)]} for n, t in ev]}]))
+        cev = []
+        for n, key, extra in (("journey.QUEUED", "queued", []), ("journey.SCHEDULED", "first_sched", [_S("schedule.kind", "FIRST")]),
+                              ("journey.FIRST_TOKEN", "first_token", []),
+                              ("journey.FINISHED", "finished", [_S("finish.status", "FINISHED_LENGTH_CAPPED")])):
+            tn = T0_NS + int(req[key][i])
+            dd = {"journey.FINISHED": req["nout"][i], "journey.FIRST_TOKEN": 1}.get(n, 0)
+            cev.append({"timeUnixNano": "0", "name": n, "attributes": [
+                _I("ts.monotonic_ns", tn), _I("scheduler.step", 0), _S("phase", "DECODE"), _I("prefill.done_tokens", 0),
+                _I("prefill.total_tokens", req["prompt"][i]), _I("decode.done_tokens", dd), _I("decode.max_tokens", req["nout"][i]),
+                _I("num_preemptions", 0)] + extra})
+        lines.append(_line("vllm.scheduler", [{"spanId": f"c{i}", "parentSpanId": f"a{i}", "name": "llm_core",
+                                               "attributes": [_S("gen_ai.request.id", f"cmpl-{i}-0-x")], "events": cev}]))
+    sampled = [s for s in steps if rng.random() < sample]
+    for j in range(0, len(sampled), 8):
+        evs = []
+        for s in sampled[j:j + 8]:
+            npf = sum(1 for x in s["snaps"] if x[1] == "PREFILL")
+            pft = sum(x[3] for x in s["snaps"] if x[1] == "PREFILL")
+            ndc = len(s["snaps"]) - npf
+            t = T0_NS + s["t"]
+            evs.append({"timeUnixNano": str(t), "name": "step.BATCH_SUMMARY", "attributes": [
+                _I("step.id", s["id"]), _I("step.ts_start_ns", t), _I("step.ts_end_ns", t + 300_000), _I("step.duration_us", 300),
+                _I("queue.running_depth", s["running"]), _I("queue.waiting_depth", s["waiting"]), _I("batch.num_prefill_reqs", npf),
+                _I("batch.num_decode_reqs", ndc), _I("batch.scheduled_tokens", pft + ndc), _I("batch.prefill_tokens", pft),
+                _I("batch.decode_tokens", ndc), _I("batch.num_finished", 0), _I("batch.num_preempted", 0),
+                _D("kv.usage_gpu_ratio", 0.1), _I("kv.blocks_total_gpu", 10000), _I("kv.blocks_free_gpu", 9000)]})
+            for r, ph, c, tok in s["snaps"]:
+                evs.append({"timeUnixNano": str(t), "name": "step.REQUEST_SNAPSHOT", "attributes": [
+                    _I("step.id", s["id"]), _S("request.id", f"cmpl-{r}-0-x"), _S("request.phase", ph),
+                    _I("request.num_prompt_tokens", req["prompt"][r]), _I("request.num_computed_tokens", c),
+                    _I("request.num_output_tokens", 0), _I("request.num_preemptions", 0),
+                    _I("request.scheduled_tokens_this_step", tok), _I("kv.blocks_allocated_gpu", 1), _I("kv.blocks_cached_gpu", 0),
+                    _I("request.effective_prompt_len", req["prompt"][r])]})
+        lines.append(_line("vllm.scheduler.step", [{"name": f"scheduler_steps_{j}", "events": evs}]))
+    path.write_text("\n".join(lines) + "\n")
+    return sampled
+
+
+def write_replay(d: Path, name: str, req):
+    """inference-perf replay + ground-truth files (client clock: us from the first arrival)."""
+    n = len(req["arrival"])
+    rq = [{"index": i, "arrival_time_us": int(req["arrival"][i] // 1000), "input_tokens": int(req["prompt"][i]),
+           "output_tokens": int(req["nout"][i]), "has_error": False} for i in range(n)]
+    gt = [{"index": i, "ttft_s": (req["first_response"][i] - req["arrival"][i]) / 1e9,
+           "e2e_s": (req["departed"][i] - req["arrival"][i]) / 1e9, "has_error": False} for i in range(n)]
+    p = d / f"{name}.json.gz"
+    p.write_bytes(gzip.compress(json.dumps({"experiment": name, "config": {}, "requests": rq}).encode()))
+    g = d / f"{name}_ground_truth.json.gz"
+    g.write_bytes(gzip.compress(json.dumps(gt).encode()))
+    return p, g
+
+
+def write_experiment(path: Path, name: str, hardware="H100 SXM"):
+    hw = f"hardware: {hardware}\n" if hardware else ""
+    path.write_text(f"name: {name}\nmodel: llama-2-7b-hf\n{hw}server:\n  tensor_parallel: 1\n  max_num_batched_tokens: {BUDGET}\n"
+                    f"  max_num_seqs: {MAX_SEQS}\n  block_size: 16\n  prefix_caching: false\n  kv_block_bytes: 524288\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ingested")
+    req, steps = _run()
+    sampled = write_trace(d / "trace.jsonl", req, steps)
+    ingest([d / "trace.jsonl"], experiment=write_experiment(d / "exp_trace.yaml", "synth-trace"), out=d / "trace_tables")
+    rp, gp = write_replay(d, "synth-replay", req)
+    ingest([rp, gp], experiment=write_experiment(d / "exp_replay.yaml", "synth-replay"), out=d / "replay_tables")
+    return {"dir": d, "req": req, "steps": steps, "sampled": sampled}
+
+
+def _ctx():
+    spec = D.experiment_context({"run": "x", "model": "llama-2-7b-hf", "hardware": "H100 SXM",
+                                 "server_json": json.dumps({"max_num_batched_tokens": BUDGET, "max_num_seqs": MAX_SEQS,
+                                                            "kv_block_bytes": 1})})
+    return spec["ctx"]
+
+
+def test_trace_tables_to_obs(world):
+    req, steps = world["req"], world["steps"]
+    obs = D.obs_from_tables(world["dir"] / "trace_tables", n_per_run_kind=None)
+    assert obs.hardware_levels == ("H100 SXM",) and obs.class_levels == ("dense",)
+    assert set(obs.run) == {"synth-trace"} and set(np.unique(obs.kind)) == {0, 1, 2, 3}
+    assert np.isfinite(obs.X).all() and (obs.X >= 0).all() and np.isfinite(obs.A).all()
+    info = obs.meta["info"]["synth-trace"]
+    assert info["lifecycle"]["source"] == "journey" and obs.meta["skipped"] == []
+    # the step records share the journey clock: the offset is exact (first arrival)
+    assert info["clock_offset"]["offset_us"] == pytest.approx(T0_NS / 1e3)
+    # request numbering = position among the run's journey rows = generation order here
+    ttft = (req["first_response"] - req["arrival"]) / 1e6
+    dec = (req["departed"] - req["first_response"]) / 1e6
+    w, tt = obs.kind == R.KIND_WINDOW, obs.kind == R.KIND_TTFT
+    np.testing.assert_allclose(obs.y[w], dec[obs.request[w]], rtol=1e-9)
+    np.testing.assert_allclose(obs.y[tt], ttft[obs.request[tt]], rtol=1e-9)
+    assert (obs.n_steps[w] == req["nout"][obs.request[w]] - 1).all()  # n - 1 decode steps, exact
+    # alpha-only rows: queued - arrival + streaming delay, alpha features of the prompt
+    al = obs.kind == R.KIND_ALPHA
+    assert al.sum() == len(req["arrival"])
+    truth = (req["queued"] - req["arrival"] + STREAM_NS) / 1e6
+    np.testing.assert_allclose(obs.y[al], truth[obs.request[al]], rtol=1e-9)
+    np.testing.assert_allclose(obs.A[al, 1], req["prompt"][obs.request[al]] / 1000.0)
+    assert (obs.A[al, 0] == 1).all() and (obs.X[al] == 0).all() and (obs.n_steps[al] == 0).all()
+    # exact one-step rows: y and features of the true step
+    st = obs.kind == R.KIND_STEP
+    one = st & (obs.n_steps == 1)
+    ids = {s["id"] for s in world["sampled"]}
+    exact_ids = [s["id"] for s in world["sampled"] if s["id"] + 1 in ids]
+    assert info["rows"]["step_exact"] == len(exact_ids) == one.sum()
+    true_y = np.array([steps[i]["dt"] / 1e6 for i in exact_ids])
+    np.testing.assert_allclose(np.sort(obs.y[one]), np.sort(true_y), rtol=1e-9)
+    feat, _ = F.step_features(np.array([steps[i]["stats"] for i in exact_ids]), _ctx())
+    key = lambda y, X: sorted((round(a, 6),) + tuple(np.round(b, 9)) for a, b in zip(y, X))  # noqa: E731
+    assert key(obs.y[one], obs.X[one].sum(axis=1)) == key(true_y, feat)
+    # multi-step pairs of sampled steps: y = the sum of the true step times they span
+    multi = st & (obs.n_steps > 1)
+    assert multi.sum() == info["rows"]["step_trace"] > 0
+    t_start = {s["id"]: s["t"] for s in steps}
+    sums = {round((t_start[b] - t_start[a]) / 1e6, 9) for a in ids for b in ids if 1 < b - a <= 32}
+    assert all(round(y, 9) in sums for y in obs.y[multi])
+
+
+def test_replay_tables_to_obs_and_subsample(world):
+    req = world["req"]
+    obs = D.obs_from_tables(world["dir"] / "replay_tables", n_per_run_kind=None)
+    assert set(np.unique(obs.kind)) == {1, 2} and set(obs.run) == {"synth-replay"}
+    info = obs.meta["info"]["synth-replay"]
+    assert info["lifecycle"]["source"] == "inference_perf" and "clock_offset" in info and info["clock_offset"] is None
+    w, tt = obs.kind == R.KIND_WINDOW, obs.kind == R.KIND_TTFT
+    ttft = (req["first_response"] - req["arrival"]) / 1e6
+    dec = (req["departed"] - req["first_response"]) / 1e6
+    np.testing.assert_allclose(obs.y[w], dec[obs.request[w]], rtol=1e-6)
+    np.testing.assert_allclose(obs.y[tt], ttft[obs.request[tt]], rtol=1e-6)
+    # a directory of ingest directories; run filters; the per-(run, kind) subsample
+    both = D.obs_from_tables(world["dir"], n_per_run_kind=20, seed=1)
+    assert set(both.run) == {"synth-trace", "synth-replay"}
+    for r in ("synth-trace", "synth-replay"):
+        for k in np.unique(both.kind[both.run == r]):
+            assert ((both.run == r) & (both.kind == k)).sum() <= 20
+    only = D.obs_from_tables(world["dir"], runs=["replay"])
+    assert set(only.run) == {"synth-replay"}
+    # the in-memory tables of ingest(...) without out= give the same rows
+    mem = ingest([world["dir"] / "synth-replay.json.gz", world["dir"] / "synth-replay_ground_truth.json.gz"],
+                 experiment=world["dir"] / "exp_replay.yaml")
+    m = D.obs_from_tables(mem.tables, n_per_run_kind=None)
+    np.testing.assert_array_equal(m.y, obs.y)
+    np.testing.assert_array_equal(m.X, obs.X)
+
+
+def test_bad_table_dirs_name_the_file(world, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(world["dir"] / "replay_tables", bad)
+    (bad / "steps.parquet").unlink()
+    with pytest.raises(IngestError, match=r"steps\.parquet"):
+        D.obs_from_tables(bad)
+    with pytest.raises(SpecError, match="not a directory"):
+        D.obs_from_tables(tmp_path / "nowhere")
+    # no hardware in the experiment: a clear error, or the override
+    d = world["dir"]
+    ingest([d / "synth-replay.json.gz", d / "synth-replay_ground_truth.json.gz"],
+           experiment=write_experiment(tmp_path / "nohw.yaml", "nohw", hardware=None), out=tmp_path / "nohw")
+    with pytest.raises(SpecError, match="hardware"):
+        D.obs_from_tables(tmp_path / "nohw")
+    assert D.obs_from_tables(tmp_path / "nohw", hardware="h100-sxm").hardware_levels == ("H100 SXM",)
+
+
+@pytest.mark.slow
+def test_cli_fit_data_dir(world, tmp_path, capsys):
+    """`bayeslat fit --data DIR` on a directory written by `bayeslat ingest` (~50 s: the model's
+    compilation dominates), and a clear error for a directory lacking a table."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "experiments.parquet").write_bytes((world["dir"] / "replay_tables" / "experiments.parquet").read_bytes())
+    assert cli.main(["fit", "--data", str(bad), "--out", str(tmp_path / "x.nc"), "--draws", "5", "--tune", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "requests.parquet" in err and "missing table" in err
+    out = tmp_path / "fit.nc"
+    rc = cli.main(["fit", "--data", str(world["dir"] / "trace_tables"), "--out", str(out), "--draws", "20", "--tune", "20",
+                   "--chains", "1", "--no-progress"])
+    assert rc == 0 and out.exists(), capsys.readouterr().err
+    assert "rows" in capsys.readouterr().out
+    import arviz as az
+
+    idata = az.from_netcdf(out)
+    assert idata.attrs["data_source"] == str(world["dir"] / "trace_tables")
+    assert sorted(set(np.asarray(idata.constant_data["kind"]).tolist())) == [0, 1, 2, 3]
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RUN = "20260218-150304-codellama-34b-tp2-general"  # one of the 3 runs with sampled step records
+
+
+@pytest.mark.skipif(not (SHARED / "replay" / f"{RUN}.json.gz").exists(), reason="shared data not present")
+def test_ingested_real_run_matches_bundled_obs():
+    """`bayeslat ingest` of a real run's replay files (+ its real step records, as a ``steps``
+    table) -> obs_from_tables gives exactly bundled_obs of that run: the same reconstruction,
+    estimated clock offset, step windows, subsample."""
+    from bayeslat import datasets
+    from bayeslat.ingest import tables as T
+
+    res = ingest([SHARED / "replay" / f"{RUN}.json.gz", SHARED / "replay" / f"{RUN}_ground_truth.json.gz"],
+                 experiment=SHARED / "experiments" / RUN / "exp-config.yaml")
+    tb = dict(res.tables)
+    st = datasets.steps()
+    st = st[st["experiment_id"] == RUN].rename(columns={"experiment_id": "run"})
+    tb["steps"] = T.conform(st.assign(successor_sampled=st["cycle_time_us"].notna()), "steps")
+    a = D.obs_from_tables(tb, hardware="H100 SXM", seed=0)
+    b = D.bundled_obs(runs=[RUN], seed=0)
+    assert a.meta["info"][RUN]["clock_offset"]["method"].startswith("estimated")
+    assert set(np.unique(a.kind)) == {0, 1, 2}
+    for k in ("kind", "y", "X", "A", "n_steps", "request", "t_frac"):
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=1e-9, atol=1e-12, err_msg=k)
+    assert a.hardware_levels == b.hardware_levels and a.class_levels == b.class_levels
+
+
+def test_overloaded_run_is_skipped_with_its_cause():
+    """The Llama-2-7B reasoning run exhausted its KV cache: the reconstruction says so, and the
+    run is skipped with that reason (bayeslat.reconstruct, "Where it fails")."""
+    from bayeslat import datasets
+
+    run = next(r for r in datasets.runs()["run"] if "llama-2-7b-tp1-reasoning" in r)
+    rec = D.reconstruct_run(run)
+    assert rec.info["resid_steps_mad"] > 100 and rec.info["kv_demand_ratio_p95"] > 1.5 and rec.info["failed_frac"] > 0.8
+    why = D.skip_reason(rec)
+    assert "KV cache" in why and "preempted" in why and "failed" in why
+    assert D.skip_reason(rec, max_resid_steps=1e9) is None
