@@ -1,7 +1,7 @@
 """Sampler and model diagnostics of a fit (pure functions of the InferenceData; no PyMC).
 
 Which variables: every posterior variable except re-parameterisation helpers: non-centred
-offsets (``z_*``), the centred pieces (``*_c``, duplicated in the ``dev_*`` deterministics), the
+offsets (``z_*``), the centred free coordinates (``u_*``, duplicated in the ``dev_*`` deterministics), the
 shrinkage fractions ``beta_pop_w`` / ``alpha_pop_w`` and unconstrained copies (``*__``).
 
 Thresholds (``THRESHOLDS``; a fit passes when all hold):
