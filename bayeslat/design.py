@@ -83,8 +83,10 @@ class ObsTable:
 
     def save(self, path) -> Path:
         path = Path(path)
+        deps = self.meta.get("deployments", {})
         np.savez_compressed(path, **{k: getattr(self, k) for k in _ARRAYS},
-                            hardware_levels=np.array(self.hardware_levels), class_levels=np.array(self.class_levels))
+                            hardware_levels=np.array(self.hardware_levels), class_levels=np.array(self.class_levels),
+                            deployment_runs=np.array(list(deps), dtype=str), deployment_keys=np.array(list(deps.values()), dtype=str))
         return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
 
     @classmethod
@@ -94,8 +96,9 @@ class ObsTable:
             if missing:
                 raise SpecError(f"missing array {missing[0]!r}", file=str(path), field=missing[0])
             d = {k: z[k] for k in _ARRAYS}
+            deps = dict(zip(z["deployment_runs"].tolist(), z["deployment_keys"].tolist())) if "deployment_runs" in z.files else {}
             return cls(**d, hardware_levels=tuple(str(v) for v in z["hardware_levels"]),
-                       class_levels=tuple(str(v) for v in z["class_levels"]))
+                       class_levels=tuple(str(v) for v in z["class_levels"]), meta={"deployments": deps})
 
 
 def build_obs(recon: R.Reconstruction, ctx, hardware: str, model_class: str, *, trace_rows: pd.DataFrame | None = None,
@@ -123,7 +126,8 @@ def build_obs(recon: R.Reconstruction, ctx, hardware: str, model_class: str, *, 
                     hw=np.full(n, hl.index(hardware), dtype=np.int64), cls=np.full(n, cl.index(model_class), dtype=np.int64),
                     run=np.full(n, recon.run, dtype=object).astype(str), request=win["request"].to_numpy(np.int64),
                     t_frac=np.clip(win["t_us"].to_numpy(np.float64) / t_end, 0.0, 1.0),
-                    hardware_levels=hl, class_levels=cl, meta={"runs": [recon.run]})
+                    hardware_levels=hl, class_levels=cl,
+                    meta={"runs": [recon.run], "deployments": {recon.run: F.deployment_key(ctx, hardware)}})
 
 
 def concat(tables) -> ObsTable:
@@ -146,7 +150,8 @@ def concat(tables) -> ObsTable:
             parts[k].append(np.asarray(v))
     d = {k: np.concatenate(v) for k, v in parts.items()}
     d["run"] = d["run"].astype(str)
-    meta = {"runs": [r for t in tables for r in t.meta.get("runs", [])]}
+    meta = {"runs": [r for t in tables for r in t.meta.get("runs", [])],
+            "deployments": {r: k for t in tables for r, k in t.meta.get("deployments", {}).items()}}
     return ObsTable(**d, hardware_levels=tuple(hl), class_levels=tuple(cl), meta=meta)
 
 
@@ -650,6 +655,7 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
         return None, info
     out = concat(tabs)
     out.meta["runs"] = [run]
+    out.meta["deployments"] = {run: F.deployment_key(ctx, hwname)}
     return out, info
 
 

@@ -118,6 +118,17 @@ class FeatureContext:
 
 
 CONTEXT_FIELDS = tuple(f.name for f in fields(FeatureContext))
+
+
+def deployment_key(ctx: FeatureContext, hardware: str) -> str:
+    """Identity of a deployment (model x GPU x parallelism x dtype) for the model's deployment
+    level: the hardware name and a short hash of the feature context (every per-GPU constant the
+    features use, rounded to 6 significant digits). Two runs with equal keys have the same
+    physics; a key the fit has not seen is a new deployment."""
+    import hashlib
+
+    arr = np.array([float(f"{v:.6g}") for v in ctx.to_array()])
+    return f"{hardware}|{hashlib.sha256(arr.tobytes()).hexdigest()[:10]}"
 C = {name: i for i, name in enumerate(CONTEXT_FIELDS)}
 
 

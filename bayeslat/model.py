@@ -4,7 +4,7 @@ Model (see ``specs/method.md`` for the derivation and the choices)
 -----------------------------------------------------------------
 For an observation row i of group (h, c) = (hardware, model class)::
 
-    mu_i = A_i . alpha[h, c, :] + sum_r X_i[r] . beta[h, c, r, :]
+    mu_i = exp(dep_b[d_i]) * sum_r X_i[r] . beta[h, c, r, :] + exp(dep_a[d_i]) * A_i . alpha[h, c, :]
     y_i ~ StudentT(nu[k_i], mu_i, s_abs[k_i] + (s_rel[k_i] / sqrt(max(n_steps_i, 1)) + s_sys[k_i]) * mu_i)
 
 Coefficients are non-negative and pooled multiplicatively::
@@ -30,7 +30,10 @@ The sampling geometry (measured on the 1,320 real rows; benchmarks/fit_backends.
 - regime factors are relative to decode (factor 1), centred for regimes with >= 100 rows;
 - ``exclude_features`` (default ``step_overhead``) holds coefficients the design cannot
   identify at 0; nu and the noise scales are per observation kind, with a systematic relative
-  term ``s_sys`` that does not average out over a window's steps.
+  term ``s_sys`` (step and window rows only) that does not average out over a window's steps;
+- a deployment level (model x GPU x parallelism): one step-time and one CPU-time factor per
+  deployment, zero-sum within its (hardware, class) group, centred; a new deployment draws them
+  from ``N(0, sigma_dep)`` (:func:`coefficient_draws`).
 
 A deviation level with a single observed member (e.g. one GPU) is not identified from the
 population; it is then dropped for the fitted levels (absorbed into ``beta_pop``) while its
@@ -56,13 +59,17 @@ from bayeslat.errors import SpecError
 
 FORMAT = "bayeslat-posterior/1"
 KINDS = ("step", "window", "ttft", "alpha")
+DEPLOYMENT_LEVELS = ("spread", "fit", "off")
+SYS_KINDS = KINDS[:2]  # kinds with a systematic relative noise term s_sys (multi-step rows)
 BACKENDS = ("nutpie", "pymc", "numpyro")
 # Chosen from benchmarks/fit_backends.py (ESS per second incl. compilation, see specs/method.md).
 DEFAULT_BACKEND = "nutpie"
-# The shipped default: 2 x (1000 tune + 4000 draws) on 1,320 real rows in ~5 min on 2 cores, all
-# diagnostics within thresholds (models/default_diagnostics.json).
+# The shipped default: 2 x (1000 tune + 4000 draws) at target_accept 0.99 on 1,320 real rows
+# (models/default_diagnostics.json; at 0.97: 3 divergences in 8,000 draws; at 3,000 draws: bulk
+# ESS 304 before the TTFT s_sys ridge was removed).
 MAX_SAVED_DRAWS = 1000  # per chain, after thinning (fit)
-DEFAULT_SAMPLER = {"draws": 4000, "tune": 1000, "chains": 2, "target_accept": 0.97}
+SPREAD_DRAWS = 1000  # draws (and tune) of the deployment-spread fit (fit, "spread" mode)
+DEFAULT_SAMPLER = {"draws": 4000, "tune": 1000, "chains": 2, "target_accept": 0.99}
 
 # Variables that are re-parameterisation helpers, not quantities of interest (left out of diagnostics).
 OFFSET_PREFIXES = ("z_", "u_")
@@ -102,6 +109,26 @@ DEFAULT_PRIORS = {
     # 1.6% without; on the 11 aggregate-only runs, 16% vs 2.0%. Honest intervals need another
     # source of run-level spread (see the closing notes of issue 5).
     "sigma_run": 0.0,
+    # deployment level (model x GPU x TP x dtype, features.deployment_key): one multiplicative
+    # factor on the step time (beta part) and one on the CPU / queueing part (alpha) per
+    # deployment, zero-sum within each (hardware, class) group so that it cannot absorb the
+    # group's coefficients, only what makes one model of a class faster or slower than the
+    # physics features say (kernel efficiency of its shapes). A new deployment draws its factors
+    # from N(0, sigma_dep): the honest width of a prediction for a model / TP never run. Prior
+    # medians from BLIS trained-physics' held-out errors across models (E2E ~7%, TTFT ~18%), not
+    # from our runs; sigma_log_sd (0.5) lets the data move them.
+    "sigma_dep": 0.07,
+    "sigma_alpha_dep": 0.15,
+    # How the deployment level enters (measured on leave-one-model-out, specs/method.md):
+    # "fit": its factors are in the likelihood. They absorb the cross-model contrasts that
+    #   identify the per-deployment constant features (weights, layers, TP sync): held-out median
+    #   E2E error 27% (coverage 94%) vs 9.8% without.
+    # "spread" (default): the coefficients are fit without it; a second, short fit with it
+    #   ("cut" / modular inference: no feedback into the coefficients) estimates sigma_dep,
+    #   whose draws are attached to the fit (group deployment_spread) and scale the factor a new
+    #   deployment draws. Without a group of >= 2 deployments the prior above is used.
+    # "off": no deployment spread (parameter uncertainty only).
+    "deployment_level": "spread",
     # noise: s_abs[k] ~ HalfNormal(s_abs_frac * median(y_k)); s_rel[k] ~ HalfNormal(s_rel)
     "s_abs_frac": 0.5,
     "s_rel": 0.3,
@@ -143,11 +170,15 @@ def check_obs(obs) -> dict:
     out["request"] = np.asarray(obs.request, dtype=np.int64)
     out["hardware_levels"] = tuple(str(v) for v in obs.hardware_levels)
     out["class_levels"] = tuple(str(v) for v in obs.class_levels)
+    # deployment of each row (model x GPU x parallelism, features.deployment_key) from
+    # ``meta["deployments"]`` ({run: key}); a run without one is its own deployment
+    deps = (getattr(obs, "meta", None) or {}).get("deployments", {}) or {}
+    out["deployment"] = np.array([deps.get(r, r) for r in out["run"]], dtype=str) if n else np.array([], dtype=str)
     shapes = {"X": (n, len(F.REGIMES), F.N_BETA), "A": (n, F.N_ALPHA)}
     for k, shp in shapes.items():
         if out[k].shape != shp:
             raise SpecError(f"expected shape {shp}, got {out[k].shape}", field=k)
-    for k in ("kind", "n_steps", "hw", "cls", "run", "request"):
+    for k in ("kind", "n_steps", "hw", "cls", "run", "request", "deployment"):
         if out[k].shape != (n,):
             raise SpecError(f"expected shape ({n},), got {out[k].shape}", field=k)
     if n == 0:
@@ -186,6 +217,8 @@ def _merge_priors(priors: dict | None) -> dict:
         if k not in p:
             raise SpecError(f"unknown prior {k!r}; known: {sorted(p)}", field="priors")
         p[k] = v
+    if p["deployment_level"] not in DEPLOYMENT_LEVELS:
+        raise SpecError(f"deployment_level must be one of {DEPLOYMENT_LEVELS}, got {p['deployment_level']!r}", field="priors")
     unknown = sorted(set(p["exclude_features"]) - set(F.BETA_NAMES))
     if unknown:
         raise SpecError(f"exclude_features: unknown beta features {unknown}; known: {list(F.BETA_NAMES)}", field="priors")
@@ -248,6 +281,16 @@ def _zerosum(pm, name, sigma, dims, axis, centred=None, active=None, model=None)
     dev = pt.dot(u, _zerosum_basis(n).T).reshape(tuple(other) + (n,))
     perm = [order.index(d) for d in dims]
     return pm.Deterministic(name, pt.transpose(dev, perm), dims=dims)
+
+
+def _deployment_groups(d: dict, dkeys, didx) -> list[np.ndarray]:
+    """Index arrays (into ``dkeys``) of the deployments of each (hardware, class) group that has
+    at least two of them (the groups with a deployment level)."""
+    grp = {}
+    for j in range(len(dkeys)):
+        m = didx == j
+        grp.setdefault((int(d["hw"][m][0]), int(d["cls"][m][0])), []).append(j)
+    return [np.array(v) for _, v in sorted(grp.items()) if len(v) >= 2]
 
 
 def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1) -> dict:
@@ -403,7 +446,34 @@ def build_model(obs, priors: dict | None = None):
         beta = pm.Deterministic("beta", beta_pop * pt.exp(dev), dims=("hardware", "model_class", "regime", "feature"))
         alpha = pm.Deterministic("alpha", alpha_pop * pt.exp(adev), dims=("hardware", "model_class", "alpha_feature"))
 
-        mu_g = (X * beta[hw, cls]).sum(axis=(1, 2)) + (A * alpha[hw, cls]).sum(axis=1)
+        mu_b = (X * beta[hw, cls]).sum(axis=(1, 2))
+        mu_a = (A * alpha[hw, cls]).sum(axis=1)
+        # Deployment level (priors "sigma_dep"): zero-sum over the deployments of each (hardware,
+        # class) group with >= 2 of them, centred (hundreds of rows pin each deployment); a group
+        # with one deployment has none (its factor is the group's coefficients). sigma_dep is
+        # always in the model so that a new deployment can be drawn with it.
+        dkeys, didx = np.unique(d["deployment"], return_inverse=True)
+        model.add_coord("deployment", dkeys.tolist())
+        dep_groups = []
+        if p["deployment_level"] == "fit" and p["sigma_dep"] > 0:
+            sig_dep = pm.LogNormal("sigma_dep", np.log(p["sigma_dep"]), sd)
+            sig_adep = pm.LogNormal("sigma_alpha_dep", np.log(max(p["sigma_alpha_dep"], 1e-6)), sd)
+            dep_groups = _deployment_groups(d, dkeys, didx)
+        if dep_groups:
+            n_free = sum(len(g) - 1 for g in dep_groups)
+            ub = pm.Normal("u_dev_dep", 0.0, sig_dep, shape=n_free)
+            ua = pm.Normal("u_dev_alpha_dep", 0.0, sig_adep, shape=n_free)
+            db, da, o = pt.zeros(len(dkeys)), pt.zeros(len(dkeys)), 0
+            for g in dep_groups:
+                Q = _zerosum_basis(len(g))
+                db = pt.set_subtensor(db[g], pt.dot(Q, ub[o:o + len(g) - 1]))
+                da = pt.set_subtensor(da[g], pt.dot(Q, ua[o:o + len(g) - 1]))
+                o += len(g) - 1
+            db = pm.Deterministic("dev_dep", db, dims="deployment")
+            da = pm.Deterministic("dev_alpha_dep", da, dims="deployment")
+            mu_g = mu_b * pt.exp(db)[didx] + mu_a * pt.exp(da)[didx]
+        else:
+            mu_g = mu_b + mu_a
         # Run level: one multiplicative factor per run (software state, contention, clocks: what
         # the features do not see), non-centred. A new run draws it from N(0, sigma_run): this is
         # what makes workload-level intervals honest rather than parameter-uncertainty only.
@@ -428,7 +498,12 @@ def build_model(obs, priors: dict | None = None):
         # run's steps all a few % slower than its features say). Without it a long window's
         # scale shrinks as 1/sqrt(n) and a 30% misfit of one overloaded run is a 20-sigma
         # outlier: nu fell to 2.05 and the chains switched modes (R-hat 1.1).
-        s_sys = pm.HalfNormal("s_sys", p["s_sys"], dims="kind")
+        # Only for the multi-step kinds (step rows span up to 32 steps, windows hundreds): a TTFT
+        # row spans 1-3 prefill steps and an alpha row none, where s_sys and s_rel / sqrt(n) are
+        # (nearly) the same term (measured: bulk ESS 304 along that ridge on the real TTFT rows).
+        model.add_coord("sys_kind", list(SYS_KINDS))
+        s_sys_k = pm.HalfNormal("s_sys", p["s_sys"], dims="sys_kind")
+        s_sys = pt.concatenate([s_sys_k, pt.zeros(len(KINDS) - len(SYS_KINDS))])
         scale = s_abs[kind] + (s_rel[kind] / pt.sqrt(pt.maximum(n_steps, 1.0)) + s_sys[kind]) * mu
         pm.StudentT("y", nu=nu[kind], mu=mu, sigma=scale, observed=d["y"], dims="obs_id")
     return model
@@ -463,6 +538,11 @@ def _sample(model, backend, draws, tune, chains, seed, progressbar, target_accep
                               low_rank_modified_mass_matrix=True)
     elif backend in ("pymc", "numpyro"):
         kw = {"nuts_sampler": "numpyro"} if backend == "numpyro" else {}
+        if backend == "numpyro" and "jax" not in __import__("sys").modules:
+            # one XLA host device per chain, or JAX runs the chains one after the other
+            flags = os.environ.get("XLA_FLAGS", "")
+            if "xla_force_host_platform_device_count" not in flags:
+                os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
         with model:
             idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
                               progressbar=progressbar, target_accept=target_accept,
@@ -474,8 +554,13 @@ def _sample(model, backend, draws, tune, chains, seed, progressbar, target_accep
 
 def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int | None = None,
         chains: int | None = None, seed: int = 0, progressbar: bool = True, priors: dict | None = None,
-        target_accept: float | None = None, attrs: dict | None = None):
+        target_accept: float | None = None, attrs: dict | None = None, spread_draws: int | None = None):
     """Fit the hierarchical model to an ObsTable with NUTS; return ``arviz.InferenceData``.
+
+    With ``deployment_level = "spread"`` (the default prior) and a (hardware, class) group of >= 2
+    deployments, a second fit with the deployment level (``spread_draws`` draws and as many tune
+    steps, default ``min(draws, SPREAD_DRAWS)``) estimates the between-deployment spread, attached
+    as group ``deployment_spread`` (:func:`attach_deployment_spread`).
 
     The result has groups posterior (named dims hardware, model_class, regime, feature,
     alpha_feature), sample_stats, log_likelihood (``y``, for PSIS-LOO), observed_data and
@@ -526,6 +611,7 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
                 "hw": ("obs_id", d["hw"]),
                 "cls": ("obs_id", d["cls"]),
                 "run": ("obs_id", d["run"].astype("U")),
+                "deployment": ("obs_id", d["deployment"].astype("U")),
                 "request": ("obs_id", d["request"]),
             },
             coords={"obs_id": oid, "regime": list(F.REGIMES), "feature": list(F.BETA_NAMES),
@@ -550,6 +636,7 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
         "hardware_levels": json.dumps(list(d["hardware_levels"])),
         "class_levels": json.dumps(list(d["class_levels"])),
         "group_rows": json.dumps(st["group_rows"]),
+        "deployments": json.dumps(sorted(set(d["deployment"].tolist()))),
         "use_hw": st["use_hw"],
         "use_cls": st["use_cls"],
         "feature_names": json.dumps(list(F.BETA_NAMES)),
@@ -568,6 +655,16 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
     for k, v in (attrs or {}).items():
         info[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
     idata.attrs.update(info)
+    p = _merge_priors(priors)
+    if p["deployment_level"] == "spread" and p["sigma_dep"] > 0:
+        dkeys, didx = np.unique(d["deployment"], return_inverse=True)
+        if _deployment_groups(d, dkeys, didx):
+            sd_n = int(spread_draws or min(int(cfg["draws"]), SPREAD_DRAWS))
+            t1 = time.perf_counter()
+            sp = fit(obs, backend=backend, draws=sd_n, tune=sd_n, chains=cfg["chains"], seed=seed,
+                     progressbar=progressbar, priors=(priors or {}) | {"deployment_level": "fit"},
+                     target_accept=cfg["target_accept"])
+            attach_deployment_spread(idata, sp, {"wall_seconds": time.perf_counter() - t1})
     return idata
 
 
@@ -637,6 +734,12 @@ class CoefDraws:
     s_sys: np.ndarray | None = None  # (D, n_kinds) relative error common to the steps of a row
     nu: np.ndarray | None = None     # (D, n_kinds) Student-t degrees of freedom per kind
     draw_index: np.ndarray | None = None  # (D,) which flattened posterior draws were used
+    new_deployment: bool = False     # the deployment factors were drawn from N(0, sigma_dep)
+
+
+def _pad_kinds(v, n):
+    """(D, k) per-kind values of the first k kinds -> (D, n), zeros for the others."""
+    return v if v.shape[1] >= n else np.concatenate([v, np.zeros((v.shape[0], n - v.shape[1]))], axis=1)
 
 
 def _flat(post, name):
@@ -644,13 +747,66 @@ def _flat(post, name):
     return v.stack(_s=("chain", "draw")).transpose("_s", ...).values
 
 
+def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sigma_dep, sigma_alpha_dep) draws (n each) for a new deployment: from the posterior when
+    the deployment level was fit ("fit"), from the attached cut fit ("spread", group
+    ``deployment_spread``), else from the prior; None when the level is "off"."""
+    post = idata.posterior
+    if "sigma_dep" in post:
+        src = post
+    elif "deployment_spread" in idata.groups():
+        src = idata["deployment_spread"]
+    else:
+        pri = attr_json(idata, "priors", {}) or {}
+        if pri.get("deployment_level", "off") == "off" or not pri.get("sigma_dep"):
+            return None
+        sd = pri.get("sigma_log_sd", 0.5)
+        return (np.exp(np.log(pri["sigma_dep"]) + sd * rng.standard_normal(n)),
+                np.exp(np.log(pri.get("sigma_alpha_dep", pri["sigma_dep"])) + sd * rng.standard_normal(n)))
+    sb, sa = _flat(src, "sigma_dep"), _flat(src, "sigma_alpha_dep")
+    i = rng.choice(len(sb), size=n, replace=n > len(sb))
+    return sb[i], sa[i]
+
+
+def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
+    """Attach the sigma_dep / sigma_alpha_dep draws of a fit with the deployment level ("fit") to
+    a fit without it, as group ``deployment_spread`` (the "spread" mode, see DEFAULT_PRIORS);
+    returns ``idata``."""
+    import xarray as xr
+
+    sp = spread_idata.posterior
+    if "sigma_dep" not in sp:
+        raise SpecError("the spread fit has no sigma_dep (fit it with priors={'deployment_level': 'fit'})", field="spread_idata")
+    keep = ["sigma_dep", "sigma_alpha_dep"] + [v for v in ("dev_dep", "dev_alpha_dep") if v in sp]
+    ds = xr.Dataset({v: sp[v] for v in keep})
+    if "deployment_spread" in idata.groups():
+        del idata["deployment_spread"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
+        idata.add_groups({"deployment_spread": ds})
+    meta = {"data_hash": spread_idata.attrs.get("data_hash"), "sampler": attr_json(spread_idata, "sampler"),
+            "sampling_seconds": spread_idata.attrs.get("sampling_seconds"),
+            "divergences": (int(spread_idata.sample_stats["diverging"].sum())
+                            if "sample_stats" in spread_idata.groups() and "diverging" in spread_idata.sample_stats else None)}
+    idata.attrs["deployment_spread"] = json.dumps(meta | (info or {}))
+    return idata
+
+
 def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = None, seed: int = 0,
-                      new_run: bool = True) -> CoefDraws:
+                      new_run: bool = True, deployment: str | None = None) -> CoefDraws:
     """Posterior draws of the coefficients of group (hardware, model_class).
 
     A hardware or model class not in the fit (or a class never observed on that hardware) gets
     its deviations drawn from the fitted population distribution, ``N(0, sigma_level)`` on the log
     scale per draw, so its intervals are wider; those levels are listed in ``new_levels``.
+
+    ``deployment`` (:func:`bayeslat.features.deployment_key` of the configuration): a deployment
+    of the fit gets its fitted factors; any other key is a new deployment whose factors are drawn
+    from ``N(0, sigma_dep)`` / ``N(0, sigma_alpha_dep)`` (``new_deployment``), which is what a
+    prediction for a configuration never run must carry. None: the group's coefficients (the
+    geometric mean over its deployments; what ``export`` writes).
     """
     post = idata.posterior
     hw_levels = [str(v) for v in post.coords["hardware"].values]
@@ -697,6 +853,20 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     # else (D, R, F): regime deviations shared by all groups, seen or not
     beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr)
     alpha = alpha_pop * np.exp(ah + ac)
+    new_dep = False
+    if deployment is not None:
+        keys = [str(v) for v in post.coords["deployment"].values] if "deployment" in post.coords else []
+        if deployment in keys or deployment in attr_json(idata, "deployments", []):
+            if "dev_dep" in post and deployment in keys:
+                j = keys.index(deployment)
+                beta = beta * np.exp(_flat(post, "dev_dep")[sel][:, j])[:, None, None]
+                alpha = alpha * np.exp(_flat(post, "dev_alpha_dep")[sel][:, j])[:, None]
+        else:
+            sig = deployment_spread_draws(idata, Dn, rng)
+            if sig is not None:
+                new_dep = True
+                beta = beta * np.exp(sig[0] * rng.standard_normal(Dn))[:, None, None]
+                alpha = alpha * np.exp(sig[1] * rng.standard_normal(Dn))[:, None]
     if new_run and "sigma_run" in post:
         # a new run of the group: its run-level factor is drawn from N(0, sigma_run) per draw
         # (new_run=False: the population-average coefficients)
@@ -709,16 +879,24 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         nu = np.repeat(nu[:, None], s_rel.shape[1], axis=1)
     return CoefDraws(beta=beta, alpha=alpha, sigma_rel=s_rel[:, 0], new_levels=new,
                      s_abs=_flat(post, "s_abs")[sel], s_rel=s_rel, nu=nu, draw_index=sel,
-                     s_sys=_flat(post, "s_sys")[sel] if "s_sys" in post else np.zeros_like(s_rel))
+                     s_sys=_pad_kinds(_flat(post, "s_sys")[sel], s_rel.shape[1]) if "s_sys" in post else np.zeros_like(s_rel),
+                     new_deployment=new_dep)
 
 
 def _group_draws(idata, obs, n, seed):
+    """{(hw, cls, deployment): CoefDraws} for the groups of an ObsTable's rows (fitted deployments
+    get their factors; others a new draw)."""
     d = check_obs(obs)
     groups = {}
-    for hw_i, cls_i in set(zip(d["hw"].tolist(), d["cls"].tolist())):
-        groups[(hw_i, cls_i)] = coefficient_draws(idata, d["hardware_levels"][hw_i], d["class_levels"][cls_i], n=n,
-                                                  seed=seed, new_run=False)
+    for hw_i, cls_i, dep in sorted(set(zip(d["hw"].tolist(), d["cls"].tolist(), d["deployment"].tolist()))):
+        groups[(hw_i, cls_i, dep)] = coefficient_draws(idata, d["hardware_levels"][hw_i], d["class_levels"][cls_i], n=n,
+                                                       seed=seed, new_run=False, deployment=dep)
     return d, groups
+
+
+def _group_mask(d, key):
+    h, c, dep = key
+    return (d["hw"] == h) & (d["cls"] == c) & (d["deployment"] == dep)
 
 
 def _run_factors(idata, d, cd, seed):
@@ -746,8 +924,8 @@ def predict_mean(idata, obs, n: int | None = None, seed: int = 0) -> np.ndarray:
     d, groups = _group_draws(idata, obs, n, seed)
     D = next(iter(groups.values())).beta.shape[0]
     mu = np.empty((D, len(d["y"])))
-    for (h, c), cd in groups.items():
-        m = (d["hw"] == h) & (d["cls"] == c)
+    for key, cd in groups.items():
+        m = _group_mask(d, key)
         mu[:, m] = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
             * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed)
     return mu
@@ -759,8 +937,8 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.
     rng = np.random.default_rng(seed + 1)
     D = next(iter(groups.values())).beta.shape[0]
     out = np.empty((D, len(d["y"])))
-    for (h, c), cd in groups.items():
-        m = (d["hw"] == h) & (d["cls"] == c)
+    for key, cd in groups.items():
+        m = _group_mask(d, key)
         mu = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
             * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed)
         k = d["kind"][m]

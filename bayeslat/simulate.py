@@ -795,7 +795,7 @@ def _resolve_rel(value, base: Path):
     return p if p.exists() else value
 
 
-def load_spec(path) -> dict:
+def load_spec(path, require_workload: bool = True) -> dict:
     """Read and validate a predict SPEC.yaml; returns {model, hardware, server (ServerConfig),
     workload (Workload), ctx, kv_blocks, cpu_kv_blocks, spec_path}."""
     import yaml
@@ -813,7 +813,7 @@ def load_spec(path) -> dict:
         raise SpecError(f"invalid YAML: {e}", file=str(path), line=(mark.line + 1) if mark else None) from None
     if not isinstance(spec, dict):
         raise SpecError("SPEC must be a mapping with model, hardware, server, workload", file=str(path))
-    for k in ("model", "hardware", "workload"):
+    for k in ("model", "hardware", "workload") if require_workload else ("model", "hardware"):
         if k not in spec:
             raise SpecError("missing key (need model, hardware, server, workload)", file=str(path), field=k)
     base = path.parent
@@ -827,7 +827,10 @@ def load_spec(path) -> dict:
     ctx = F.feature_context(model, hw, server)
     kvb = S.kv_blocks(model, hw, server)
     cpub = S.cpu_kv_blocks(model, server)
-    wl = spec["workload"]
+    wl = spec.get("workload")
+    if wl is None:  # only when not require_workload (check / update: the probe is the workload)
+        return {"model": model, "hardware": hw, "server": server, "workload": None, "ctx": ctx,
+                "kv_blocks": kvb, "cpu_kv_blocks": cpub, "spec_path": str(path)}
     if not isinstance(wl, dict):
         raise SpecError("workload must be a mapping with `requests:` or `inference_perf:`", file=str(path), field="workload")
     seed = int(wl.get("seed", 0))
@@ -870,7 +873,7 @@ def cli_predict(args) -> int:
     spec = load_spec(args.spec)
     idata = M.load_or_default(args.model)
     draws = M.coefficient_draws(idata, spec["hardware"].name, spec["model"].model_class, n=int(args.draws),
-                                seed=int(args.seed))
+                                seed=int(args.seed), deployment=F.deployment_key(spec["ctx"], spec["hardware"].name))
     srv = sim_server(spec["server"], spec["kv_blocks"], spec["cpu_kv_blocks"])
     res = posterior_predictive(spec["workload"], spec["ctx"], srv, draws, n_draws=None, seed=int(args.seed))
     out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in METRICS}

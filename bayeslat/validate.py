@@ -115,7 +115,10 @@ def predict_case(case: dict, idata, draws: int, seed: int) -> dict:
     from bayeslat import model, simulate
 
     dep = case["deployment"]
-    cd = model.coefficient_draws(idata, dep.hardware, dep.model_class, n=draws, seed=seed)
+    from bayeslat.features import deployment_key
+
+    cd = model.coefficient_draws(idata, dep.hardware, dep.model_class, n=draws, seed=seed,
+                                 deployment=deployment_key(dep.ctx, dep.hardware))
     return simulate.posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
 
 
@@ -175,9 +178,44 @@ def _cv_groups(cases, mode):
     return groups
 
 
+def cv_fit_path(fit_dir, exclude_runs) -> str:
+    """Cache file of the refit without ``exclude_runs``: one per held-out set, whichever suite
+    asks (leave-one-TP-out of a TP used by one model is that model's leave-one-model-out)."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(sorted(exclude_runs)).encode()).hexdigest()[:10]
+    return f"{fit_dir}/heldout-{h}.nc"
+
+
+def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_kwargs: dict | None = None,
+           path=None, log=None):
+    """Refit without ``exclude_runs`` (rows of ``full``, an ObsTable of the bundled runs): the
+    held-out levels are dropped (a held-out model class is then new), ``n_per_run_kind`` rows per
+    (run, kind) as the default fit. ``path``: netCDF cache (read if present, else written), so
+    that the cross-validation suites and ``benchmarks/transfer_eval.py`` share their refits."""
+    from pathlib import Path
+
+    from bayeslat import design, model
+
+    if path is not None and Path(path).exists():
+        return model.load(path)
+    obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude_runs))))
+    obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
+    t0 = time.time()
+    idata = model.fit(obs, seed=20261122 + seed, progressbar=False, **(fit_kwargs or {}),
+                      attrs={"held_out_runs": sorted(exclude_runs)})
+    (log or (lambda *a: None))(f"refit on {len(obs.y)} rows in {time.time() - t0:.0f} s")
+    if path is not None:
+        model.save(idata, path)
+    return idata
+
+
 def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed: int = 0,
-             fit_kwargs: dict | None = None, n_per_run_kind: int = 40, log=None) -> tuple[pd.DataFrame, dict]:
-    """Predict every run of ``suite`` and compare. Returns (per-run table, summary)."""
+             fit_kwargs: dict | None = None, n_per_run_kind: int = 40, log=None,
+             fit_dir=None) -> tuple[pd.DataFrame, dict]:
+    """Predict every run of ``suite`` and compare. Returns (per-run table, summary).
+
+    ``fit_dir``: where the cross-validation refits are cached (:func:`cv_fit_path`)."""
     from bayeslat import model
 
     log = log or (lambda *a: None)
@@ -188,12 +226,10 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
         cases = _replay_cases(runs)
         full = design.bundled_obs(seed=seed)  # reconstruct once; each fold is a subset
         for held, group in _cv_groups(cases, suite).items():
-            t0 = time.time()
             exclude = {c["run"] for c in group}
-            obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude))))
-            obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
-            fit_idata = model.fit(obs, seed=20261122 + seed, progressbar=False, **(fit_kwargs or {}))
-            log(f"[{suite}] held out {held}: refit on {len(obs.y)} rows in {time.time() - t0:.0f} s")
+            path = None if fit_dir is None else cv_fit_path(fit_dir, exclude)
+            fit_idata = cv_fit(full, exclude, seed=seed, n_per_run_kind=n_per_run_kind, fit_kwargs=fit_kwargs,
+                               path=path, log=lambda m: log(f"[{suite}] held out {held}: {m}"))
             for c in group:
                 rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
     else:

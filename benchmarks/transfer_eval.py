@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from bayeslat import datasets, design, transfer, validate
-from bayeslat import model as M
 
 ERR_THRESHOLD = 15.0
 
@@ -57,10 +56,16 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="*", default=None)
     ap.add_argument("--probe-n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-draws", type=int, default=1000, help="NUTS draws of the fold refits and probe updates")
+    ap.add_argument("--fit-tune", type=int, default=500)
+    ap.add_argument("--pred-draws", type=int, default=20, help="posterior draws simulated per held-out run")
+    ap.add_argument("--fit-dir", default=None, help="cache of the fold refits (validate.cv_fit_path), shared with "
+                                                   "benchmarks/validate_accuracy.py --fit-dir")
     a = ap.parse_args(argv)
     q = a.quick
-    cfg = dict(n_per_run_kind=25 if q else 60, draws=80 if q else 200, tune=100 if q else 200, chains=1 if q else 2,
-               pred_draws=6 if q else 12, max_requests=1500 if q else None, probe_folds=2 if q else None)
+    cfg = dict(n_per_run_kind=25 if q else 40, draws=80 if q else a.fit_draws, tune=100 if q else a.fit_tune,
+               chains=1 if q else 2, pred_draws=6 if q else a.pred_draws, max_requests=1500 if q else None,
+               probe_folds=2 if q else None, fit_dir=a.fit_dir)
     modes = a.modes or (["lomo"] if q else ["lomo", "lotp", "lowo"])
     t_start = time.time()
     cases = validate._replay_cases(None)
@@ -71,16 +76,18 @@ def main(argv=None) -> int:
             reqs = datasets.requests(c["run"]).iloc[:cfg["max_requests"]]
             ok = ~reqs.has_error
             c["observed"] = dict(c["observed"], ttft_mean=float(reqs.ttft_ms[ok].mean()), e2e_mean=float(reqs.e2e_ms[ok].mean()))
-    full = design.bundled_obs(seed=a.seed, n_per_run_kind=cfg["n_per_run_kind"], step_rows=False)
+    full = design.bundled_obs(seed=a.seed)  # as the default fit: step rows too; subsampled per fold (cv_fit)
     print(f"bundled obs: {len(full.y)} rows ({time.time() - t_start:.0f} s)", file=sys.stderr)
-    rows, probes = [], []
+    rows, probes, probed = [], [], set()
     report = {"config": cfg | {"modes": modes, "quick": q, "err_threshold_pct": ERR_THRESHOLD}}
     for fi, (mode, held, group) in enumerate(folds(cases, modes)):
         t0 = time.time()
         excl = {c["run"] for c in group}
-        obs = validate.drop_unused_levels(full.subset(np.flatnonzero(~np.isin(full.run, list(excl)))))
-        idata = M.fit(obs, draws=cfg["draws"], tune=cfg["tune"], chains=cfg["chains"], seed=a.seed, progressbar=False)
-        print(f"[{mode}] held out {held}: fit {len(obs.y)} rows in {time.time() - t0:.0f} s", file=sys.stderr)
+        idata = validate.cv_fit(full, excl, seed=a.seed, n_per_run_kind=cfg["n_per_run_kind"],
+                                fit_kwargs={k: cfg[k] for k in ("draws", "tune", "chains")},
+                                path=None if a.fit_dir is None else validate.cv_fit_path(a.fit_dir, excl))
+        print(f"[{mode}] held out {held}: fit ({idata.attrs['n_obs']} rows, sampler {idata.attrs['sampler']}) "
+              f"in {time.time() - t0:.0f} s", file=sys.stderr)
         for c in group:
             spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
             rep = transfer.check(spec, idata, draws=cfg["pred_draws"], seed=a.seed)
@@ -96,8 +103,10 @@ def main(argv=None) -> int:
                   f"TTFT err {row['ttft_err_pct']:+.1f}%", file=sys.stderr)
             if cfg["probe_folds"] is not None and fi >= cfg["probe_folds"]:
                 continue
-            if c is not group[0]:
-                continue  # one probe per fold (each update is a refit)
+            if c is not group[0] or c["run"] in probed:
+                continue  # one probe per fold (each update is a refit); a fold equal to another (TP1 = the
+                # only TP1 model) is not probed twice
+            probed.add(c["run"])
             t1 = time.time()
             pobs, infos = transfer.probe_obs(spec, [f"bundled:{c['run']}:{a.probe_n}"])
             sc = transfer.score_probe(spec, idata, [f"bundled:{c['run']}:{a.probe_n}"])

@@ -28,13 +28,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n-per-run-kind", type=int, default=40, help="rows per run and kind in CV refits")
     ap.add_argument("--runs", nargs="*", default=None)
     ap.add_argument("--out", default="benchmarks/out/accuracy.json")
+    ap.add_argument("--fit-dir", default=None, help="cache of the cross-validation refits (validate.cv_fit_path)")
     args = ap.parse_args(argv)
     report = {}
     for suite in args.suites:
         t0 = time.time()
         fit_kwargs = {k: v for k, v in (("tune", args.tune), ("draws", args.fit_draws)) if v is not None}
         df, summary = validate.validate(suite, draws=args.draws, runs=args.runs, fit_kwargs=fit_kwargs,
-                                        n_per_run_kind=args.n_per_run_kind,
+                                        n_per_run_kind=args.n_per_run_kind, fit_dir=args.fit_dir,
                                         log=lambda *a: print(*a, file=sys.stderr, flush=True))
         print(f"\n== {suite} ({time.time() - t0:.0f} s) ==")
         print(validate.format_table(df))

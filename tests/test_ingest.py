@@ -236,6 +236,33 @@ def test_step_fast_path_matches_general_path(tmp_path):
     assert a.report.skipped.keys() == b.report.skipped.keys()
 
 
+@pytest.mark.parametrize("value", ["1e3", "true", "false", "-5", " 7", "1_000", "007", "+5", "-0", "null", "[1]", "1,2", "",
+                                   "abc", "1.5", "9223372036854775807", 7, None, True, 1.5,
+                                   "9223372036854775808", "-9223372036854775809", "18446744073709551615",
+                                   "99999999999999999999", 10**20])
+def test_step_fast_paths_exact_for_odd_integers(tmp_path, monkeypatch, value):
+    # one odd intValue in a summary and in a snapshot: the fast paths (whole span, event by
+    # event) give the general path's rows and report, whatever the value
+    from bayeslat.ingest import otlp
+    d = json.loads((TR / "steps.jsonl").read_text().splitlines()[0])
+    events = d["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["events"]
+    lines = [json.dumps(d)]
+    for ev, key in ((events[0], "batch.prefill_tokens"), (events[1], "request.num_output_tokens"), (events[2], "step.ts_end_ns")):
+        for a in ev["attributes"]:
+            if a["key"] == key:
+                old, a["value"] = a["value"], {"intValue": value}
+                lines.append(json.dumps(d))
+                a["value"] = old
+    p = tmp_path / "steps.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    fast = ingest([p])
+    monkeypatch.setattr(otlp, "_plan", lambda en, keys: False)  # no fast path: every event the general way
+    general = ingest([p])
+    for name in ("steps", "step_requests"):
+        pd.testing.assert_frame_equal(fast[name], general[name])
+    assert fast.report.to_dict() == general.report.to_dict()
+
+
 def test_stdlib_json_fallback_same_result(monkeypatch, res):
     from bayeslat.ingest import _io, otlp
     monkeypatch.setattr(_io, "_fast_loads", None)
@@ -301,3 +328,173 @@ def test_worker_processes_same_tables_and_report(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(a[name], b[name])
     assert a.report.to_dict() == b.report.to_dict()
     assert a.report.skipped.keys() >= {"invalid_json", "missing_attribute", "unknown_event"}
+
+
+# -- values out of the int64 range / of the wrong type: reported, never a crash -------------------
+BIG = "99999999999999999999"  # > int64 and > uint64 (orjson rejects it)
+
+
+def _with_value(line: str, event: int | None, key: str, value: dict) -> str:
+    """``line`` (an OTLP JSON line of the fixtures) with the value of attribute ``key`` of event
+    number ``event`` of its first span (``None``: of the span itself) replaced by ``value``."""
+    d = json.loads(line)
+    sp = d["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    lst = sp["attributes"] if event is None else sp["events"][event]["attributes"]
+    [a] = [a for a in lst if a["key"] == key]
+    a["value"] = value
+    return json.dumps(d)
+
+
+def _bad_values_trace(tmp_path):
+    steps = (TR / "steps.jsonl").read_text().splitlines()[0]  # events: sum 20, snap 20, sum 21, snap 21, sum 23
+    api, core = (TR / "journey.jsonl").read_text().splitlines()[:2]
+    lines = [steps,
+             _with_value(steps, 0, "batch.prefill_tokens", {"intValue": BIG}),
+             _with_value(steps, 2, "batch.decode_tokens", {"doubleValue": 1e20}),            # in an integer column
+             _with_value(steps, 1, "request.phase", {"intValue": "3"}),
+             _with_value(steps, 3, "request.phase", {"boolValue": True}),
+             _with_value(steps, 4, "step.ts_end_ns", {"intValue": "9223372036854775808"}),   # int64 max + 1
+             _with_value(steps, 1, "request.num_output_tokens", {"intValue": "-9223372036854775809"}),
+             _with_value(steps, 2, "kv.usage_gpu_ratio", {"stringValue": "0.5"}),               # not a number
+             _with_value(api, 0, "event.ts.monotonic", {"doubleValue": 1e20}),               # s -> ns beyond int64
+             _with_value(core, 0, "ts.monotonic_ns", {"intValue": BIG}),
+             steps]
+    p = tmp_path / "bad_values.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_out_of_range_and_mistyped_values_reported_not_fatal(tmp_path, monkeypatch):
+    """An integer outside int64 (intValue, or an integral doubleValue in an integer column) and a
+    non-string request.phase (or a non-numeric ratio) skip their event as a bad value of that field (file, line, field);
+    the records around them are kept. The fast paths (bulk span, event by event), the general
+    path and worker processes give the same tables and report."""
+    from bayeslat.ingest import otlp
+
+    p = _bad_values_trace(tmp_path)
+    fast = ingest([p])
+    rep = fast.report
+    assert rep.skipped.keys() == {"bad_value"} and rep.skipped["bad_value"]["count"] == 9
+    assert rep.skipped["bad_value"]["examples"] == [
+        f"{p}:2: batch.prefill_tokens: bad_value: attribute batch.prefill_tokens='{BIG}' is outside the int64 range",
+        f"{p}:3: batch.decode_tokens: bad_value: attribute batch.decode_tokens=1e+20 is outside the int64 range",
+        f"{p}:4: request.phase: bad_value: attribute request.phase=3 is not a string",
+        f"{p}:5: request.phase: bad_value: attribute request.phase=True is not a string",
+        f"{p}:6: step.ts_end_ns: bad_value: attribute step.ts_end_ns='9223372036854775808' is outside the int64 range"]
+    recs = rep.to_dict()["files"][str(p)]["records"]
+    assert recs["step.BATCH_SUMMARY"] == {"kept": 9 * 3 - 4, "skipped": 4}
+    assert recs["step.REQUEST_SNAPSHOT"] == {"kept": 9 * 2 - 3, "skipped": 3}
+    assert recs["api.ARRIVED"] == {"kept": 0, "skipped": 1} and recs["journey.QUEUED"] == {"kept": 0, "skipped": 1}
+    assert len(fast["steps"]) == 23 and len(fast["step_requests"]) == 15
+    assert list(fast["steps"]["step.id"][:3]) == [20, 21, 23] and list(fast["steps"]["step.id"][-3:]) == [20, 21, 23]
+    q = fast["requests"]  # the journey request is kept, joined, without the two bad times
+    assert list(q.request_id) == ["reqA"] and pd.isna(q.arrival_ns.iloc[0]) and pd.isna(q.queued_ns.iloc[0])
+    assert q.departed_ns.iloc[0] == S0 + 1_000_000_000 and q.first_scheduled_ns.iloc[0] == S0 + 3_000_000
+    runs = {"fast": fast}
+    if otlp.n_workers(p, 2) == 2:
+        monkeypatch.setattr(otlp, "BLOCK_BYTES", 4096)  # a block per line
+        runs["workers"] = ingest([p], workers=2)
+    monkeypatch.setattr(otlp, "_plan", lambda en, keys: False)  # no fast path: every event the general way
+    runs["general"] = ingest([p], workers=0)
+    for k, r in runs.items():
+        for name in tables.TABLES:
+            pd.testing.assert_frame_equal(r[name], fast[name], obj=f"{k} {name}")
+        assert r.report.to_dict() == rep.to_dict(), k
+
+
+UPSTREAM = SHARED / "otel" / "upstream_vllm_llm_request_span_real.json"
+
+
+@pytest.mark.parametrize("source, field", [("api", "gen_ai.usage.prompt_tokens"), ("upstream", "startTimeUnixNano")])
+def test_out_of_range_span_values_reported(tmp_path, source, field):
+    # a span-level integer beyond int64: the span is skipped as a bad value of that field
+    if source == "api":
+        text = _with_value((TR / "journey.jsonl").read_text().splitlines()[0], None, field, {"intValue": BIG})
+    else:
+        if not UPSTREAM.exists():
+            pytest.skip("shared data not present")
+        d = json.loads(UPSTREAM.read_text())
+        d["resourceSpans"][0]["scopeSpans"][0]["spans"][0][field] = BIG
+        text = json.dumps(d)
+    p = tmp_path / "t.jsonl"
+    p.write_text(text + "\n")
+    r = ingest([p])
+    assert r.report.skipped.keys() == {"bad_value"}
+    assert r.report.skipped["bad_value"]["examples"] == [
+        f"{p}:1: {field}: bad_value: {'attribute ' if source == 'api' else ''}{field}='{BIG}' is outside the int64 range"]
+    assert len(r["requests"]) == 0
+
+
+_WORKER_SCRIPT = r'''
+import json, multiprocessing, os, sys
+from pathlib import Path
+from bayeslat.ingest import ingest, otlp, tables
+
+p = Path(sys.argv[1])
+otlp.BLOCK_BYTES = 4096  # a block per line: many blocks in flight
+ref = ingest([p], workers=0)
+
+# a worker that raises on a block, one that dies: their blocks are parsed in-process, same result
+real = otlp._work_block
+def flaky(raws):
+    if any(b"scheduler_steps_boom" in r for r in raws):
+        raise RuntimeError("boom in a worker")
+    if any(b"scheduler_steps_die" in r for r in raws):
+        os._exit(3)
+    return real(raws)
+otlp._work_block = flaky
+r = ingest([p], workers=2)
+for name in tables.TABLES:
+    assert r[name].equals(ref[name]), name
+d, e = r.report.to_dict(), ref.report.to_dict()
+assert d["files"] == e["files"] and d["skipped"] == e["skipped"]
+notes = "\n".join(r.report.notes)
+assert "boom in a worker" in notes and "exit code 3" in notes, notes
+assert not multiprocessing.active_children()
+print("OK worker failures", flush=True)
+
+# an exception escaping parse_file while the workers run: it surfaces at once, workers reaped
+otlp._work_block = real
+orig, calls = otlp.OtlpState._bulk_commit, [0]
+def failing(self, *a):
+    calls[0] += 1
+    if calls[0] == 3:
+        raise RuntimeError("commit failed")
+    return orig(self, *a)
+otlp.OtlpState._bulk_commit = failing
+try:
+    ingest([p], workers=2)
+    raise AssertionError("no exception")
+except RuntimeError as e:
+    assert "commit failed" in str(e)
+assert not multiprocessing.active_children()
+print("OK escaping exception", flush=True)
+calls[0] = 0
+ingest([p], workers=2)  # uncaught: the interpreter exits with it (and must not hang)
+'''
+
+
+def test_worker_failures_surface_without_hanging(tmp_path):
+    """With 2 worker processes forced on: a worker raising on a block or dying leaves the result
+    unchanged (the block is parsed in-process, noted in the report); an exception escaping the
+    parse surfaces at once, the workers are ended, and the interpreter exits. Run in a subprocess
+    with a timeout so that a hang fails the test."""
+    import subprocess
+    import sys
+    from bayeslat.ingest import otlp
+
+    if otlp.n_workers(TR / "steps.jsonl", 2) != 2:
+        pytest.skip("workers need orjson and fork")
+    steps = (TR / "steps.jsonl").read_text().splitlines()[0]
+    boom, die = (steps.replace('"scheduler_steps_0"', f'"scheduler_steps_{s}"') for s in ("boom", "die"))
+    bad = _with_value(steps, 0, "batch.prefill_tokens", {"intValue": BIG})
+    journey = (TR / "journey.jsonl").read_text().splitlines()[:2]
+    p = tmp_path / "w.jsonl"
+    p.write_text("\n".join([steps] * 10 + [boom] + [steps] * 5 + journey + [bad, die] + [steps] * 10) + "\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, str(p)], capture_output=True, text=True, timeout=180,
+                             cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"ingest with workers hung: {e.stdout!r} {e.stderr!r}")
+    assert out.stdout.split("\n")[:2] == ["OK worker failures", "OK escaping exception"], out.stderr
+    assert out.returncode == 1 and out.stderr.rstrip().endswith("RuntimeError: commit failed"), out.stderr

@@ -50,6 +50,59 @@ def test_model_structure_named_dims():
     assert np.isfinite(m.compile_logp()(m.initial_point()))
 
 
+def test_deployment_level_is_zero_sum_within_group():
+    """Three deployments of one group: two free coordinates, the factors sum to zero; a group with
+    one deployment has no factor but keeps sigma_dep (a new deployment is drawn with it)."""
+    from dataclasses import replace
+
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 60, ("H100 SXM", "moe"): 30})
+    run = np.where(obs.cls == 1, "moe-run", np.array(["a", "b", "c", "d"])[np.arange(len(obs.y)) % 4])
+    deps = {"a": "dep-a", "b": "dep-b", "c": "dep-c", "d": "dep-a", "moe-run": "dep-moe"}
+    obs = replace(obs, run=run, meta={"deployments": deps})
+    assert M.check_obs(obs)["deployment"].tolist() == [deps[r] for r in run]
+    assert "u_dev_dep" not in M.build_model(obs).named_vars  # default "spread": not in the likelihood
+    fit_level = {"deployment_level": "fit"}
+    m = M.build_model(obs, priors=fit_level)
+    assert list(m.coords["deployment"]) == ["dep-a", "dep-b", "dep-c", "dep-moe"]
+    assert m["u_dev_dep"].type.shape == (2,) and "sigma_dep" in m.named_vars
+    draw = m.compile_fn(m["dev_dep"], inputs=m.value_vars, on_unused_input="ignore")
+    pt = m.initial_point()
+    pt = {k: (v + np.random.default_rng(0).normal(size=np.shape(v))) for k, v in pt.items()}
+    dev = draw(pt)
+    assert abs(dev[:3].sum()) < 1e-9 and dev[3] == 0.0 and np.abs(dev[:3]).max() > 0
+    single = M.build_model(replace(obs, meta={}), priors=fit_level)  # every run its own deployment: 4 dense + 1 moe
+    assert single["u_dev_dep"].type.shape == (3,)
+    one = M.build_model(replace(obs, meta={"deployments": {r: "dense" if len(r) == 1 else "moe" for r in deps}}),
+                        priors=fit_level)
+    assert "u_dev_dep" not in one.named_vars and "sigma_dep" in one.named_vars
+
+
+@pytest.mark.slow
+def test_deployment_spread_is_attached_and_used(tmp_path):
+    """Default "spread" mode: the coefficients are fit without deployment factors, a second short
+    fit with them supplies sigma_dep; a new deployment draws its factor with it, a trained one not."""
+    from dataclasses import replace
+
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 120})
+    run = np.array(["a", "b", "c"])[np.arange(len(obs.y)) % 3]
+    obs = replace(obs, run=run, meta={"deployments": {"a": "A", "b": "B", "c": "C"}})
+    idata = M.fit(obs, draws=60, tune=60, chains=1, progressbar=False, spread_draws=60)
+    assert "sigma_dep" not in idata.posterior and "deployment_spread" in idata.groups()
+    assert json.loads(idata.attrs["deployment_spread"])["sampler"]["draws"] == 60
+    back = M.load(M.save(idata, tmp_path / "spread.nc"))
+    assert "deployment_spread" in back.groups()
+    seen = M.coefficient_draws(back, "H100 SXM", "dense", n=400, seed=2, deployment="A")
+    new = M.coefficient_draws(back, "H100 SXM", "dense", n=400, seed=2, deployment="Z")
+    assert not seen.new_deployment and new.new_deployment
+    f = F.B["weight_load"]
+    spread = np.log(new.beta[:, 0, f]).std() ** 2 - np.log(seen.beta[:, 0, f]).std() ** 2
+    sig = back["deployment_spread"]["sigma_dep"].values.ravel()
+    assert spread == pytest.approx(np.mean(sig ** 2), rel=0.5)
+    off = M.fit(obs, draws=30, tune=30, chains=1, progressbar=False, priors={"deployment_level": "off"})
+    assert "deployment_spread" not in off.groups()
+    assert not M.coefficient_draws(off, "H100 SXM", "dense", n=50, deployment="Z").new_deployment
+
+
 def test_diagnose_flags_bad_rhat_and_divergences():
     obs, truth = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 40})
     good = fake_idata(obs, truth, chains=4, draws=500, seed=0)

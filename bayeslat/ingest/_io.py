@@ -17,6 +17,7 @@ from .report import IngestReport
 
 GZIP_MAGIC = b"\x1f\x8b"
 DOC_MODE_MAX_BYTES = 256 << 20  # a pretty-printed (multi-line) JSON document is read whole up to this size
+READ_BUFFER = 1 << 20  # bytes of read buffer of open_binary
 _std_loads = json.loads
 try:  # optional accelerator; same results (see the module docstring)
     from orjson import loads as _fast_loads
@@ -37,11 +38,13 @@ def _loads(raw):
 
 def open_binary(path: str | Path) -> io.BufferedIOBase:
     """Open ``path`` for binary reading, transparently gunzipping when it starts with the gzip
-    magic bytes (whatever its name)."""
-    f = open(path, "rb")
+    magic bytes (whatever its name). The buffer is :data:`READ_BUFFER` bytes: trace lines are
+    often longer than the default 8 KiB, and a line longer than the buffer is read in pieces and
+    joined (5x slower line iteration)."""
+    f = open(path, "rb", buffering=READ_BUFFER)
     head = f.peek(2)[:2] if hasattr(f, "peek") else b""
     if head == GZIP_MAGIC:
-        return io.BufferedReader(gzip.GzipFile(fileobj=f, mode="rb"), buffer_size=1 << 20)
+        return io.BufferedReader(gzip.GzipFile(fileobj=f, mode="rb"), buffer_size=READ_BUFFER)
     return f
 
 

@@ -48,6 +48,12 @@ Timestamps: an event whose time is negative is skipped (``negative_timestamp``);
 than the previous kept event of the same span is skipped (``reversed_timestamp``); a step whose
 ``ts_end_ns < ts_start_ns`` likewise.
 
+Values: an integer attribute outside the int64 range of the tables (an ``intValue``, or an
+integral ``doubleValue`` in an integer column), a time that is not a finite number of ns in that
+range, a non-string ``request.phase`` or a non-numeric ``kv.usage_gpu_ratio`` /
+``gen_ai.latency.*`` is a ``bad_value`` of that field (file, line, field): the event (the span,
+for a span attribute) is skipped like one with any other invalid value, the records around it kept.
+
 ``steps.cycle_time_us`` is the true step time: next start - this start where ``step.id + 1`` of
 the same file was sampled (the computation is done per file, after the file is read: the step
 rows of a file are buffered in a temporary Arrow IPC file/Arrow chunks, then re-emitted with the
@@ -68,15 +74,21 @@ the same rows and report counts. On large files with >= 3 usable CPUs, worker pr
 (:func:`n_workers`) parse the lines that hold only step spans and run the bulk path on them
 (:func:`_work_line`); the main process reads the file, keeps the order, handles every other
 line (journey spans, bad lines, spans the bulk path does not take) exactly as without workers,
-and writes the tables: the same tables and report either way.
+and writes the tables: the same tables and report either way. A worker that raises on a block
+or dies costs only speed: the main process parses that block's lines itself (noted in the
+report); an exception in the main process ends the workers at once (:class:`_Workers`).
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import traceback
 from array import array
 from collections import deque
-from itertools import chain, compress
+from itertools import chain, compress, islice
 from operator import ge, itemgetter
 from pathlib import Path
 
@@ -93,6 +105,10 @@ IDLE_LINES = 50_000  # a journey span without its partner is written unjoined af
 API_EVENTS = {"api.ARRIVED": "arrival", "api.HANDOFF_TO_CORE": "handoff", "api.FIRST_RESPONSE": "first_response",
               "api.DEPARTED": "departed", "api.ABORTED": "aborted_at"}
 CORE_EVENTS = ("journey.QUEUED", "journey.SCHEDULED", "journey.FIRST_TOKEN", "journey.PREEMPTED", "journey.FINISHED")
+# integer attributes of a request_events row (after the kind and time; phase goes after the first)
+_ROW_INTS = ("scheduler.step", "prefill.done_tokens", "prefill.total_tokens", "decode.done_tokens", "decode.max_tokens",
+             "num_preemptions")
+_INT_OR_NONE = {int, type(None)}
 STEP_ATTRS = [c for c, *_ in T._STEP_ATTRS]
 SNAP_ATTRS = ["request.phase", "request.num_prompt_tokens", "request.num_computed_tokens", "request.num_output_tokens",
               "request.num_preemptions", "request.scheduled_tokens_this_step", "kv.blocks_allocated_gpu",
@@ -115,21 +131,28 @@ class _Slow(Exception):
 _KEY, _VALUE, _INT = itemgetter("key"), itemgetter("value"), itemgetter("intValue")
 _NAME, _ATTRS, _DOUBLE, _STRV = itemgetter("name"), itemgetter("attributes"), itemgetter("doubleValue"), itemgetter("stringValue")
 _SUM, _SNAP = "step.BATCH_SUMMARY", "step.REQUEST_SNAPSHOT"
-_INT_TYPES = {int}
 
 
-def _ints(strs: list) -> list:
-    """``[int(s) for s in strs]`` for ``intValue`` strings, parsed in one C call: the strings
-    joined as a JSON array and read by orjson. Exact: the result is used only when it has one
-    element per string and every element is an int, i.e. when every string is a JSON integer
-    literal (whose value int() gives too); anything else raises (the caller then takes the
-    general path). Without orjson: plain ``int``."""
+def _int_array(strs: list) -> array:
+    """``array("q", [int(s) for s in strs])`` for ``intValue`` strings, parsed in one C call: the
+    strings joined as a JSON array and read by orjson. Exact: the result is used only when it has
+    one element per string and ``array("q")`` takes every element, i.e. when every string is a
+    JSON integer literal in the int64 range (whose value int() gives too): ``array("q")`` rejects
+    floats, strings, lists, dicts and None itself, and bools (which it would take as 0/1) are
+    excluded beforehand (``true``/``false`` contain an ``e``, which no integer literal does);
+    anything else raises (the caller then takes the general path). Without orjson: plain
+    ``int``."""
     if _fast_loads is None:
-        return list(map(int, strs))
-    res = _fast_loads("[" + ",".join(strs) + "]")
-    if len(res) != len(strs) or set(map(type, res)) != _INT_TYPES:
+        return array("q", map(int, strs))
+    js = "[" + ",".join(strs) + "]"
+    if "e" in js:
         raise _Slow
-    return res
+    res = _fast_loads(js)
+    if len(res) != len(strs):
+        raise _Slow
+    return array("q", res)
+
+
 _STR_OR_NONE = {str, type(None)}
 
 
@@ -170,17 +193,17 @@ class _Plan:
             self._rep = (n, self.keys * n)
         return self._rep[1]
 
-    def int_strings(self, vals: list) -> list:
-        """The ``intValue`` strings of the integer columns, row by row, from the flat value
-        dicts of n events (``vals``, consumed); raises unless each is an ``intValue``."""
+    def int_strings(self, flat: list) -> list:
+        """The ``intValue`` strings of the integer columns, row by row, from the flat attribute
+        dicts of n events (``flat``, consumed); raises unless each is an ``intValue``."""
         if self.drop is None:
-            groups = zip(*[iter(vals)] * self.width)
-            return list(map(_INT, chain.from_iterable(map(self.ints, groups))))
+            groups = zip(*[iter(flat)] * self.width)
+            return list(map(_INT, map(_VALUE, chain.from_iterable(map(self.ints, groups)))))
         w = self.width
         for q in self.drop:
-            del vals[q::w]
+            del flat[q::w]
             w -= 1
-        return list(map(_INT, vals))
+        return list(map(_INT, map(_VALUE, flat)))
 
 
 def _plan(en: str, keys: tuple):
@@ -194,15 +217,23 @@ def _plan(en: str, keys: tuple):
 
 class _ColumnBuffer:
     """Rows of one table produced by the fast path, kept column-wise (integers in one flat
-    ``array('q')``, the ratio in an ``array('d')``, strings in lists) and turned into an Arrow
-    table in a few vectorised calls. All buffered rows have one :class:`_Plan` shape; a row of
-    another shape, a general-path row or ``chunk_rows`` rows flush it to the sink first, so rows
-    keep their order."""
+    ``array('q')``, the ratio in an ``array('d')``, strings in lists, the run as [run, count]
+    segments) and turned into an Arrow table in a few vectorised calls. All buffered rows have
+    one :class:`_Plan` shape; a row of another shape, a general-path row or ``chunk_rows`` rows
+    flush it to the sink first, so rows keep their order."""
 
     def __init__(self, sink: T.TableSink):
         self.sink, self.shape = sink, None
         self.ints, self.floats, self.runs, self.rids, self.phases = array("q"), array("d"), [], [], []
         self.n = 0
+
+    def add_run(self, run: str, n: int) -> None:
+        """The run of the next ``n`` rows."""
+        segs = self.runs
+        if segs and segs[-1][0] == run:
+            segs[-1][1] += n
+        else:
+            segs.append([run, n])
 
     def start(self, shape) -> None:
         """Make ready for a fast-path row of ``shape`` (flushing what does not fit before it)."""
@@ -219,7 +250,8 @@ class _ColumnBuffer:
         int_cols, has_pos, has_phase = self.shape
         schema = T.arrow_schema(self.sink.name)
         ints = np.frombuffer(self.ints, dtype=np.int64).reshape(n, len(int_cols))
-        cols = {"run": pa.array(self.runs, pa.string())}
+        runs = [pa.repeat(pa.scalar(r, pa.string()), k) for r, k in self.runs]
+        cols = {"run": runs[0] if len(runs) == 1 else pa.concat_arrays(runs)}
         for j, c in enumerate(int_cols):
             cols[c] = pa.array(ints[:, j])
         if self.sink.name == "steps":
@@ -241,8 +273,15 @@ class Bad(Exception):
         self.reason, self.message, self.field = reason, message, field
 
 
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1  # the range of the tables' integer columns
+
+
 def attrs(lst) -> dict:
-    """OTLP attribute list -> dict (intValue -> int; unparsable ints stay strings)."""
+    """OTLP attribute list -> dict (intValue -> int, doubleValue -> float). A value that does not
+    convert (an unparsable intValue or doubleValue, an intValue outside the int64 range) stays as
+    given (an out-of-range integer as its decimal string), so that every use of it as a number
+    (:func:`_int`, ...) reports it as a bad value of its field instead of crashing the ingest when
+    the rows are converted to Arrow."""
     d = {}
     if not lst:
         return d
@@ -251,13 +290,19 @@ def attrs(lst) -> dict:
         if "intValue" in v:
             x = v["intValue"]
             try:
-                d[a["key"]] = int(x)
-            except (TypeError, ValueError):
+                i = int(x)
+            except (TypeError, ValueError, OverflowError):
                 d[a["key"]] = x
+            else:
+                d[a["key"]] = i if I64_MIN <= i <= I64_MAX else (x if type(x) is str else str(i))
         elif "stringValue" in v:
             d[a["key"]] = v["stringValue"]
         elif "doubleValue" in v:
-            d[a["key"]] = float(v["doubleValue"])
+            x = v["doubleValue"]
+            try:
+                d[a["key"]] = float(x)
+            except (TypeError, ValueError):
+                d[a["key"]] = x
         elif "boolValue" in v:
             d[a["key"]] = bool(v["boolValue"])
         else:
@@ -265,17 +310,58 @@ def attrs(lst) -> dict:
     return d
 
 
+def _out_of_range(v) -> bool:
+    """``v`` (an attribute value) is an integer, or the text of one, outside the int64 range."""
+    if type(v) is str:
+        try:
+            v = int(v)
+        except ValueError:
+            return False
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return type(v) is int and not I64_MIN <= v <= I64_MAX
+
+
 def _int(d: dict, key: str, required: bool = False):
+    """The integer attribute ``key`` of ``d`` (None when absent, unless ``required``); raises
+    :class:`Bad` (``bad_value``, field ``key``) unless it is an integer (or an integral double)
+    in the int64 range."""
     v = d.get(key)
     if v is None:
         if required:
             raise Bad("missing_attribute", f"attribute {key} is missing", key)
         return None
     if type(v) is int:
-        return v
-    if isinstance(v, float) and v.is_integer():
+        if I64_MIN <= v <= I64_MAX:
+            return v
+    elif isinstance(v, float) and v.is_integer() and I64_MIN <= v <= I64_MAX:
         return int(v)
-    raise Bad("bad_value", f"attribute {key}={v!r} is not an integer", key)
+    why = "is outside the int64 range" if _out_of_range(v) else "is not an integer"
+    raise Bad("bad_value", f"attribute {key}={v!r} {why}", key)
+
+
+def _seconds_ns(v, key: str) -> int:
+    """A time in seconds (int or float attribute ``key``) -> integer ns; :class:`Bad` unless
+    finite and in the int64 range."""
+    x = v * 1e9
+    if not (math.isfinite(x) and I64_MIN <= x <= I64_MAX):
+        raise Bad("bad_value", f"attribute {key}={v!r} s is not a time in the int64 ns range", key)
+    return round(x)
+
+
+def _span_ns(span: dict, key: str):
+    """The integer span field ``key`` (``startTimeUnixNano``, ...), None when absent; :class:`Bad`
+    unless an integer (text) in the int64 range."""
+    v = span.get(key)
+    if v is None:
+        return None
+    try:
+        t = int(v)
+    except (TypeError, ValueError, OverflowError):
+        raise Bad("bad_value", f"{key}={v!r} is not an integer", key) from None
+    if not I64_MIN <= t <= I64_MAX:
+        raise Bad("bad_value", f"{key}={v!r} is outside the int64 range", key)
+    return t
 
 
 class OtlpState:
@@ -317,7 +403,10 @@ class OtlpState:
         return c
 
     def _keep(self, file: str, kind: str) -> None:
-        self._counter(file, kind)["kept"] += 1
+        c = self._kinds.get((file, kind))
+        if c is None:
+            c = self._kinds[(file, kind)] = self.report._c(file, kind)
+        c["kept"] += 1
 
     # ---------------------------------------------------------------------------------------
     def parse_file(self, path: str | Path, run: str, file: str | None = None) -> None:
@@ -333,8 +422,20 @@ class OtlpState:
         self._sum_buf = _ColumnBuffer(self._steps_tmp)
         snaps = self.sinks["step_requests"]
         nw = n_workers(path, self.workers)
-        raw = _parallel_lines(path, nw) if nw else iter_raw_lines(path)
-        for lineno, obj in json_records(path, rep, file, raw):
+        raw = _parallel_lines(path, nw, note=lambda m: rep.note(f"{file}: {m}")) if nw else iter_raw_lines(path)
+        try:
+            self._parse_lines(file, run, json_records(path, rep, file, raw), snaps)
+        finally:
+            # at once, also when an exception escapes: ends the worker processes (a generator
+            # left to the garbage collector would end them at an arbitrary later time)
+            raw.close()
+        self._sum_buf.flush()
+        self._snap_buf.flush()
+        self._finish_steps(file)
+
+    def _parse_lines(self, file, run, records, snaps) -> None:
+        rep = self.report
+        for lineno, obj in records:
             self.tick += 1
             if self.tick >= self._next_sweep:
                 self._sweep()
@@ -369,11 +470,8 @@ class OtlpState:
                                 rep.skip(file, lineno, name, "unknown_scope", f"scope {scope!r} (span {name!r})")
                         except Bad as b:
                             rep.skip(file, lineno, name, b.reason, b.message, b.field)
-                        except (KeyError, TypeError, AttributeError, ValueError) as e:
+                        except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as e:
                             rep.skip(file, lineno, name, "bad_value", f"malformed span: {e!r}")
-        self._sum_buf.flush()
-        self._snap_buf.flush()
-        self._finish_steps(file)
 
     # ---------------------------------------------------------------------------------------
     def _steps_span(self, span, file, lineno, run, snaps) -> None:
@@ -386,23 +484,16 @@ class OtlpState:
             return
         tmp = self._steps_tmp
         c_sum = c_snap = None  # the report's kept/skipped counters of the two event kinds
-        plans, last = self._plans, self._last_plan
+        layout = self._layout
         sbuf, rbuf = self._sum_buf, self._snap_buf
         for ev in span.get("events") or ():
             en = ev.get("name")
             if en == "step.BATCH_SUMMARY":
                 try:
                     lst = ev["attributes"]
-                    keys = list(map(_KEY, lst))
-                    lk, plan = last[en]
-                    if keys != lk:
-                        tk = tuple(keys)
-                        plan = plans.get((en, tk))
-                        if plan is None:
-                            plan = plans[(en, tk)] = _plan(en, tk)
-                        last[en] = (keys, plan)
+                    plan = layout(en, list(map(_KEY, lst)))
                     vals = list(map(_VALUE, lst))
-                    iv = list(map(int, map(_INT, plan.ints(vals))))
+                    iv = array("q", map(int, map(_INT, plan.ints(vals))))  # OverflowError outside int64
                     sid, t0, t1 = iv[0], iv[1], iv[2]
                     if sid < 0 or t0 < 0 or t1 < t0:
                         raise _Slow
@@ -419,7 +510,7 @@ class OtlpState:
                 sbuf.ints.extend(iv)
                 if plan.pos is not None:
                     sbuf.floats.append(x)
-                sbuf.runs.append(run)
+                sbuf.add_run(run, 1)
                 sbuf.n += 1
                 if c_sum is None:
                     c_sum = self._counter(file, en)
@@ -427,16 +518,9 @@ class OtlpState:
             elif en == "step.REQUEST_SNAPSHOT":
                 try:
                     lst = ev["attributes"]
-                    keys = list(map(_KEY, lst))
-                    lk, plan = last[en]
-                    if keys != lk:
-                        tk = tuple(keys)
-                        plan = plans.get((en, tk))
-                        if plan is None:
-                            plan = plans[(en, tk)] = _plan(en, tk)
-                        last[en] = (keys, plan)
+                    plan = layout(en, list(map(_KEY, lst)))
                     vals = list(map(_VALUE, lst))
-                    iv = list(map(int, map(_INT, plan.ints(vals))))
+                    iv = array("q", map(int, map(_INT, plan.ints(vals))))  # OverflowError outside int64
                     rid = vals[plan.pos]
                     if len(rid) != 1:
                         raise _Slow
@@ -458,7 +542,7 @@ class OtlpState:
                 if rbuf.shape is not plan.shape or rbuf.n >= rbuf.sink.chunk_rows or snaps.rows:
                     rbuf.start(plan.shape)
                 rbuf.ints.extend(iv)
-                rbuf.runs.append(run)
+                rbuf.add_run(run, 1)
                 rbuf.rids.append(rid)
                 rbuf.phases.append(ph)
                 rbuf.n += 1
@@ -470,9 +554,10 @@ class OtlpState:
         tmp.maybe_flush()
         snaps.maybe_flush()
 
-    def _layout(self, en: str, events: list):
-        """(plan, keys list) of the first event of ``events``; plan False if none applies."""
-        keys = list(map(_KEY, events[0]["attributes"]))
+    def _layout(self, en: str, keys: list):
+        """The fast-path :class:`_Plan` of ``en`` events whose attribute keys are ``keys`` (a
+        list, kept), False if none applies; cached per key sequence, the last one per event kind
+        checked first."""
         lk, plan = self._last_plan[en]
         if keys != lk:
             tk = tuple(keys)
@@ -480,7 +565,7 @@ class OtlpState:
             if plan is None:
                 plan = self._plans[(en, tk)] = _plan(en, tk)
             self._last_plan[en] = (keys, plan)
-        return plan, keys
+        return plan
 
     def _steps_span_bulk(self, span, file, run, snaps) -> bool:
         """The whole span at once, all loops in C (``map``/strided slices over flat lists), when
@@ -500,33 +585,37 @@ class OtlpState:
         try:
             events = span["events"]
             names = list(map(_NAME, events))
-            n_sum = names.count(_SUM)
-            if n_sum == len(names):
-                sums, snps = events, ()
+            even, odd = names[0::2], names[1::2]
+            if even.count(_SUM) == len(even) and odd.count(_SNAP) == len(odd):  # the usual layout
+                sums, snps = events[0::2], events[1::2]
             else:
-                # every name is one of the two (str.__eq__ of a non-str would be NotImplemented)
-                if n_sum + names.count(_SNAP) != len(names):
-                    return None
-                sums = list(compress(events, map(_SUM.__eq__, names))) if n_sum else ()
-                snps = list(compress(events, map(_SNAP.__eq__, names)))
+                n_sum = names.count(_SUM)
+                if n_sum == len(names):
+                    sums, snps = events, ()
+                else:
+                    # every name is one of the two (str.__eq__ of a non-str would be NotImplemented)
+                    if n_sum + names.count(_SNAP) != len(names):
+                        return None
+                    sums = list(compress(events, map(_SUM.__eq__, names))) if n_sum else ()
+                    snps = list(compress(events, map(_SNAP.__eq__, names)))
             out = []
             for en, evs in ((_SUM, sums), (_SNAP, snps)):
                 if not evs:
                     out.append(None)
                     continue
-                plan, _ = self._layout(en, evs)
+                flat = list(chain.from_iterable(map(_ATTRS, evs)))  # all attribute dicts, event by event
+                keys = list(map(_KEY, flat))
+                plan = self._layout(en, keys[:len(evs[0]["attributes"])])  # the first event's keys
                 if plan is False:
                     return None
                 n, width = len(evs), plan.width
-                flat = list(chain.from_iterable(map(_ATTRS, evs)))
-                if list(map(_KEY, flat)) != plan.keys_times(n):
+                if keys != plan.keys_times(n):  # every event has the first one's keys
                     return None
-                vals = list(map(_VALUE, flat))
-                del flat
-                # the non-integer values first (int_strings consumes vals)
-                x = vals[plan.pos::width] if plan.pos is not None else None
-                ph = vals[plan.phase::width] if en == _SNAP and plan.phase is not None else None
-                iv = _ints(plan.int_strings(vals))
+                del keys
+                # the non-integer values first (int_strings consumes flat)
+                x = list(map(_VALUE, flat[plan.pos::width])) if plan.pos is not None else None
+                ph = list(map(_VALUE, flat[plan.phase::width])) if plan.phase is not None else None
+                iv = _int_array(plan.int_strings(flat))
                 k = len(plan.shape[0])
                 if en == _SUM:
                     sid, t0, t1 = iv[0::k], iv[1::k], iv[2::k]
@@ -537,7 +626,7 @@ class OtlpState:
                         if set(map(len, x)) != {1}:
                             return None
                         fl = array("d", map(float, map(_DOUBLE, x)))
-                    out.append((plan.shape, array("q", iv), fl, n))
+                    out.append((plan.shape, iv, fl, n))
                 else:
                     if set(map(len, x)) != {1}:
                         return None
@@ -553,10 +642,14 @@ class OtlpState:
                             return None
                     else:
                         ph = [None] * n
-                    out.append((plan.shape, array("q", iv), rid, ph, n))
+                    out.append((plan.shape, iv, rid, ph, n))
         except Exception:
             return None
-        return tuple(dict.fromkeys(names)), len(sums), len(snps), tuple(out)
+        if sums and snps:  # the report's kinds in the order first seen
+            kinds = (_SUM, _SNAP) if names[0] == _SUM else (_SNAP, _SUM)
+        else:
+            kinds = tuple(names[:1])
+        return kinds, len(sums), len(snps), tuple(out)
 
     def _bulk_commit(self, file, run, res) -> None:
         """Append the rows computed by :meth:`_bulk_compute` (no exception possible but a full
@@ -570,7 +663,7 @@ class OtlpState:
             buf.ints.extend(iv)
             if fl is not None:
                 buf.floats.extend(fl)
-            buf.runs.extend([run] * n)
+            buf.add_run(run, n)
             buf.n += n
         if r is not None:
             shape, iv, rid, ph, n = r
@@ -578,7 +671,7 @@ class OtlpState:
             buf = self._snap_buf
             buf.start(shape)
             buf.ints.extend(iv)
-            buf.runs.extend([run] * n)
+            buf.add_run(run, n)
             buf.rids.extend(rid)
             buf.phases.extend(ph)
             buf.n += n
@@ -603,8 +696,14 @@ class OtlpState:
                 row = [run, sid, t0, t1]
                 for k in STEP_ATTRS[3:]:
                     v = a.get(k)
-                    if v is not None and k != "kv.usage_gpu_ratio" and type(v) is not int:
-                        v = _int(a, k)
+                    if v is not None:
+                        if k != "kv.usage_gpu_ratio":
+                            if type(v) is not int:
+                                v = _int(a, k)
+                        elif type(v) is not float:
+                            if type(v) is not int:  # e.g. a string or bool: not a ratio
+                                raise Bad("bad_value", f"attribute {k}={v!r} is not a number", k)
+                            v = float(v)
                     row.append(v)
                 row.append(None)
                 row.append(None)
@@ -615,7 +714,10 @@ class OtlpState:
                 rid = a.get("request.id")
                 if rid is None:
                     raise Bad("missing_attribute", "attribute request.id is missing", "request.id")
-                row = [run, sid, str(rid), a.get("request.phase")]
+                ph = a.get("request.phase")
+                if ph is not None and type(ph) is not str:
+                    raise Bad("bad_value", f"attribute request.phase={ph!r} is not a string", "request.phase")
+                row = [run, sid, str(rid), ph]
                 for k in SNAP_ATTRS[1:]:
                     v = a.get(k)
                     row.append(v if v is None or type(v) is int else _int(a, k))
@@ -691,44 +793,10 @@ class OtlpState:
         self._steps_tmp = self._sum_buf = None
 
     # ---------------------------------------------------------------------------------------
-    def _span_events(self, span, file, lineno, timeattr):
-        """Yield (name, ts_ns, attrs) of a span's events in order, skipping bad ones."""
-        rep = self.report
-        last = None
-        for ev in span.get("events") or ():
-            en = ev.get("name")
-            try:
-                a = attrs(ev.get("attributes"))
-                if timeattr == "api":
-                    if en not in API_EVENTS:
-                        raise Bad("unknown_event", f"event {en!r} in span llm_request")
-                    v = a.get("event.ts.monotonic")
-                    if v is None:
-                        raise Bad("missing_attribute", "attribute event.ts.monotonic is missing", "event.ts.monotonic")
-                    t = round(v * 1e9) if isinstance(v, float) else _int(a, "event.ts.monotonic")
-                else:
-                    if en not in CORE_EVENTS:
-                        raise Bad("unknown_event", f"event {en!r} in span llm_core")
-                    t = a.get("ts.monotonic_ns")
-                    if t is not None:
-                        t = _int(a, "ts.monotonic_ns")
-                    elif a.get("ts.monotonic") is not None:
-                        v = a["ts.monotonic"]
-                        if not isinstance(v, (int, float)):
-                            raise Bad("bad_value", f"ts.monotonic={v!r}", "ts.monotonic")
-                        t = round(v * 1e9)
-                    else:
-                        raise Bad("missing_attribute", "attributes ts.monotonic_ns and ts.monotonic are missing", "ts.monotonic_ns")
-                if t < 0:
-                    raise Bad("negative_timestamp", f"{en} at {t} ns", "ts")
-                if last is not None and t < last:
-                    raise Bad("reversed_timestamp", f"{en} at {t} ns is before the previous event ({last} ns)", "ts")
-                last = t
-                self._keep(file, en)
-                yield en, t, a
-            except Bad as b:
-                rep.skip(file, lineno, str(en), b.reason, b.message, b.field)
-
+    # Journey spans: one loop over the events per span kind. The first part of an event checks
+    # its name and time (a failing check skips the event with its reason, see Bad); an exception
+    # of the second part (what the event means for the request) drops the rest of the span, the
+    # events before it staying counted.
     def _api_span(self, span, file, lineno, run) -> None:
         a = attrs(span.get("attributes"))
         rid = a.get("gen_ai.request.id")
@@ -737,7 +805,26 @@ class OtlpState:
         rec = {"rid": str(rid), "prompt": _int(a, "gen_ai.usage.prompt_tokens"), "max_tokens": _int(a, "gen_ai.request.max_tokens"),
                "aborted": False, "file": file, "line": lineno}
         self._keep(file, "llm_request")
-        for en, t, _ in self._span_events(span, file, lineno, "api"):
+        last = None
+        for ev in span.get("events") or ():
+            en = ev.get("name")
+            try:
+                ea = attrs(ev.get("attributes"))
+                if en not in API_EVENTS:
+                    raise Bad("unknown_event", f"event {en!r} in span llm_request")
+                v = ea.get("event.ts.monotonic")
+                if v is None:
+                    raise Bad("missing_attribute", "attribute event.ts.monotonic is missing", "event.ts.monotonic")
+                t = _seconds_ns(v, "event.ts.monotonic") if isinstance(v, float) else _int(ea, "event.ts.monotonic")
+                if t < 0:
+                    raise Bad("negative_timestamp", f"{en} at {t} ns", "ts")
+                if last is not None and t < last:
+                    raise Bad("reversed_timestamp", f"{en} at {t} ns is before the previous event ({last} ns)", "ts")
+                last = t
+                self._keep(file, en)
+            except Bad as b:
+                self.report.skip(file, lineno, str(en), b.reason, b.message, b.field)
+                continue
             key = API_EVENTS[en]
             if key == "aborted_at":
                 rec["aborted"] = True
@@ -774,9 +861,37 @@ class OtlpState:
         if parent is not None:
             self.core_parents[(run, parent)] = self.tick
         self._keep(file, "llm_core")
+        rows = []
         rec = {"run": run, "rid": None if rid is None else str(rid), "parent": parent, "n_pre_events": 0, "n_pre": None,
-               "rows": [], "file": file, "line": lineno}
-        for en, t, ea in self._span_events(span, file, lineno, "core"):
+               "rows": rows, "file": file, "line": lineno}
+        last = None
+        for ev in span.get("events") or ():
+            en = ev.get("name")
+            try:
+                ea = attrs(ev.get("attributes"))
+                if en not in CORE_EVENTS:
+                    raise Bad("unknown_event", f"event {en!r} in span llm_core")
+                t = ea.get("ts.monotonic_ns")
+                if t is not None:
+                    if type(t) is not int:
+                        t = _int(ea, "ts.monotonic_ns")
+                elif ea.get("ts.monotonic") is not None:
+                    v = ea["ts.monotonic"]
+                    if not isinstance(v, (int, float)):
+                        raise Bad("bad_value", f"ts.monotonic={v!r}", "ts.monotonic")
+                    t = _seconds_ns(v, "ts.monotonic")
+                else:
+                    raise Bad("missing_attribute", "attributes ts.monotonic_ns and ts.monotonic are missing", "ts.monotonic_ns")
+                if t < 0:
+                    raise Bad("negative_timestamp", f"{en} at {t} ns", "ts")
+                if last is not None and t < last:
+                    raise Bad("reversed_timestamp", f"{en} at {t} ns is before the previous event ({last} ns)", "ts")
+                last = t
+                self._keep(file, en)
+            except Bad as b:
+                self.report.skip(file, lineno, str(en), b.reason, b.message, b.field)
+                continue
+            get = ea.get
             if en == "journey.QUEUED":
                 rec.setdefault("queued", t)
             elif en == "journey.FIRST_TOKEN":
@@ -784,23 +899,27 @@ class OtlpState:
             elif en == "journey.FINISHED":
                 rec.setdefault("finished", t)
                 rec["output"] = _int(ea, "decode.done_tokens")
-                rec["status"] = ea.get("finish.status")
-            if en in ("journey.SCHEDULED", "journey.PREEMPTED"):
+                rec["status"] = get("finish.status")
+            elif en == "journey.SCHEDULED" or en == "journey.PREEMPTED":
                 if en == "journey.SCHEDULED":
                     rec.setdefault("first_sched", t)
-                    kind = "resumed" if str(ea.get("schedule.kind", "FIRST")).upper() == "RESUME" else "scheduled"
+                    kind = "resumed" if str(get("schedule.kind", "FIRST")).upper() == "RESUME" else "scheduled"
                 else:
                     kind = "preempted"
                     rec["n_pre_events"] += 1
-                rec["rows"].append((kind, t, _int(ea, "scheduler.step"), ea.get("phase"), _int(ea, "prefill.done_tokens"),
-                                    _int(ea, "prefill.total_tokens"), _int(ea, "decode.done_tokens"),
-                                    _int(ea, "decode.max_tokens"), _int(ea, "num_preemptions")))
-            np_ = ea.get("num_preemptions")
+                iv = tuple(map(get, _ROW_INTS))
+                if not set(map(type, iv)) <= _INT_OR_NONE:  # _int raises for the first bad one
+                    iv = tuple(_int(ea, k) for k in _ROW_INTS)
+                rows.append((kind, t, iv[0], get("phase")) + iv[1:])
+            np_ = get("num_preemptions")
             if type(np_) is int:
                 rec["n_pre"] = np_ if rec["n_pre"] is None else max(rec["n_pre"], np_)
-            for k, col in (("prefill.total_tokens", "prompt"), ("decode.max_tokens", "max_tokens")):
-                if ea.get(k) is not None and rec.get(col) is None:
-                    rec[col] = _int(ea, k)
+            v = get("prefill.total_tokens")
+            if v is not None and rec.get("prompt") is None:
+                rec["prompt"] = v if type(v) is int else _int(ea, "prefill.total_tokens")
+            v = get("decode.max_tokens")
+            if v is not None and rec.get("max_tokens") is None:
+                rec["max_tokens"] = v if type(v) is int else _int(ea, "decode.max_tokens")
         self.n_core += 1
         self._seq += 1
         rec["seq"], rec["tick"] = self._seq, self.tick
@@ -829,9 +948,7 @@ class OtlpState:
         rid = a.get("gen_ai.request.id")
         if rid is None:
             raise Bad("missing_attribute", "llm_request without gen_ai.request.id", "gen_ai.request.id")
-        t0, t1 = span.get("startTimeUnixNano"), span.get("endTimeUnixNano")
-        t0 = int(t0) if t0 is not None else None
-        t1 = int(t1) if t1 is not None else None
+        t0, t1 = _span_ns(span, "startTimeUnixNano"), _span_ns(span, "endTimeUnixNano")
         if (t0 is not None and t0 < 0) or (t1 is not None and t1 < 0):
             raise Bad("negative_timestamp", f"span times {t0}..{t1}")
         if t0 is not None and t1 is not None and t1 < t0:
@@ -839,7 +956,11 @@ class OtlpState:
 
         def ms(k):
             v = a.get(k)
-            return float(v) * 1e3 if isinstance(v, (int, float)) else None
+            if v is None:
+                return None
+            if type(v) is not int and type(v) is not float:
+                raise Bad("bad_value", f"attribute {k}={v!r} is not a number", k)
+            return float(v) * 1e3
 
         self._row(self._upstream_rows, {
             "source": "upstream", "run": run, "request_id": str(rid), "clock": "unix",
@@ -853,7 +974,7 @@ class OtlpState:
     # -- the streaming join ---------------------------------------------------------------------
     def _row(self, sink, d: dict) -> None:
         """A ``requests`` row (dict) -> the spill sink; tracks the first arrival per run/source."""
-        row = [d.get(c) for c in _REQ_COLS]
+        row = list(map(d.get, _REQ_COLS))
         for i in _REQ_STR:
             v = row[i]
             if v is not None and type(v) is not str:
@@ -979,10 +1100,14 @@ class OtlpState:
                 break
             self._expire_api(api)
         for cp in (self.core_parents, self.joined_api):
-            while cp:
-                k, t = next(iter(cp.items()))
+            # the leading entries up to the first one not idle, deleted after one scan (a scan
+            # per deletion would walk the deleted slots at the front of the dict every time)
+            n = 0
+            for t in cp.values():
                 if t > cut:
                     break
+                n += 1
+            for k in list(islice(cp, n)):
                 del cp[k]
 
     # ---------------------------------------------------------------------------------------
@@ -1106,21 +1231,154 @@ def _work_block(raws: list) -> list:
     return [_work_line(r) for r in raws]
 
 
-def _parallel_lines(path, nproc: int, block_bytes: int | None = None):
-    """:func:`._io.iter_raw_lines` of ``path`` with each line's :func:`_work_line` result,
-    computed by ``nproc`` forked worker processes on blocks of ``block_bytes``; in order, with at
-    most ``2 * nproc`` blocks in flight (bounded memory)."""
-    block_bytes = block_bytes or BLOCK_BYTES
-    ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(nproc)
-    try:
-        pending = deque()
+def _worker_loop(conn, inherited) -> None:
+    """A worker process (forked): receives blocks of raw lines on ``conn`` and sends back, per
+    block, ``("ok", _work_block(block))`` or ``("error", traceback)`` when that raised (the
+    worker goes on with the next block); ends on ``None`` or when the main process's end of the
+    pipe is closed. ``inherited``: the main process's pipe ends copied by the fork (closed here,
+    so a worker never keeps another worker's pipe open). SIGINT is ignored: the main process
+    handles Ctrl-C and ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for c in inherited:
+        c.close()
+    while True:
+        try:
+            raws = conn.recv()
+        except (EOFError, OSError):
+            return
+        if raws is None:
+            return
+        try:
+            msg = ("ok", _work_block(raws))
+        except Exception:
+            msg = ("error", traceback.format_exc())
+        try:
+            try:
+                conn.send(msg)
+            except (OSError, EOFError):
+                return
+            except Exception:  # the result does not pickle (nothing was sent yet)
+                conn.send(("error", traceback.format_exc()))
+        except (OSError, EOFError):
+            return
 
-        def drain(k):
-            while len(pending) > k:
-                blk, ar = pending.popleft()
-                for (lineno, raw), res in zip(blk, ar.get()):
-                    yield lineno, raw, res
+
+class _Workers:
+    """``nproc`` forked worker processes (:func:`_worker_loop`), each with its own pipe and at
+    most one block in flight, so neither side can block the other on a full pipe. No threads:
+    :meth:`close` ends every worker (SIGTERM, then SIGKILL) and reaps it, deterministically, from
+    whatever state the ingest was left in (an exception, a worker that died, Ctrl-C)."""
+
+    def __init__(self, nproc: int):
+        ctx = multiprocessing.get_context("fork")
+        self.procs, self.conns, self.alive = [], [], []
+        try:
+            for _ in range(nproc):
+                mine, theirs = ctx.Pipe()
+                p = ctx.Process(target=_worker_loop, args=(theirs, self.conns + [mine]), daemon=True,
+                                name="bayeslat-otlp-worker")
+                p.start()
+                theirs.close()
+                self.procs.append(p)
+                self.conns.append(mine)
+                self.alive.append(True)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, i: int, raws: list) -> str | None:
+        """Give worker ``i`` a block; an error message (the worker is then dead) or None."""
+        try:
+            self.conns[i].send(raws)
+            return None
+        except (OSError, EOFError) as e:
+            return self._dead(i, f"could not be sent a block ({e!r})")
+
+    def result(self, i: int):
+        """``(results, None)`` of worker ``i``'s block, or ``(None, message)`` when the worker
+        raised on it or died; waits for the result or the worker's exit, never forever on a
+        dead worker."""
+        conn, p = self.conns[i], self.procs[i]
+        while True:
+            ready = multiprocessing.connection.wait([conn, p.sentinel])
+            if conn in ready:
+                try:
+                    kind, val = conn.recv()
+                except (EOFError, OSError) as e:
+                    return None, self._dead(i, f"closed its pipe ({e!r})")
+                if kind == "ok":
+                    return val, None
+                return None, f"worker process {p.pid} raised on a block (parsed in-process instead):\n{val}"
+            if not conn.poll():  # exited without (the rest of) its result
+                return None, self._dead(i, "exited")
+
+    def _dead(self, i: int, what: str) -> str:
+        p = self.procs[i]
+        self.alive[i] = False
+        p.join(1)
+        return f"worker process {p.pid} {what} (exit code {p.exitcode}); its lines are parsed in-process"
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+        for p in self.procs:
+            if p.exitcode is None:
+                p.terminate()
+        for p in self.procs:
+            p.join(5)
+            if p.exitcode is None:  # pragma: no cover - ignored SIGTERM
+                p.kill()
+                p.join(5)
+
+
+def _parallel_lines(path, nproc: int, block_bytes: int | None = None, note=None):
+    """:func:`._io.iter_raw_lines` of ``path`` with each line's :func:`_work_line` result,
+    computed by ``nproc`` forked worker processes (:class:`_Workers`) on blocks of
+    ``block_bytes``; in order, with at most one block per worker in flight (bounded memory).
+    A block whose worker raised or died gets None results (the main process then parses its
+    lines, exactly as without workers) and ``note(message)`` is called; a dead worker gets no
+    more blocks (with none left, the main process parses every line). The workers are ended when
+    the generator finishes or is closed (:meth:`OtlpState.parse_file` closes it also when an
+    exception escapes)."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    workers = _Workers(nproc)
+    try:
+        pending = deque()          # (worker index or None: in-process, block) in file order
+        free = deque(range(nproc))
+
+        def take():
+            """The oldest pending block with its results (freeing its worker)."""
+            i, blk = pending.popleft()
+            if i is None:
+                return blk, None
+            res, msg = workers.result(i)
+            if msg is not None and note is not None:
+                note(f"lines {blk[0][0]}-{blk[-1][0]}: {msg}")
+            if workers.alive[i]:
+                free.append(i)
+            return blk, res
+
+        def submit(blk):
+            """Hand ``blk`` to a free worker (first taking the oldest pending block, returned,
+            when none is free); None as its worker when no worker is alive."""
+            out = take() if not free and pending else None
+            while free:
+                i = free.popleft()
+                msg = workers.send(i, [r for _, r in blk])
+                if msg is None:
+                    pending.append((i, blk))
+                    return out
+                if note is not None:
+                    note(f"lines {blk[0][0]}-{blk[-1][0]}: {msg}")
+            pending.append((None, blk))
+            return out
+
+        def lines(done):
+            blk, res = done
+            if res is None or len(res) != len(blk):
+                res = [None] * len(blk)
+            for (lineno, raw), r in zip(blk, res):
+                yield lineno, raw, r
 
         with open_binary(path) as f:
             blk, size, lineno = [], 0, 0
@@ -1131,12 +1389,15 @@ def _parallel_lines(path, nproc: int, block_bytes: int | None = None):
                 blk.append((lineno, raw))
                 size += len(raw)
                 if size >= block_bytes:
-                    pending.append((blk, pool.apply_async(_work_block, ([r for _, r in blk],))))
+                    done = submit(blk)
                     blk, size = [], 0
-                    yield from drain(2 * nproc)
+                    if done is not None:
+                        yield from lines(done)
             if blk:
-                pending.append((blk, pool.apply_async(_work_block, ([r for _, r in blk],))))
-        yield from drain(0)
+                done = submit(blk)
+                if done is not None:
+                    yield from lines(done)
+        while pending:
+            yield from lines(take())
     finally:
-        pool.terminate()
-        pool.join()
+        workers.close()
