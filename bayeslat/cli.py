@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probe", nargs="+", required=True)
     s.add_argument("--spec", required=True, help="SPEC.yaml of the probed configuration")
     s.add_argument("--out", required=True)
+    s.add_argument("--refit", action="store_true",
+                   help="refit every level on training + probe rows (minutes) instead of conditioning the "
+                        "probe's deployment level on it (seconds; the default)")
     s.add_argument("--json", action="store_true")
     return p
 

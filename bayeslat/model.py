@@ -854,7 +854,13 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr)
     alpha = alpha_pop * np.exp(ah + ac)
     new_dep = False
-    if deployment is not None:
+    upd = idata["deployment_update"] if "deployment_update" in idata.groups() else None
+    if deployment is not None and upd is not None and deployment in [str(v) for v in upd.coords["probe_deployment"].values]:
+        # conditioned on a probe of this deployment (transfer.update_deployment): its factors per draw
+        j = [str(v) for v in upd.coords["probe_deployment"].values].index(deployment)
+        beta = beta * np.exp(_flat(upd, "dev_dep")[sel][:, j])[:, None, None]
+        alpha = alpha * np.exp(_flat(upd, "dev_alpha_dep")[sel][:, j])[:, None]
+    elif deployment is not None:
         keys = [str(v) for v in post.coords["deployment"].values] if "deployment" in post.coords else []
         if deployment in keys or deployment in attr_json(idata, "deployments", []):
             if "dev_dep" in post and deployment in keys:

@@ -153,12 +153,12 @@ def test_update_conditions_on_a_slow_probe(fitted, tmp_path, capsys):
     assert before["ratio_median"] > 1.3  # the old posterior sees the probe as ~1.6x slow
     assert after["abs_err_pct_median"] < 0.7 * before["abs_err_pct_median"]
     assert abs(np.log(after["ratio_median"])) < abs(np.log(before["ratio_median"]))
-    # workload level: the probe's requests re-simulated (a uniform 1.6x scaling of TTFT and E2E is
-    # not a physically consistent server, so only TTFT, dominated by the probe rows' prefill, is
-    # asserted to improve; E2E before / after is reported by the CLI)
+    du = rep["deployment_update"]
+    assert rep["mode"] == "deployment" and 1.35 < du["step_factor"]["mean"] < 1.9, du
+    # workload level: the probe's requests re-simulated with 1.6x slower steps. A uniform 1.6x
+    # scaling of TTFT and E2E is not a queue-consistent server, so only the direction is asserted.
     pw = rep["probe_workload"]
-    assert abs(pw["after"]["ttft_ms"]["err_pct"]) < abs(pw["before"]["ttft_ms"]["err_pct"]), pw
-    assert set(pw["after"]) == {"ttft_ms", "e2e_ms"}
+    assert pw["after"]["e2e_ms"]["mean"] > 1.3 * pw["before"]["e2e_ms"]["mean"], pw
 
 
 def test_update_rejects_missing_probe(fitted, tmp_path):
