@@ -14,7 +14,7 @@ from step snapshots and alpha-only rows from journey events (:func:`run_obs`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np

@@ -697,7 +697,6 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     both = design.concat([train, probe_obs_table])
     samp = M.attr_json(idata, "sampler", {}) or {}
     cfg = {"draws": draws or samp.get("draws"), "tune": tune or samp.get("tune"), "chains": chains or samp.get("chains")}
-    sd = int(seed if seed is not None else idata.attrs.get("seed", 0))
     bk = backend or (idata.attrs.get("backend") if idata.attrs.get("backend") in M.BACKENDS else None)
     spread = "deployment_spread" in idata.groups()
     # the between-deployment spread of the original fit is carried over (a probe adds one

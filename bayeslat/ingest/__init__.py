@@ -14,15 +14,12 @@ Modules: :mod:`.otlp` (journey + step traces), :mod:`.kvevents`, :mod:`.inferenc
 from __future__ import annotations
 
 import gc
-import json
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,7 +27,7 @@ import pyarrow.parquet as pq
 from bayeslat.errors import IngestError
 
 from . import tables
-from ._io import detect_kind, open_binary
+from ._io import detect_kind
 from .experiment import experiments_row, load_experiment
 from .inference_perf import lifecycle_aggregates, load_json, parse_replay, replay_frame
 from .kvevents import KvState

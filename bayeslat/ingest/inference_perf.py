@@ -24,7 +24,6 @@ it for ``requests`` rows and :func:`bayeslat.datasets.build_bundle` for the bund
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -94,7 +94,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import tables as T
 from ._io import Prepared, _fast_loads, iter_raw_lines, json_records, open_binary
