@@ -283,14 +283,16 @@ def _zerosum(pm, name, sigma, dims, axis, centred=None, active=None, model=None)
     return pm.Deterministic(name, pt.transpose(dev, perm), dims=dims)
 
 
-def _deployment_groups(d: dict, dkeys, didx) -> list[np.ndarray]:
-    """Index arrays (into ``dkeys``) of the deployments of each (hardware, class) group that has
-    at least two of them (the groups with a deployment level)."""
+def _deployment_groups(d: dict) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(deployment keys, row index into them, index arrays into the keys of the deployments of
+    each (hardware, class) group that has at least two of them: the groups with a deployment
+    level)."""
+    dkeys, didx = np.unique(d["deployment"], return_inverse=True)
     grp = {}
     for j in range(len(dkeys)):
         m = didx == j
         grp.setdefault((int(d["hw"][m][0]), int(d["cls"][m][0])), []).append(j)
-    return [np.array(v) for _, v in sorted(grp.items()) if len(v) >= 2]
+    return dkeys, didx, [np.array(v) for _, v in sorted(grp.items()) if len(v) >= 2]
 
 
 def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1) -> dict:
@@ -448,17 +450,18 @@ def build_model(obs, priors: dict | None = None):
 
         mu_b = (X * beta[hw, cls]).sum(axis=(1, 2))
         mu_a = (A * alpha[hw, cls]).sum(axis=1)
-        # Deployment level (priors "sigma_dep"): zero-sum over the deployments of each (hardware,
-        # class) group with >= 2 of them, centred (hundreds of rows pin each deployment); a group
-        # with one deployment has none (its factor is the group's coefficients). sigma_dep is
-        # always in the model so that a new deployment can be drawn with it.
-        dkeys, didx = np.unique(d["deployment"], return_inverse=True)
+        # Deployment level, only in the "fit" mode (priors "deployment_level"): zero-sum over the
+        # deployments of each (hardware, class) group with >= 2 of them, centred (hundreds of
+        # rows pin each deployment); a group with one deployment has none (its factor is the
+        # group's coefficients). In that mode sigma_dep is in the model even without such a
+        # group, so that a new deployment can be drawn with it.
+        dkeys, didx, dep_groups = _deployment_groups(d)
         model.add_coord("deployment", dkeys.tolist())
-        dep_groups = []
         if p["deployment_level"] == "fit" and p["sigma_dep"] > 0:
             sig_dep = pm.LogNormal("sigma_dep", np.log(p["sigma_dep"]), sd)
             sig_adep = pm.LogNormal("sigma_alpha_dep", np.log(max(p["sigma_alpha_dep"], 1e-6)), sd)
-            dep_groups = _deployment_groups(d, dkeys, didx)
+        else:
+            dep_groups = []
         if dep_groups:
             n_free = sum(len(g) - 1 for g in dep_groups)
             ub = pm.Normal("u_dev_dep", 0.0, sig_dep, shape=n_free)
@@ -655,10 +658,9 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
     for k, v in (attrs or {}).items():
         info[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
     idata.attrs.update(info)
-    p = _merge_priors(priors)
+    p = json.loads(info["priors"])
     if p["deployment_level"] == "spread" and p["sigma_dep"] > 0:
-        dkeys, didx = np.unique(d["deployment"], return_inverse=True)
-        if _deployment_groups(d, dkeys, didx):
+        if _deployment_groups(d)[2]:
             sd_n = int(spread_draws or min(int(cfg["draws"]), SPREAD_DRAWS))
             t1 = time.perf_counter()
             sp = fit(obs, backend=backend, draws=sd_n, tune=sd_n, chains=cfg["chains"], seed=seed,
@@ -747,6 +749,18 @@ def _flat(post, name):
     return v.stack(_s=("chain", "draw")).transpose("_s", ...).values
 
 
+def _deployment_factors(ds, coord: str, deployment: str, sel):
+    """(step, CPU) log-factor draws of ``deployment`` in ``ds`` (dev_dep / dev_alpha_dep along
+    ``coord``), or None when it has none."""
+    if ds is None or "dev_dep" not in ds or coord not in ds.coords:
+        return None
+    keys = [str(v) for v in ds.coords[coord].values]
+    if deployment not in keys:
+        return None
+    j = keys.index(deployment)
+    return _flat(ds, "dev_dep")[sel][:, j], _flat(ds, "dev_alpha_dep")[sel][:, j]
+
+
 def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
     """(sigma_dep, sigma_alpha_dep) draws (n each) for a new deployment: from the posterior when
     the deployment level was fit ("fit"), from the attached cut fit ("spread", group
@@ -771,10 +785,12 @@ def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray]
 def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
     """Attach the sigma_dep / sigma_alpha_dep draws of a fit with the deployment level ("fit") to
     a fit without it, as group ``deployment_spread`` (the "spread" mode, see DEFAULT_PRIORS);
-    returns ``idata``."""
+    ``spread_idata`` may also be a fit that has such a group (it is carried over). Returns
+    ``idata``."""
     import xarray as xr
 
-    sp = spread_idata.posterior
+    carried = "deployment_spread" in spread_idata.groups()  # a fit with an attached spread: carry it over
+    sp = spread_idata["deployment_spread"] if carried else spread_idata.posterior
     if "sigma_dep" not in sp:
         raise SpecError("the spread fit has no sigma_dep (fit it with priors={'deployment_level': 'fit'})", field="spread_idata")
     keep = ["sigma_dep", "sigma_alpha_dep"] + [v for v in ("dev_dep", "dev_alpha_dep") if v in sp]
@@ -786,7 +802,8 @@ def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a group outside the InferenceData schema
         idata.add_groups({"deployment_spread": ds})
-    meta = {"data_hash": spread_idata.attrs.get("data_hash"), "sampler": attr_json(spread_idata, "sampler"),
+    meta = (attr_json(spread_idata, "deployment_spread", {}) or {}) if carried else {
+            "data_hash": spread_idata.attrs.get("data_hash"), "sampler": attr_json(spread_idata, "sampler"),
             "sampling_seconds": spread_idata.attrs.get("sampling_seconds"),
             "divergences": (int(spread_idata.sample_stats["diverging"].sum())
                             if "sample_stats" in spread_idata.groups() and "diverging" in spread_idata.sample_stats else None)}
@@ -854,25 +871,20 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr)
     alpha = alpha_pop * np.exp(ah + ac)
     new_dep = False
-    upd = idata["deployment_update"] if "deployment_update" in idata.groups() else None
-    if deployment is not None and upd is not None and deployment in [str(v) for v in upd.coords["probe_deployment"].values]:
-        # conditioned on a probe of this deployment (transfer.update_deployment): its factors per draw
-        j = [str(v) for v in upd.coords["probe_deployment"].values].index(deployment)
-        beta = beta * np.exp(_flat(upd, "dev_dep")[sel][:, j])[:, None, None]
-        alpha = alpha * np.exp(_flat(upd, "dev_alpha_dep")[sel][:, j])[:, None]
-    elif deployment is not None:
-        keys = [str(v) for v in post.coords["deployment"].values] if "deployment" in post.coords else []
-        if deployment in keys or deployment in attr_json(idata, "deployments", []):
-            if "dev_dep" in post and deployment in keys:
-                j = keys.index(deployment)
-                beta = beta * np.exp(_flat(post, "dev_dep")[sel][:, j])[:, None, None]
-                alpha = alpha * np.exp(_flat(post, "dev_alpha_dep")[sel][:, j])[:, None]
-        else:
+    if deployment is not None:
+        # fitted factors: conditioned on a probe of this deployment (transfer.update_deployment),
+        # else the fit's own ("fit" mode)
+        upd = idata["deployment_update"] if "deployment_update" in idata.groups() else None
+        f = _deployment_factors(upd, "probe_deployment", deployment, sel) or _deployment_factors(post, "deployment", deployment, sel)
+        trained = "deployment" in post.coords and deployment in [str(v) for v in post.coords["deployment"].values]
+        if f is None and not (trained or deployment in attr_json(idata, "deployments", [])):
             sig = deployment_spread_draws(idata, Dn, rng)
             if sig is not None:
                 new_dep = True
-                beta = beta * np.exp(sig[0] * rng.standard_normal(Dn))[:, None, None]
-                alpha = alpha * np.exp(sig[1] * rng.standard_normal(Dn))[:, None]
+                f = (sig[0] * rng.standard_normal(Dn), sig[1] * rng.standard_normal(Dn))
+        if f is not None:
+            beta = beta * np.exp(f[0])[:, None, None]
+            alpha = alpha * np.exp(f[1])[:, None]
     if new_run and "sigma_run" in post:
         # a new run of the group: its run-level factor is drawn from N(0, sigma_run) per draw
         # (new_run=False: the population-average coefficients)

@@ -705,8 +705,7 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
                 priors={"deployment_level": "off"} if spread else None,
                 attrs={"updated_from": idata.attrs.get("data_hash", ""), "probe_runs": sorted(set(np.asarray(probe_obs_table.run).tolist()))})
     if spread:
-        M.attach_deployment_spread(new, _spread_as_fit(idata),
-                                   {"carried_over_from": idata.attrs.get("data_hash", "")})
+        M.attach_deployment_spread(new, idata, {"carried_over_from": idata.attrs.get("data_hash", "")})
     return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, {"mode": "refit"})
 
 
@@ -820,16 +819,6 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, grid: tuple[int,
             "grid_edge_mass": edge / D}
     new.attrs["deployment_update"] = json.dumps(info)
     return new, info
-
-
-def _spread_as_fit(idata):
-    """A stand-in with the attached deployment spread as its posterior (for attach_deployment_spread)."""
-    import arviz as az
-
-    out = az.InferenceData(posterior=idata["deployment_spread"])
-    out.attrs.update({k: v for k, v in (json.loads(idata.attrs.get("deployment_spread", "{}")) or {}).items()
-                      if isinstance(v, (str, int, float))})
-    return out
 
 
 def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: int = 0) -> dict:

@@ -348,6 +348,16 @@ def _seconds_ns(v, key: str) -> int:
     return round(x)
 
 
+def _event_ts(name, t: int, last: int | None) -> int:
+    """``t`` (ns) of span event ``name`` when not negative and not before the span's previous
+    kept event ``last``; :class:`Bad` otherwise (the module docstring's timestamp rules)."""
+    if t < 0:
+        raise Bad("negative_timestamp", f"{name} at {t} ns", "ts")
+    if last is not None and t < last:
+        raise Bad("reversed_timestamp", f"{name} at {t} ns is before the previous event ({last} ns)", "ts")
+    return t
+
+
 def _span_ns(span: dict, key: str):
     """The integer span field ``key`` (``startTimeUnixNano``, ...), None when absent; :class:`Bad`
     unless an integer (text) in the int64 range."""
@@ -815,11 +825,7 @@ class OtlpState:
                 if v is None:
                     raise Bad("missing_attribute", "attribute event.ts.monotonic is missing", "event.ts.monotonic")
                 t = _seconds_ns(v, "event.ts.monotonic") if isinstance(v, float) else _int(ea, "event.ts.monotonic")
-                if t < 0:
-                    raise Bad("negative_timestamp", f"{en} at {t} ns", "ts")
-                if last is not None and t < last:
-                    raise Bad("reversed_timestamp", f"{en} at {t} ns is before the previous event ({last} ns)", "ts")
-                last = t
+                last = _event_ts(en, t, last)
                 self._keep(file, en)
             except Bad as b:
                 self.report.skip(file, lineno, str(en), b.reason, b.message, b.field)
@@ -881,11 +887,7 @@ class OtlpState:
                     t = _seconds_ns(v, "ts.monotonic")
                 else:
                     raise Bad("missing_attribute", "attributes ts.monotonic_ns and ts.monotonic are missing", "ts.monotonic_ns")
-                if t < 0:
-                    raise Bad("negative_timestamp", f"{en} at {t} ns", "ts")
-                if last is not None and t < last:
-                    raise Bad("reversed_timestamp", f"{en} at {t} ns is before the previous event ({last} ns)", "ts")
-                last = t
+                last = _event_ts(en, t, last)
                 self._keep(file, en)
             except Bad as b:
                 self.report.skip(file, lineno, str(en), b.reason, b.message, b.field)
