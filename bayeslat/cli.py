@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--rows-per-run-kind", type=int, default=40,
                    help="stratified subsample: rows per (run, kind) the likelihood sees (0 = all; default 40)")
-    s.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance (default 0.95)")
+    s.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance (default 0.99)")
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("diagnose", help="R-hat, ESS, divergences, BFMI, tree depth, PSIS-LOO, ARD")

@@ -64,6 +64,15 @@ BETA_SCALE = np.array([f[2] for f in BETA_FEATURES])
 BETA_DOC = {f[0]: f[3] for f in BETA_FEATURES}
 N_BETA = len(BETA_FEATURES)
 B = {name: i for i, name in enumerate(BETA_NAMES)}
+# The two parts of a step time that a probe update scales separately (transfer.update_deployment):
+# "fixed", what a step costs whatever its tokens and contexts (streaming the weights, per-layer
+# and per-collective launches, the step constant), and "load", what grows with them (FLOPs, KV
+# traffic, all-reduce bytes, per-request work). A model's deviation from the physics features can
+# differ between the two: measured on held-out 7B (leave-one-model-out), its fixed part ran 1.5x
+# the prediction and its load part 0.65x, so one factor fitted at one load level is wrong at others.
+STEP_PARTS = ("fixed", "load")
+FIXED_STEP_FEATURES = ("weight_load", "layer_overhead", "moe_layer_overhead", "step_overhead", "tp_sync_overhead")
+FIXED_STEP_MASK = np.isin(np.asarray(BETA_NAMES), FIXED_STEP_FEATURES)
 
 # Alpha features of one request: the delay from arrival to entering the wait queue.
 ALPHA_FEATURES = (

@@ -723,35 +723,137 @@ def _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_d
     return new
 
 
-def _probe_loglik(y, kind, n_steps, mu_b, mu_a, cd, d_idx, b, a):
-    """Student-t log-likelihood (up to terms constant in b, a) of probe rows for draws ``d_idx``
-    on the grid (b, a): returns (len(d_idx), len(b), len(a))."""
-    mu = (np.exp(b)[None, :, None, None] * mu_b[d_idx][:, None, None, :]
-          + np.exp(a)[None, None, :, None] * mu_a[d_idx][:, None, None, :])
-    k = kind
-    sab, srl, ssy, nu = (cd.s_abs[d_idx][:, k], cd.s_rel[d_idx][:, k], cd.s_sys[d_idx][:, k], cd.nu[d_idx][:, k])
-    scale = sab[:, None, None, :] + (srl / np.sqrt(np.maximum(n_steps, 1.0)) + ssy)[:, None, None, :] * mu
-    z2 = ((y - mu) / scale) ** 2
-    nu4 = nu[:, None, None, :]
-    return (-(nu4 + 1.0) / 2.0 * np.log1p(z2 / nu4) - np.log(scale)).sum(axis=-1)
+# log-scale spread between traffic slices of one deployment per row kind, where a fit cannot
+# measure it (no deployment with >= 2 runs): what slice_spread measures on the bundled runs
+# (leave-one-model-out fits: windows 0.010-0.015, TTFT 0.12-0.17)
+SLICE_SD_DEFAULT = {"step": 0.015, "window": 0.015, "ttft": 0.15, "alpha": 0.15}
 
 
-def update_deployment(idata, probe_obs_table, *, seed: int = 0, grid: tuple[int, int] = (61, 41), chunk: int = 16):
+def slice_spread(idata, *, draws: int = 200, seed: int = 0) -> dict:
+    """Per row kind, how much the mean misfit of one slice of a deployment's traffic differs from
+    another's: the SD across runs of one deployment of each run's median log(observed / predicted),
+    pooled (root mean square) over the fit's deployments with >= 2 runs. A probe is one such
+    slice, so its rows of a kind share one draw of this error (:func:`update_deployment`): 150
+    TTFT rows that all run 27% long are one piece of evidence about the deployment, not 150.
+    Kinds the fit cannot measure get ``SLICE_SD_DEFAULT``."""
+    from bayeslat import model as M
+
+    train = obs_from_idata(idata)
+    mu = M.predict_mean(idata, train, n=draws, seed=seed).mean(axis=0)
+    ok = (train.y > 0) & (mu > 0)
+    r = np.where(ok, np.log(np.where(ok, train.y, 1.0) / np.where(ok, mu, 1.0)), np.nan)
+    deps = train.meta.get("deployments", {})
+    out = {}
+    for k, kind in enumerate(M.KINDS):
+        var, n = [], 0
+        for dep in sorted(set(deps.values())):
+            runs = [ru for ru, dd in deps.items() if dd == dep]
+            med = [np.nanmedian(r[(train.run == ru) & (train.kind == k)]) for ru in runs
+                   if np.sum((train.run == ru) & (train.kind == k) & ok) >= 10]
+            if len(med) >= 2:
+                var.append(np.var(med, ddof=1) * (len(med) - 1))
+                n += len(med) - 1
+        out[kind] = float(max(np.sqrt(np.sum(var) / n), 0.01)) if n else SLICE_SD_DEFAULT[kind]
+    return out
+
+
+def _dlogt(mu, y, sab, crel, nu):
+    """d/dmu of the Student-t log density with location mu and scale sab + crel * mu."""
+    s = sab + crel * mu
+    r = (y - mu) / s
+    return (nu + 1.0) * r * (1.0 + r * crel) / (nu * s * (1.0 + r * r / nu)) - crel / s
+
+
+def _logt(mu, y, sab, crel, nu):
+    s = sab + crel * mu
+    return -(nu + 1.0) / 2.0 * np.log1p(((y - mu) / s) ** 2 / nu) - np.log(s)
+
+
+class _ProbePosterior:
+    """Log posterior of a probe deployment's log factors, its gradient and Hessian, for all draws.
+
+    theta (D, 3 + K): log factors on the fixed and load parts of the step time and on the CPU
+    time, then one log slice error per row kind of the probe. Row i:
+    ``mu_i = exp(e_k(i)) * sum_p exp(theta_p) parts_p,i`` under the fit's Student-t likelihood;
+    priors N(0, psd)."""
+
+    def __init__(self, parts, y, kind_of_row, kinds, sab, crel, nu, psd):
+        self.parts, self.y, self.sab, self.crel, self.nu, self.psd = parts, y, sab, crel, nu, psd
+        self.E = (kind_of_row[None, :] == np.asarray(kinds)[:, None]).astype(float)  # (K, n)
+
+    def mu(self, theta):
+        m = np.einsum("dp,dpn->dn", np.exp(theta[:, :3]), self.parts)
+        return m * np.exp(theta[:, 3:] @ self.E)
+
+    def logp(self, theta):
+        return _logt(self.mu(theta), self.y, self.sab, self.crel, self.nu).sum(axis=1) \
+            - 0.5 * ((theta / self.psd) ** 2).sum(axis=1)
+
+    def grad_hess(self, theta):
+        """Gradient (D, P) and Hessian (D, P, P): chain rule through mu_i, with the row-wise second
+        derivative of the Student-t density by a central difference (exact to ~1e-8)."""
+        mu = self.mu(theta)
+        args = (self.y, self.sab, self.crel, self.nu)
+        l1 = _dlogt(mu, *args)
+        h = 1e-5 * np.maximum(mu, 1e-9)
+        l2 = (_dlogt(mu + h, *args) - _dlogt(mu - h, *args)) / (2 * h)
+        # dmu/dtheta: G_p = exp(e) exp(theta_p) part_p for the three factors, mu * [kind] for slices
+        ee = np.exp(theta[:, 3:] @ self.E)
+        G = np.concatenate([np.exp(theta[:, :3])[:, :, None] * self.parts * ee[:, None, :],
+                            mu[:, None, :] * self.E[None, :, :]], axis=1)  # (D, P, n)
+        g = np.einsum("dn,dpn->dp", l1, G) - theta / self.psd ** 2
+        H = np.einsum("dn,dpn,dqn->dpq", l2, G, G)
+        # second derivatives of mu: d2/dtheta_p^2 = G_p; d2/dtheta_p de_k = G_p [kind k]; d2/de_k^2 = mu [kind k]
+        P, K = theta.shape[1], self.E.shape[0]
+        lG = np.einsum("dn,dpn->dp", l1, G[:, :3])
+        H[:, np.arange(3), np.arange(3)] += lG
+        for k in range(K):
+            c = np.einsum("dn,dpn->dp", l1 * self.E[k][None, :], G[:, :3])
+            H[:, :3, 3 + k] += c
+            H[:, 3 + k, :3] += c
+            H[:, 3 + k, 3 + k] += np.einsum("dn,dn->d", l1 * self.E[k][None, :], mu)
+        H[:, np.arange(P), np.arange(P)] -= 1.0 / self.psd ** 2
+        return g, H
+
+
+def _neg_definite(H, floor):
+    """H with its eigenvalues clipped to <= -floor (a Newton step that always ascends)."""
+    w, V = np.linalg.eigh(H)
+    w = np.minimum(w, -floor)
+    return np.einsum("dij,dj,dkj->dik", V, w, V)
+
+
+def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30):
     """Condition the deployment level on a probe ("cut" update, seconds instead of a refit).
 
     The probe's rows belong to one deployment (``meta["deployments"]``). Every other level stays
-    at its posterior; for each posterior draw d, the probe deployment's step-time and CPU-time
-    factors (b, a) get the posterior ``N(b; 0, sigma_dep_d) N(a; 0, sigma_alpha_dep_d) x
-    prod_i StudentT(y_i | e^b mu_b,i(d) + e^a mu_a,i(d), scale_i(d))`` evaluated on a grid around
-    its mode, from which one (b, a) is drawn. That is exact Bayesian conditioning of the level
-    the probe is new to, given the rest of the hierarchy (nothing flows back into the
-    coefficients, as in the "spread" fit). Returns a copy of ``idata`` with group
-    ``deployment_update`` (dims chain, draw, probe_deployment): :func:`bayeslat.model.coefficient_draws`
+    at its posterior. For each posterior draw d, the probe deployment gets three log factors:
+    on the fixed part of its step time, on the load part (``features.STEP_PARTS``) and on its
+    CPU (alpha) time, with posterior ``N(b_fixed; 0, sigma_dep_d) N(b_load; 0, sigma_dep_d)
+    N(a; 0, sigma_alpha_dep_d) x prod_i StudentT(y_i | e^b_fixed fixed_i(d) + e^b_load load_i(d)
+    + e^a cpu_i(d), scale_i(d))``, the rows of each kind k scaled by one shared slice error
+    ``e_k ~ N(0, tau_k)`` (:func:`slice_spread`: a probe is one slice of the deployment's
+    traffic, so its rows of a kind are not independent evidence). The mode is found by damped
+    Newton steps (all draws at once, analytic gradient and Hessian) and one factor triple is drawn
+    from the Laplace (Gaussian) approximation there, the slice errors marginalised out: hundreds
+    of probe rows against 3 + K parameters. Conditioning of the level the probe is new to, given
+    the rest of the hierarchy (nothing flows back into the coefficients, as in the "spread" fit).
+
+    Two step factors, not one: the fixed and load parts of a held-out model can be off in opposite
+    directions (7B, leave-one-model-out: 1.5x and 0.65x). One factor fitted on a low-load probe then
+    over-corrects the high-load stages (7B codegen, whole-run E2E error -1.7% -> +57%). The probe's
+    own mix of batch sizes and prefills separates the two parts; where it cannot, their posterior
+    is correlated and the prior keeps both near 1.
+
+    Returns (copy of ``idata`` with group ``deployment_update``, dims chain, draw,
+    probe_deployment and, for ``dev_dep``, step_part; info). :func:`bayeslat.model.coefficient_draws`
     uses it for that deployment key."""
     import copy
+    import warnings
 
     import xarray as xr
 
+    from bayeslat import features as F
     from bayeslat import model as M
 
     obs = probe_obs_table
@@ -762,61 +864,78 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, grid: tuple[int,
     hw, cls = d["hardware_levels"][int(d["hw"][0])], d["class_levels"][int(d["cls"][0])]
     cd = M.coefficient_draws(idata, hw, cls, n=None, seed=seed, new_run=False, deployment=None)
     D = cd.beta.shape[0]
-    mu_b = np.einsum("nrf,drf->dn", d["X"], cd.beta)
-    mu_a = cd.alpha @ d["A"].T
+    fix = F.FIXED_STEP_MASK
+    parts = np.stack([np.einsum("nrf,drf->dn", d["X"][..., fix], cd.beta[..., fix]),
+                      np.einsum("nrf,drf->dn", d["X"][..., ~fix], cd.beta[..., ~fix]),
+                      cd.alpha @ d["A"].T], axis=1)  # (D, 3, n)
     rng = np.random.default_rng(seed)
     sig = M.deployment_spread_draws(idata, D, rng)
     if sig is None:
         pri = M._merge_priors(None)
         sig = (np.full(D, pri["sigma_dep"]), np.full(D, pri["sigma_alpha_dep"]))
-    y, kind, ns = d["y"], d["kind"], d["n_steps"]
-    has_a = bool(np.any(d["A"] > 0))
-    # 1. the mode on a coarse grid (a subset of draws), 2. a fine grid around it for every draw
-    sub = rng.choice(D, size=min(D, 64), replace=False)
-    cb, ca = np.linspace(-1.5, 1.5, 61), (np.linspace(-2.0, 2.0, 41) if has_a else np.zeros(1))
-    lp = _probe_loglik(y, kind, ns, mu_b, mu_a, cd, sub, cb, ca).sum(axis=0)
-    ib, ia = np.unravel_index(np.argmax(lp), lp.shape)
-    b0, a0 = cb[ib], ca[ia]
-    hb, ha = 0.3, 0.8
-    gb = np.linspace(b0 - hb, b0 + hb, grid[0])
-    ga = np.linspace(a0 - ha, a0 + ha, grid[1]) if has_a else np.zeros(1)
-    db, da = gb[1] - gb[0], (ga[1] - ga[0]) if has_a else 0.0
-    out_b, out_a, edge = np.empty(D), np.empty(D), 0.0
-    for c0 in range(0, D, chunk):
-        idx = np.arange(c0, min(D, c0 + chunk))
-        ll = _probe_loglik(y, kind, ns, mu_b, mu_a, cd, idx, gb, ga)
-        lpri = (-0.5 * (gb[None, :, None] / sig[0][idx][:, None, None]) ** 2
-                - 0.5 * (ga[None, None, :] / sig[1][idx][:, None, None]) ** 2)
-        lpost = ll + lpri
-        lpost -= lpost.max(axis=(1, 2), keepdims=True)
-        w = np.exp(lpost)
-        w /= w.sum(axis=(1, 2), keepdims=True)
-        edge += float(w[:, [0, -1], :].sum() + (w[:, :, [0, -1]].sum() if has_a and len(ga) > 1 else 0.0))
-        flat = w.reshape(len(idx), -1)
-        pick = np.array([rng.choice(flat.shape[1], p=f) for f in flat])
-        pb, pa = np.unravel_index(pick, w.shape[1:])
-        out_b[idx] = gb[pb] + db * (rng.random(len(idx)) - 0.5)
-        out_a[idx] = ga[pa] + da * (rng.random(len(idx)) - 0.5) if has_a else rng.normal(0.0, sig[1][idx])
+    y, k = d["y"], d["kind"]
+    kinds = sorted(set(k.tolist()))
+    ss = slice_spread(idata, seed=seed)
+    tau = np.array([ss[M.KINDS[kk]] for kk in kinds])
+    psd = np.concatenate([np.stack([sig[0], sig[0], sig[1]], axis=1), np.broadcast_to(tau, (D, len(kinds)))], axis=1)
+    sab = cd.s_abs[:, k]
+    crel = cd.s_rel[:, k] / np.sqrt(np.maximum(d["n_steps"], 1.0)) + cd.s_sys[:, k]
+    post_fn = _ProbePosterior(parts, y, k, kinds, sab, crel, cd.nu[:, k], psd)
+    P = psd.shape[1]
+    # damped Newton from 0 for every draw at once (always an ascent direction: the Hessian's
+    # eigenvalues are clipped below the prior's curvature), then the Laplace approximation
+    theta = np.zeros((D, P))
+    floor = 1.0 / (4.0 * psd.max()) ** 2
+    f0 = post_fn.logp(theta)
+    for _ in range(newton_steps):
+        g, H = post_fn.grad_hess(theta)
+        step = -np.linalg.solve(_neg_definite(H, floor), g[..., None])[..., 0]
+        step *= np.minimum(1.0, 0.5 / np.maximum(np.abs(step).max(axis=1, keepdims=True), 1e-12))
+        best, fbest = theta, f0
+        for t in 2.0 ** -np.arange(10):
+            cand = theta + t * step
+            fc = post_fn.logp(cand)
+            better = fc > fbest
+            best = np.where(better[:, None], cand, best)
+            fbest = np.where(better, fc, fbest)
+        moved = np.abs(best - theta).max()
+        theta, f0 = best, fbest
+        if moved < 1e-6:
+            break
+    g, H = post_fn.grad_hess(theta)
+    cov = np.linalg.inv(-_neg_definite(H, floor))
+    L = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, 1, 2)))
+    draw = (theta + np.einsum("dij,dj->di", L, rng.standard_normal((D, P))))[:, :3]  # slice errors marginalised out
+    informed = parts.mean(axis=0).sum(axis=1) > 0  # (3,): parts the probe rows exercise
     post = idata.posterior
-    C, T = post.sizes["chain"], post.sizes["draw"]
+    C, Tn = post.sizes["chain"], post.sizes["draw"]
     new = copy.deepcopy(idata)
-    ds = xr.Dataset({"dev_dep": (("chain", "draw", "probe_deployment"), out_b.reshape(C, T, 1)),
-                     "dev_alpha_dep": (("chain", "draw", "probe_deployment"), out_a.reshape(C, T, 1))},
+    ds = xr.Dataset({"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
+                     "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))},
                     coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
-                            "probe_deployment": keys})
-    import warnings
-
+                            "probe_deployment": keys, "step_part": list(F.STEP_PARTS)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if "deployment_update" in new.groups():
             del new["deployment_update"]
         new.add_groups({"deployment_update": ds})
-    info = {"mode": "deployment", "deployment": keys[0], "rows": int(len(y)),
-            "step_factor": {"mean": float(np.exp(out_b).mean()), "q05": float(np.exp(np.quantile(out_b, 0.05))),
-                            "q95": float(np.exp(np.quantile(out_b, 0.95)))},
-            "cpu_factor": {"mean": float(np.exp(out_a).mean()), "q05": float(np.exp(np.quantile(out_a, 0.05))),
-                           "q95": float(np.exp(np.quantile(out_a, 0.95))), "informed": has_a},
-            "grid_edge_mass": edge / D}
+
+    def summ(v):
+        e = np.exp(v)
+        return {"mean": float(e.mean()), "q05": float(np.quantile(e, 0.05)), "q95": float(np.quantile(e, 0.95))}
+
+    # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
+    tot = parts[:, :2].sum(axis=2)
+    eff = np.log((np.exp(draw[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
+    r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() else float("nan")
+    info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "rows": int(len(y)),
+            "step_factor": summ(eff), "fixed_factor": summ(draw[:, 0]) | {"informed": bool(informed[0])},
+            "load_factor": summ(draw[:, 1]) | {"informed": bool(informed[1])},
+            "fixed_load_corr": float(r),
+            "fixed_share_probe": float(np.median(tot[:, 0] / np.maximum(tot.sum(axis=1), 1e-300))),
+            "cpu_factor": summ(draw[:, 2]) | {"informed": bool(informed[2])},
+            "slice_sd": {M.KINDS[kk]: float(t) for kk, t in zip(kinds, tau)},
+            "newton_max_abs_grad": float(np.abs(g).max())}
     new.attrs["deployment_update"] = json.dumps(info)
     return new, info
 
@@ -921,8 +1040,10 @@ def cli_update(args) -> int:
         print(f"wrote {path}: {rep['rows_train']} training + {rep['rows_probe']} probe rows ({rep['mode']} update)")
         du = rep.get("deployment_update") or {}
         if "step_factor" in du:
+            fx = "".join(f", {p} part {du[p + '_factor']['mean']:.3f} [{du[p + '_factor']['q05']:.3f}, "
+                         f"{du[p + '_factor']['q95']:.3f}]" for p in ("fixed", "load") if p + "_factor" in du)
             print(f"  deployment {du['deployment']}: step-time factor {du['step_factor']['mean']:.3f} "
-                  f"[{du['step_factor']['q05']:.3f}, {du['step_factor']['q95']:.3f}], CPU-time factor "
+                  f"[{du['step_factor']['q05']:.3f}, {du['step_factor']['q95']:.3f}]{fx}; CPU-time factor "
                   f"{du['cpu_factor']['mean']:.3f} [{du['cpu_factor']['q05']:.3f}, {du['cpu_factor']['q95']:.3f}]")
         for tag in ("before", "after"):
             e = pr[tag]

@@ -32,6 +32,24 @@ def test_check_obs_rejects_bad_input():
         M.build_model(obs, priors={"exclude_features": ["no_such_feature"]})
 
 
+def test_alpha_intercept_prior_and_names():
+    """The alpha intercept has its own LogNormal prior (not the sparsity prior); bad entries are
+    named; no data container shares a name with a NUTS sample stat (numpyro's conversion to
+    InferenceData mixed a data "n_steps" with the sampler's "n_steps" and failed)."""
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 30})
+    m = M.build_model(obs)
+    assert m["alpha_pop_lognormal"].type.shape == (1,) and m["alpha_pop_w"].type.shape == (F.N_ALPHA - 1,)
+    m2 = M.build_model(obs, priors={"alpha_lognormal": {}})
+    assert "alpha_pop_lognormal" not in m2.named_vars and m2["alpha_pop_w"].type.shape == (F.N_ALPHA,)
+    with pytest.raises(SpecError, match="alpha_lognormal.*no_such"):
+        M.build_model(obs, priors={"alpha_lognormal": {"no_such": [1.0, 1.0]}})
+    with pytest.raises(SpecError, match="median > 0"):
+        M.build_model(obs, priors={"alpha_lognormal": {"const": [0.0, 1.0]}})
+    stats = {"n_steps", "tree_depth", "depth", "diverging", "energy", "step_size", "acceptance_rate",
+             "lp", "logp", "mean_tree_accept", "maxdepth_reached", "energy_error", "index_in_trajectory"}
+    assert not stats & set(m.named_vars)
+
+
 def test_data_hash_is_content_hash():
     a, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 30})
     b, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 30})

@@ -1,0 +1,119 @@
+"""Probe updates on held-out models (issue 6): does a short probe fix a held-out run's prediction?
+
+    python benchmarks/probe_update.py --fit-dir benchmarks/out/cv_fits_spread [--probe-n 200]
+        [--pred-draws 10] [--out benchmarks/out/probe_update.json]
+
+For every model of the 16 bundled per-request runs: refit without it (leave-one-model-out, cached
+in ``--fit-dir`` as benchmarks/validate_accuracy.py does), then for each of its runs take the first
+``--probe-n`` requests after the warm-up (``transfer.PROBE_WARMUP``) as the probe, condition the
+probe's deployment on it (``transfer.update_deployment``: seconds), and predict the whole run
+(replayed arrivals, ``--pred-draws`` posterior draws simulated) before and after. Reports the signed
+% error of the mean E2E, TTFT and ITL, whether the 90% interval contains the observed mean, and
+the fitted factors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fit-dir", default="benchmarks/out/cv_fits_spread")
+    ap.add_argument("--probe-n", type=int, default=200)
+    ap.add_argument("--pred-draws", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", nargs="*", default=None, help="only these held-out models")
+    ap.add_argument("--out", default="benchmarks/out/probe_update.json")
+    a = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    from bayeslat import design, transfer, validate
+
+    t_start = time.time()
+    cases = validate._replay_cases(None)
+    full = None
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault(c["model"], []).append(c)
+    rows = []
+    for model, group in groups.items():
+        if a.models and model not in a.models:
+            continue
+        excl = {c["run"] for c in group}
+        path = validate.cv_fit_path(a.fit_dir, excl)
+        if not Path(path).exists() and full is None:
+            full = design.bundled_obs(seed=a.seed)
+        idata = validate.cv_fit(full, excl, seed=a.seed, path=path)
+        for c in group:
+            t0 = time.time()
+            spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
+            src = f"bundled:{c['run']}:{a.probe_n}"
+            pobs, _ = transfer.probe_obs(spec, [src])
+            new, info = transfer.update_deployment(idata, pobs, seed=a.seed)
+            t_up = time.time() - t0
+            b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
+            f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
+            r = {"held_out_model": model, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
+                 "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
+                 "slice_sd": info["slice_sd"]}
+            for m in ("e2e", "ttft", "itl"):
+                r[m] = {"obs": c["observed"].get(f"{m}_mean"), "before_pct": b[f"{m}_mean_err_pct"], "after_pct": f[f"{m}_mean_err_pct"],
+                        "in90_before": bool(b[f"{m}_mean_in90"]), "in90_after": bool(f[f"{m}_mean_in90"])}
+            rows.append(r)
+            print(f"{c['run'][16:]:38s} fixed x{info['fixed_factor']['mean']:.2f} load x{info['load_factor']['mean']:.2f} "
+                  f"cpu x{info['cpu_factor']['mean']:.2f} ({t_up:.0f} s)  E2E {r['e2e']['before_pct']:+.1f} -> {r['e2e']['after_pct']:+.1f}%  "
+                  f"TTFT {r['ttft']['before_pct']:+.1f} -> {r['ttft']['after_pct']:+.1f}%  ITL {r['itl']['before_pct']:+.1f} -> "
+                  f"{r['itl']['after_pct']:+.1f}%", file=sys.stderr, flush=True)
+            _write(a, rows, t_start, partial=True)
+    out = _write(a, rows, t_start, partial=False)
+    print_table(rows)
+    print(f"wrote {out} ({time.time() - t_start:.0f} s)")
+    return 0
+
+
+def summarize(rows) -> dict:
+    out = {"runs": len(rows)}
+    for m in ("e2e", "ttft", "itl"):
+        b = np.array([abs(r[m]["before_pct"]) for r in rows])
+        f = np.array([abs(r[m]["after_pct"]) for r in rows])
+        out[m] = {"median_abs_before_pct": float(np.median(b)), "median_abs_after_pct": float(np.median(f)),
+                  "improved_runs": int((f < b).sum()), "coverage90_before": float(np.mean([r[m]["in90_before"] for r in rows])),
+                  "coverage90_after": float(np.mean([r[m]["in90_after"] for r in rows]))}
+    return out
+
+
+def _write(a, rows, t_start, partial):
+    from bayeslat import transfer
+
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rep = {"config": vars(a), "rows": rows, "summary": summarize(rows) if rows else {}, "wall_s": time.time() - t_start}
+    if partial:
+        rep["partial"] = True
+    out.write_text(json.dumps(transfer._jsonable(rep), indent=1))
+    return out
+
+
+def print_table(rows):
+    print(f"{'held-out run':40s} {'fixed':>6s} {'load':>6s} {'cpu':>6s} | {'E2E before':>10s} {'after':>8s} | "
+          f"{'TTFT before':>11s} {'after':>8s} | {'ITL before':>10s} {'after':>8s}")
+    for r in rows:
+        fa = r["factors"]
+        print(f"{r['run'][16:][:40]:40s} {fa['fixed_factor']['mean']:6.2f} {fa['load_factor']['mean']:6.2f} {fa['cpu_factor']['mean']:6.2f} | "
+              f"{r['e2e']['before_pct']:+9.1f}% {r['e2e']['after_pct']:+7.1f}% | {r['ttft']['before_pct']:+10.1f}% {r['ttft']['after_pct']:+7.1f}% | "
+              f"{r['itl']['before_pct']:+9.1f}% {r['itl']['after_pct']:+7.1f}%")
+    s = summarize(rows)
+    for m in ("e2e", "ttft", "itl"):
+        print(f"{m.upper():5s} median |error| {s[m]['median_abs_before_pct']:.1f}% -> {s[m]['median_abs_after_pct']:.1f}%, "
+              f"improved in {s[m]['improved_runs']} of {s['runs']} runs, 90% coverage {s[m]['coverage90_before']:.0%} -> "
+              f"{s[m]['coverage90_after']:.0%}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
