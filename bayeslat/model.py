@@ -73,7 +73,7 @@ DEFAULT_SAMPLER = {"draws": 4000, "tune": 1000, "chains": 2, "target_accept": 0.
 
 # Variables that are re-parameterisation helpers, not quantities of interest (left out of diagnostics).
 OFFSET_PREFIXES = ("z_", "u_")
-HELPER_VARS = ("beta_pop_w", "alpha_pop_w", "beta_pop_physics", "alpha_pop_lognormal")
+HELPER_VARS = ("beta_pop_w", "alpha_pop_w", "beta_pop_physics", "alpha_pop_lognormal", "beta_pop_lognormal")
 
 DEFAULT_PRIORS = {
     # beta_pop[f] / beta_scale[f] ~ BetaPrime(shape_a, shape_b); prior median = beta_scale (ms per scaled unit)
@@ -90,6 +90,14 @@ DEFAULT_PRIORS = {
     # always spends some ms between arrival and queueing (HTTP, tokenisation, scheduling);
     # 90% prior range 0.4-10 ms.
     "alpha_lognormal": {"const": [2.0, 1.0]},
+    # beta features with a LogNormal(log median, sd) physics prior instead of the sparsity prior
+    # (same form). tp_sync_overhead: one TP all-reduce call of a decode-sized message costs a
+    # few to ~20 us of latency (vLLM's custom all-reduce on NVLink), 1.0 ms per 100 calls = 10 us,
+    # 90% prior range 4.4-23 us. Under the sparsity prior it was only separated from
+    # layer_overhead by the one TP1 model: without it (leave-one-model-out) tp_sync went
+    # 1.06 -> 3.89 and layer_overhead 5.9 -> 0.79, and the TP1 model's fixed step cost came out
+    # 1.5x too small.
+    "beta_lognormal": {"tp_sync_overhead": [1.0, 0.5]},
     # BetaPrime(1/2, b): the horseshoe's spike at zero (ARD pruning); b = 2 regularises the tail
     # (x^-3 instead of the horseshoe's x^-1.5, cf. the regularised horseshoe's slab) so weakly
     # identified terms do not send NUTS into a Cauchy tail.
@@ -227,13 +235,14 @@ def _merge_priors(priors: dict | None) -> dict:
     unknown = sorted(set(p["exclude_features"]) - set(F.BETA_NAMES))
     if unknown:
         raise SpecError(f"exclude_features: unknown beta features {unknown}; known: {list(F.BETA_NAMES)}", field="priors")
-    ln = p["alpha_lognormal"] or {}
-    bad = sorted(set(ln) - set(F.ALPHA_NAMES))
-    if bad:
-        raise SpecError(f"alpha_lognormal: unknown alpha features {bad}; known: {list(F.ALPHA_NAMES)}", field="priors")
-    for k, v in ln.items():
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)):
-            raise SpecError(f"alpha_lognormal[{k!r}] must be [median > 0, sd > 0], got {v!r}", field="priors")
+    for key, names in (("alpha_lognormal", F.ALPHA_NAMES), ("beta_lognormal", F.BETA_NAMES)):
+        ln = p[key] or {}
+        bad = sorted(set(ln) - set(names))
+        if bad:
+            raise SpecError(f"{key}: unknown features {bad}; known: {list(names)}", field="priors")
+        for k, v in ln.items():
+            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)):
+                raise SpecError(f"{key}[{k!r}] must be [median > 0, sd > 0], got {v!r}", field="priors")
     for k in ("beta_scale", "alpha_scale"):
         p[k] = [float(x) for x in np.broadcast_to(np.asarray(p[k], dtype=float), (F.N_BETA if k == "beta_scale" else F.N_ALPHA,))]
     return p
@@ -401,10 +410,19 @@ def build_model(obs, priors: dict | None = None):
         a, b = p["shape_a"], p["shape_b"]
         present = np.abs(d["X"]).sum(axis=(0, 1)) > 0
         fixed = np.isin(np.asarray(F.BETA_NAMES), p["exclude_features"])
-        ip, ia = np.flatnonzero(present & ~fixed), np.flatnonzero(~present & ~fixed)
+        bln = p.get("beta_lognormal") or {}
+        lnm = np.isin(np.asarray(F.BETA_NAMES), list(bln))
+        ip, ia = np.flatnonzero(present & ~fixed & ~lnm), np.flatnonzero(~present & ~fixed & ~lnm)
+        il = np.flatnonzero(present & ~fixed & lnm)
         w = pm.Beta("beta_pop_w", alpha=a, beta=b, shape=ip.size)
         bp = pt.zeros(F.N_BETA)
         bp = pt.set_subtensor(bp[ip], np.asarray(p["beta_scale"])[ip] * w / (1.0 - w))
+        if il.size:
+            # physics priors of present terms (priors "beta_lognormal"), e.g. the TP all-reduce latency
+            med = np.log([bln[F.BETA_NAMES[i]][0] for i in il])
+            sdl = np.array([bln[F.BETA_NAMES[i]][1] for i in il])
+            bp = pt.set_subtensor(bp[il], pm.LogNormal("beta_pop_lognormal", med, sdl, shape=il.size))
+        ia = np.union1d(ia, np.flatnonzero(~present & ~fixed & lnm))  # absent: the generic physics prior
         if ia.size:
             phys = pm.LogNormal("beta_pop_physics", np.log(p["physics_prior_median"]), p["physics_prior_sd"], shape=ia.size)
             bp = pt.set_subtensor(bp[ia], phys)

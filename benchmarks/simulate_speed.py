@@ -50,7 +50,7 @@ def bench(name, w, srv, draws, n_draws):
         walls.append(time.perf_counter() - t0)
         steps.append(res.summary["steps"])
     t0 = time.perf_counter()
-    pp = S.posterior_predictive(w, CTX, srv, draws, n_draws=n_draws, seed=0)
+    S.posterior_predictive(w, CTX, srv, draws, n_draws=n_draws, seed=0)
     pp_s = time.perf_counter() - t0
     wall = float(np.median(walls))
     st = int(np.median(steps))

@@ -497,3 +497,19 @@ def test_worker_failures_surface_without_hanging(tmp_path):
         pytest.fail(f"ingest with workers hung: {e.stdout!r} {e.stderr!r}")
     assert out.stdout.split("\n")[:2] == ["OK worker failures", "OK escaping exception"], out.stderr
     assert out.returncode == 1 and out.stderr.rstrip().endswith("RuntimeError: commit failed"), out.stderr
+
+
+def test_malformed_otlp_structure_is_reported_not_raised(tmp_path):
+    """resourceSpans / scopeSpans / spans entries of the wrong type are skipped with their line
+    (they used to raise AttributeError); the good span on the same line is still read."""
+    lines = (TR / "journey.jsonl").read_text().splitlines()
+    good = json.loads(lines[0])
+    good["resourceSpans"] += ["oops", {"scopeSpans": 5}, {"scopeSpans": [7, {"scope": "x", "spans": []},
+                                                                       {"scope": {"name": "vllm.api"}, "spans": [3]}]}]
+    p = tmp_path / "bad_structure.jsonl"
+    p.write_text(json.dumps(good) + "\n" + lines[1] + "\n")
+    r = ingest([p])
+    assert list(r["requests"].request_id) == ["reqA"]
+    bad = r.report.skipped["bad_value"]
+    assert bad["count"] == 5, bad
+    assert all(e.startswith(f"{p}:1: ") for e in bad["examples"]), bad["examples"]

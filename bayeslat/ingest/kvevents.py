@@ -55,6 +55,8 @@ def _nint(v, what):
         raise _Bad("bad_value", f"{what}={v!r} is not an integer")
     if v < 0:
         raise _Bad("bad_value", f"{what}={v} is negative")
+    if v >= 2 ** 63:
+        raise _Bad("bad_value", f"{what}={v} is out of the int64 range")
     return v
 
 

@@ -460,9 +460,23 @@ class OtlpState:
                 continue
             self._keep(file, "line")
             for r in rs:
-                for ss in r.get("scopeSpans") or ():
-                    scope = (ss.get("scope") or {}).get("name")
-                    for span in ss.get("spans") or ():
+                sss = (r.get("scopeSpans") or []) if isinstance(r, dict) else None
+                if not isinstance(sss, list):
+                    rep.skip(file, lineno, "resourceSpans", "bad_value", "a resourceSpans entry is not an object with a "
+                             "scopeSpans list", field="scopeSpans")
+                    continue
+                for ss in sss:
+                    sc = (ss.get("scope") or {}) if isinstance(ss, dict) else None
+                    spans = (ss.get("spans") or []) if isinstance(ss, dict) else None
+                    if not isinstance(sc, dict) or not isinstance(spans, list):
+                        rep.skip(file, lineno, "scopeSpans", "bad_value", "a scopeSpans entry is not an object with a "
+                                 "scope object and a spans list", field="spans")
+                        continue
+                    scope = sc.get("name")
+                    for span in spans:
+                        if not isinstance(span, dict):
+                            rep.skip(file, lineno, "span", "bad_value", f"a span is not an object: {span!r:.60}", field="spans")
+                            continue
                         name = span.get("name", "?")
                         try:
                             if scope == "vllm.scheduler.step" and name.startswith("scheduler_steps"):
