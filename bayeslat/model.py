@@ -413,16 +413,15 @@ def build_model(obs, priors: dict | None = None):
         bln = p.get("beta_lognormal") or {}
         lnm = np.isin(np.asarray(F.BETA_NAMES), list(bln))
         ip, ia = np.flatnonzero(present & ~fixed & ~lnm), np.flatnonzero(~present & ~fixed & ~lnm)
-        il = np.flatnonzero(present & ~fixed & lnm)
+        il = np.flatnonzero(~fixed & lnm)  # present or not: their own physics prior
         w = pm.Beta("beta_pop_w", alpha=a, beta=b, shape=ip.size)
         bp = pt.zeros(F.N_BETA)
         bp = pt.set_subtensor(bp[ip], np.asarray(p["beta_scale"])[ip] * w / (1.0 - w))
         if il.size:
-            # physics priors of present terms (priors "beta_lognormal"), e.g. the TP all-reduce latency
+            # physics priors of named terms (priors "beta_lognormal"), e.g. the TP all-reduce latency
             med = np.log([bln[F.BETA_NAMES[i]][0] for i in il])
             sdl = np.array([bln[F.BETA_NAMES[i]][1] for i in il])
             bp = pt.set_subtensor(bp[il], pm.LogNormal("beta_pop_lognormal", med, sdl, shape=il.size))
-        ia = np.union1d(ia, np.flatnonzero(~present & ~fixed & lnm))  # absent: the generic physics prior
         if ia.size:
             phys = pm.LogNormal("beta_pop_physics", np.log(p["physics_prior_median"]), p["physics_prior_sd"], shape=ia.size)
             bp = pt.set_subtensor(bp[ia], phys)
@@ -434,16 +433,16 @@ def build_model(obs, priors: dict | None = None):
         # bulk / tail ESS 344 / 161 of 8,000 draws, the slowest of the fit.
         names_a = list(F.ALPHA_NAMES)
         lognorm = {k: v for k, v in (p.get("alpha_lognormal") or {}).items() if k in names_a}
-        il = np.array([names_a.index(k) for k in names_a if k in lognorm], dtype=int)
-        ish = np.array([i for i in range(F.N_ALPHA) if i not in set(il.tolist())], dtype=int)
+        ial = np.array([names_a.index(k) for k in names_a if k in lognorm], dtype=int)
+        ish = np.array([i for i in range(F.N_ALPHA) if i not in set(ial.tolist())], dtype=int)
         ap = pt.zeros(F.N_ALPHA)
         if ish.size:
             wa = pm.Beta("alpha_pop_w", alpha=a, beta=b, shape=ish.size)
             ap = pt.set_subtensor(ap[ish], np.asarray(p["alpha_scale"])[ish] * wa / (1.0 - wa))
-        if il.size:
-            med = np.log([lognorm[names_a[i]][0] for i in il])
-            sdl = np.array([lognorm[names_a[i]][1] for i in il])
-            ap = pt.set_subtensor(ap[il], pm.LogNormal("alpha_pop_lognormal", med, sdl, shape=il.size))
+        if ial.size:
+            med = np.log([lognorm[names_a[i]][0] for i in ial])
+            sdl = np.array([lognorm[names_a[i]][1] for i in ial])
+            ap = pt.set_subtensor(ap[ial], pm.LogNormal("alpha_pop_lognormal", med, sdl, shape=ial.size))
         alpha_pop = pm.Deterministic("alpha_pop", ap, dims="alpha_feature")
 
         # level scales: log-normal around a small median (few levels -> mostly prior; keeping the
