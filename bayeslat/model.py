@@ -1003,6 +1003,12 @@ def predict_mean(idata, obs, n: int | None = None, seed: int = 0) -> np.ndarray:
     return mu
 
 
+def noise_terms(cd: CoefDraws, kind, n_steps) -> tuple[np.ndarray, np.ndarray]:
+    """(s_abs, c_rel), each (D, n rows), of the likelihood's scale ``s_abs + c_rel * mu`` for rows of
+    ``kind`` spanning ``n_steps`` steps (build_model: ``c_rel = s_rel / sqrt(n) + s_sys``)."""
+    return cd.s_abs[:, kind], cd.s_rel[:, kind] / np.sqrt(np.maximum(n_steps, 1.0)) + cd.s_sys[:, kind]
+
+
 def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.ndarray:
     """Posterior predictive draws (D, n_rows) of observed durations (ms), Student-t noise included."""
     d, groups = _group_draws(idata, obs, n, seed)
@@ -1014,8 +1020,8 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.
         mu = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
             * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed)
         k = d["kind"][m]
-        scale = cd.s_abs[:, k] + (cd.s_rel[:, k] / np.sqrt(np.maximum(d["n_steps"][m], 1.0)) + cd.s_sys[:, k]) * mu
-        out[:, m] = mu + scale * rng.standard_t(cd.nu[:, k], size=mu.shape)
+        s_abs, c_rel = noise_terms(cd, k, d["n_steps"][m])
+        out[:, m] = mu + (s_abs + c_rel * mu) * rng.standard_t(cd.nu[:, k], size=mu.shape)
     return out
 
 

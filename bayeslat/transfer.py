@@ -747,9 +747,8 @@ def slice_spread(idata, *, draws: int = 200, seed: int = 0) -> dict:
     for k, kind in enumerate(M.KINDS):
         var, n = [], 0
         for dep in sorted(set(deps.values())):
-            runs = [ru for ru, dd in deps.items() if dd == dep]
-            med = [np.nanmedian(r[(train.run == ru) & (train.kind == k)]) for ru in runs
-                   if np.sum((train.run == ru) & (train.kind == k) & ok) >= 10]
+            sels = [(train.run == ru) & (train.kind == k) for ru, dd in deps.items() if dd == dep]
+            med = [np.nanmedian(r[sel]) for sel in sels if np.sum(sel & ok) >= 10]
             if len(med) >= 2:
                 var.append(np.var(med, ddof=1) * (len(med) - 1))
                 n += len(med) - 1
@@ -781,24 +780,24 @@ class _ProbePosterior:
         self.parts, self.y, self.sab, self.crel, self.nu, self.psd = parts, y, sab, crel, nu, psd
         self.E = (kind_of_row[None, :] == np.asarray(kinds)[:, None]).astype(float)  # (K, n)
 
-    def mu(self, theta):
-        m = np.einsum("dp,dpn->dn", np.exp(theta[:, :3]), self.parts)
-        return m * np.exp(theta[:, 3:] @ self.E)
+    def _mu(self, theta):
+        """(mu, exp(slice error) of each row), each (D, n)."""
+        ee = np.exp(theta[:, 3:] @ self.E)
+        return np.einsum("dp,dpn->dn", np.exp(theta[:, :3]), self.parts) * ee, ee
 
     def logp(self, theta):
-        return _logt(self.mu(theta), self.y, self.sab, self.crel, self.nu).sum(axis=1) \
+        return _logt(self._mu(theta)[0], self.y, self.sab, self.crel, self.nu).sum(axis=1) \
             - 0.5 * ((theta / self.psd) ** 2).sum(axis=1)
 
     def grad_hess(self, theta):
         """Gradient (D, P) and Hessian (D, P, P): chain rule through mu_i, with the row-wise second
         derivative of the Student-t density by a central difference (exact to ~1e-8)."""
-        mu = self.mu(theta)
+        mu, ee = self._mu(theta)
         args = (self.y, self.sab, self.crel, self.nu)
         l1 = _dlogt(mu, *args)
         h = 1e-5 * np.maximum(mu, 1e-9)
         l2 = (_dlogt(mu + h, *args) - _dlogt(mu - h, *args)) / (2 * h)
         # dmu/dtheta: G_p = exp(e) exp(theta_p) part_p for the three factors, mu * [kind] for slices
-        ee = np.exp(theta[:, 3:] @ self.E)
         G = np.concatenate([np.exp(theta[:, :3])[:, :, None] * self.parts * ee[:, None, :],
                             mu[:, None, :] * self.E[None, :, :]], axis=1)  # (D, P, n)
         g = np.einsum("dn,dpn->dp", l1, G) - theta / self.psd ** 2
@@ -878,8 +877,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     ss = slice_spread(idata, seed=seed)
     tau = np.array([ss[M.KINDS[kk]] for kk in kinds])
     psd = np.concatenate([np.stack([sig[0], sig[0], sig[1]], axis=1), np.broadcast_to(tau, (D, len(kinds)))], axis=1)
-    sab = cd.s_abs[:, k]
-    crel = cd.s_rel[:, k] / np.sqrt(np.maximum(d["n_steps"], 1.0)) + cd.s_sys[:, k]
+    sab, crel = M.noise_terms(cd, k, d["n_steps"])
     post_fn = _ProbePosterior(parts, y, k, kinds, sab, crel, cd.nu[:, k], psd)
     P = psd.shape[1]
     # damped Newton from 0 for every draw at once (always an ascent direction: the Hessian's
