@@ -51,6 +51,7 @@ import json
 import math
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -530,7 +531,13 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
     """Per-request probe data as the columns :func:`bayeslat.reconstruct.reconstruct_lifecycle`
     needs, plus info. ``path``: CSV / Parquet (arrival_time_us or arrival_us, input_tokens,
     output_tokens, ttft_ms, e2e_ms; optional has_error) or ``bundled:<run>[:first_n]`` (the first
-    ``first_n`` requests after ``PROBE_WARMUP`` warm-up requests of a bundled run)."""
+    ``first_n`` requests after ``PROBE_WARMUP`` warm-up requests of a bundled run).
+
+    ``info["cut_us"]``: the time after which the probe no longer sees every request the server
+    held: the next arrival after a bundled probe, the last arrival of a file (a probe cut from a
+    longer run; a standalone probe run loses only its drain). Rows ending later are dropped by
+    :func:`probe_obs`. The frame's ``context_only`` requests (a bundled probe's warm-up) occupy the
+    reconstructed batches but give no rows."""
     from bayeslat import datasets
 
     path = str(path)
@@ -540,10 +547,14 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
         run = parts[1]
         n = int(parts[2]) if len(parts) > 2 and parts[2] else None
         ri = datasets.run_info(run)
-        df = datasets.requests(run)
-        df = df.iloc[PROBE_WARMUP:PROBE_WARMUP + n] if n else df
-        df = df.reset_index(drop=True)
-        info.update(run=ri["run"], system_prompt_len=ri["profile"]["data"].get("shared_prefix", {}).get("system_prompt_len", 0))
+        full = datasets.requests(run).sort_values("arrival_us", kind="stable").reset_index(drop=True)
+        end = PROBE_WARMUP + n if n else len(full)
+        # the warm-up requests were in the server: they stay in the reconstruction, without rows
+        df = full.iloc[:end].copy()
+        df["context_only"] = np.arange(len(df)) < PROBE_WARMUP
+        nxt = full["arrival_us"].iloc[end] if end < len(full) else np.inf
+        info.update(run=ri["run"], system_prompt_len=ri["profile"]["data"].get("shared_prefix", {}).get("system_prompt_len", 0),
+                    cut_us=float(nxt - df["arrival_us"].min()))
     else:
         p = Path(path)
         if not p.exists():
@@ -560,6 +571,8 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
         if "index" not in df.columns:
             df["index"] = np.arange(len(df))
         info["run"] = "probe:" + p.stem
+        df["context_only"] = False
+        info["cut_us"] = float(df["arrival_us"].max() - df["arrival_us"].min())
     df = df.sort_values("arrival_us", kind="stable").reset_index(drop=True)
     df["arrival_us"] = df["arrival_us"] - df["arrival_us"].min()
     return df, info
@@ -583,13 +596,26 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
                                       block_size=int(srv.block_size), system_prompt_len=int(info["system_prompt_len"]))
         t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class,
                              hardware_levels=hardware_levels, class_levels=class_levels)
-        ok = ~df["has_error"].astype(bool)
-        info.update(run=run, requests=int(len(df)), rows=int(len(t)),
-                    observed={"ttft_mean": float(df.loc[ok, "ttft_ms"].mean()), "e2e_mean": float(df.loc[ok, "e2e_ms"].mean())},
-                    frame=df)
+        # keep rows that end before the cut (their batches are complete) of probe requests
+        rq = rec.requests.set_index("index")
+        ends = np.where(t.kind == R.KIND_TTFT, rq["ft_us"].reindex(t.request).to_numpy(),
+                        rq["fin_us"].reindex(t.request).to_numpy())
+        ctx_only = set(df.loc[df["context_only"].astype(bool), "index"].tolist())
+        keep = (ends <= info["cut_us"]) & ~np.isin(t.request, list(ctx_only))
+        info["rows_dropped"] = {"after_cut": int(np.sum(ends > info["cut_us"])), "context_requests": int(np.sum(np.isin(t.request, list(ctx_only))))}
+        t = t.subset(keep)
+        if len(t) == 0:
+            raise SpecError("no probe row ends before the probe's last arrival (the probe is too short)", file=str(pth), field="probe")
+        probe = df[~df["context_only"].astype(bool)]
+        ok = ~probe["has_error"].astype(bool)
+        info.update(run=run, requests=int(len(probe)), rows=int(len(t)),
+                    observed={"ttft_mean": float(probe.loc[ok, "ttft_ms"].mean()), "e2e_mean": float(probe.loc[ok, "e2e_ms"].mean())},
+                    frame=probe.drop(columns="context_only"))
         tables.append(t)
         infos.append(info)
-    return design.concat(tables), infos
+    out = design.concat(tables)
+    out.meta["probe_requests"] = sum(i["requests"] for i in infos)
+    return out, infos
 
 
 def score_rows(idata, obs, *, draws: int = 400, seed: int = 0) -> dict:
@@ -691,7 +717,9 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     sd = int(seed if seed is not None else idata.attrs.get("seed", 0))
     train = obs_from_idata(idata)
     if mode == "deployment":
-        new, dinfo = update_deployment(idata, probe_obs_table, seed=sd)
+        n_req = sum(int(i.get("requests", 0)) for i in probe_infos or [])
+        cal = probe_calibration(idata, n_req, seed=sd) if n_req else "auto"
+        new, dinfo = update_deployment(idata, probe_obs_table, seed=sd, calibration=cal)
         new.attrs["updated_from"] = idata.attrs.get("data_hash", "")
         return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, dinfo)
     both = design.concat([train, probe_obs_table])
@@ -756,6 +784,51 @@ def slice_spread(idata, *, draws: int = 200, seed: int = 0) -> dict:
     return out
 
 
+def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0, min_runs: int = 3) -> dict | None:
+    """How a probe's rows misfit, measured by taking the same probe from the fit's own training runs.
+
+    A probe is the first ``n_requests`` requests of a run (after ``PROBE_WARMUP``), reconstructed
+    on their own: the requests that arrive after the probe are missing from its batches, and the
+    start of a run is not its average. So a probe's rows do not scatter around the deployment's
+    whole-run factors: on the bundled runs under their own fit, probe TTFT rows run +9% long on
+    average (SD 11% across runs; rows ending after the cut dropped) and decode windows +1% (SD 3%). Per row kind, the mean and SD
+    across training runs of the probe's median log(observed / predicted) are the prior of the
+    probe's slice error ``e_k ~ N(mu_k, tau_k)`` in :func:`update_deployment` (tau_k floored at
+    ``SLICE_SD_DEFAULT``). Needs per-request
+    data of the training runs (the bundled runs); returns None when fewer than ``min_runs`` of the
+    fit's runs have it. Kinds measured on fewer runs are left out (``slice_spread`` covers them).
+    Kinds in ``POOLED_PROBE_KINDS`` are measured as the update sees them: log(sum y / sum mu)."""
+    from bayeslat import datasets
+    from bayeslat import model as M
+    from bayeslat import validate as V
+
+    train_runs = set(np.asarray(obs_from_idata(idata).run).astype(str).tolist())
+    runs = sorted(train_runs & set(datasets.runs()["run"].astype(str)))
+    if len(runs) < min_runs:
+        return None
+    cases = V._replay_cases(runs)
+    med = {kind: [] for kind in M.KINDS}
+    for c in cases:
+        spec = spec_for_run(c["run"], workload=c["workload_obj"])
+        pobs, _ = probe_obs(spec, [f"bundled:{c['run']}:{int(n_requests)}"])
+        mu = M.predict_mean(idata, pobs, n=draws, seed=seed).mean(axis=0)
+        ok = (pobs.y > 0) & (mu > 0)
+        for k, kind in enumerate(M.KINDS):
+            m = ok & (pobs.kind == k)
+            if m.sum() >= 10:
+                # the statistic the update sees: the summed row of a pooled kind, else the rows' median
+                r = np.log(pobs.y[m].sum() / mu[m].sum()) if kind in POOLED_PROBE_KINDS else np.median(np.log(pobs.y[m] / mu[m]))
+                med[kind].append(float(r))
+    # tau: the SD across the training runs, floored at SLICE_SD_DEFAULT. A fold's runs come from 2-3
+    # models, and the offset differs between models (bundled runs under the default fit: TTFT
+    # -0.13 to +0.23, SD 0.11 over 15 runs; within a fold without 7B, SD 0.04), so the runs of a
+    # few models understate the spread a new model draws from.
+    out = {kind: {"mu": float(np.mean(v)), "tau": float(max(np.std(v, ddof=1), SLICE_SD_DEFAULT[kind])), "runs": len(v),
+                  "sd_runs": float(np.std(v, ddof=1))}
+           for kind, v in med.items() if len(v) >= min_runs}
+    return {"n_requests": int(n_requests), "kinds": out} if out else None
+
+
 def _dlogt(mu, y, sab, crel, nu):
     """d/dmu of the Student-t log density with location mu and scale sab + crel * mu."""
     s = sab + crel * mu
@@ -774,10 +847,11 @@ class _ProbePosterior:
     theta (D, 3 + K): log factors on the fixed and load parts of the step time and on the CPU
     time, then one log slice error per row kind of the probe. Row i:
     ``mu_i = exp(e_k(i)) * sum_p exp(theta_p) parts_p,i`` under the fit's Student-t likelihood;
-    priors N(0, psd)."""
+    priors N(pmean, psd) (pmean: 0 for the factors, the probe calibration's offset for the slice errors)."""
 
-    def __init__(self, parts, y, kind_of_row, kinds, sab, crel, nu, psd):
+    def __init__(self, parts, y, kind_of_row, kinds, sab, crel, nu, psd, pmean=None):
         self.parts, self.y, self.sab, self.crel, self.nu, self.psd = parts, y, sab, crel, nu, psd
+        self.pmean = np.zeros_like(psd) if pmean is None else pmean
         self.E = (kind_of_row[None, :] == np.asarray(kinds)[:, None]).astype(float)  # (K, n)
 
     def _mu(self, theta):
@@ -787,7 +861,7 @@ class _ProbePosterior:
 
     def logp(self, theta):
         return _logt(self._mu(theta)[0], self.y, self.sab, self.crel, self.nu).sum(axis=1) \
-            - 0.5 * ((theta / self.psd) ** 2).sum(axis=1)
+            - 0.5 * (((theta - self.pmean) / self.psd) ** 2).sum(axis=1)
 
     def grad_hess(self, theta):
         """Gradient (D, P) and Hessian (D, P, P): chain rule through mu_i, with the row-wise second
@@ -800,7 +874,7 @@ class _ProbePosterior:
         # dmu/dtheta: G_p = exp(e) exp(theta_p) part_p for the three factors, mu * [kind] for slices
         G = np.concatenate([np.exp(theta[:, :3])[:, :, None] * self.parts * ee[:, None, :],
                             mu[:, None, :] * self.E[None, :, :]], axis=1)  # (D, P, n)
-        g = np.einsum("dn,dpn->dp", l1, G) - theta / self.psd ** 2
+        g = np.einsum("dn,dpn->dp", l1, G) - (theta - self.pmean) / self.psd ** 2
         H = np.einsum("dn,dpn,dqn->dpq", l2, G, G)
         # second derivatives of mu: d2/dtheta_p^2 = G_p; d2/dtheta_p de_k = G_p [kind k]; d2/de_k^2 = mu [kind k]
         P, K = theta.shape[1], self.E.shape[0]
@@ -822,7 +896,42 @@ def _neg_definite(H, floor):
     return np.einsum("dij,dj,dkj->dik", V, w, V)
 
 
-def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30):
+# Row kinds whose probe rows enter the update as one summed row (their level, not their shape).
+# TTFT rows: their row-to-row pattern (prefill-dominated vs CPU-dominated rows) is where the model's
+# structure misfits most, and 150-180 rows pinned the CPU factor to that pattern: on held-out
+# Llama-2-70B and CodeLlama-34B probes (leave-one-model-out) CPU x1.5-2.3 and the whole-run TTFT
+# went from within 9% to +17% ... +86%, although the probe's TTFT level was off by only ~10%.
+POOLED_PROBE_KINDS = ("ttft",)
+
+
+def pool_rows(obs, kinds):
+    """``obs`` with the rows of each kind in ``kinds`` replaced by one row per (run, kind): y, X, A
+    and n_steps summed (the mean's sufficient information about a common factor, without the
+    rows' pattern)."""
+    from bayeslat import design
+    from bayeslat import model as M
+
+    idx = [M.KINDS.index(k) for k in kinds]
+    pool = np.isin(obs.kind, idx)
+    if not pool.any():
+        return obs
+    keep = obs.subset(~pool)
+    rows = []
+    for run in np.unique(obs.run[pool]):
+        for k in idx:
+            m = pool & (obs.run == run) & (obs.kind == k)
+            if not m.any():
+                continue
+            one = obs.subset(np.flatnonzero(m)[:1])
+            rows.append(replace(one, y=obs.y[m].sum(keepdims=True), X=obs.X[m].sum(axis=0, keepdims=True),
+                                A=obs.A[m].sum(axis=0, keepdims=True), n_steps=obs.n_steps[m].sum(keepdims=True),
+                                request=np.array([-1]), t_frac=obs.t_frac[m].mean(keepdims=True)))
+    out = design.concat(([keep] if len(keep) else []) + rows)
+    out.meta.update({k: v for k, v in obs.meta.items() if k not in out.meta or not out.meta[k]})
+    return out
+
+
+def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30, calibration="auto"):
     """Condition the deployment level on a probe ("cut" update, seconds instead of a refit).
 
     The probe's rows belong to one deployment (``meta["deployments"]``). Every other level stays
@@ -831,8 +940,11 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     CPU (alpha) time, with posterior ``N(b_fixed; 0, sigma_dep_d) N(b_load; 0, sigma_dep_d)
     N(a; 0, sigma_alpha_dep_d) x prod_i StudentT(y_i | e^b_fixed fixed_i(d) + e^b_load load_i(d)
     + e^a cpu_i(d), scale_i(d))``, the rows of each kind k scaled by one shared slice error
-    ``e_k ~ N(0, tau_k)`` (:func:`slice_spread`: a probe is one slice of the deployment's
-    traffic, so its rows of a kind are not independent evidence). The mode is found by damped
+    ``e_k ~ N(mu_k, tau_k)`` (a probe is one slice of the deployment's traffic, so its rows of a
+    kind are not independent evidence). ``calibration``: :func:`probe_calibration`'s result
+    (mu_k, tau_k measured by probing the fit's own training runs the same way), "auto" (compute
+    it for a probe of as many requests as the probe table has; default), or None; kinds it does
+    not cover get ``mu_k = 0`` and ``tau_k`` from :func:`slice_spread`. The mode is found by damped
     Newton steps (all draws at once, analytic gradient and Hessian) and one factor triple is drawn
     from the Laplace (Gaussian) approximation there, the slice errors marginalised out: hundreds
     of probe rows against 3 + K parameters. Conditioning of the level the probe is new to, given
@@ -855,7 +967,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     from bayeslat import features as F
     from bayeslat import model as M
 
-    obs = probe_obs_table
+    obs = pool_rows(probe_obs_table, POOLED_PROBE_KINDS)
     d = M.check_obs(obs)
     keys = sorted(set(d["deployment"].tolist()))
     if len(keys) != 1 or len(set(zip(d["hw"].tolist(), d["cls"].tolist()))) != 1:
@@ -874,15 +986,21 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         sig = (np.full(D, pri["sigma_dep"]), np.full(D, pri["sigma_alpha_dep"]))
     y, k = d["y"], d["kind"]
     kinds = sorted(set(k.tolist()))
+    if isinstance(calibration, str) and calibration == "auto":
+        n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
+        calibration = probe_calibration(idata, n_req, seed=seed) if n_req else None
+    cal = (calibration or {}).get("kinds", {})
     ss = slice_spread(idata, seed=seed)
-    tau = np.array([ss[M.KINDS[kk]] for kk in kinds])
+    tau = np.array([cal[M.KINDS[kk]]["tau"] if M.KINDS[kk] in cal else ss[M.KINDS[kk]] for kk in kinds])
+    off = np.array([cal[M.KINDS[kk]]["mu"] if M.KINDS[kk] in cal else 0.0 for kk in kinds])
     psd = np.concatenate([np.stack([sig[0], sig[0], sig[1]], axis=1), np.broadcast_to(tau, (D, len(kinds)))], axis=1)
+    pmean = np.concatenate([np.zeros((D, 3)), np.broadcast_to(off, (D, len(kinds)))], axis=1)
     sab, crel = M.noise_terms(cd, k, d["n_steps"])
-    post_fn = _ProbePosterior(parts, y, k, kinds, sab, crel, cd.nu[:, k], psd)
+    post_fn = _ProbePosterior(parts, y, k, kinds, sab, crel, cd.nu[:, k], psd, pmean)
     P = psd.shape[1]
-    # damped Newton from 0 for every draw at once (always an ascent direction: the Hessian's
-    # eigenvalues are clipped below the prior's curvature), then the Laplace approximation
-    theta = np.zeros((D, P))
+    # damped Newton from the prior mean for every draw at once (always an ascent direction: the
+    # Hessian's eigenvalues are clipped below the prior's curvature), then the Laplace approximation
+    theta = pmean.copy()
     floor = 1.0 / (4.0 * psd.max()) ** 2
     f0 = post_fn.logp(theta)
     for _ in range(newton_steps):
@@ -933,6 +1051,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
             "fixed_share_probe": float(np.median(tot[:, 0] / np.maximum(tot.sum(axis=1), 1e-300))),
             "cpu_factor": summ(draw[:, 2]) | {"informed": bool(informed[2])},
             "slice_sd": {M.KINDS[kk]: float(t) for kk, t in zip(kinds, tau)},
+            "slice_offset": {M.KINDS[kk]: float(o) for kk, o in zip(kinds, off)},
+            "calibration": "probe" if cal else "slice_spread",
             "newton_max_abs_grad": float(np.abs(g).max())}
     new.attrs["deployment_update"] = json.dumps(info)
     return new, info

@@ -9,7 +9,8 @@ in ``--fit-dir`` as benchmarks/validate_accuracy.py does), then for each of its 
 probe's deployment on it (``transfer.update_deployment``: seconds), and predict the whole run
 (replayed arrivals, ``--pred-draws`` posterior draws simulated) before and after. Reports the signed
 % error of the mean E2E, TTFT and ITL, whether the 90% interval contains the observed mean, and
-the fitted factors.
+the fitted factors. The probe's slice error is calibrated by probing the fold's own training runs
+the same way (``transfer.probe_calibration``; ``--no-calibration``: the session-4 method).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pred-draws", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", nargs="*", default=None, help="only these held-out models")
+    ap.add_argument("--no-calibration", action="store_true",
+                    help="slice errors N(0, slice_spread) instead of transfer.probe_calibration (the session-4 method)")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -50,18 +53,20 @@ def main(argv=None) -> int:
         if not Path(path).exists() and full is None:
             full = design.bundled_obs(seed=a.seed)
         idata = validate.cv_fit(full, excl, seed=a.seed, path=path)
+        # the probe's slice error, measured by probing the fold's own training runs the same way
+        cal = None if a.no_calibration else transfer.probe_calibration(idata, a.probe_n, seed=a.seed)
         for c in group:
             t0 = time.time()
             spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
             src = f"bundled:{c['run']}:{a.probe_n}"
             pobs, _ = transfer.probe_obs(spec, [src])
-            new, info = transfer.update_deployment(idata, pobs, seed=a.seed)
+            new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal)
             t_up = time.time() - t0
             b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
             f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
             r = {"held_out_model": model, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
                  "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
-                 "slice_sd": info["slice_sd"]}
+                 "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"]}
             for m in ("e2e", "ttft", "itl"):
                 r[m] = {"obs": c["observed"].get(f"{m}_mean"), "before_pct": b[f"{m}_mean_err_pct"], "after_pct": f[f"{m}_mean_err_pct"],
                         "in90_before": bool(b[f"{m}_mean_in90"]), "in90_after": bool(f[f"{m}_mean_in90"])}

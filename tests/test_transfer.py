@@ -190,3 +190,64 @@ def test_probe_posterior_gradient_and_hessian_are_exact():
     H_num = np.stack([(post.grad_hess(theta + E[j])[0] - post.grad_hess(theta - E[j])[0]) / (2 * h) for j in range(5)], axis=2)
     np.testing.assert_allclose(H, H_num, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(H, np.swapaxes(H, 1, 2), rtol=1e-10, atol=1e-10)
+
+
+def test_bundled_probe_keeps_warmup_in_batches_and_drops_rows_past_the_cut(fitted):
+    """A probe cut from a run: its warm-up requests occupy the rebuilt batches but give no rows,
+    and rows ending after the next (missing) arrival are dropped, each counted."""
+    s = T.spec_for_run(RUN)
+    pobs, infos = T.probe_obs(s, [f"bundled:{RUN}:200"])
+    info = infos[0]
+    req = datasets.requests(RUN).sort_values("arrival_us", kind="stable").reset_index(drop=True)
+    first = req["index"].iloc[:T.PROBE_WARMUP]
+    assert not np.isin(pobs.request, first.to_numpy()).any()
+    assert info["requests"] == 200 and pobs.meta["probe_requests"] == 200
+    cut = req["arrival_us"].iloc[T.PROBE_WARMUP + 200] - req["arrival_us"].iloc[0]
+    assert info["cut_us"] == pytest.approx(cut)
+    assert info["rows_dropped"]["after_cut"] > 0 and info["rows"] == len(pobs)
+    probe = req.iloc[T.PROBE_WARMUP:T.PROBE_WARMUP + 200]
+    assert info["observed"]["e2e_mean"] == pytest.approx(probe.loc[~probe["has_error"], "e2e_ms"].mean())
+    # every kept row ends before the cut: finish (window) or first token (TTFT) <= cut
+    a0 = req["arrival_us"].iloc[0]
+    by = req.set_index("index")
+    end = np.where(pobs.kind == 2, by["arrival_us"].reindex(pobs.request) + by["ttft_ms"].reindex(pobs.request) * 1e3,
+                   by["arrival_us"].reindex(pobs.request) + by["e2e_ms"].reindex(pobs.request) * 1e3) - a0
+    assert (end <= cut + 1.0).all()
+
+
+def test_pool_rows_sums_one_kind_per_run():
+    obs, _ = M.simulate_obs(seed=2, rows={("H100 SXM", "dense"): 60})
+    pooled = T.pool_rows(obs, ("ttft",))
+    m = obs.kind == 2
+    assert (pooled.kind == 2).sum() == 1 and len(pooled) == (~m).sum() + 1
+    row = pooled.kind == 2
+    assert pooled.y[row][0] == pytest.approx(obs.y[m].sum())
+    np.testing.assert_allclose(pooled.X[row][0], obs.X[m].sum(axis=0))
+    np.testing.assert_allclose(pooled.A[row][0], obs.A[m].sum(axis=0))
+    np.testing.assert_allclose(np.sort(pooled.y[~row]), np.sort(obs.y[~m]))
+    assert T.pool_rows(obs, ()) is obs
+
+
+def test_probe_calibration_offset_is_not_read_as_a_factor(fitted):
+    """A probe whose TTFT runs 30% long is what probes of the training runs do (calibration
+    mu_ttft = log 1.3): the CPU factor then stays where an on-average probe puts it; without the
+    calibration the same probe raises it."""
+    from dataclasses import replace
+
+    idata = fitted[0]
+    s = T.spec_for_run(RUN)
+    pobs, _ = T.probe_obs(s, [f"bundled:{RUN}:200"])
+    slow = replace(pobs, y=np.where(pobs.kind == 2, 1.3 * pobs.y, pobs.y))
+    cal = {"kinds": {"ttft": {"mu": float(np.log(1.3)), "tau": 0.02}, "window": {"mu": 0.0, "tau": 0.02}}}
+    zero = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.02}, "window": {"mu": 0.0, "tau": 0.02}}}
+    _, ref = T.update_deployment(idata, pobs, calibration=zero)
+    _, calibrated = T.update_deployment(idata, slow, calibration=cal)
+    _, naive = T.update_deployment(idata, slow, calibration=zero)
+    assert calibrated["slice_offset"]["ttft"] == pytest.approx(np.log(1.3)) and calibrated["calibration"] == "probe"
+    assert abs(np.log(calibrated["cpu_factor"]["mean"] / ref["cpu_factor"]["mean"])) < 0.05
+    assert naive["cpu_factor"]["mean"] > 1.15 * calibrated["cpu_factor"]["mean"]
+    # too few training runs with per-request data (2 < 3): no calibration, the slice spread instead
+    assert T.probe_calibration(idata, 200) is None
+    cal2 = T.probe_calibration(idata, 200, min_runs=2)
+    assert set(cal2["kinds"]) >= {"window", "ttft"}
+    assert all(v["tau"] >= T.SLICE_SD_DEFAULT[k] and v["runs"] == 2 for k, v in cal2["kinds"].items())
