@@ -251,3 +251,9 @@ def test_probe_calibration_offset_is_not_read_as_a_factor(fitted):
     cal2 = T.probe_calibration(idata, 200, min_runs=2)
     assert set(cal2["kinds"]) >= {"window", "ttft"}
     assert all(v["tau"] >= T.SLICE_SD_DEFAULT[k] and v["runs"] == 2 for k, v in cal2["kinds"].items())
+    assert cal2["spread"]["runs"] == 2 and cal2["spread"]["step"] >= 0 and cal2["spread"]["cpu"] >= 0
+    # the update's measured error widens its step factor, shared by the fixed and load parts
+    _, wide = T.update_deployment(idata, pobs, calibration=zero | {"spread": {"step": 0.2, "cpu": 0.0}})
+    w = lambda i: np.log(i["step_factor"]["q95"] / i["step_factor"]["q05"])  # noqa: E731
+    assert w(wide) > 2.0 * w(ref) and w(wide) > 0.5
+    assert abs(np.log(wide["step_factor"]["mean"] / ref["step_factor"]["mean"])) < 0.05
