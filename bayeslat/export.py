@@ -36,13 +36,16 @@ BLIS_NOTES = (
     "bandwidth; exported b3 = c_tp_comm * hbm_bw / link_bw of the group's GPU datasheet.",
     "weight_load: for MoE ours counts the experts touched by the step's tokens, BLIS all experts held "
     "per GPU; b2 is exported unchanged (BLIS's term is larger for small MoE batches).",
-    "prefill_overhead (per prefill request) has no BLIS term: folded into b5 (per request) with the "
-    "fit rows' ratio of prefill requests to all requests.",
+    "prefill_overhead (per prefill request; held at 0 by the default priors) has no BLIS term: folded "
+    "into b5 (per request) with the fit rows' ratio of prefill requests to all requests.",
     "moe_dispatch (EP all-to-all) is dropped (BLIS's optional b10 defaults to b3 and only acts at DP>1).",
     "kv_offload is dropped: BLIS adds CPU<->GPU KV transfers in its tiered KV cache, not in the step.",
     "decode_kv: BLIS also counts the new token's KV write; the difference is one token per request.",
     "tp_sync_overhead (us per TP all-reduce call, 2 per layer at TP > 1) has no BLIS term: folded into "
     "b4 (per layer) as 2 x its coefficient for the TP degree given to the export (tp > 1).",
+    "context_overhead (us per KV token held by the batch) has no BLIS term: folded into b9 (decode KV "
+    "time) with the fit rows' ratio of KV tokens held to decode-KV roofline time, so it is exact for "
+    "the group's average model, KV layout and prefill / decode mix only (prefill contexts count too).",
     "alpha: a0 = const + prompt term at the fit rows' mean prompt length + queue term at the mean queue "
     "depth (us); a1 = a2 = 0 because our step time already contains output processing (request_overhead).",
 )
@@ -179,6 +182,16 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     else:
         frac = 0.0
     betas[5] += float(us_per_raw[B["prefill_overhead"]]) * frac
+    # fold context_overhead (us per KV token held) into b9 (per us of decode-KV roofline time)
+    if rows is not None:
+        kv_us = X[:, B["decode_kv"]].sum() * F.BETA_SCALE[B["decode_kv"]]
+        ctx_tok = X[:, B["context_overhead"]].sum() * F.BETA_SCALE[B["context_overhead"]]
+        tok_per_kv_us = ctx_tok / kv_us if kv_us > 0 else 0.0
+    else:
+        tok_per_kv_us = 0.0
+        if us_per_raw[B["context_overhead"]] > 0:
+            notes.append("no fit rows for the group: context_overhead is not folded into b9")
+    betas[9] += float(us_per_raw[B["context_overhead"]]) * tok_per_kv_us
     if tp > 1:
         betas[4] += 2.0 * float(us_per_raw[B["tp_sync_overhead"]])
     a = cd.alpha.mean(axis=0)  # ms per scaled unit
@@ -190,7 +203,8 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
             ref = A[m].mean(axis=0)
     a0 = float(a @ ref) * 1000.0
     return {"alpha": [a0, 0.0, 0.0], "beta": betas, "group": [hw, cls], "new_levels": list(cd.new_levels),
-            "hbm_over_link": float(ratio), "prefill_fraction": float(frac), "tp": int(tp),
+            "hbm_over_link": float(ratio), "prefill_fraction": float(frac),
+            "context_tokens_per_kv_us": float(tok_per_kv_us), "tp": int(tp),
             "reference_alpha_features": ref.tolist(), "notes": notes}
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 import numba
 import numpy as np
 
-SPEC_VERSION = "bayeslat-features/1"
+SPEC_VERSION = "bayeslat-features/2"  # /2: context_overhead (15 beta features)
 
 # ---------------------------------------------------------------------------------------------
 # Batch statistics of one step (float64 vector, in this order)
@@ -57,6 +57,7 @@ BETA_FEATURES = (
     ("step_overhead", "steps", 1.0, "constant per step (scheduler, CUDA graph replay, sync)"),
     ("prefill_overhead", "requests", 10.0, "requests with a prefill chunk (varlen attention metadata, chunk bookkeeping)"),
     ("tp_sync_overhead", "collectives", 100.0, "TP all-reduce calls per step (2 per layer at TP > 1): per-collective launch + synchronisation latency"),
+    ("context_overhead", "tokens", 1e5, "KV tokens held by the batch's requests (prefill + decode contexts): per-token work that is not HBM traffic (block tables, slot mapping, attention metadata, paged-attention split overhead)"),
 )
 BETA_NAMES = tuple(f[0] for f in BETA_FEATURES)
 BETA_UNITS = tuple(f[1] for f in BETA_FEATURES)
@@ -171,6 +172,7 @@ def step_features_kernel(stats, ctx, out):
     out[11] = 1.0
     out[12] = n_pf
     out[13] = 2.0 * ctx[14] if ctx[12] > 0.0 else 0.0
+    out[14] = stats[4] + stats[5]
 
 
 @numba.njit(cache=True)

@@ -26,9 +26,10 @@ The sampling geometry (measured on the 1,320 real rows; benchmarks/fit_backends.
   basis, :func:`_zerosum`); each cell is centred (``u_*``) where the data pin it and
   non-centred (``z_*`` ~ N(0, 1), the "offset" variables) where few data inform it;
 - class deviations exist only for features observed in every class and varying within it
-  (:func:`_centred_cells`); per-deployment constants and single-class (MoE) terms are shared;
+  (:func:`_centred_cells`), except those in ``no_class_deviation`` (default ``context_overhead``)
+  and the excluded ones; per-deployment constants and single-class (MoE) terms are shared;
 - regime factors are relative to decode (factor 1), centred for regimes with >= 100 rows;
-- ``exclude_features`` (default ``step_overhead``) holds coefficients the design cannot
+- ``exclude_features`` (default ``step_overhead``, ``prefill_overhead``) holds coefficients the design cannot
   identify at 0; nu and the noise scales are per observation kind, with a systematic relative
   term ``s_sys`` (step and window rows only) that does not average out over a window's steps;
 - a deployment level (model x GPU x parallelism): one step-time and one CPU-time factor per
@@ -82,8 +83,9 @@ DEFAULT_PRIORS = {
     # Scales are the physically plausible magnitudes (bambi-style tiers scaled to the units):
     # roofline terms are efficiency multipliers (1 = exactly the roofline time); layer / MoE-layer
     # overheads in ms per 100 layers (BLIS: ~3 ms); request overhead ms per 100 requests; the
-    # step constant in ms; prefill overhead in ms per 10 prefilling requests.
-    "beta_scale": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 2.0, 0.5, 0.5, 2.0],
+    # step constant in ms; prefill overhead in ms per 10 prefilling requests; context overhead in
+    # ms per 100k KV tokens held (2 ms = 20 ns per token).
+    "beta_scale": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 2.0, 0.5, 0.5, 2.0, 2.0],
     "alpha_scale": [2.0, 0.5, 0.5],
     # alpha features with a LogNormal(log median, sd) prior instead of the sparsity prior:
     # {name: [median (ms per scaled unit), sd of the log]}. The intercept: vLLM's API server
@@ -97,7 +99,18 @@ DEFAULT_PRIORS = {
     # layer_overhead by the one TP1 model: without it (leave-one-model-out) tp_sync went
     # 1.06 -> 3.89 and layer_overhead 5.9 -> 0.79, and the TP1 model's fixed step cost came out
     # 1.5x too small.
-    "beta_lognormal": {"tp_sync_overhead": [1.0, 0.5]},
+    # decode_kv: the decode-attention kernel's time per KV byte relative to the HBM roofline,
+    # measured on H100 microbenchmarks of FlashAttention decode (shared/data/bench/mha/decode,
+    # benchmarks/kernel_priors.py: slope 1.04-1.08 x roofline over 6 head layouts x TP 1/2/4, plus a
+    # 20-80 us floor per call); LogNormal(log 1.05, 0.25) leaves room for other GPUs and
+    # kernels. Under the sparsity prior decode_kv and context_overhead (both grow with the
+    # decode contexts) traded off freely.
+    "beta_lognormal": {"tp_sync_overhead": [1.0, 0.5], "decode_kv": [1.05, 0.25]},
+    # beta features without a model-class deviation (shared by the classes of a hardware level).
+    # context_overhead: a per-token software cost of the engine, not of the model's shapes; with
+    # one MoE deployment its class deviation and decode_kv's were collinear (the MoE runs'
+    # decode contexts drive both): R-hat 1.022, bulk ESS 50 in the default fit.
+    "no_class_deviation": ["context_overhead"],
     # BetaPrime(1/2, b): the horseshoe's spike at zero (ARD pruning); b = 2 regularises the tail
     # (x^-3 instead of the horseshoe's x^-1.5, cf. the regularised horseshoe's slab) so weakly
     # identified terms do not send NUTS into a Cauchy tail.
@@ -147,15 +160,22 @@ DEFAULT_PRIORS = {
     "s_rel": 0.3,
     # s_sys[k] ~ HalfNormal(s_sys): relative error common to all steps of a row
     "s_sys": 0.05,
-    # nu[kind] = 2 + nu_m2[kind], nu_m2 ~ Gamma(nu_alpha, nu_beta) (mean 20): the location is the mean (nu > 2)
+    # nu[kind] = 2 + nu_m2[kind], nu_m2 ~ Gamma(nu_alpha, nu_beta) (mean 10): the location is the mean (nu > 2).
+    # Mean 10, not 20: the traced-step rows are near Gaussian but for rare slow steps; with the
+    # prior mean at 20 one 12-step window of 70B general at +10% of its prediction (6 sigma of the
+    # step noise) had Pareto k 0.84 (nu 13 [5, 27]); at mean 10: k 0.67-0.69, nu 9.8, coefficients
+    # unchanged to 1%. Windows and TTFT rows sit at nu ~2.1 under either prior.
     "nu_alpha": 2.0,
-    "nu_beta": 0.1,
+    "nu_beta": 0.2,
     # beta features held at 0 (not fitted). step_overhead: a constant per step is not identified
     # next to layer_overhead (L), tp_sync_overhead (2L at TP > 1) and weight loading when the
     # training set has fewer deployments than per-deployment constants (the 4 bundled ones);
     # measured on the real data: bulk ESS 8-35 along that ridge for any prior shape. Fitting data
     # with more deployments can release it: priors={"exclude_features": []}.
-    "exclude_features": ["step_overhead"],
+    # prefill_overhead: with chunked prefill a step holds 1-2 prefilling requests at these budgets,
+    # so the count is identified only by the mixed-vs-decode contrast, which the regime factor
+    # already carries; next to context_overhead (prefill contexts) it was pruned anyway.
+    "exclude_features": ["step_overhead", "prefill_overhead"],
 }
 
 FIELDS = ("kind", "y", "X", "A", "n_steps", "hw", "cls", "run", "request", "hardware_levels", "class_levels")
@@ -232,9 +252,10 @@ def _merge_priors(priors: dict | None) -> dict:
         p[k] = v
     if p["deployment_level"] not in DEPLOYMENT_LEVELS:
         raise SpecError(f"deployment_level must be one of {DEPLOYMENT_LEVELS}, got {p['deployment_level']!r}", field="priors")
-    unknown = sorted(set(p["exclude_features"]) - set(F.BETA_NAMES))
-    if unknown:
-        raise SpecError(f"exclude_features: unknown beta features {unknown}; known: {list(F.BETA_NAMES)}", field="priors")
+    for key in ("exclude_features", "no_class_deviation"):
+        unknown = sorted(set(p[key]) - set(F.BETA_NAMES))
+        if unknown:
+            raise SpecError(f"{key}: unknown beta features {unknown}; known: {list(F.BETA_NAMES)}", field="priors")
     for key, names in (("alpha_lognormal", F.ALPHA_NAMES), ("beta_lognormal", F.BETA_NAMES)):
         ln = p[key] or {}
         bad = sorted(set(ln) - set(names))
@@ -316,7 +337,7 @@ def _deployment_groups(d: dict) -> tuple[np.ndarray, np.ndarray, list[np.ndarray
     return dkeys, didx, [np.array(v) for _, v in sorted(grp.items()) if len(v) >= 2]
 
 
-def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1) -> dict:
+def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1, no_class=()) -> dict:
     """Which deviation cells exist and which are centred (see :func:`_zerosum`).
 
     Class deviations exist only for the features the data can tell apart between classes:
@@ -356,7 +377,7 @@ def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1) -> dict:
             sd = np.sqrt(np.where(cnt > 1, (((v - mean) * nz) ** 2).sum(axis=0) / np.maximum(cnt - 1, 1), 0.0))
             cv = np.where(mean > 0, sd / np.maximum(mean, 1e-300), 0.0)
             ok &= (cnt >= min_rows) & (cv >= min_cv)
-        cls[h] = ok & (seen >= 2)
+        cls[h] = ok & (seen >= 2) & ~np.isin(np.asarray(F.BETA_NAMES), list(no_class))
     # alpha class deviations: centred for alpha features that vary within every class (prompt
     # length, queue depth), non-centred for the constant (identified only by the class's level)
     A = d["A"]
@@ -465,7 +486,9 @@ def build_model(obs, priors: dict | None = None):
         # steps leave the CUDA-graph path). Per-feature regime deviations were not identified by
         # real data (windows mix regimes; many (regime, feature) cells have no rows): measured
         # sigma_regime -> 2.4 and saturated trees. See specs/method.md.
-        cen = _centred_cells(d)
+        # features held at 0 get no class deviation either (it would multiply a zero coefficient:
+        # a dimension informed by its prior alone)
+        cen = _centred_cells(d, no_class=set(p["no_class_deviation"]) | set(p["exclude_features"]))
         # Regime factors relative to decode (or, without decode rows, the regime with the most
         # rows): its factor is 1, so beta_pop is the decode-regime coefficient, pinned by most
         # rows. The others deviate by N(0, sigma_regime) on the log scale, centred where >= 100
@@ -737,6 +760,10 @@ def load(path):
     fmt = idata.attrs.get("format")
     if fmt != FORMAT:
         raise SpecError(f"expected format {FORMAT!r}, got {fmt!r}", file=str(path), field="format")
+    sv = idata.attrs.get("spec_version")
+    if sv != F.SPEC_VERSION:
+        raise SpecError(f"fitted on features {sv!r}, this bayeslat computes {F.SPEC_VERSION!r}: refit it "
+                        "(bayeslat fit) with this version", file=str(path), field="spec_version")
     return idata
 
 
@@ -916,6 +943,9 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     else:
         dc = g["sigma_cls"][:, None] * rng.standard_normal((Dn, Fb))
         ac = g["sigma_alpha_cls"][:, None] * rng.standard_normal((Dn, Fa))
+        # features the fit shares between classes (no_class_deviation) stay shared for a new class
+        shared = json.loads(idata.attrs.get("priors", "{}")).get("no_class_deviation", [])
+        dc[:, np.isin(np.asarray(F.BETA_NAMES), shared)] = 0.0
     dr = _flat(post, "dev_regime")[sel]
     if dr.ndim == 2:  # (D, R): one factor per regime, shared by features and groups
         dr = np.broadcast_to(dr[:, :, None], (Dn, R, Fb))
@@ -1052,7 +1082,7 @@ TRUE_BETA_POP = {
     "prefill_compute": 0.6, "decode_compute": 0.0, "weight_load": 1.3, "tp_comm": 0.8, "prefill_kv": 0.0,
     "decode_kv": 1.5, "moe_dispatch": 0.0, "kv_offload": 0.0, "layer_overhead": 0.3, "request_overhead": 0.5,
     "moe_layer_overhead": 0.5, "step_overhead": 0.15, "prefill_overhead": 0.0,
-    "tp_sync_overhead": 0.0,
+    "tp_sync_overhead": 0.0, "context_overhead": 1.0,
 }
 TRUE_ALPHA_POP = {"const": 8.0, "prompt_tokens": 1.5, "queue_depth": 2.0}
 

@@ -180,10 +180,17 @@ def _cv_groups(cases, mode):
 
 def cv_fit_path(fit_dir, exclude_runs) -> str:
     """Cache file of the refit without ``exclude_runs``: one per held-out set, whichever suite
-    asks (leave-one-TP-out of a TP used by one model is that model's leave-one-model-out)."""
+    asks (leave-one-TP-out of a TP used by one model is that model's leave-one-model-out). The
+    name also hashes the feature spec and the default priors, so a cache written by another
+    version of the model is not reused."""
     import hashlib
+    import json
 
-    h = hashlib.sha256("\n".join(sorted(exclude_runs)).encode()).hexdigest()[:10]
+    from bayeslat import features as F
+    from bayeslat import model
+
+    key = "\n".join(sorted(exclude_runs)) + "\n" + F.SPEC_VERSION + "\n" + json.dumps(model.DEFAULT_PRIORS, sort_keys=True)
+    h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{fit_dir}/heldout-{h}.nc"
 
 

@@ -72,10 +72,31 @@ def test_blis_export(fake):
     # per-layer overhead: ms per 100 layers -> us per layer (x10)
     lo, hi = tb[:, F.B["layer_overhead"]].min() * 10, tb[:, F.B["layer_overhead"]].max() * 10
     assert lo * 0.9 <= beta[4] <= hi * 1.1
-    # decode KV is a dimensionless efficiency: same number as ours
-    assert tb[:, F.B["decode_kv"]].min() * 0.9 <= beta[9] <= tb[:, F.B["decode_kv"]].max() * 1.1
-    # tp_comm rescaled by HBM / NVLink bandwidth of the H100 datasheet
+    # decode KV is a dimensionless efficiency (same number as ours) plus context_overhead folded
+    # in: us per KV token held x the fit rows' KV tokens per us of decode-KV roofline time
     b = E.blis_coefficients(idata, "H100 SXM/dense")
+    k = b["context_tokens_per_kv_us"]
+    X = obs.X.sum(axis=1)
+    m = (obs.hw == obs.hardware_levels.index("H100 SXM")) & (obs.cls == obs.class_levels.index("dense"))
+    assert k == pytest.approx(X[m, F.B["context_overhead"]].sum() * 1e5 / (X[m, F.B["decode_kv"]].sum() * 1000.0), rel=1e-6)
+    assert k > 0
+    folded = tb[:, F.B["decode_kv"]] + tb[:, F.B["context_overhead"]] * 1000.0 / 1e5 * k
+    assert folded.min() * 0.9 <= beta[9] <= folded.max() * 1.1
+    # the fold itself: b9 moves linearly with the context_overhead coefficient (0, 1x, 2x), by
+    # us per KV token x k, and nothing else moves
+    def b9_with(factor):
+        c = idata.copy()
+        bp = c.posterior["beta_pop"].values.copy()
+        bp[..., F.B["context_overhead"]] *= factor
+        c.posterior["beta_pop"] = (c.posterior["beta_pop"].dims, bp)
+        return E.blis_coefficients(c, "H100 SXM/dense")["beta"]
+    b0, b1, b2 = b9_with(0.0), b9_with(1.0), b9_with(2.0)
+    step = b1[9] - b0[9]
+    assert step > 0 and b2[9] - b1[9] == pytest.approx(step, rel=1e-9)
+    assert b1[:9] == pytest.approx(b0[:9], rel=1e-12)
+    ctx_us_per_token = tb[:, F.B["context_overhead"]] * 1000.0 / 1e5
+    assert ctx_us_per_token.min() * k * 0.9 <= step <= ctx_us_per_token.max() * k * 1.1
+    # tp_comm rescaled by HBM / NVLink bandwidth of the H100 datasheet
     assert b["hbm_over_link"] == pytest.approx(3.35e12 / 900e9)
     assert alpha[0] > truth["alpha"][("H100 SXM", "dense")][0] * 1000 * 0.8  # const + prompt + queue terms (us)
     assert "tp_comm" in text and "kv_offload" in text

@@ -75,6 +75,8 @@ def test_kernel_hand_computed(llama7b):
     assert raw[F.B["prefill_kv"]] == pytest.approx(10 * 524_288 / 3.35e6)
     assert raw[F.B["tp_comm"]] == 0 and raw[F.B["moe_dispatch"]] == 0 and raw[F.B["kv_offload"]] == 0
     assert raw[F.B["layer_overhead"]] == 32 and raw[F.B["request_overhead"]] == 2
+    # KV tokens held: the decode's 99 + 1 and the chunk's 0 + 10
+    assert raw[F.B["context_overhead"]] == 110
     assert F.REGIMES[reg[0]] == "mixed"
 
 

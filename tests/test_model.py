@@ -30,6 +30,37 @@ def test_check_obs_rejects_bad_input():
         M.build_model(obs, priors={"nonsense": 1})
     with pytest.raises(SpecError, match="exclude_features"):
         M.build_model(obs, priors={"exclude_features": ["no_such_feature"]})
+    with pytest.raises(SpecError, match="no_class_deviation"):
+        M.build_model(obs, priors={"no_class_deviation": ["no_such_feature"]})
+
+
+def test_no_class_deviation_cells():
+    """Features named in no_class_deviation get no class-deviation cell; the others keep theirs."""
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 200, ("H100 SXM", "moe"): 200})
+    d = M.check_obs(obs)
+    free = M._centred_cells(d, no_class=())["cls"]
+    cut = M._centred_cells(d, no_class=["context_overhead", "decode_kv"])["cls"]
+    for f in ("context_overhead", "decode_kv"):
+        assert free[0, F.B[f]] and not cut[0, F.B[f]]
+    others = np.setdiff1d(np.arange(F.N_BETA), [F.B["context_overhead"], F.B["decode_kv"]])
+    assert (free[:, others] == cut[:, others]).all()
+
+
+def test_excluded_features_get_no_class_cell():
+    """A feature held at 0 (exclude_features) gets no class-deviation parameter: it would multiply
+    a zero coefficient, a dimension informed by its prior alone."""
+    obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 200, ("H100 SXM", "moe"): 200})
+    free = M._centred_cells(M.check_obs(obs))["cls"]
+    held = [f for f in ("step_overhead", "prefill_overhead") if free[0, F.B[f]]]
+    assert held, "the simulated data should give these features class cells when they are fitted"
+
+    def n_cls_cells(m):
+        return sum(int(np.prod(m[v].type.shape)) for v in ("u_dev_cls", "z_dev_cls") if v in m.named_vars)
+
+    base = {"no_class_deviation": [], "exclude_features": []}
+    m_all = M.build_model(obs, priors=base)
+    m_cut = M.build_model(obs, priors=base | {"exclude_features": held})
+    assert n_cls_cells(m_all) - n_cls_cells(m_cut) == len(held)
 
 
 def test_alpha_intercept_prior_and_names():
@@ -48,8 +79,9 @@ def test_alpha_intercept_prior_and_names():
     with pytest.raises(SpecError, match="beta_lognormal.*no_such"):
         M.build_model(obs, priors={"beta_lognormal": {"no_such": [1.0, 0.5]}})
     # a present beta term with a physics prior leaves the sparsity prior
-    m3 = M.build_model(obs, priors={"beta_lognormal": {"weight_load": [1.0, 0.3]}})
-    assert m3["beta_pop_lognormal"].type.shape == (1,)
+    bln = M.DEFAULT_PRIORS["beta_lognormal"]
+    m3 = M.build_model(obs, priors={"beta_lognormal": bln | {"weight_load": [1.0, 0.3]}})
+    assert m3["beta_pop_lognormal"].type.shape == (len(bln) + 1,)
     assert m3["beta_pop_w"].type.shape[0] == m.named_vars["beta_pop_w"].type.shape[0] - 1
     stats = {"n_steps", "tree_depth", "depth", "diverging", "energy", "step_size", "acceptance_rate",
              "lp", "logp", "mean_tree_accept", "maxdepth_reached", "energy_error", "index_in_trajectory"}
@@ -225,6 +257,12 @@ def test_fit_groups_attrs_and_roundtrip(fitted, tmp_path):
     p.with_name("bad.nc").write_bytes(b"")
     with pytest.raises(Exception):
         M.load(p.with_name("bad.nc"))
+    # a fit of another feature layout is refused, naming the field
+    old = idata.copy()
+    old.attrs["spec_version"] = "bayeslat-features/1"
+    old.to_netcdf(str(tmp_path / "old.nc"))
+    with pytest.raises(SpecError, match="spec_version|bayeslat-features/1"):
+        M.load(tmp_path / "old.nc")
 
 
 @pytest.mark.slow
@@ -242,3 +280,25 @@ def test_predictions_and_unseen_group(fitted):
     assert new.new_levels == ["hardware", "model_class"]
     f = F.B["weight_load"]
     assert np.std(np.log(new.beta[:, 0, f])) > 1.5 * np.std(np.log(seen.beta[:, 0, f]))
+
+
+def test_new_class_keeps_shared_features():
+    """A new model class draws a class deviation for every feature except those the fit shares
+    between classes (no_class_deviation, read from the fit's stored priors)."""
+    obs, truth = M.simulate_obs(seed=3, rows={("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20})
+    idata = fake_idata(obs, truth, seed=1)
+    shared, free = idata.copy(), idata.copy()
+    shared.attrs["priors"] = json.dumps({"no_class_deviation": ["context_overhead"]})
+    free.attrs["priors"] = json.dumps({"no_class_deviation": []})
+    a = M.coefficient_draws(shared, "A100 SXM", "moe", n=400, seed=5)  # A100 has no MoE rows
+    b = M.coefficient_draws(free, "A100 SXM", "moe", n=400, seed=5)
+    assert "model_class" in a.new_levels
+    ctx = F.B["context_overhead"]
+    others = np.setdiff1d(np.arange(F.N_BETA), [ctx])
+    np.testing.assert_allclose(a.beta[:, :, others], b.beta[:, :, others], rtol=1e-12)
+    # the free draw carries sigma_cls * N(0, 1) more on the log scale (fake sigma_cls ~ 0.2)
+    extra = np.log(b.beta[:, 0, ctx] / a.beta[:, 0, ctx])
+    assert 0.15 < extra.std() < 0.25
+    # a seen class is unaffected by the setting
+    np.testing.assert_allclose(M.coefficient_draws(shared, "A100 SXM", "dense", n=50, seed=5).beta,
+                               M.coefficient_draws(free, "A100 SXM", "dense", n=50, seed=5).beta, rtol=1e-12)
