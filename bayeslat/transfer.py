@@ -925,6 +925,12 @@ def _neg_definite(H, floor):
 # Llama-2-70B and CodeLlama-34B probes (leave-one-model-out) CPU x1.5-2.3 and the whole-run TTFT
 # went from within 9% to +17% ... +86%, although the probe's TTFT level was off by only ~10%.
 POOLED_PROBE_KINDS = ("ttft",)
+# Step-time factors of a probe update: 1 = one factor on the whole step time, 2 = separate factors
+# on its fixed and load parts (features.STEP_PARTS). 1 since session 7: on the leave-one-model-out
+# folds of the context_overhead model the two-factor update put the load factor at x1.5-2.5 and the
+# fixed one at x0.8 for the TP2/TP4 models, 5-15 prior SDs (sigma_dep ~0.05) from 1: the first 200
+# requests do not carry the load mix that separates the parts (see specs/method.md, section 6).
+STEP_FACTORS = 1
 
 
 def pool_rows(obs, kinds):
@@ -955,7 +961,7 @@ def pool_rows(obs, kinds):
 
 
 def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30, calibration="auto",
-                      copy_idata: bool = True):
+                      copy_idata: bool = True, step_factors: int | None = None):
     """Condition the deployment level on a probe ("cut" update, seconds instead of a refit).
 
     The probe's rows belong to one deployment (``meta["deployments"]``). Every other level stays
@@ -974,11 +980,12 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     of probe rows against 3 + K parameters. Conditioning of the level the probe is new to, given
     the rest of the hierarchy (nothing flows back into the coefficients, as in the "spread" fit).
 
-    Two step factors, not one: the fixed and load parts of a held-out model can be off in opposite
-    directions (7B, leave-one-model-out: 1.5x and 0.65x). One factor fitted on a low-load probe then
-    over-corrects the high-load stages (7B codegen, whole-run E2E error -1.7% -> +57%). The probe's
-    own mix of batch sizes and prefills separates the two parts; where it cannot, their posterior
-    is correlated and the prior keeps both near 1.
+    ``step_factors`` (default :data:`STEP_FACTORS`, 1): with 2, the fixed and load parts get
+    separate factors. That helped a model whose fixed and load parts were off in opposite
+    directions (session 4, 7B held out: 1.5x and 0.65x); on the context_overhead model the held-out
+    parts are no longer off that way, and the probe's narrow load mix sent the load factor to
+    x1.5-2.5 (5-15 prior SDs), so one factor is the default. With 1, both entries of ``dev_dep``
+    carry the same draw.
 
     Returns (copy of ``idata`` with group ``deployment_update``, dims chain, draw,
     probe_deployment and, for ``dev_dep``, step_part; info). :func:`bayeslat.model.coefficient_draws`
@@ -999,6 +1006,9 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     hw, cls = d["hardware_levels"][int(d["hw"][0])], d["class_levels"][int(d["cls"][0])]
     cd = M.coefficient_draws(idata, hw, cls, n=None, seed=seed, new_run=False, deployment=None)
     D = cd.beta.shape[0]
+    nf = STEP_FACTORS if step_factors is None else step_factors
+    if nf not in (1, 2):
+        raise SpecError(f"step_factors must be 1 or 2, got {nf!r}", field="step_factors")
     fix = F.FIXED_STEP_MASK
     parts = np.stack([np.einsum("nrf,drf->dn", d["X"][..., fix], cd.beta[..., fix]),
                       np.einsum("nrf,drf->dn", d["X"][..., ~fix], cd.beta[..., ~fix]),
@@ -1020,7 +1030,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     psd = np.concatenate([np.stack([sig[0], sig[0], sig[1]], axis=1), np.broadcast_to(tau, (D, len(kinds)))], axis=1)
     pmean = np.concatenate([np.zeros((D, 3)), np.broadcast_to(off, (D, len(kinds)))], axis=1)
     sab, crel = M.noise_terms(cd, k, d["n_steps"])
-    post_fn = _ProbePosterior(parts, y, k, kinds, sab, crel, cd.nu[:, k], psd, pmean)
+    fit_parts = parts if nf == 2 else np.stack([parts[:, 0] + parts[:, 1], np.zeros_like(parts[:, 1]), parts[:, 2]], axis=1)
+    post_fn = _ProbePosterior(fit_parts, y, k, kinds, sab, crel, cd.nu[:, k], psd, pmean)
     P = psd.shape[1]
     # damped Newton from the prior mean for every draw at once (always an ascent direction: the
     # Hessian's eigenvalues are clipped below the prior's curvature), then the Laplace approximation
@@ -1046,6 +1057,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     cov = np.linalg.inv(-_neg_definite(H, floor))
     L = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, 1, 2)))
     draw = (theta + np.einsum("dij,dj->di", L, rng.standard_normal((D, P))))[:, :3]  # slice errors marginalised out
+    if nf == 1:
+        draw[:, 1] = draw[:, 0]  # one factor on the whole step time
     spr = (calibration or {}).get("spread")
     if spr:
         # the update's own error on the training runs' probes (probe_calibration): one draw
@@ -1075,8 +1088,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
     tot = parts[:, :2].sum(axis=2)
     eff = np.log((np.exp(draw[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
-    r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() else float("nan")
-    info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "rows": int(len(y)),
+    r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() and nf == 2 else float("nan")
+    info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "rows": int(len(y)), "step_factors": nf,
             "step_factor": summ(eff), "fixed_factor": summ(draw[:, 0]) | {"informed": bool(informed[0])},
             "load_factor": summ(draw[:, 1]) | {"informed": bool(informed[1])},
             "fixed_load_corr": float(r),

@@ -33,10 +33,15 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*", default=None, help="only these held-out models")
     ap.add_argument("--no-calibration", action="store_true",
                     help="slice errors N(0, slice_spread) instead of transfer.probe_calibration (the session-4 method)")
+    ap.add_argument("--step-factors", type=int, default=None, choices=(1, 2),
+                    help="1: one factor on the step time; 2: fixed and load parts apart (default: transfer.STEP_FACTORS)")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     from bayeslat import design, transfer, validate
+
+    if a.step_factors is not None:
+        transfer.STEP_FACTORS = a.step_factors  # used by the calibration pass too
 
     t_start = time.time()
     cases = validate._replay_cases(None)

@@ -257,3 +257,33 @@ def test_probe_calibration_offset_is_not_read_as_a_factor(fitted):
     w = lambda i: np.log(i["step_factor"]["q95"] / i["step_factor"]["q05"])  # noqa: E731
     assert w(wide) > 2.0 * w(ref) and w(wide) > 0.5
     assert abs(np.log(wide["step_factor"]["mean"] / ref["step_factor"]["mean"])) < 0.05
+
+
+def test_step_factors_one_or_two(fitted):
+    """One step factor (the default) moves the fixed and load parts together; two let a probe
+    whose load part alone is slow pull them apart; anything else is refused by name."""
+    from dataclasses import replace
+
+    from bayeslat import features as F
+    from bayeslat.errors import SpecError
+
+    idata = fitted[0]
+    pobs, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    zero = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.02}, "window": {"mu": 0.0, "tau": 0.02}}}
+    # the probe's load part 1.5x slower: rescale each row by its load share under the posterior mean
+    cd = M.coefficient_draws(idata, "H100 SXM", "dense", n=50, seed=0, new_run=False)
+    fix = F.FIXED_STEP_MASK
+    part = lambda m: np.einsum("nrf,rf->n", pobs.X[..., m], cd.beta[..., m].mean(axis=0))  # noqa: E731
+    fixed, load = part(fix), part(~fix)
+    step = fixed + load > 0
+    y = np.where(step & (pobs.kind != 2), pobs.y * (fixed + 1.5 * load) / np.maximum(fixed + load, 1e-12), pobs.y)
+    slow_load = replace(pobs, y=y)
+    new1, one = T.update_deployment(idata, slow_load, calibration=zero)
+    _, two = T.update_deployment(idata, slow_load, calibration=zero, step_factors=2)
+    assert one["step_factors"] == 1 and two["step_factors"] == 2
+    dd = new1["deployment_update"]["dev_dep"].values
+    np.testing.assert_array_equal(dd[..., 0], dd[..., 1])
+    assert one["fixed_factor"]["mean"] == pytest.approx(one["load_factor"]["mean"])
+    assert two["load_factor"]["mean"] > 1.15 * two["fixed_factor"]["mean"]
+    with pytest.raises(SpecError, match="step_factors"):
+        T.update_deployment(idata, pobs, calibration=zero, step_factors=3)
