@@ -82,6 +82,22 @@ def test_tp8_flags_tp_comm_outside_range(fitted):
     assert tc["direction"] == "above" and tc["ratio"] > T.EXTRAP_FEATURE_RATIO
     assert rep["verdict"] != "in-distribution"
     assert any(r.startswith("tp_comm") for r in rep["reasons"])
+    # TP8 was never trained (the fit has TP1 and TP2): a new level in words
+    assert "tensor_parallel" in rep["new_levels"] and "tensor_parallel" in rep["triggers"]["extrapolating"]
+    assert any(r.startswith("tensor-parallel degree 8 was not in the fit (trained: 1, 2)") for r in rep["reasons"])
+
+
+def test_untrained_tp_between_trained_degrees_is_flagged(fitted):
+    """TP degrees are a level of their own: a degree no training run used is flagged even where its
+    features stay inside the training range; a trained degree is not."""
+    wl = W.from_run(RUN).head(60)
+    for tp, flagged in ((2, False), (4, True)):
+        s = T.spec_for_run(RUN, server_overrides={"tensor_parallel": tp}, workload=wl)
+        rep = T.check(s, fitted[0], draws=2)
+        assert rep["level_flags"]["tensor_parallel"] is flagged
+        assert ("tensor_parallel" in rep["new_levels"]) is flagged
+        if flagged:
+            assert rep["verdict"] != "in-distribution"
 
 
 def test_64k_context_flags_decode_kv(fitted):
