@@ -944,7 +944,7 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         dc = g["sigma_cls"][:, None] * rng.standard_normal((Dn, Fb))
         ac = g["sigma_alpha_cls"][:, None] * rng.standard_normal((Dn, Fa))
         # features the fit shares between classes (no_class_deviation) stay shared for a new class
-        shared = json.loads(idata.attrs.get("priors", "{}")).get("no_class_deviation", [])
+        shared = attr_json(idata, "priors", {}).get("no_class_deviation", [])
         dc[:, np.isin(np.asarray(F.BETA_NAMES), shared)] = 0.0
     dr = _flat(post, "dev_regime")[sel]
     if dr.ndim == 2:  # (D, R): one factor per regime, shared by features and groups
