@@ -35,8 +35,10 @@ Idle engine: the clock jumps to the next arrival / queue entry.
 ``prefix_length``) is cached, in full blocks (``nb = min_group(prefix_length) // block_size``).
 The first request of a group whose prefix is not resident computes it and *populates* the
 group's ``nb`` blocks (shared, reference-counted); once its ``c >= nb x block_size`` the group
-is resident and later requests (with prompt + outputs > ``nb x block_size`` tokens) start with
-those tokens cached (not computed, counted in ``cached_tokens``). Blocks of a group with no
+is resident and later requests (with prompt + outputs >= ``nb x block_size`` tokens) start with
+those tokens cached (not computed, counted in ``cached_tokens``), at most the full blocks
+before the last token (vLLM v1 computes at least one token: a prompt of exactly ``nb`` blocks
+recomputes its last block). Blocks of a group with no
 holder stay resident as evictable cache and are evicted LRU (by last use) when an allocation
 needs free blocks. Requests' own (non-prefix) blocks are not cached after they finish.
 
@@ -347,10 +349,12 @@ def _sim_kernel(arrival, prompt, outlen, grp, deadline, dorder, reject, gnb,
                 hit = 0
                 if prefix_on and g >= 0:
                     nbg = gnb[g]
-                    if nbg > 0 and target > nbg * bs:
+                    # vLLM v1 caps a hit at target - 1 tokens (one token must be computed): a
+                    # prompt that is exactly the cached prefix recomputes its last block
+                    if nbg > 0 and target >= nbg * bs:
                         if gstate[g] == 2:
                             mode = 1
-                            hit = nbg * bs
+                            hit = min(nbg, (target - 1) // bs) * bs
                         elif gstate[g] == 0:
                             mode = 2
                 load = 0

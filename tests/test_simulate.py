@@ -217,6 +217,23 @@ def test_prefix_hits_reduce_prefill_tokens():
     assert (grouped["cached_tokens"] > 0).mean() > 0.9
 
 
+def test_prompt_equal_to_cached_prefix_recomputes_only_its_last_block():
+    # vLLM v1 caps a prefix-cache hit at prompt - 1 tokens: a repeated prompt of exactly 12 full
+    # blocks hits 11 of them and computes 16 tokens (the simulator used to compute all 192)
+    n = 40
+    w = W.Workload(arrival_us=np.arange(n, dtype=np.int64) * 200_000, input_tokens=np.full(n, 192),
+                   output_tokens=np.full(n, 8), prefix_group=np.zeros(n, dtype=np.int64),
+                   prefix_length=np.full(n, 192), timeout_us=-1)
+    srv = server()
+    res = S.simulate(w, CTX, srv, BETA, ALPHA, record_steps=True)
+    check_invariants(w, srv, res)
+    d = res.requests
+    assert d["cached_tokens"].iloc[0] == 0 and d["computed_tokens"].iloc[0] == 192 + 7
+    assert (d["cached_tokens"].iloc[1:] == 176).all()
+    assert (d["computed_tokens"].iloc[1:] == 16 + 7).all()
+    assert res.counters["prefill_tokens"] == 192 + 16 * (n - 1)
+
+
 def test_prefix_blocks_evicted_lru_under_pressure():
     w = random_workload(n=150, rate=30.0, seed=2, groups=40, prefix=160, pmin=200, pmax=400, omin=50, omax=100)
     srv = server(kv_blocks=120, max_num_seqs=64)
