@@ -4,7 +4,8 @@ Every observation row is a weighted window of steps of one run (see
 :mod:`bayeslat.reconstruct`): ``X[r, g, :] = sum_k w_k * f_k * [regime_k == g]`` with ``f_k``
 the scaled beta features of step k (:func:`bayeslat.features.step_features`), computed exactly
 from per-run cumulative sums per regime. TTFT rows add alpha features
-(:func:`bayeslat.features.alpha_features` of prompt tokens and queue depth at arrival).
+(:func:`bayeslat.features.alpha_features` of prompt tokens and queue depth at arrival, and
+whether the deployment runs multi-process workers).
 
 Sources: :func:`bundled_obs` (the real runs bundled in :mod:`bayeslat.datasets`) and
 :func:`obs_from_tables` (the Parquet tables of ``bayeslat ingest ... --out DIR``; what
@@ -117,7 +118,7 @@ def build_obs(recon: R.Reconstruction, ctx, hardware: str, model_class: str, *, 
     kind = win["kind"].to_numpy(np.int64)
     A = np.zeros((len(win), F.N_ALPHA))
     tt = kind == R.KIND_TTFT
-    A[tt] = F.alpha_features(win["prompt"].to_numpy()[tt], win["queue_depth"].to_numpy()[tt])
+    A[tt] = F.alpha_features(win["prompt"].to_numpy()[tt], win["queue_depth"].to_numpy()[tt], F.multiproc(ctx))
     hl = tuple(hardware_levels or (hardware,))
     cl = tuple(class_levels or (model_class,))
     t_end = max(float(recon.steps["t_start_us"].iloc[-1]), 1.0)
@@ -647,7 +648,7 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
         al = journey_alpha_rows(req)
         if len(al):
             te = t_end if t_end is not None else float(al["t_us"].max())
-            A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy())
+            A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy(), F.multiproc(ctx))
             tabs.append(_rows_table(R.KIND_ALPHA, al["y_ms"].to_numpy(), np.zeros((len(al), len(F.REGIMES), F.N_BETA)), A,
                                     np.zeros(len(al)), al["request"].to_numpy(), al["t_us"].to_numpy(), te, run, hwname, cls))
         info["rows"]["alpha"] = int(len(al))

@@ -47,7 +47,8 @@ BLIS_NOTES = (
     "time) with the fit rows' ratio of KV tokens held to decode-KV roofline time, so it is exact for "
     "the group's average model, KV layout and prefill / decode mix only (prefill contexts count too).",
     "alpha: a0 = const + prompt term at the fit rows' mean prompt length + queue term at the mean queue "
-    "depth (us); a1 = a2 = 0 because our step time already contains output processing (request_overhead).",
+    "depth (us), + the multiproc term (per request, multi-process executor) when the export's tp > 1; "
+    "a1 = a2 = 0 because our step time already contains output processing (request_overhead).",
 )
 
 
@@ -89,7 +90,7 @@ def coefficients(idata, group=("H100 SXM", "dense"), n: int | None = None, seed:
     from bayeslat.model import coefficient_draws
 
     hw, cls = _parse_group(group)
-    cd = coefficient_draws(idata, hw, cls, n=n, seed=seed)
+    cd = coefficient_draws(idata, hw, cls, n=n, seed=seed, new_run=False)
     beta = {}
     for r, reg in enumerate(F.REGIMES):
         beta[reg] = {}
@@ -154,7 +155,7 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     from bayeslat.model import coefficient_draws
 
     hw, cls = _parse_group(group)
-    cd = coefficient_draws(idata, hw, cls)
+    cd = coefficient_draws(idata, hw, cls, new_run=False)
     c = cd.beta.mean(axis=0)  # (R, F) ms per scaled unit
     rows = _group_rows(idata, hw, cls)
     if rows is not None:
@@ -195,12 +196,15 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     if tp > 1:
         betas[4] += 2.0 * float(us_per_raw[B["tp_sync_overhead"]])
     a = cd.alpha.mean(axis=0)  # ms per scaled unit
-    ref = np.array([1.0, 0.0, 0.0])
+    ref = np.zeros(F.N_ALPHA)
+    ref[0] = 1.0
     if rows is not None:
         A = rows[1]
         m = A[:, 0] > 0
         if m.any():
             ref = A[m].mean(axis=0)
+    # the multi-process executor term is a property of the exported TP degree, not of the fit's mix
+    ref[F.ALPHA_NAMES.index("multiproc")] = 1.0 if tp > 1 else 0.0
     a0 = float(a @ ref) * 1000.0
     return {"alpha": [a0, 0.0, 0.0], "beta": betas, "group": [hw, cls], "new_levels": list(cd.new_levels),
             "hbm_over_link": float(ratio), "prefill_fraction": float(frac),

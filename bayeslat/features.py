@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 import numba
 import numpy as np
 
-SPEC_VERSION = "bayeslat-features/2"  # /2: context_overhead (15 beta features)
+SPEC_VERSION = "bayeslat-features/3"  # /2: context_overhead (15 beta features); /3: alpha multiproc, ctx workers
 
 # ---------------------------------------------------------------------------------------------
 # Batch statistics of one step (float64 vector, in this order)
@@ -80,6 +80,8 @@ ALPHA_FEATURES = (
     ("const", "1", 1.0, "constant API / ingest overhead"),
     ("prompt_tokens", "tokens", 1000.0, "prompt length (tokenisation, request validation)"),
     ("queue_depth", "requests", 100.0, "running + waiting requests at arrival (API server contention)"),
+    ("multiproc", "requests", 1.0, "1 when the engine drives multi-process GPU workers (TP > 1): per-request "
+     "executor time a single in-process worker does not pay (new-request broadcast to the workers, output gather)"),
 )
 ALPHA_NAMES = tuple(f[0] for f in ALPHA_FEATURES)
 ALPHA_UNITS = tuple(f[1] for f in ALPHA_FEATURES)
@@ -119,6 +121,7 @@ class FeatureContext:
     dispatch_bytes_per_token: float   # EP all-to-all bytes per token over all MoE layers, per GPU (0 w/o EP)
     num_layers: float
     num_moe_layers: float
+    workers: float = 1.0              # GPU worker processes of one engine (TP degree); > 1: multi-process executor
 
     def to_array(self) -> np.ndarray:
         return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
@@ -221,11 +224,20 @@ def step_features(stats: np.ndarray, ctx: FeatureContext | np.ndarray, scaled: b
     return out, regime
 
 
-def alpha_features(prompt_tokens, queue_depth, scaled: bool = True) -> np.ndarray:
-    """Alpha features (n, N_ALPHA) of requests: const, prompt tokens, queue depth at arrival."""
+def multiproc(ctx) -> float:
+    """1.0 when the deployment runs multi-process GPU workers (FeatureContext ``workers`` > 1, or a
+    context array's last entry), else 0.0: the value of the ``multiproc`` alpha feature."""
+    w = ctx.workers if isinstance(ctx, FeatureContext) else np.asarray(ctx, dtype=np.float64)[CONTEXT_FIELDS.index("workers")]
+    return 1.0 if float(w) > 1.0 else 0.0
+
+
+def alpha_features(prompt_tokens, queue_depth, multiproc: float = 0.0, scaled: bool = True) -> np.ndarray:
+    """Alpha features (n, N_ALPHA) of requests: const, prompt tokens, queue depth at arrival,
+    multi-process executor (0 / 1, :func:`multiproc` of the deployment)."""
     prompt_tokens = np.asarray(prompt_tokens, dtype=np.float64)
     queue_depth = np.broadcast_to(np.asarray(queue_depth, dtype=np.float64), prompt_tokens.shape)
-    out = np.column_stack([np.ones_like(prompt_tokens), prompt_tokens, queue_depth])
+    mp = np.broadcast_to(np.asarray(multiproc, dtype=np.float64), prompt_tokens.shape)
+    out = np.column_stack([np.ones_like(prompt_tokens), prompt_tokens, queue_depth, mp])
     return out / ALPHA_SCALE if scaled else out
 
 
@@ -300,6 +312,7 @@ def feature_context(model, hw, server) -> FeatureContext:
         dispatch_bytes_per_token=_s.dispatch_bytes_per_token(model, ep),
         num_layers=float(model.num_layers),
         num_moe_layers=float(model.num_moe_layers),
+        workers=float(tp),
     )
 
 

@@ -101,7 +101,7 @@ class LatencyModel:
         else:
             pt, qd = request.prompt_tokens, getattr(request, "queue_depth", 0.0)
         a = self._alpha_raw
-        return float(a[0] + a[1] * pt + a[2] * qd)
+        return float(a[0] + a[1] * pt + a[2] * qd + a[3] * F.multiproc(self._ctx))
 
     def output_token_processing_time(self) -> float:
         """0: output processing is part of the fitted step time (request_overhead)."""

@@ -70,6 +70,12 @@ DEFAULT_BACKEND = "nutpie"
 # ESS 304 before the TTFT s_sys ridge was removed).
 MAX_SAVED_DRAWS = 1000  # per chain, after thinning (fit)
 SPREAD_DRAWS = 1000  # draws (and tune) of the deployment-spread fit (fit, "spread" mode)
+# Run spread (attach_run_spread): how much a new run of a configuration differs from the runs the
+# fit saw, as one multiplicative factor on the step time and one on the CPU / queueing (alpha)
+# part. HalfNormal prior scales of the two sigmas (a fit of one run per deployment has only
+# these), the sd of the deployment offset they are measured around, the grid and the draws kept.
+RUN_SPREAD = {"prior_step": 0.05, "prior_alpha": 0.3, "deployment_sd": 2.0, "grid": 600, "draws": 1000,
+              "min_step_rows": 20, "min_ttft_rows": 10, "boot": 200}
 DEFAULT_SAMPLER = {"draws": 4000, "tune": 1000, "chains": 2, "target_accept": 0.99}
 
 # Variables that are re-parameterisation helpers, not quantities of interest (left out of diagnostics).
@@ -86,7 +92,7 @@ DEFAULT_PRIORS = {
     # step constant in ms; prefill overhead in ms per 10 prefilling requests; context overhead in
     # ms per 100k KV tokens held (2 ms = 20 ns per token).
     "beta_scale": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5, 2.0, 0.5, 0.5, 2.0, 2.0],
-    "alpha_scale": [2.0, 0.5, 0.5],
+    "alpha_scale": [2.0, 0.5, 0.5, 2.0],
     # alpha features with a LogNormal(log median, sd) prior instead of the sparsity prior:
     # {name: [median (ms per scaled unit), sd of the log]}. The intercept: vLLM's API server
     # always spends some ms between arrival and queueing (HTTP, tokenisation, scheduling);
@@ -736,6 +742,7 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
                      progressbar=progressbar, priors=(priors or {}) | {"deployment_level": "fit"},
                      target_accept=cfg["target_accept"])
             attach_deployment_spread(idata, sp, {"wall_seconds": time.perf_counter() - t1})
+    attach_run_spread(idata, seed=seed)
     return idata
 
 
@@ -892,6 +899,129 @@ def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
     return idata
 
 
+def _row_means(idata) -> tuple[np.ndarray, np.ndarray]:
+    """(step part, CPU part) of the posterior-mean prediction of every training row of a fit
+    (group coefficients, times the fitted deployment factors where the fit has them)."""
+    post, cd = idata.posterior, idata.constant_data
+    beta = post["beta"].mean(("chain", "draw")).values
+    alpha = post["alpha"].mean(("chain", "draw")).values
+    hw, cls = cd["hw"].values.astype(int), cd["cls"].values.astype(int)
+    mub = np.einsum("nrf,nrf->n", cd["X"].values, beta[hw, cls])
+    mua = np.einsum("na,na->n", cd["A"].values, alpha[hw, cls])
+    if "dev_dep" in post and "deployment" in cd:
+        keys = [str(v) for v in post.coords["deployment"].values]
+        j = np.array([keys.index(str(k)) if str(k) in keys else -1 for k in cd["deployment"].values])
+        db = np.exp(post["dev_dep"].mean(("chain", "draw")).values)
+        da = np.exp(post["dev_alpha_dep"].mean(("chain", "draw")).values)
+        mub = mub * np.where(j >= 0, db[j], 1.0)
+        mua = mua * np.where(j >= 0, da[j], 1.0)
+    return mub, mua
+
+
+def _weighted_median(v, w):
+    o = np.argsort(v)
+    c = np.cumsum(w[o])
+    return float(v[o][np.searchsorted(c, 0.5 * c[-1])])
+
+
+def run_residuals(idata, seed: int = 0) -> "pd.DataFrame":
+    """Per training run of a fit: its deployment and how far its rows sit from the fit, as log
+    factors with bootstrap standard errors. ``step``: log(sum y / sum mu) of its step and window
+    rows; ``alpha``: the log of the factor f on the CPU part that best explains its TTFT rows,
+    ``y ~ mu_step + f mu_cpu`` in absolute error (a weighted median, robust to the queueing
+    outliers of TTFT rows); NaN where the run has fewer rows than ``RUN_SPREAD`` asks."""
+    import pandas as pd
+
+    cd = idata.constant_data
+    y = idata.observed_data["y"].values
+    kind = cd["kind"].values.astype(int)
+    run = cd["run"].values.astype(str)
+    dep = cd["deployment"].values.astype(str) if "deployment" in cd else run
+    mub, mua = _row_means(idata)
+    rng = np.random.default_rng(seed + 11)
+    cfg = RUN_SPREAD
+    out = []
+    for r in np.unique(run):
+        m = run == r
+        row = {"run": r, "deployment": dep[m][0], "step": np.nan, "step_se": np.nan, "alpha": np.nan, "alpha_se": np.nan,
+               "step_rows": 0, "ttft_rows": 0}
+        s = m & (kind <= 1) & (mub + mua > 0)
+        ys, ms = y[s], (mub + mua)[s]
+        row["step_rows"] = int(s.sum())
+        if s.sum() >= cfg["min_step_rows"]:
+            row["step"] = float(np.log(ys.sum() / ms.sum()))
+            b = rng.integers(0, len(ys), (cfg["boot"], len(ys)))
+            row["step_se"] = float(np.std(np.log(ys[b].sum(1) / ms[b].sum(1))))
+        t = m & (kind == KINDS.index("ttft")) & (mua > 0)
+        row["ttft_rows"] = int(t.sum())
+        if t.sum() >= cfg["min_ttft_rows"]:
+            ratio, w = (y[t] - mub[t]) / mua[t], mua[t]
+            f = [_weighted_median(ratio, w)]
+            for _ in range(cfg["boot"]):
+                i = rng.integers(0, len(ratio), len(ratio))
+                f.append(_weighted_median(ratio[i], w[i]))
+            f = np.log(np.maximum(np.asarray(f), 0.05))
+            row["alpha"], row["alpha_se"] = float(f[0]), float(np.std(f[1:]))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _spread_grid_posterior(e, se, groups, prior_scale: float, dep_sd: float, n_grid: int):
+    """Grid posterior of sigma in ``e_r = d_g + u_r``, ``u_r ~ N(0, sigma)``, ``e_r`` measured with sd
+    ``se_r``, ``d_g ~ N(0, dep_sd)`` integrated out, sigma ~ HalfNormal(prior_scale). Returns
+    (grid, probabilities)."""
+    grid = np.linspace(0.0, 6.0 * prior_scale, n_grid + 1)[1:]
+    logp = -0.5 * (grid / prior_scale) ** 2
+    for g in np.unique(groups):
+        m = groups == g
+        k = int(m.sum())
+        for i, sg in enumerate(grid):
+            C = dep_sd ** 2 * np.ones((k, k)) + np.diag(sg ** 2 + se[m] ** 2)
+            sign, logdet = np.linalg.slogdet(C)
+            logp[i] += -0.5 * (logdet + e[m] @ np.linalg.solve(C, e[m]))
+    p = np.exp(logp - logp.max())
+    return grid, p / p.sum()
+
+
+def attach_run_spread(idata, seed: int = 0):
+    """Estimate the between-run spread of a fit's training runs and attach it as group
+    ``run_spread`` (draws of ``sigma_run_step`` and ``sigma_run_alpha``); returns ``idata``.
+
+    A "cut" stage after the fit (like the deployment spread): the per-run log factors of
+    :func:`run_residuals` are modelled as a deployment offset plus a run deviation
+    ``N(0, sigma)``, the offset integrated out, so only runs of deployments with >= 2 runs inform
+    sigma (a fit with none keeps the HalfNormal prior of ``RUN_SPREAD``). Exact on a grid; no
+    feedback into the coefficients. A new run (:func:`coefficient_draws`, ``new_run=True``)
+    multiplies its step time by ``exp(sigma_run_step z)`` and its CPU part by
+    ``exp(sigma_run_alpha z')``: without it a prediction for a trained deployment carries
+    parameter uncertainty only (leave-one-workload-out: 12% coverage of 90% intervals)."""
+    import xarray as xr
+
+    cfg = RUN_SPREAD
+    res = run_residuals(idata, seed=seed)
+    rng = np.random.default_rng(seed + 13)
+    ds, info = {}, {"runs": res.round(5).to_dict("records"), "config": cfg}
+    for part, prior in (("step", cfg["prior_step"]), ("alpha", cfg["prior_alpha"])):
+        ok = res[part].notna().to_numpy()
+        e, se, g = res[part].to_numpy()[ok], res[f"{part}_se"].to_numpy()[ok], res["deployment"].to_numpy()[ok]
+        grid, p = _spread_grid_posterior(e, se, g, prior, cfg["deployment_sd"], int(cfg["grid"]))
+        dx = grid[1] - grid[0]
+        draws = rng.choice(grid, size=int(cfg["draws"]), p=p) + rng.uniform(-0.5 * dx, 0.5 * dx, int(cfg["draws"]))
+        ds[f"sigma_run_{part}"] = (("chain", "draw"), np.abs(draws)[None, :])
+        _, counts = np.unique(g, return_counts=True)
+        info[part] = {"runs_informing": int(counts[counts >= 2].sum()), "median": float(np.median(draws)),
+                      "q05": float(np.quantile(draws, 0.05)), "q95": float(np.quantile(draws, 0.95))}
+    if "run_spread" in idata.groups():
+        del idata["run_spread"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
+        idata.add_groups({"run_spread": xr.Dataset(ds, coords={"chain": [0], "draw": np.arange(int(cfg["draws"]))})})
+    idata.attrs["run_spread"] = json.dumps(info)
+    return idata
+
+
 def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = None, seed: int = 0,
                       new_run: bool = True, deployment: str | None = None) -> CoefDraws:
     """Posterior draws of the coefficients of group (hardware, model_class).
@@ -975,6 +1105,12 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         f = np.exp(_flat(post, "sigma_run")[sel] * rng.standard_normal(Dn))
         beta = beta * f[:, None, None]
         alpha = alpha * f[:, None]
+    elif new_run and "run_spread" in idata.groups():
+        # a new run: step-time and CPU factors from the fit's between-run spread (attach_run_spread)
+        rs = idata["run_spread"]
+        k = rng.integers(0, rs.sizes["draw"] * rs.sizes["chain"], Dn)
+        beta = beta * np.exp(_flat(rs, "sigma_run_step")[k] * rng.standard_normal(Dn))[:, None, None]
+        alpha = alpha * np.exp(_flat(rs, "sigma_run_alpha")[k] * rng.standard_normal(Dn))[:, None]
     s_rel = _flat(post, "s_rel")[sel]
     nu = _flat(post, "nu")[sel]
     if nu.ndim == 1:  # fits before per-kind nu: one tail weight shared by all kinds
@@ -1084,7 +1220,7 @@ TRUE_BETA_POP = {
     "moe_layer_overhead": 0.5, "step_overhead": 0.15, "prefill_overhead": 0.0,
     "tp_sync_overhead": 0.0, "context_overhead": 1.0,
 }
-TRUE_ALPHA_POP = {"const": 8.0, "prompt_tokens": 1.5, "queue_depth": 2.0}
+TRUE_ALPHA_POP = {"const": 8.0, "prompt_tokens": 1.5, "queue_depth": 2.0, "multiproc": 3.0}
 
 
 def _scaled_context(ctx, k: float):
@@ -1115,13 +1251,18 @@ def _random_batch(rng, prefill: bool, long_ctx: bool = False):
 
 
 def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15, 0.1), noise=(0.05, 0.08), nu: float = 8.0,
-                 kind_mix=(0.6, 0.2, 0.1, 0.1), beta_pop=None, alpha_pop=None):
+                 kind_mix=(0.6, 0.2, 0.1, 0.1), beta_pop=None, alpha_pop=None, runs_per_group: int = 1,
+                 run_sd=(0.0, 0.0)):
     """Synthetic ObsTable from known coefficients and the real feature kernel on random batches.
 
     ``rows``: {(hardware, model_class): n_rows}; default 3 groups, the A100 one with little data.
     Returns ``(obs, truth)`` with ``truth = {"beta_pop", "alpha_pop", "beta": {group: (R, F)},
     "alpha": {group: (A,)}}``. Group deviations are drawn log-normally with ``dev_sd`` (hardware,
     class, regime); noise scale is ``s_abs + s_rel * mu / sqrt(n_steps)`` with ``noise = (s_abs, s_rel)``.
+    ``runs_per_group > 1``: the rows of a group are dealt to that many runs of one deployment, each
+    with a step-time factor ``exp(N(0, run_sd[0]))`` and a CPU-part factor ``exp(N(0, run_sd[1]))``
+    (``truth["run_factors"]``: {run: (step, cpu)}; drawn from a separate stream, so the default
+    output is unchanged).
     """
     rng = np.random.default_rng(seed)
     ctxs = example_contexts()
@@ -1138,8 +1279,11 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
     # on purpose; simulated, they put 90% coverage at 0.73-0.78 over seeds
     # (benchmarks/parameter_recovery.py).
     dr = rng.normal(0, dev_sd[2], R)
-    truth = {"beta_pop": bp, "alpha_pop": ap, "beta": {}, "alpha": {}}
+    truth = {"beta_pop": bp, "alpha_pop": ap, "beta": {}, "alpha": {}, "run_factors": {}}
     cols = {k: [] for k in ("kind", "y", "X", "A", "n_steps", "hw", "cls", "run", "request")}
+    rng_run = np.random.default_rng(seed + 99)
+    rng_mp = np.random.default_rng(seed + 7)  # multi-process executor or not, per alpha row (own stream)
+    deployments = {}
     for (h, c), nrow in rows.items():
         base = ctxs.get((h, c)) or ctxs[("H100 SXM", c)]
         # several model sizes per group (layers x k), so per-layer and per-step overheads separate
@@ -1167,8 +1311,17 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
                     Xr[r] = feats[reg == r].sum(axis=0)
             Ar = np.zeros(F.N_ALPHA)
             if k in (2, 3):
-                Ar = F.alpha_features(np.array([rng.integers(50, 8000)]), np.array([rng.integers(0, 300)]))[0]
-            mu = float((Xr * beta).sum() + Ar @ alpha)
+                Ar = F.alpha_features(np.array([rng.integers(50, 8000)]), np.array([rng.integers(0, 300)]),
+                                      float(rng_mp.random() < 0.5))[0]
+            run = f"sim-{h}-{c}"
+            fb = fa = 1.0
+            if runs_per_group > 1:
+                run = f"sim-{h}-{c}-r{i % runs_per_group}"
+                if run not in truth["run_factors"]:
+                    truth["run_factors"][run] = tuple(np.exp(rng_run.normal(0.0, run_sd)).tolist())
+                    deployments[run] = f"sim-{h}-{c}"
+                fb, fa = truth["run_factors"][run]
+            mu = float(fb * (Xr * beta).sum() + fa * (Ar @ alpha))
             ns = float(len(stats))
             sc = noise[0] + noise[1] * mu / np.sqrt(max(ns, 1.0))
             cols["kind"].append(k)
@@ -1178,7 +1331,7 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
             cols["n_steps"].append(ns)
             cols["hw"].append(hw_levels.index(h))
             cols["cls"].append(cls_levels.index(c))
-            cols["run"].append(f"sim-{h}-{c}")
+            cols["run"].append(run)
             cols["request"].append(i if k >= 2 else -1)
     from bayeslat.design import ObsTable
 
@@ -1188,7 +1341,7 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
         A=np.array(cols["A"]), n_steps=np.array(cols["n_steps"], dtype=np.float64), hw=np.array(cols["hw"], dtype=np.int64),
         cls=np.array(cols["cls"], dtype=np.int64), run=np.array(cols["run"]), request=np.array(cols["request"], dtype=np.int64),
         t_frac=rng.uniform(0.0, 1.0, n_rows), hardware_levels=tuple(hw_levels), class_levels=tuple(cls_levels),
-        meta={"synthetic": True, "seed": seed},
+        meta={"synthetic": True, "seed": seed} | ({"deployments": deployments} if deployments else {}),
     )
     return obs, truth
 

@@ -4,7 +4,7 @@ The core loop (:func:`_sim_kernel`) is numba-compiled over flat arrays. One iter
 engine step:
 
 1. **Arrivals.** Requests whose ``arrival_us`` has passed get their alpha delay
-   ``alpha . alpha_features(prompt, queue_depth)`` (ms; queue depth = running + waiting at the
+   ``alpha . alpha_features(prompt, queue_depth, multiproc)`` (ms; queue depth = running + waiting at the
    step boundary where the arrival is processed) and enter the wait queue at
    ``arrival + delay`` (ordered by that time). Requests whose prompt + output cannot fit in the
    whole KV cache (or exceed ``max_model_len``) are rejected at arrival (failed).
@@ -121,6 +121,7 @@ def _sim_kernel(arrival, prompt, outlen, grp, deadline, dorder, reject, gnb,
                 ctx, beta, alpha, step_noise, seed, record, inv_scale):
     n = arrival.shape[0]
     G = gnb.shape[0]
+    mproc = 1.0 if ctx[ctx.shape[0] - 1] > 1.0 else 0.0  # FeatureContext.workers: multi-process executor
     # per-request state
     state = np.zeros(n, np.int64)        # 0 future, 1 pending (alpha delay), 2 waiting, 3 running, 4 done, 5 failed
     comp = np.zeros(n, np.int64)         # tokens in the KV cache
@@ -194,7 +195,7 @@ def _sim_kernel(arrival, prompt, outlen, grp, deadline, dorder, reject, gnb,
             else:
                 qd = nrun + nwait
                 qdepth[ia] = qd
-                d_ms = alpha[0] + alpha[1] * prompt[ia] / 1000.0 + alpha[2] * qd / 100.0
+                d_ms = alpha[0] + alpha[1] * prompt[ia] / 1000.0 + alpha[2] * qd / 100.0 + alpha[3] * mproc
                 if d_ms < 0.0:
                     d_ms = 0.0
                 t_queued[ia] = arrival[ia] + d_ms * 1000.0

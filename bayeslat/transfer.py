@@ -331,7 +331,7 @@ def training_reference_steps(idata, *, max_requests: int = 3000, seed: int = 0) 
         info = datasets.run_info(run)
         wl = W.from_run(info["run"])
         wl = wl.head(max_requests) if len(wl) > max_requests else wl
-        cd = M.coefficient_draws(idata, dep.hardware, dep.model_class, n=100, seed=seed)
+        cd = M.coefficient_draws(idata, dep.hardware, dep.model_class, n=100, seed=seed, new_run=False)
         res = simulate.simulate(wl, dep.ctx, dep.server, cd.beta.mean(axis=0), cd.alpha.mean(axis=0), seed=seed, record_steps=True)
         fe, _ = F.step_features(res.trace[list(F.STATS)].to_numpy(np.float64), dep.ctx)
         parts.append(fe)

@@ -205,7 +205,10 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
     from bayeslat import design, model
 
     if path is not None and Path(path).exists():
-        return model.load(path)
+        idata = model.load(path)
+        if "run_spread" not in idata.groups():  # a cache written before the run-spread stage
+            model.attach_run_spread(idata, seed=int(idata.attrs.get("seed", 0)))
+        return idata
     obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude_runs))))
     obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
     t0 = time.time()

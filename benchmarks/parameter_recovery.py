@@ -34,7 +34,7 @@ def one_seed(seed, draws, tune):
     per_group = {}
     allhits = []
     for (h, c), tb in truth["beta"].items():
-        cd = M.coefficient_draws(idata, h, c)
+        cd = M.coefficient_draws(idata, h, c, new_run=False)
         m = (obs.hw == obs.hardware_levels.index(h)) & (obs.cls == obs.class_levels.index(c))
         informed = (obs.X[m] != 0).sum(0) >= 5
         lo, hi = np.quantile(cd.beta, [0.05, 0.95], axis=0)

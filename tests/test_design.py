@@ -40,6 +40,14 @@ def test_build_obs_shapes_and_sums(rec, obs):
     np.testing.assert_allclose(obs.X.sum(axis=1), R.window_sums(feat, w.k0, w.k1, w.w0, w.w1), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(obs.X[:, :, F.B["step_overhead"]].sum(axis=1), obs.n_steps, rtol=1e-9)
     assert obs.X.sum(axis=(0, 2))[F.REGIMES.index("mixed")] > 0
+    # multiproc: 0 for one in-process worker (CTX: TP 1), 1 on every TTFT row of a TP > 1 deployment
+    from dataclasses import replace
+
+    mp = F.ALPHA_NAMES.index("multiproc")
+    assert np.all(obs.A[:, mp] == 0)
+    tp2 = D.build_obs(rec, replace(CTX, workers=2.0), "H100 SXM", "dense")
+    assert np.all(tp2.A[tp2.kind == 2, mp] == 1.0) and np.all(tp2.A[tp2.kind == 1, mp] == 0.0)
+    np.testing.assert_array_equal(np.delete(tp2.A, mp, axis=1), np.delete(obs.A, mp, axis=1))
 
 
 def test_validation_errors(obs):

@@ -99,6 +99,14 @@ def test_blis_export(fake):
     # tp_comm rescaled by HBM / NVLink bandwidth of the H100 datasheet
     assert b["hbm_over_link"] == pytest.approx(3.35e12 / 900e9)
     assert alpha[0] > truth["alpha"][("H100 SXM", "dense")][0] * 1000 * 0.8  # const + prompt + queue terms (us)
+    # the multi-process executor term is added for the exported TP degree (> 1), whatever the fit's mix
+    mp = F.ALPHA_NAMES.index("multiproc")
+    from bayeslat.model import coefficient_draws
+
+    a_mp = float(coefficient_draws(idata, "H100 SXM", "dense", new_run=False).alpha[:, mp].mean())
+    assert b["reference_alpha_features"][mp] == 0.0
+    b2tp = E.blis_coefficients(idata, "H100 SXM/dense", tp=2)
+    assert b2tp["alpha"][0] - b["alpha"][0] == pytest.approx(a_mp * 1000.0, rel=1e-6) and a_mp > 0
     assert "tp_comm" in text and "kv_offload" in text
 
 

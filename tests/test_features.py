@@ -34,6 +34,10 @@ def test_context_fields(llama7b, mixtral):
     assert cm.num_experts == 8 and cm.experts_per_token == 2 and cm.num_moe_layers == 32
     assert cm.allreduce_bytes_per_token == pytest.approx(2 * 0.5 * 4096 * 2 * 2 * 32)
     assert cm.kv_bytes_per_token == 65_536
+    # workers: the TP degree; multiproc (alpha feature) is 1 only with more than one worker
+    assert ctx.workers == 1.0 and F.multiproc(ctx) == 0.0 and F.multiproc(ctx.to_array()) == 0.0
+    assert cm.workers == 2.0 and F.multiproc(cm) == 1.0 and F.multiproc(cm.to_array()) == 1.0
+    np.testing.assert_array_equal(F.alpha_features([100, 200], [0, 5], F.multiproc(cm))[:, F.ALPHA_NAMES.index("multiproc")], [1.0, 1.0])
     assert cm.expert_weight_bytes == pytest.approx(32 * 8 * 3 * 4096 * 14336 * 2 / 2)
     ep = F.feature_context(mx, S.load_hardware("h100-sxm"), S.load_server({"tensor_parallel": 2, "expert_parallel": True}))
     assert ep.dispatch_bytes_per_token > 0

@@ -302,3 +302,67 @@ def test_new_class_keeps_shared_features():
     # a seen class is unaffected by the setting
     np.testing.assert_allclose(M.coefficient_draws(shared, "A100 SXM", "dense", n=50, seed=5).beta,
                                M.coefficient_draws(free, "A100 SXM", "dense", n=50, seed=5).beta, rtol=1e-12)
+
+
+def _fake_fit_with_runs(runs_per_group, run_sd, seed=4, n=1200):
+    """A fake fit (posterior at the truth, no sampling) of simulated rows dealt to runs with known
+    run factors, with what attach_run_spread reads: beta / alpha, observed y, run and deployment."""
+    import xarray as xr
+
+    obs, truth = M.simulate_obs(seed=seed, rows={("H100 SXM", "dense"): n}, runs_per_group=runs_per_group,
+                                run_sd=run_sd, kind_mix=(0.4, 0.2, 0.3, 0.1), noise=(0.02, 0.03))
+    idata = fake_idata(obs, truth, seed=0, draws=100)
+    sh = (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"])
+    b = np.broadcast_to(truth["beta"][("H100 SXM", "dense")], sh + (1, 1, len(F.REGIMES), F.N_BETA))
+    a = np.broadcast_to(truth["alpha"][("H100 SXM", "dense")], sh + (1, 1, F.N_ALPHA))
+    idata.posterior["beta"] = (("chain", "draw", "hardware", "model_class", "regime", "feature"), b.copy())
+    idata.posterior["alpha"] = (("chain", "draw", "hardware", "model_class", "alpha_feature"), a.copy())
+    idata.add_groups(observed_data=xr.Dataset({"y": ("obs_id", obs.y)}, coords={"obs_id": np.arange(len(obs.y))}))
+    d = M.check_obs(obs)
+    idata.constant_data["run"] = ("obs_id", d["run"])
+    idata.constant_data["deployment"] = ("obs_id", d["deployment"])
+    return obs, truth, idata
+
+
+def test_run_spread_recovers_known_run_factors():
+    """The cut run-spread stage estimates the spread of simulated per-run factors (step 0.04, CPU
+    0.25 on the log scale) and a new run draws its factors with it; a trained one does not."""
+    obs, truth, idata = _fake_fit_with_runs(12, (0.04, 0.25))
+    M.attach_run_spread(idata, seed=0)
+    info = json.loads(idata.attrs["run_spread"])
+    assert info["step"]["runs_informing"] == 12 and info["alpha"]["runs_informing"] == 12
+    for part, true in (("step", 0.04), ("alpha", 0.25)):
+        sig = idata["run_spread"][f"sigma_run_{part}"].values.ravel()
+        lo, hi = np.quantile(sig, [0.05, 0.95])
+        assert lo <= true <= hi, (part, lo, hi)
+        assert 0.5 * true < np.median(sig) < 2.0 * true
+    # the per-run step factors are recovered up to the deployment's common offset
+    res = M.run_residuals(idata)
+    true_log = np.log([truth["run_factors"][r][0] for r in res.run])
+    est = res.step.to_numpy()
+    assert np.corrcoef(true_log, est)[0, 1] > 0.9
+    old = M.coefficient_draws(idata, "H100 SXM", "dense", n=2000, seed=3, new_run=False)
+    new = M.coefficient_draws(idata, "H100 SXM", "dense", n=2000, seed=3)
+    assert np.array_equal(old.draw_index, new.draw_index)
+    f = F.B["weight_load"]
+    sig = idata["run_spread"]["sigma_run_step"].values.ravel()
+    assert np.var(np.log(new.beta[:, 0, f] / old.beta[:, 0, f])) == pytest.approx(np.mean(sig ** 2), rel=0.25)
+    siga = idata["run_spread"]["sigma_run_alpha"].values.ravel()
+    assert np.var(np.log(new.alpha[:, 0] / old.alpha[:, 0])) == pytest.approx(np.mean(siga ** 2), rel=0.25)
+    # the export is of the population coefficients: no run factor
+    from bayeslat import export
+
+    assert export.coefficients(idata, ("H100 SXM", "dense"))["beta"]["decode"]["weight_load"]["mean"] == \
+        pytest.approx(float(old.beta[:, 0, f].mean()), rel=0.05)
+
+
+def test_run_spread_without_repeat_runs_is_the_prior():
+    """One run per deployment says nothing about how runs of a deployment differ: sigma keeps its
+    HalfNormal prior (median 0.674 x scale)."""
+    obs, truth, idata = _fake_fit_with_runs(1, (0.0, 0.0), n=300)
+    M.attach_run_spread(idata, seed=0)
+    info = json.loads(idata.attrs["run_spread"])
+    assert info["step"]["runs_informing"] == 0
+    for part in ("step", "alpha"):
+        sig = idata["run_spread"][f"sigma_run_{part}"].values.ravel()
+        assert np.median(sig) == pytest.approx(0.674 * M.RUN_SPREAD[f"prior_{part}"], rel=0.1)

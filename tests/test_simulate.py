@@ -32,7 +32,7 @@ def make_beta(step_overhead=5.0, **terms):
 
 BETA = make_beta(5.0, prefill_compute=1.5, decode_compute=1.5, weight_load=1.1, decode_kv=1.2, prefill_kv=1.0,
                  request_overhead=0.5)
-ALPHA = np.array([3.0, 1.0, 2.0])  # ms: const, per 1000 prompt tokens, per 100 queued
+ALPHA = np.array([3.0, 1.0, 2.0, 4.0])  # ms: const, per 1000 prompt tokens, per 100 queued, multi-process
 
 
 def server(**kw):
@@ -123,7 +123,7 @@ def test_step_time_is_the_feature_model():
 def test_constant_step_time_exact():
     c = 7.0
     beta = make_beta(c)
-    alpha = np.array([2.0, 1.5, 4.0])
+    alpha = np.array([2.0, 1.5, 4.0, 3.0])
     # light load, huge budget: every running request is scheduled every step
     w = random_workload(n=60, rate=2.0, seed=5, omin=2, omax=50)
     res = S.simulate(w, CTX, server(max_num_batched_tokens=100000, max_num_seqs=256), beta, alpha, record_steps=True)
@@ -133,7 +133,13 @@ def test_constant_step_time_exact():
     assert np.allclose(res.trace["dt_ms"], c)
     # alpha delay = alpha . features(prompt, queue depth at arrival)
     A = F.alpha_features(d["input_tokens"], d["queue_depth"])
+    assert (A[:, F.ALPHA_NAMES.index("multiproc")] == 0).all()  # CTX: one in-process worker
     assert np.allclose(d["alpha_ms"], A @ alpha)
+    # multi-process workers (TP > 1) add the multiproc coefficient to every request's delay
+    from dataclasses import replace
+
+    mp = S.simulate(w, replace(CTX, workers=2.0), server(max_num_batched_tokens=100000, max_num_seqs=256), beta, alpha)
+    assert np.allclose(mp.requests["alpha_ms"], d["alpha_ms"] + alpha[3])
     # TTFT = alpha delay + wait for the step boundary + one step (prefill fits one step)
     wait = d["ttft_ms"] - d["alpha_ms"] - c
     assert (wait >= -1e-9).all() and (wait < c + 1e-9).all()
@@ -150,7 +156,7 @@ def test_wait_for_step_in_flight():
     """A request arriving while a step runs waits for its end."""
     c = 10.0
     beta = make_beta(c)
-    alpha = np.array([1.0, 0.0, 0.0])
+    alpha = np.array([1.0, 0.0, 0.0, 0.0])
     w = W.Workload(arrival_us=[0, 4000], input_tokens=[100, 100], output_tokens=[50, 5], prefix_group=[-1, -1],
                    prefix_length=[0, 0], timeout_us=[-1, -1])
     d = S.simulate(w, CTX, server(), beta, alpha).requests
@@ -164,13 +170,13 @@ def test_chunked_prefill_splits_long_prompt():
     c = 5.0
     w = W.Workload(arrival_us=[0], input_tokens=[1000], output_tokens=[3], prefix_group=[-1], prefix_length=[0],
                    timeout_us=[-1])
-    res = S.simulate(w, CTX, server(max_num_batched_tokens=256), make_beta(c), np.zeros(3), record_steps=True)
+    res = S.simulate(w, CTX, server(max_num_batched_tokens=256), make_beta(c), np.zeros(F.N_ALPHA), record_steps=True)
     tr = res.trace
     assert list(tr["prefill_tokens"][:4]) == [256, 256, 256, 232]
     assert list(tr["prefill_ctx_tokens"][:4]) == [256, 512, 768, 1000]
     assert res.requests["ttft_ms"].iloc[0] == pytest.approx(4 * c)
     # without chunking a prompt over the budget can never run: rejected
-    res2 = S.simulate(w, CTX, server(max_num_batched_tokens=256, chunked_prefill=False), make_beta(c), np.zeros(3))
+    res2 = S.simulate(w, CTX, server(max_num_batched_tokens=256, chunked_prefill=False), make_beta(c), np.zeros(F.N_ALPHA))
     assert res2.requests["failed"].iloc[0]
 
 
@@ -340,7 +346,7 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
         assert set(out[m]) == {"mean", "p90", "p99", "mean_interval90"}
         assert out[m]["mean_interval90"][0] <= out[m]["mean"] <= out[m]["mean_interval90"][1]
     # the configuration's deployment key is passed on (a trained deployment: the bundled 7B TP1)
-    assert seen == {"hardware": "H100 SXM", "model_class": "dense", "n": 3, "deployment": "H100 SXM|d76c6295dd"}
+    assert seen == {"hardware": "H100 SXM", "model_class": "dense", "n": 3, "deployment": "H100 SXM|9ba1fd527f"}
     # a requests CSV relative to the SPEC, and the kv_blocks override
     (tmp_path / "reqs.csv").write_text("arrival_time_us,input_tokens,output_tokens\n0,100,5\n1000,200,5\n")
     spec2 = tmp_path / "SPEC2.yaml"
