@@ -50,7 +50,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -1288,6 +1288,10 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
         base = ctxs.get((h, c)) or ctxs[("H100 SXM", c)]
         # several model sizes per group (layers x k), so per-layer and per-step overheads separate
         variants = [_scaled_context(base, k) for k in (1.0, 1.5, 2.5)]
+        if base.allreduce_bytes_per_token > 0:
+            # and a TP = 1 sibling: at one TP degree the all-reduce calls (2 per layer) are exactly
+            # proportional to the layers, so tp_sync_overhead could not separate from layer_overhead
+            variants[1] = replace(variants[1], allreduce_bytes_per_token=0.0)
         beta = bp * np.exp(dh[h] + rng.normal(0, dev_sd[1], F.N_BETA) + dr[:, None])
         alpha = ap * np.exp(adh[h] + rng.normal(0, dev_sd[1], F.N_ALPHA))
         truth["beta"][(h, c)] = beta
