@@ -720,9 +720,13 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
     fewer than D; all when None). Each draw uses its ``sigma_rel`` as the per-step noise and its
     own RNG seed. ``processes`` > 1 runs draws in a fork process pool (None / 1: in-process).
 
-    Returns ``{metric: {"mean", "p90", "p99" (medians across draws), "<stat>_interval50",
-    "<stat>_interval90" ([lo, hi] across draws), "draws": [per-draw values]}, "requests": n,
-    "n_failed": mean failed per draw, "draws": n_draws, "wall_s": s}``.
+    Returns ``{metric: {"mean", "p90", "p99" (medians across draws), "<stat>_draw_mean" (means
+    across draws), "<stat>_interval50", "<stat>_interval90" ([lo, hi] across draws), "draws":
+    [per-draw values]}, "requests": n, "n_failed": mean failed per draw, "draws": n_draws, "wall_s": s}``.
+
+    The point prediction is the median across draws: the Bayes estimate under absolute (%) error,
+    the accuracy metric. Near saturation a few draws' runaway queues dominate the mean across draws
+    (held-out Mixtral codegen: mean TTFT 2.1 s across draws against 59 ms observed).
     """
     get = (lambda k: draws[k]) if isinstance(draws, dict) else (lambda k: getattr(draws, k))
     beta = np.asarray(get("beta"), dtype=np.float64)
@@ -769,11 +773,12 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
             v = np.array([p[m][stat] for p in per], dtype=np.float64)
             v = v[np.isfinite(v)]
             if len(v) == 0:
-                entry[stat] = float("nan")
+                entry[stat] = entry[f"{stat}_draw_mean"] = float("nan")
                 entry[f"{stat}_interval50"] = [float("nan")] * 2
                 entry[f"{stat}_interval90"] = [float("nan")] * 2
                 continue
-            entry[stat] = float(np.mean(v))
+            entry[stat] = float(np.median(v))
+            entry[f"{stat}_draw_mean"] = float(np.mean(v))
             entry[f"{stat}_interval50"] = [float(np.quantile(v, 0.25)), float(np.quantile(v, 0.75))]
             entry[f"{stat}_interval90"] = [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]
         entry["draws"] = {stat: [p[m][stat] for p in per] for stat in ("mean", "p90", "p99")}

@@ -133,6 +133,9 @@ def compare(case: dict, pred: dict) -> dict:
             row[f"{m}_{q}_obs"] = o
             row[f"{m}_{q}_pred"] = p.get(q)
             row[f"{m}_{q}_err_pct"] = 100.0 * (p[q] - o) / o if o else np.nan
+            if f"{q}_draw_mean" in p:  # the mean across draws (the point until session 9), for comparison
+                row[f"{m}_{q}_pred_draw_mean"] = p[f"{q}_draw_mean"]
+                row[f"{m}_{q}_err_pct_draw_mean"] = 100.0 * (p[f"{q}_draw_mean"] - o) / o if o else np.nan
         lo, hi = p["mean_interval90"]
         row[f"{m}_mean_lo90"], row[f"{m}_mean_hi90"] = lo, hi
         o = case["observed"].get(f"{m}_mean")
@@ -150,6 +153,9 @@ def summarize(df: pd.DataFrame) -> dict:
             for q in ("mean", "p90", "p99"):
                 e = use[f"{m}_{q}_err_pct"].abs()
                 s[f"{m}_{q}_median_abs_err_pct"] = float(e.median()) if len(e.dropna()) else None
+                if f"{m}_{q}_err_pct_draw_mean" in use:
+                    e = use[f"{m}_{q}_err_pct_draw_mean"].abs()
+                    s[f"{m}_{q}_median_abs_err_pct_draw_mean"] = float(e.median()) if len(e.dropna()) else None
             s[f"{m}_mean_coverage90"] = float(use[f"{m}_mean_in90"].mean()) if len(use) else None
         out[label] = s
     return out

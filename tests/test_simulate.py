@@ -307,6 +307,9 @@ def test_posterior_predictive_intervals():
             lo90, hi90 = e[f"{stat}_interval90"]
             assert lo90 <= lo50 <= hi50 <= hi90
             assert lo90 <= e[stat] <= hi90
+            # the point is the median across draws (absolute-error Bayes estimate); the mean is kept
+            v = np.asarray(e["draws"][stat])
+            assert e[stat] == pytest.approx(np.median(v)) and e[f"{stat}_draw_mean"] == pytest.approx(v.mean())
         assert e["mean"] <= e["p90"] <= e["p99"]
     pp2 = S.posterior_predictive(w, CTX, server(), fake_draws(), n_draws=4, seed=0, processes=2)
     assert pp2["e2e_ms"]["draws"] == pp["e2e_ms"]["draws"]

@@ -1,0 +1,57 @@
+"""validate.compare / summarize on hand-built cases: signed errors, interval containment, the
+median-across-draws point next to the mean across draws, stress runs out of the typical medians."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from bayeslat import validate as V
+
+
+def _case(run, stress=False, itl_def="server", ttft=50.0, itl=10.0, e2e=2000.0):
+    obs = {}
+    for m, v in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):
+        obs |= {f"{m}_mean": v, f"{m}_p90": 1.5 * v, f"{m}_p99": 2.0 * v}
+    return {"run": run, "model": "m", "workload": "w", "kind": "replay", "itl_definition": itl_def,
+            "stress": stress, "observed": obs}
+
+
+def _pred(draws: dict):
+    """posterior_predictive-shaped dict from per-draw workload means (p90 / p99 = 1.5x / 2x)."""
+    out = {}
+    for m, v in draws.items():
+        v = np.asarray(v, float)
+        e = {}
+        for q, k in (("mean", 1.0), ("p90", 1.5), ("p99", 2.0)):
+            e[q] = float(np.median(k * v))
+            e[f"{q}_draw_mean"] = float(np.mean(k * v))
+        e["mean_interval90"] = [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]
+        out[f"{m}_ms"] = e
+    return out
+
+
+def test_compare_signed_errors_intervals_and_draw_mean():
+    # TTFT: 4 draws near 55 ms and one runaway queue at 5 s; the median is the point, the mean is kept
+    row = V.compare(_case("a"), _pred({"ttft": [54, 55, 55, 56, 5000], "itl": [9, 9, 9, 9, 9],
+                                       "e2e": [2100, 2100, 2100, 2100, 2100]}))
+    assert row["ttft_mean_pred"] == 55.0 and row["ttft_mean_err_pct"] == pytest.approx(10.0)
+    assert row["ttft_mean_pred_draw_mean"] == pytest.approx(1044.0)
+    assert row["ttft_mean_err_pct_draw_mean"] == pytest.approx(100 * (1044.0 - 50) / 50)
+    assert row["itl_mean_err_pct"] == pytest.approx(-10.0) and not row["itl_mean_in90"]
+    assert row["e2e_p90_err_pct"] == pytest.approx(5.0)
+    assert row["ttft_mean_lo90"] == pytest.approx(54.2) and not row["ttft_mean_in90"]  # 50 ms is below it
+    assert row["e2e_mean_in90"] is False and row["e2e_mean_lo90"] == row["e2e_mean_hi90"] == 2100.0
+
+
+def test_summarize_typical_excludes_stress_and_client_itl():
+    rows = [V.compare(_case("a"), _pred({"ttft": [60] * 3, "itl": [11] * 3, "e2e": [2100] * 3})),   # +20 / +10 / +5
+            V.compare(_case("b"), _pred({"ttft": [45] * 3, "itl": [9.8] * 3, "e2e": [1960] * 3})),  # -10 / -2 / -2
+            V.compare(_case("c", stress=True), _pred({"ttft": [100] * 3, "itl": [20] * 3, "e2e": [4000] * 3})),
+            V.compare(_case("d", itl_def="client"), _pred({"ttft": [50] * 3, "itl": [30] * 3, "e2e": [2000] * 3}))]
+    s = V.summarize(pd.DataFrame(rows))
+    assert s["all"]["runs"] == 4 and s["typical"]["runs"] == 3
+    # typical: runs a, b, d -> |TTFT| 20, 10, 0 -> 10; ITL only the server-defined a, b -> 10, 2 -> 6
+    assert s["typical"]["ttft_mean_median_abs_err_pct"] == pytest.approx(10.0)
+    assert s["typical"]["itl_mean_median_abs_err_pct"] == pytest.approx(6.0)
+    assert s["all"]["itl_mean_median_abs_err_pct"] == pytest.approx(10.0)  # a, b, c: 10, 2, 100
+    assert s["typical"]["e2e_mean_median_abs_err_pct_draw_mean"] == pytest.approx(2.0)  # 5, 2, 0
+    assert s["typical"]["e2e_mean_coverage90"] == pytest.approx(1 / 3)  # only d's point interval holds 2000
