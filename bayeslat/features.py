@@ -231,7 +231,7 @@ def multiproc(ctx) -> float:
     return 1.0 if float(w) > 1.0 else 0.0
 
 
-def alpha_features(prompt_tokens, queue_depth, multiproc: float = 0.0, scaled: bool = True) -> np.ndarray:
+def alpha_features(prompt_tokens, queue_depth, multiproc: float = 0.0, *, scaled: bool = True) -> np.ndarray:
     """Alpha features (n, N_ALPHA) of requests: const, prompt tokens, queue depth at arrival,
     multi-process executor (0 / 1, :func:`multiproc` of the deployment)."""
     prompt_tokens = np.asarray(prompt_tokens, dtype=np.float64)

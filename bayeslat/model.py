@@ -271,8 +271,12 @@ def _merge_priors(priors: dict | None) -> dict:
         for k, v in ln.items():
             if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) and x > 0 for x in v)):
                 raise SpecError(f"{key}[{k!r}] must be [median > 0, sd > 0], got {v!r}", field="priors")
-    for k in ("beta_scale", "alpha_scale"):
-        p[k] = [float(x) for x in np.broadcast_to(np.asarray(p[k], dtype=float), (F.N_BETA if k == "beta_scale" else F.N_ALPHA,))]
+    for k, names in (("beta_scale", F.BETA_NAMES), ("alpha_scale", F.ALPHA_NAMES)):
+        v = np.asarray(p[k], dtype=float)
+        if v.ndim > 1 or (v.ndim == 1 and v.size not in (1, len(names))):
+            raise SpecError(f"{k} must be one number or {len(names)} ({', '.join(names)}), got {v.size}: {p[k]!r}",
+                            field="priors")
+        p[k] = [float(x) for x in np.broadcast_to(v, (len(names),))]
     return p
 
 
@@ -1001,7 +1005,9 @@ def attach_run_spread(idata, seed: int = 0):
     cfg = RUN_SPREAD
     res = run_residuals(idata, seed=seed)
     rng = np.random.default_rng(seed + 13)
-    ds, info = {}, {"runs": res.round(5).to_dict("records"), "config": cfg}
+    runs = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in res.round(5).to_dict("records")]  # strict JSON: a run too short for a factor is null
+    ds, info = {}, {"runs": runs, "config": cfg}
     for part, prior in (("step", cfg["prior_step"]), ("alpha", cfg["prior_alpha"])):
         ok = res[part].notna().to_numpy()
         e, se, g = res[part].to_numpy()[ok], res[f"{part}_se"].to_numpy()[ok], res["deployment"].to_numpy()[ok]
@@ -1035,7 +1041,13 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     of the fit gets its fitted factors; any other key is a new deployment whose factors are drawn
     from ``N(0, sigma_dep)`` / ``N(0, sigma_alpha_dep)`` (``new_deployment``), which is what a
     prediction for a configuration never run must carry. None: the group's coefficients (the
-    geometric mean over its deployments; what ``export`` writes).
+    geometric mean over its deployments; what ``export`` writes, with ``new_run=False``).
+
+    ``new_run`` (default True): the draws are for a new run, so each also carries a between-run
+    factor, ``exp(sigma_run_step z)`` on beta and ``exp(sigma_run_alpha z')`` on alpha (group
+    ``run_spread``, :func:`attach_run_spread`): what every prediction of a workload needs. False:
+    the coefficients themselves (exports, point summaries, the fit's own rows); their means are
+    not inflated by the ``exp(sigma^2 / 2)`` of the run factors.
     """
     post = idata.posterior
     hw_levels = [str(v) for v in post.coords["hardware"].values]

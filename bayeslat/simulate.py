@@ -62,6 +62,7 @@ from bayeslat.errors import SpecError
 from bayeslat.model import DEFAULT_MODEL  # noqa: F401  (re-exported: the shipped default fit)
 
 N_BETA = F.N_BETA
+_WORKERS = F.C["workers"]  # index of FeatureContext.workers in the context array (read by the kernel)
 
 METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
 TRACE_COLUMNS = ("t_us", *F.STATS, "regime", "dt_ms", "n_running", "n_waiting", "kv_used", "kv_cached", "n_tokens")
@@ -121,7 +122,7 @@ def _sim_kernel(arrival, prompt, outlen, grp, deadline, dorder, reject, gnb,
                 ctx, beta, alpha, step_noise, seed, record, inv_scale):
     n = arrival.shape[0]
     G = gnb.shape[0]
-    mproc = 1.0 if ctx[ctx.shape[0] - 1] > 1.0 else 0.0  # FeatureContext.workers: multi-process executor
+    mproc = 1.0 if ctx[_WORKERS] > 1.0 else 0.0  # FeatureContext.workers: multi-process executor
     # per-request state
     state = np.zeros(n, np.int64)        # 0 future, 1 pending (alpha delay), 2 waiting, 3 running, 4 done, 5 failed
     comp = np.zeros(n, np.int64)         # tokens in the KV cache

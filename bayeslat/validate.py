@@ -212,7 +212,10 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
 
     if path is not None and Path(path).exists():
         idata = model.load(path)
-        if "run_spread" not in idata.groups():  # a cache written before the run-spread stage
+        # a cache written before the run-spread stage, or under other RUN_SPREAD settings (not in
+        # the cache key: the stage is a second or two, so it is redone instead of the refit)
+        stored = (model.attr_json(idata, "run_spread", {}) or {}).get("config")
+        if "run_spread" not in idata.groups() or stored != model.RUN_SPREAD:
             model.attach_run_spread(idata, seed=int(idata.attrs.get("seed", 0)))
         return idata
     obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude_runs))))

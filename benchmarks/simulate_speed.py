@@ -35,7 +35,8 @@ def illustrative_draws(D: int, seed: int = 0):
         b[:, F.B[k]] = v
     rng = np.random.default_rng(seed)
     beta = b[None] * np.exp(0.05 * rng.standard_normal((D, 1, F.N_BETA)))
-    alpha = np.array([5.0, 2.0, 1.0])[None] * np.exp(0.05 * rng.standard_normal((D, F.N_ALPHA)))
+    a = {"const": 5.0, "prompt_tokens": 2.0, "queue_depth": 1.0, "multiproc": 7.0}  # TP1 here: multiproc unused
+    alpha = np.array([a[k] for k in F.ALPHA_NAMES])[None] * np.exp(0.05 * rng.standard_normal((D, F.N_ALPHA)))
     return {"beta": beta, "alpha": alpha, "sigma_rel": np.full(D, 0.05)}
 
 

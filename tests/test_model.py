@@ -32,6 +32,11 @@ def test_check_obs_rejects_bad_input():
         M.build_model(obs, priors={"exclude_features": ["no_such_feature"]})
     with pytest.raises(SpecError, match="no_class_deviation"):
         M.build_model(obs, priors={"no_class_deviation": ["no_such_feature"]})
+    # a scale vector of the wrong length (e.g. a 3-entry alpha_scale from before multiproc) is named
+    with pytest.raises(SpecError, match=r"alpha_scale must be one number or 4 \(const, prompt_tokens"):
+        M.build_model(obs, priors={"alpha_scale": [2.0, 0.5, 0.5]})
+    with pytest.raises(SpecError, match="beta_scale"):
+        M.build_model(obs, priors={"beta_scale": [[1.0]]})
 
 
 def test_no_class_deviation_cells():

@@ -311,3 +311,12 @@ def test_step_factors_one_or_two(fitted):
     assert two["load_factor"]["mean"] > 1.15 * two["fixed_factor"]["mean"]
     with pytest.raises(SpecError, match="step_factors"):
         T.update_deployment(idata, pobs, calibration=zero, step_factors=3)
+
+
+def test_workload_interval_point_is_the_median_of_draws():
+    """check()'s workload point follows simulate.posterior_predictive (median across draws): one
+    runaway draw moves the mean, not the point, and widens the relative interval."""
+    v = [100.0, 101.0, 102.0, 103.0, 5000.0]
+    med, mean = T._interval(v, point="median"), T._interval(v)
+    assert med["mean"] == 102.0 and mean["mean"] == pytest.approx(1081.2)
+    assert med["lo90"] == mean["lo90"] and med["rel_width90"] > 3 * mean["rel_width90"]
