@@ -1005,9 +1005,8 @@ def attach_run_spread(idata, seed: int = 0):
     cfg = RUN_SPREAD
     res = run_residuals(idata, seed=seed)
     rng = np.random.default_rng(seed + 13)
-    runs = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
-            for r in res.round(5).to_dict("records")]  # strict JSON: a run too short for a factor is null
-    ds, info = {}, {"runs": runs, "config": cfg}
+    # strict JSON: a run too short for a factor is null (pandas writes NaN as null)
+    ds, info = {}, {"runs": json.loads(res.round(5).to_json(orient="records")), "config": cfg}
     for part, prior in (("step", cfg["prior_step"]), ("alpha", cfg["prior_alpha"])):
         ok = res[part].notna().to_numpy()
         e, se, g = res[part].to_numpy()[ok], res[f"{part}_se"].to_numpy()[ok], res["deployment"].to_numpy()[ok]

@@ -131,11 +131,13 @@ def compare(case: dict, pred: dict) -> dict:
         for q in ("mean", "p90", "p99"):
             o = case["observed"].get(f"{m}_{q}")
             row[f"{m}_{q}_obs"] = o
-            row[f"{m}_{q}_pred"] = p.get(q)
-            row[f"{m}_{q}_err_pct"] = 100.0 * (p[q] - o) / o if o else np.nan
-            if f"{q}_draw_mean" in p:  # the mean across draws (the point until session 9), for comparison
-                row[f"{m}_{q}_pred_draw_mean"] = p[f"{q}_draw_mean"]
-                row[f"{m}_{q}_err_pct_draw_mean"] = 100.0 * (p[f"{q}_draw_mean"] - o) / o if o else np.nan
+            # the point (median across draws), and the mean across draws (the point until session 9)
+            for sfx in ("", "_draw_mean"):
+                if sfx and f"{q}{sfx}" not in p:
+                    continue
+                v = p[f"{q}{sfx}"]
+                row[f"{m}_{q}_pred{sfx}"] = v
+                row[f"{m}_{q}_err_pct{sfx}"] = 100.0 * (v - o) / o if o else np.nan
         lo, hi = p["mean_interval90"]
         row[f"{m}_mean_lo90"], row[f"{m}_mean_hi90"] = lo, hi
         o = case["observed"].get(f"{m}_mean")
@@ -151,11 +153,11 @@ def summarize(df: pd.DataFrame) -> dict:
         for m in METRICS:
             use = sub if m != "itl" else sub[sub.itl_definition == "server"]
             for q in ("mean", "p90", "p99"):
-                e = use[f"{m}_{q}_err_pct"].abs()
-                s[f"{m}_{q}_median_abs_err_pct"] = float(e.median()) if len(e.dropna()) else None
-                if f"{m}_{q}_err_pct_draw_mean" in use:
-                    e = use[f"{m}_{q}_err_pct_draw_mean"].abs()
-                    s[f"{m}_{q}_median_abs_err_pct_draw_mean"] = float(e.median()) if len(e.dropna()) else None
+                for sfx in ("", "_draw_mean"):
+                    if sfx and f"{m}_{q}_err_pct{sfx}" not in use:
+                        continue
+                    e = use[f"{m}_{q}_err_pct{sfx}"].abs()
+                    s[f"{m}_{q}_median_abs_err_pct{sfx}"] = float(e.median()) if len(e.dropna()) else None
             s[f"{m}_mean_coverage90"] = float(use[f"{m}_mean_in90"].mean()) if len(use) else None
         out[label] = s
     return out
