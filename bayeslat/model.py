@@ -752,12 +752,22 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
 
 
 def save(idata, path) -> Path:
-    """Write a fitted InferenceData to netCDF (creating parent directories)."""
+    """Write a fitted InferenceData to netCDF (creating parent directories). The file is written
+    next to ``path`` and moved over it, so a fit loaded from ``path`` (whose arrays may still be
+    read lazily from it) can be saved back to it, and a failed write leaves the old file."""
+    import os
+
     path = Path(path)
     if idata.attrs.get("format") != FORMAT:
         raise SpecError(f"not a bayeslat fit (format {idata.attrs.get('format')!r})", file=str(path), field="format")
     path.parent.mkdir(parents=True, exist_ok=True)
-    idata.to_netcdf(str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        idata.to_netcdf(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
@@ -822,6 +832,8 @@ class CoefDraws:
     nu: np.ndarray | None = None     # (D, n_kinds) Student-t degrees of freedom per kind
     draw_index: np.ndarray | None = None  # (D,) which flattened posterior draws were used
     new_deployment: bool = False     # the deployment factors were drawn from N(0, sigma_dep)
+    sim_sd: dict | None = None       # {"ttft"|"itl"|"e2e": log-scale SD} of the simulator's run-level
+    #                                  discrepancy (validate.attach_sim_discrepancy), for new runs
 
 
 def _pad_kinds(v, n):
@@ -1046,7 +1058,9 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     factor, ``exp(sigma_run_step z)`` on beta and ``exp(sigma_run_alpha z')`` on alpha (group
     ``run_spread``, :func:`attach_run_spread`): what every prediction of a workload needs. False:
     the coefficients themselves (exports, point summaries, the fit's own rows); their means are
-    not inflated by the ``exp(sigma^2 / 2)`` of the run factors.
+    not inflated by the ``exp(sigma^2 / 2)`` of the run factors. With ``new_run``, ``sim_sd`` also
+    carries the fit's simulator discrepancy (attrs ``sim_discrepancy``), which widens the workload
+    intervals of :func:`bayeslat.simulate.posterior_predictive`.
     """
     post = idata.posterior
     hw_levels = [str(v) for v in post.coords["hardware"].values]
@@ -1130,7 +1144,8 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     return CoefDraws(beta=beta, alpha=alpha, sigma_rel=s_rel[:, 0], new_levels=new,
                      s_abs=_flat(post, "s_abs")[sel], s_rel=s_rel, nu=nu, draw_index=sel,
                      s_sys=_pad_kinds(_flat(post, "s_sys")[sel], s_rel.shape[1]) if "s_sys" in post else np.zeros_like(s_rel),
-                     new_deployment=new_dep)
+                     new_deployment=new_dep,
+                     sim_sd=(attr_json(idata, "sim_discrepancy", {}) or {}).get("sigma") if new_run else None)
 
 
 def _group_draws(idata, obs, n, seed):
@@ -1402,6 +1417,11 @@ def cli_fit(args) -> int:
     attrs["rows_per_run_kind"] = int(getattr(args, "rows_per_run_kind", 0) or 0)
     idata = fit(obs, backend=args.backend, draws=args.draws, tune=args.tune, chains=args.chains, seed=seed,
                 progressbar=not args.no_progress, attrs=attrs, target_accept=getattr(args, "target_accept", None))
+    if args.data == "bundled":
+        # the simulator's run-level discrepancy on the training runs (replayed in-sample, seconds)
+        from bayeslat import validate
+
+        validate.attach_sim_discrepancy(idata, seed=seed)
     path = save(idata, args.out)
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else -1
     print(f"wrote {path}: {len(obs.y)} rows, backend {idata.attrs['backend']}, "

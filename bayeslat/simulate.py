@@ -49,6 +49,7 @@ recomputed, and the CPU blocks are freed. Evicted prefix blocks are not offloade
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ N_BETA = F.N_BETA
 _WORKERS = F.C["workers"]  # index of FeatureContext.workers in the context array (read by the kernel)
 
 METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
+# standard normal quantiles at (k + 1/2) / 64: the simulator discrepancy's grid (posterior_predictive)
+_Z_GRID = np.array([statistics.NormalDist().inv_cdf((k + 0.5) / 64) for k in range(64)])
 TRACE_COLUMNS = ("t_us", *F.STATS, "regime", "dt_ms", "n_running", "n_waiting", "kv_used", "kv_cached", "n_tokens")
 ST_DONE, ST_FAILED = 4, 5
 
@@ -723,7 +726,13 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
 
     Returns ``{metric: {"mean", "p90", "p99" (medians across draws), "<stat>_draw_mean" (means
     across draws), "<stat>_interval50", "<stat>_interval90" ([lo, hi] across draws), "draws":
-    [per-draw values]}, "requests": n, "n_failed": mean failed per draw, "draws": n_draws, "wall_s": s}``.
+    [per-draw values], "sim_sd": the discrepancy SD used}, "requests": n, "n_failed": mean failed
+    per draw, "draws": n_draws, "wall_s": s}``.
+
+    ``draws.sim_sd`` (optional, ``{"ttft"|"itl"|"e2e": sd}``, :func:`bayeslat.validate.attach_sim_discrepancy`):
+    the simulator's own run-level error, a log-normal factor ``exp(sd z)`` on each draw's workload
+    statistics. The intervals are quantiles of that mixture (each draw crossed with a fixed grid of
+    ``z``); the point (the median across draws) is the draws' own, not perturbed.
 
     The point prediction is the median across draws: the Bayes estimate under absolute (%) error,
     the accuracy metric. Near saturation a few draws' runaway queues dominate the mean across draws
@@ -736,6 +745,10 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
         sig = get("sigma_rel")
     except (KeyError, AttributeError):
         sig = None
+    try:
+        sim_sd = get("sim_sd") or {}
+    except (KeyError, AttributeError):
+        sim_sd = {}
     D = beta.shape[0]
     sig = np.zeros(D) if sig is None else np.broadcast_to(np.asarray(sig, dtype=np.float64), (D,))
     if beta.ndim != 3 or beta.shape[1:] != (len(F.REGIMES), F.N_BETA):
@@ -770,6 +783,7 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
     out: dict = {}
     for m in METRICS:
         entry: dict = {}
+        sd = float(sim_sd.get(m.removesuffix("_ms"), 0.0) or 0.0)
         for stat in ("mean", "p90", "p99"):
             v = np.array([p[m][stat] for p in per], dtype=np.float64)
             v = v[np.isfinite(v)]
@@ -780,9 +794,11 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
                 continue
             entry[stat] = float(np.median(v))
             entry[f"{stat}_draw_mean"] = float(np.mean(v))
-            entry[f"{stat}_interval50"] = [float(np.quantile(v, 0.25)), float(np.quantile(v, 0.75))]
-            entry[f"{stat}_interval90"] = [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]
+            w = (v[:, None] * np.exp(sd * _Z_GRID)[None, :]).ravel() if sd > 0 else v
+            entry[f"{stat}_interval50"] = [float(np.quantile(w, 0.25)), float(np.quantile(w, 0.75))]
+            entry[f"{stat}_interval90"] = [float(np.quantile(w, 0.05)), float(np.quantile(w, 0.95))]
         entry["draws"] = {stat: [p[m][stat] for p in per] for stat in ("mean", "p90", "p99")}
+        entry["sim_sd"] = sd
         out[m] = entry
     out["requests"] = int(len(workload))
     out["n_failed"] = float(np.mean([p["n_failed"] for p in per]))

@@ -122,6 +122,71 @@ def predict_case(case: dict, idata, draws: int, seed: int) -> dict:
     return simulate.posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
 
 
+#: cv_fit measures the simulator discrepancy of each refit on its training runs (attach_sim_discrepancy)
+SIM_DISCREPANCY = True
+#: draws per training run of the simulator-discrepancy stage (attach_sim_discrepancy)
+SIM_DISCREPANCY_DRAWS = 16
+
+
+def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0, runs=None) -> dict:
+    """The simulator's run-level error on the fit's own training runs, beyond the predictive spread.
+
+    Replays every training run that has per-request data (the bundled runs; ``runs`` to choose)
+    under the fit, in-sample, with the run spread (a new run of a trained deployment), without any
+    discrepancy. Per metric (TTFT, ITL, E2E) and run: ``e = log(observed / point)`` and the
+    predictive log-SD ``w = log(hi90 / lo90) / 3.29``. The discrepancy is the method-of-moments
+    SD ``sqrt(max(0, mean(e^2) - mean(w^2)))``: what the simulator (its scheduler, KV and queue
+    model) misses even where the step-time model has seen the run. In-sample, so it is a floor on
+    the out-of-sample error; the held-out runs of :mod:`validate`'s cross-validation never enter it.
+    Returns ``{"sigma": {metric: sd}, "runs": [{run, e_<m>, w_<m>}], "draws": n}`` ({"sigma": {}}
+    when no training run has per-request data)."""
+    from bayeslat import datasets, model, simulate
+    from bayeslat.features import deployment_key
+    from bayeslat.transfer import obs_from_idata
+
+    train = set(np.asarray(obs_from_idata(idata).run).astype(str).tolist())
+    have = set(datasets.runs()["run"].astype(str))
+    sel = sorted(train & have if runs is None else set(runs) & have)
+    per = []
+    for c in _replay_cases(sel) if sel else []:
+        if c["run"] not in sel:
+            continue
+        dep = c["deployment"]
+        cd = model.coefficient_draws(idata, dep.hardware, dep.model_class, n=draws, seed=seed,
+                                     deployment=deployment_key(dep.ctx, dep.hardware))
+        cd.sim_sd = None
+        pred = simulate.posterior_predictive(c["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
+        r = {"run": c["run"]}
+        for m in METRICS:
+            p, o = pred[f"{m}_ms"], c["observed"].get(f"{m}_mean")
+            lo, hi = p["mean_interval90"]
+            ok = o and p["mean"] > 0 and lo > 0 and hi > 0
+            r[f"e_{m}"] = float(np.log(o / p["mean"])) if ok else None
+            r[f"w_{m}"] = float(np.log(hi / lo) / (2 * 1.6449)) if ok else None
+        per.append(r)
+    sigma = {}
+    for m in METRICS:
+        ok = [r for r in per if r[f"e_{m}"] is not None]
+        if len(ok) >= 3:
+            sigma[m] = discrepancy_sd([r[f"e_{m}"] for r in ok], [r[f"w_{m}"] for r in ok])
+    return {"sigma": sigma, "runs": per, "draws": int(draws), "seed": int(seed)}
+
+
+def discrepancy_sd(e, w) -> float:
+    """Method-of-moments SD of an extra error term: log errors ``e`` whose predictive log-SDs ``w``
+    explain part of their spread; ``sqrt(max(0, mean(e^2) - mean(w^2)))``."""
+    e, w = np.asarray(e, dtype=float), np.asarray(w, dtype=float)
+    return float(np.sqrt(max(0.0, np.mean(e ** 2) - np.mean(w ** 2))))
+
+
+def attach_sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0):
+    """Measure :func:`sim_discrepancy` and store it in ``idata.attrs["sim_discrepancy"]`` (JSON);
+    :func:`bayeslat.model.coefficient_draws` passes it to the simulator's intervals. Returns idata."""
+    res = sim_discrepancy(idata, draws=draws, seed=seed)
+    idata.attrs["sim_discrepancy"] = json.dumps(res)
+    return idata
+
+
 def compare(case: dict, pred: dict) -> dict:
     """Signed % errors and interval containment of one case."""
     row = {k: case[k] for k in ("run", "model", "workload", "kind", "itl_definition", "stress")}
@@ -219,6 +284,10 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
         stored = (model.attr_json(idata, "run_spread", {}) or {}).get("config")
         if "run_spread" not in idata.groups() or stored != model.RUN_SPREAD:
             model.attach_run_spread(idata, seed=int(idata.attrs.get("seed", 0)))
+        if "sim_discrepancy" not in idata.attrs and SIM_DISCREPANCY:
+            # a cache written before the stage: measure it and rewrite the cache
+            attach_sim_discrepancy(idata, seed=seed)
+            model.save(idata, path)
         return idata
     obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude_runs))))
     obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
@@ -226,6 +295,8 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
     idata = model.fit(obs, seed=20261122 + seed, progressbar=False, **(fit_kwargs or {}),
                       attrs={"held_out_runs": sorted(exclude_runs)})
     (log or (lambda *a: None))(f"refit on {len(obs.y)} rows in {time.time() - t0:.0f} s")
+    if SIM_DISCREPANCY:
+        attach_sim_discrepancy(idata, seed=seed)
     if path is not None:
         model.save(idata, path)
     return idata

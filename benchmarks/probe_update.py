@@ -35,6 +35,12 @@ def main(argv=None) -> int:
                     help="slice errors N(0, slice_spread) instead of transfer.probe_calibration (the session-4 method)")
     ap.add_argument("--step-factors", type=int, default=None, choices=(1, 2),
                     help="1: one factor on the step time; 2: fixed and load parts apart (default: transfer.STEP_FACTORS)")
+    ap.add_argument("--oos-calibration", action="store_true",
+                    help="slice errors measured out of sample: the probes of the other held-out models' runs under their "
+                         "own leave-one-model-out fits (transfer.probe_slice_error), nested: never the run's own model")
+    ap.add_argument("--attach-to", nargs="*", default=[],
+                    help="with --oos-calibration: store every held-out run's slice error in these fits' attrs "
+                         "(transfer.attach_probe_oos), e.g. models/default.nc bayeslat/data/models/default.nc")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -50,6 +56,27 @@ def main(argv=None) -> int:
     for c in cases:
         groups.setdefault(c["model"], []).append(c)
     rows = []
+    oos = {}
+    if a.oos_calibration:
+        # pass 1: every held-out run's out-of-sample slice error under its own fold's fit
+        for model, group in groups.items():
+            excl = {c["run"] for c in group}
+            path = validate.cv_fit_path(a.fit_dir, excl)
+            if not Path(path).exists() and full is None:
+                full = design.bundled_obs(seed=a.seed)
+            idata = validate.cv_fit(full, excl, seed=a.seed, path=path)
+            oos[model] = [{"run": c["run"], "model": model} | transfer.probe_slice_error(
+                idata, c["run"], a.probe_n, workload=c["workload_obj"], seed=a.seed) for c in group]
+            for c, e in zip(group, oos[model]):
+                print(f"slice error {c['run'][16:]:38s} " + " ".join(f"{k} {v:+.3f}" for k, v in e.items() if k not in ("run", "model")), file=sys.stderr)
+        for target in a.attach_to:
+            from bayeslat import model as M
+
+            fit = M.load(target)
+            transfer.attach_probe_oos(fit, [e for errs in oos.values() for e in errs], a.probe_n,
+                                      source=f"benchmarks/probe_update.py leave-one-model-out folds in {a.fit_dir}")
+            M.save(fit, target)
+            print(f"attached {sum(map(len, oos.values()))} out-of-sample slice errors to {target}", file=sys.stderr)
     for model, group in groups.items():
         if a.models and model not in a.models:
             continue
@@ -60,6 +87,8 @@ def main(argv=None) -> int:
         idata = validate.cv_fit(full, excl, seed=a.seed, path=path)
         # the probe's slice error, measured by probing the fold's own training runs the same way
         cal = None if a.no_calibration else transfer.probe_calibration(idata, a.probe_n, seed=a.seed)
+        if a.oos_calibration:
+            cal = transfer.oos_calibration([e for m, errs in oos.items() if m != model for e in errs], cal)
         for c in group:
             t0 = time.time()
             spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
@@ -71,7 +100,8 @@ def main(argv=None) -> int:
             f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
             r = {"held_out_model": model, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
                  "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
-                 "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"]}
+                 "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"], "calibration_kinds": (cal or {}).get("kinds"),
+                 "update_spread": info.get("update_spread")}
             for m in ("e2e", "ttft", "itl"):
                 r[m] = {"obs": c["observed"].get(f"{m}_mean"), "before_pct": b[f"{m}_mean_err_pct"], "after_pct": f[f"{m}_mean_err_pct"],
                         "in90_before": bool(b[f"{m}_mean_in90"]), "in90_after": bool(f[f"{m}_mean_in90"])}

@@ -261,6 +261,16 @@ def test_fit_groups_attrs_and_roundtrip(fitted, tmp_path):
     back = M.load(p)
     assert back.attrs["data_hash"] == a["data_hash"]
     np.testing.assert_allclose(back.posterior["beta"].values, idata.posterior["beta"].values)
+    # a loaded fit saved back over its own file (new attrs): the file is replaced, not truncated
+    back.attrs["sim_discrepancy"] = json.dumps({"sigma": {"e2e": 0.02}})
+    M.save(back, p)
+    again = M.load(p)
+    assert json.loads(again.attrs["sim_discrepancy"])["sigma"]["e2e"] == 0.02
+    np.testing.assert_allclose(again.posterior["beta"].values, idata.posterior["beta"].values)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["fit.nc"]  # no temporary file left
+    # the simulator discrepancy rides along with draws for a new run only
+    assert M.coefficient_draws(again, "H100 SXM", "dense", n=5).sim_sd == {"e2e": 0.02}
+    assert M.coefficient_draws(again, "H100 SXM", "dense", n=5, new_run=False).sim_sd is None
     p.with_name("bad.nc").write_bytes(b"")
     with pytest.raises(Exception):
         M.load(p.with_name("bad.nc"))

@@ -315,6 +315,37 @@ def test_posterior_predictive_intervals():
     assert pp2["e2e_ms"]["draws"] == pp["e2e_ms"]["draws"]
 
 
+def test_posterior_predictive_sim_discrepancy():
+    """A simulator discrepancy widens the workload intervals of its metric by about the log-normal
+    width it adds, and leaves the point (median across draws) and the per-draw values alone."""
+    w = random_workload(n=150, seed=12)
+    base = S.posterior_predictive(w, CTX, server(), fake_draws(), n_draws=4, seed=0)
+    d = fake_draws()
+    d.sim_sd = {"e2e": 0.05, "ttft": 0.0}
+    pp = S.posterior_predictive(w, CTX, server(), d, n_draws=4, seed=0)
+    assert pp["e2e_ms"]["draws"] == base["e2e_ms"]["draws"] and pp["e2e_ms"]["mean"] == base["e2e_ms"]["mean"]
+    assert pp["e2e_ms"]["sim_sd"] == 0.05 and pp["itl_ms"]["sim_sd"] == 0.0
+    assert pp["ttft_ms"]["mean_interval90"] == base["ttft_ms"]["mean_interval90"]
+    assert pp["itl_ms"]["mean_interval90"] == base["itl_ms"]["mean_interval90"]
+    lo, hi = pp["e2e_ms"]["mean_interval90"]
+    blo, bhi = base["e2e_ms"]["mean_interval90"]
+    assert lo < blo and hi > bhi
+    # at least the discrepancy's own 90% width (2 x 1.645 x 0.05 on the log scale), at most that plus the draws'
+    width, bwidth = np.log(hi / lo), np.log(bhi / blo)
+    assert 2 * 1.645 * 0.05 * 0.95 <= width <= 2 * 1.645 * 0.05 + bwidth
+
+
+def test_discrepancy_sd_recovers_extra_error():
+    from bayeslat import validate as V
+
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.01, 0.03, 4000)
+    e = rng.normal(0, np.sqrt(0.04 ** 2 + w ** 2))
+    assert V.discrepancy_sd(e, w) == pytest.approx(0.04, rel=0.05)
+    # errors the predictive spread explains leave no discrepancy
+    assert V.discrepancy_sd(rng.normal(0, 0.5 * w), w) == 0.0
+
+
 def test_cli_predict(tmp_path, monkeypatch, capsys):
     from bayeslat import cli
     from bayeslat import model as M

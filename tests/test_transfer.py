@@ -313,10 +313,81 @@ def test_step_factors_one_or_two(fitted):
         T.update_deployment(idata, pobs, calibration=zero, step_factors=3)
 
 
-def test_workload_interval_point_is_the_median_of_draws():
-    """check()'s workload point follows simulate.posterior_predictive (median across draws): one
-    runaway draw moves the mean, not the point, and widens the relative interval."""
-    v = [100.0, 101.0, 102.0, 103.0, 5000.0]
-    med, mean = T._interval(v, point="median"), T._interval(v)
-    assert med["mean"] == 102.0 and mean["mean"] == pytest.approx(1081.2)
-    assert med["lo90"] == mean["lo90"] and med["rel_width90"] > 3 * mean["rel_width90"]
+def test_check_workload_interval_is_the_predictive_one(fitted, wl, monkeypatch):
+    """check()'s workload point and 90% interval are simulate.posterior_predictive's (median across
+    draws; the fit's simulator discrepancy widens the interval, not the point)."""
+    import copy
+    import json
+
+    from bayeslat import simulate
+
+    idata = copy.deepcopy(fitted[0])
+    seen = {}
+    real = simulate.posterior_predictive
+
+    def spy(*a, **k):
+        seen["pp"] = real(*a, **k)
+        return seen["pp"]
+
+    monkeypatch.setattr(simulate, "posterior_predictive", spy)
+    base = T.check(T.spec_for_run(RUN, workload=wl), idata, draws=8)["intervals"]["workload"]["e2e_ms"]
+    pp = seen["pp"]["e2e_ms"]
+    assert base["mean"] == pp["mean"] == pytest.approx(np.median(pp["draws"]["mean"]))
+    assert [base["lo90"], base["hi90"]] == pp["mean_interval90"] and base["sim_sd"] == 0.0
+    idata.attrs["sim_discrepancy"] = json.dumps({"sigma": {"e2e": 0.1}})
+    wide = T.check(T.spec_for_run(RUN, workload=wl), idata, draws=8)["intervals"]["workload"]["e2e_ms"]
+    assert wide["mean"] == base["mean"] and wide["sim_sd"] == 0.1
+    # the discrepancy's own 90% width is exp(1.645 x 0.1) - exp(-1.645 x 0.1) = 0.33 of the point
+    assert wide["rel_width90"] > max(0.3, base["rel_width90"])
+
+
+def test_oos_calibration_and_its_use_by_auto(fitted):
+    """Out-of-sample slice errors set the slice-error prior per kind (mean, SD floored at
+    SLICE_SD_DEFAULT), ignore non-kind keys and kinds with too few runs; a fit that carries them
+    (attach_probe_oos) has update_deployment(calibration="auto") use them: a wider window slice
+    error shrinks the probe's step factor toward 1."""
+    import copy
+
+    errs = [{"run": f"r{i}", "window": w, "ttft": t} for i, (w, t) in enumerate([(0.1, 0.4), (0.0, 0.0), (-0.1, 0.2)])]
+    base = {"kinds": {"window": {"mu": 0.0, "tau": 0.5}}, "spread": {"step": 0.01, "cpu": 0.02}}
+    cal = T.oos_calibration(errs, base)
+    assert cal["spread"] == base["spread"] and cal["source"] == "out-of-sample"
+    assert cal["kinds"]["ttft"]["mu"] == pytest.approx(0.2) and cal["kinds"]["ttft"]["tau"] == pytest.approx(0.2)
+    # the out-of-sample SD replaces the in-sample tau (0.5), floored at SLICE_SD_DEFAULT only
+    assert cal["kinds"]["window"]["mu"] == pytest.approx(0.0) and cal["kinds"]["window"]["tau"] == pytest.approx(0.1)
+    assert T.oos_calibration([{"window": v} for v in (0.0, 0.001, -0.001)])["kinds"]["window"]["tau"] == T.SLICE_SD_DEFAULT["window"]
+    assert set(T.oos_calibration(errs[:2], None) or {}) == set()  # fewer than 3 runs: nothing measured
+    # a fit carrying the errors: "auto" reads them
+    from dataclasses import replace
+
+    idata = copy.deepcopy(fitted[0])
+    pobs, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    slow = replace(pobs, y=np.where(pobs.kind == 1, 1.2 * pobs.y, pobs.y))
+    tight = [{"window": v, "ttft": 0.0} for v in (0.0, 0.01, -0.01)]
+    wide = [{"window": v, "ttft": 0.0} for v in (0.0, 0.3, -0.3)]
+    T.attach_probe_oos(idata, tight, 200)
+    _, a = T.update_deployment(idata, slow, calibration="auto")
+    T.attach_probe_oos(idata, wide, 200)
+    _, b = T.update_deployment(idata, slow, calibration="auto")
+    assert a["slice_sd"]["window"] == pytest.approx(T.SLICE_SD_DEFAULT["window"])
+    assert b["slice_sd"]["window"] == pytest.approx(0.3)
+    assert a["step_factor"]["mean"] > 1.1 and b["step_factor"]["mean"] < 1.0 + 0.5 * (a["step_factor"]["mean"] - 1.0)
+
+
+def test_probe_slice_error_is_zero_for_a_probe_of_the_whole_run(fitted, monkeypatch):
+    """probe_slice_error compares the probe's statistic with the whole run's: a probe that is the
+    whole run (the reconstruction of the probe substituted for the run's) has error 0; a probe
+    whose windows run 10% long has window error log 1.1."""
+    from dataclasses import replace
+
+    from bayeslat import design
+
+    idata = fitted[0]
+    pobs, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    monkeypatch.setattr(design, "bundled_obs", lambda **k: pobs)
+    e = T.probe_slice_error(idata, datasets.run_info(RUN)["run"], 200, draws=20)
+    assert set(e) >= {"window", "ttft"} and all(abs(v) < 1e-9 for v in e.values())
+    slow = replace(pobs, y=np.where(pobs.kind == 1, 1.1 * pobs.y, pobs.y))
+    monkeypatch.setattr(T, "probe_obs", lambda *a, **k: (slow, []))
+    e2 = T.probe_slice_error(idata, datasets.run_info(RUN)["run"], 200, draws=20)
+    assert e2["window"] == pytest.approx(np.log(1.1), abs=1e-9) and abs(e2["ttft"]) < 1e-9
