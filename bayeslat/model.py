@@ -832,7 +832,7 @@ class CoefDraws:
     nu: np.ndarray | None = None     # (D, n_kinds) Student-t degrees of freedom per kind
     draw_index: np.ndarray | None = None  # (D,) which flattened posterior draws were used
     new_deployment: bool = False     # the deployment factors were drawn from N(0, sigma_dep)
-    sim_sd: dict | None = None       # {"ttft"|"itl"|"e2e": log-scale SD} of the simulator's run-level
+    sim_sd: dict | None = None       # {"ttft"|"itl"|"e2e"[_p90|_p99]: log-scale SD} of the simulator's run-level
     #                                  discrepancy (validate.attach_sim_discrepancy), for new runs
 
 

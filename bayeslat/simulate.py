@@ -726,10 +726,10 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
 
     Returns ``{metric: {"mean", "p90", "p99" (medians across draws), "<stat>_draw_mean" (means
     across draws), "<stat>_interval50", "<stat>_interval90" ([lo, hi] across draws), "draws":
-    [per-draw values], "sim_sd": the discrepancy SD used}, "requests": n, "n_failed": mean failed
+    [per-draw values], "sim_sd": the discrepancy SD of the mean}, "requests": n, "n_failed": mean failed
     per draw, "draws": n_draws, "wall_s": s}``.
 
-    ``draws.sim_sd`` (optional, ``{"ttft"|"itl"|"e2e": sd}``, :func:`bayeslat.validate.attach_sim_discrepancy`):
+    ``draws.sim_sd`` (optional, ``{"ttft"|"itl"|"e2e"[_p90|_p99]: sd}``, :func:`bayeslat.validate.attach_sim_discrepancy`):
     the simulator's own run-level error, a log-normal factor ``exp(sd z)`` on each draw's workload
     statistics. The intervals are quantiles of that mixture (each draw crossed with a fixed grid of
     ``z``); the point (the median across draws) is the draws' own, not perturbed.
@@ -783,8 +783,10 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
     out: dict = {}
     for m in METRICS:
         entry: dict = {}
-        sd = float(sim_sd.get(m.removesuffix("_ms"), 0.0) or 0.0)
+        base = m.removesuffix("_ms")
         for stat in ("mean", "p90", "p99"):
+            # the statistic's own discrepancy ("e2e_p90"), else the metric's (its mean's)
+            sd = float(sim_sd.get(base if stat == "mean" else f"{base}_{stat}", sim_sd.get(base, 0.0)) or 0.0)
             v = np.array([p[m][stat] for p in per], dtype=np.float64)
             v = v[np.isfinite(v)]
             if len(v) == 0:
@@ -798,7 +800,7 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
             entry[f"{stat}_interval50"] = [float(np.quantile(w, 0.25)), float(np.quantile(w, 0.75))]
             entry[f"{stat}_interval90"] = [float(np.quantile(w, 0.05)), float(np.quantile(w, 0.95))]
         entry["draws"] = {stat: [p[m][stat] for p in per] for stat in ("mean", "p90", "p99")}
-        entry["sim_sd"] = sd
+        entry["sim_sd"] = float(sim_sd.get(base, 0.0) or 0.0)  # the mean's
         out[m] = entry
     out["requests"] = int(len(workload))
     out["n_failed"] = float(np.mean([p["n_failed"] for p in per]))

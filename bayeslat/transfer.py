@@ -13,7 +13,8 @@ Verdict rules (:func:`check`; thresholds are the module constants)
 ------------------------------------------------------------------
 ``out-of-distribution`` if any of
 
-- the relative 90% width of the workload's mean E2E, ``(q95 - q05) / mean``, exceeds
+- the relative 90% width of the workload's mean E2E, ``(hi90 - lo90) / point`` (the point: the
+  median across draws; the interval includes the fit's simulator discrepancy), exceeds
   ``OOD_E2E_REL_WIDTH`` (1.0);
 - a configuration-level feature of a canonical batch lies beyond ``OOD_FEATURE_RATIO`` (x3) of the
   training deployments' [min, max], or is active while it was zero in every training deployment
@@ -742,7 +743,7 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     train = obs_from_idata(idata)
     if mode == "deployment":
         n_req = sum(int(i.get("requests", 0)) for i in probe_infos or [])
-        cal = probe_calibration(idata, n_req, seed=sd) if n_req else "auto"
+        cal = auto_calibration(idata, n_req, seed=sd) if n_req else "auto"
         new, dinfo = update_deployment(idata, probe_obs_table, seed=sd, calibration=cal)
         new.attrs["updated_from"] = idata.attrs.get("data_hash", "")
         return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, dinfo)
@@ -758,6 +759,10 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
                 attrs={"updated_from": idata.attrs.get("data_hash", ""), "probe_runs": sorted(set(np.asarray(probe_obs_table.run).tolist()))})
     if spread:
         M.attach_deployment_spread(new, idata, {"carried_over_from": idata.attrs.get("data_hash", "")})
+    # as the deployment spread: the simulator discrepancy and the probe slice errors carry over
+    for key in ("sim_discrepancy", "probe_oos_errors"):
+        if key in idata.attrs:
+            new.attrs[key] = idata.attrs[key]
     return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, {"mode": "refit"})
 
 
@@ -939,6 +944,29 @@ def oos_calibration(errors, base: dict | None = None, *, min_runs: int = 3) -> d
     return out
 
 
+#: out-of-sample slice errors measured on probes of n requests serve probes of n / 1.5 ... 1.5 n
+OOS_SIZE_TOLERANCE = 1.5
+
+
+def auto_calibration(idata, n_requests: int, *, seed: int = 0) -> dict | None:
+    """The calibration ``update_deployment(calibration="auto")`` and :func:`update` use for a probe
+    of ``n_requests`` requests: :func:`probe_calibration` (in-sample; None without >= 3 training
+    runs with per-request data), with its slice errors replaced by the fit's out-of-sample ones
+    (attrs ``probe_oos_errors``, :func:`attach_probe_oos`) when the fit carries them for probes of a
+    similar size (within ``OOS_SIZE_TOLERANCE``): how far the start of a run is from the whole run
+    depends on the probe's length."""
+    from bayeslat import model as M
+
+    if not n_requests:
+        return None
+    cal = probe_calibration(idata, int(n_requests), seed=seed)
+    oos = M.attr_json(idata, "probe_oos_errors", None)
+    if oos and oos.get("errors") and oos.get("n_requests") \
+            and abs(math.log(n_requests / float(oos["n_requests"]))) <= math.log(OOS_SIZE_TOLERANCE):
+        cal = oos_calibration(oos["errors"], cal)
+    return cal
+
+
 def attach_probe_oos(idata, errors: list, n_requests: int, source: str = ""):
     """Store out-of-sample probe slice errors (:func:`probe_slice_error` of each run under a fit
     that did not see its model; ``benchmarks/probe_update.py --oos-calibration --attach-to``) in
@@ -1068,8 +1096,9 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     + e^a cpu_i(d), scale_i(d))``, the rows of each kind k scaled by one shared slice error
     ``e_k ~ N(mu_k, tau_k)`` (a probe is one slice of the deployment's traffic, so its rows of a
     kind are not independent evidence). ``calibration``: :func:`probe_calibration`'s result
-    (mu_k, tau_k measured by probing the fit's own training runs the same way), "auto" (compute
-    it for a probe of as many requests as the probe table has; default), or None; kinds it does
+    (mu_k, tau_k measured by probing the fit's own training runs the same way), "auto"
+    (:func:`auto_calibration` for a probe of as many requests as the probe table has: the fit's
+    out-of-sample slice errors where it carries them; default), or None; kinds it does
     not cover get ``mu_k = 0`` and ``tau_k`` from :func:`slice_spread`. The mode is found by damped
     Newton steps (all draws at once, analytic gradient and Hessian) and one factor triple is drawn
     from the Laplace (Gaussian) approximation there, the slice errors marginalised out: hundreds
@@ -1118,11 +1147,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     kinds = sorted(set(k.tolist()))
     if isinstance(calibration, str) and calibration == "auto":
         n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
-        calibration = probe_calibration(idata, n_req, seed=seed) if n_req else None
-        oos = M.attr_json(idata, "probe_oos_errors", None)
-        if oos and oos.get("errors"):
-            # the fit ships out-of-sample slice errors (attach_probe_oos): they replace the in-sample ones
-            calibration = oos_calibration(oos["errors"], calibration)
+        calibration = auto_calibration(idata, n_req, seed=seed)
     cal = (calibration or {}).get("kinds", {})
     ss = slice_spread(idata, seed=seed)
     tau = np.array([cal[M.KINDS[kk]]["tau"] if M.KINDS[kk] in cal else ss[M.KINDS[kk]] for kk in kinds])
@@ -1197,7 +1222,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
             "cpu_factor": summ(draw[:, 2]) | {"informed": bool(informed[2])},
             "slice_sd": {M.KINDS[kk]: float(t) for kk, t in zip(kinds, tau)},
             "slice_offset": {M.KINDS[kk]: float(o) for kk, o in zip(kinds, off)},
-            "calibration": "probe" if cal else "slice_spread",
+            "calibration": (calibration or {}).get("source", "probe") if cal else "slice_spread",
             "update_spread": spr or None,
             "newton_max_abs_grad": float(np.abs(g).max())}
     if new is not None:

@@ -47,7 +47,9 @@ def table(suite: str, rep: dict) -> str:
                    f"mean E2E / TTFT / ITL contains the observed value in {100 * s['e2e_mean_coverage90']:.0f}% / "
                    f"{100 * s['ttft_mean_coverage90']:.0f}% / "
                    + ("n/a" if s.get("itl_mean_coverage90") is None else f"{100 * s['itl_mean_coverage90']:.0f}%")
-                   + " of runs")
+                   + " of runs"
+                   + ("; p90 / p99 of E2E: " + " / ".join(f"{100 * s[f'e2e_{q}_coverage90']:.0f}%" for q in ("p90", "p99"))
+                      if s.get("e2e_p90_coverage90") is not None and s.get("e2e_p99_coverage90") is not None else ""))
     return "\n".join(out) + "\n"
 
 

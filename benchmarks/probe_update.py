@@ -40,9 +40,13 @@ def main(argv=None) -> int:
                          "own leave-one-model-out fits (transfer.probe_slice_error), nested: never the run's own model")
     ap.add_argument("--attach-to", nargs="*", default=[],
                     help="with --oos-calibration: store every held-out run's slice error in these fits' attrs "
-                         "(transfer.attach_probe_oos), e.g. models/default.nc bayeslat/data/models/default.nc")
+                         "(transfer.attach_probe_oos), e.g. models/default.nc (bayeslat/data/models links to it)")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
     a = ap.parse_args(argv)
+    if a.no_calibration and a.oos_calibration:
+        ap.error("--no-calibration and --oos-calibration exclude each other")
+    if a.attach_to and not a.oos_calibration:
+        ap.error("--attach-to needs --oos-calibration (it stores the out-of-sample slice errors)")
     warnings.filterwarnings("ignore")
     from bayeslat import design, transfer, validate
 
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
                   f"TTFT {r['ttft']['before_pct']:+.1f} -> {r['ttft']['after_pct']:+.1f}%  ITL {r['itl']['before_pct']:+.1f} -> "
                   f"{r['itl']['after_pct']:+.1f}%", file=sys.stderr, flush=True)
             _write(a, rows, t_start, partial=True)
-    out = _write(a, rows, t_start, partial=False)
+    out = _write(a, rows, t_start, partial=False, oos=oos)
     print_table(rows)
     print(f"wrote {out} ({time.time() - t_start:.0f} s)")
     return 0
@@ -128,12 +132,15 @@ def summarize(rows) -> dict:
     return out
 
 
-def _write(a, rows, t_start, partial):
+def _write(a, rows, t_start, partial, oos=None):
     from bayeslat import transfer
 
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rep = {"config": vars(a), "rows": rows, "summary": summarize(rows) if rows else {}, "wall_s": time.time() - t_start}
+    if oos:
+        # every run's out-of-sample slice error (its own fold's fit), as attached by --attach-to
+        rep["oos_errors"] = [e for errs in oos.values() for e in errs]
     if partial:
         rep["partial"] = True
     out.write_text(json.dumps(transfer._jsonable(rep), indent=1))

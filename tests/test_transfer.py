@@ -412,3 +412,24 @@ def test_sim_discrepancy_replays_the_fits_training_runs(fitted):
 
     fit = V.attach_sim_discrepancy(copy.deepcopy(idata), draws=4)
     assert json.loads(fit.attrs["sim_discrepancy"])["runs"] == res["runs"]
+
+
+def test_update_uses_the_fits_oos_errors_for_a_probe_of_their_size(fitted):
+    """The path `bayeslat update` takes (transfer.update with the probe infos) reads the fit's
+    out-of-sample slice errors, and only for probes of a similar size (OOS_SIZE_TOLERANCE)."""
+    import copy
+    import json
+
+    idata = copy.deepcopy(fitted[0])
+    pobs, infos = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    errs = [{"window": v, "ttft": 0.1 + v} for v in (0.0, 0.2, -0.2)]
+
+    def used(n_oos):
+        T.attach_probe_oos(idata, errs, n_oos)
+        new = T.update(idata, pobs, None, probe_infos=infos)
+        return json.loads(new.attrs["transfer_update"])["deployment_update"]
+
+    same = used(200)
+    assert same["calibration"] == "out-of-sample" and same["slice_sd"]["window"] == pytest.approx(0.2)
+    other = used(1000)  # measured on 1000-request probes: not this probe's prior
+    assert other["calibration"] != "out-of-sample" and other["slice_sd"]["window"] != pytest.approx(0.2)

@@ -25,6 +25,9 @@ def _pred(draws: dict):
             e[q] = float(np.median(k * v))
             e[f"{q}_draw_mean"] = float(np.mean(k * v))
         e["mean_interval90"] = [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]
+        if m == "e2e":  # the tails' intervals (only some predictions carry them)
+            e["p90_interval90"] = [float(np.quantile(1.5 * v, 0.05)), float(np.quantile(1.5 * v, 0.95))]
+            e["p99_interval90"] = [1.0, 2.0]
         out[f"{m}_ms"] = e
     return out
 
@@ -40,6 +43,9 @@ def test_compare_signed_errors_intervals_and_draw_mean():
     assert row["e2e_p90_err_pct"] == pytest.approx(5.0)
     assert row["ttft_mean_lo90"] == pytest.approx(54.2) and not row["ttft_mean_in90"]  # 50 ms is below it
     assert row["e2e_mean_in90"] is False and row["e2e_mean_lo90"] == row["e2e_mean_hi90"] == 2100.0
+    # p90 / p99 containment where the prediction has their intervals, absent where it has not
+    assert row["e2e_p90_lo90"] == 3150.0 and row["e2e_p90_in90"] is False  # observed p90 3000
+    assert row["e2e_p99_in90"] is False and "ttft_p90_in90" not in row
 
 
 def test_summarize_typical_excludes_stress_and_client_itl():
@@ -55,3 +61,4 @@ def test_summarize_typical_excludes_stress_and_client_itl():
     assert s["all"]["itl_mean_median_abs_err_pct"] == pytest.approx(10.0)  # a, b, c: 10, 2, 100
     assert s["typical"]["e2e_mean_median_abs_err_pct_draw_mean"] == pytest.approx(2.0)  # 5, 2, 0
     assert s["typical"]["e2e_mean_coverage90"] == pytest.approx(1 / 3)  # only d's point interval holds 2000
+    assert s["typical"]["e2e_p90_coverage90"] == pytest.approx(1 / 3) and "ttft_p90_coverage90" not in s["all"]
