@@ -926,9 +926,9 @@ def oos_calibration(errors, base: dict | None = None, *, min_runs: int = 3) -> d
     model a fit did not see): per kind, ``mu`` the mean and ``tau`` the SD over runs (never below
     ``SLICE_SD_DEFAULT``). They replace ``base``'s in-sample values: those compare a probe with a
     fit that has seen its run, so they also carry the fit's own misfit of the run (in-sample TTFT
-    offsets spread 0.24-0.32 across runs, against 0.12 probe-to-whole-run out of sample). ``errors``: list of {kind: error} (other
-    keys, e.g. "run", are ignored). ``base``
-    (a :func:`probe_calibration` result) supplies the kinds not measured here and its ``spread``."""
+    offsets spread 0.24-0.32 across runs, against 0.11 probe-to-whole-run out of sample).
+    ``errors``: list of {kind: error} (other keys, e.g. "run", are ignored). ``base`` (a
+    :func:`probe_calibration` result) supplies the kinds not measured here and its ``spread``."""
     out = dict(base or {})
     kinds = dict((base or {}).get("kinds", {}))
     for kind in sorted({k for e in errors for k in e if k in SLICE_SD_DEFAULT}):
