@@ -755,8 +755,6 @@ def save(idata, path) -> Path:
     """Write a fitted InferenceData to netCDF (creating parent directories). The file is written
     next to ``path`` and moved over it, so a fit loaded from ``path`` (whose arrays may still be
     read lazily from it) can be saved back to it, and a failed write leaves the old file."""
-    import os
-
     path = Path(path)
     if idata.attrs.get("format") != FORMAT:
         raise SpecError(f"not a bayeslat fit (format {idata.attrs.get('format')!r})", file=str(path), field="format")

@@ -851,13 +851,8 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
         pobs, _ = probe_obs(spec, [f"bundled:{c['run']}:{int(n_requests)}"])
         probes.append(pobs)
         mu = M.predict_mean(idata, pobs, n=draws, seed=seed).mean(axis=0)
-        ok = (pobs.y > 0) & (mu > 0)
-        for k, kind in enumerate(M.KINDS):
-            m = ok & (pobs.kind == k)
-            if m.sum() >= 10:
-                # the statistic the update sees: the summed row of a pooled kind, else the rows' median
-                r = np.log(pobs.y[m].sum() / mu[m].sum()) if kind in POOLED_PROBE_KINDS else np.median(np.log(pobs.y[m] / mu[m]))
-                med[kind].append(float(r))
+        for kind, r in probe_statistics(pobs, mu).items():
+            med[kind].append(float(r))
     # tau: the SD across the training runs, floored at SLICE_SD_DEFAULT. A fold's runs come from 2-3
     # models, and the offset differs between models (bundled runs under the default fit: TTFT
     # -0.13 to +0.23, SD 0.11 over 15 runs; within a fold without 7B, SD 0.04), so the runs of a
@@ -902,22 +897,26 @@ def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws:
     except SpecError:
         return {}
     whole = whole.subset(np.asarray(whole.run) == str(run))
+    p, w = (probe_statistics(t, M.predict_mean(idata, t, n=draws, seed=seed)) for t in (pobs, whole))
+    return {kind: float(np.mean(p[kind] - w[kind])) for kind in set(p) & set(w)}
+
+
+def probe_statistics(obs, mu, *, min_rows: int = 10) -> dict:
+    """Per row kind with >= ``min_rows`` usable rows, the statistic a probe update sees of
+    observed against ``mu``: log(sum y / sum mu) for ``POOLED_PROBE_KINDS`` (their summed row),
+    else the rows' median log(y / mu). ``mu``: (n,) or per draw (D, n), giving one value or (D,).
+    Rows with y <= 0 or a non-positive mu are left out."""
+    from bayeslat import model as M
+
+    mu = np.asarray(mu, dtype=float)
+    y, kinds = np.asarray(obs.y, dtype=float), np.asarray(obs.kind)
+    ok = (y > 0) & np.all(mu > 0, axis=tuple(range(mu.ndim - 1)))
     out = {}
-    stats = []
-    for t in (pobs, whole):
-        mu = M.predict_mean(idata, t, n=draws, seed=seed)
-        st = {}
-        for k, kind in enumerate(M.KINDS):
-            m = (np.asarray(t.kind) == k) & (t.y > 0)
-            if m.sum() < 10:
-                continue
-            if kind in POOLED_PROBE_KINDS:
-                st[kind] = np.log(t.y[m].sum() / mu[:, m].sum(axis=1))
-            else:
-                st[kind] = np.median(np.log(t.y[m][None, :] / np.maximum(mu[:, m], 1e-12)), axis=1)
-        stats.append(st)
-    for kind in set(stats[0]) & set(stats[1]):
-        out[kind] = float(np.mean(stats[0][kind] - stats[1][kind]))
+    for k, kind in enumerate(M.KINDS):
+        m = ok & (kinds == k)
+        if m.sum() >= min_rows:
+            ym, mm = y[m], mu[..., m]
+            out[kind] = np.log(ym.sum() / mm.sum(axis=-1)) if kind in POOLED_PROBE_KINDS else np.median(np.log(ym / mm), axis=-1)
     return out
 
 

@@ -110,8 +110,9 @@ def _aggregate_cases(runs: list[str] | None, seed: int = 0):
     return out
 
 
-def predict_case(case: dict, idata, draws: int, seed: int) -> dict:
-    """Posterior predictive of one case; returns the prediction dict of ``simulate.posterior_predictive``."""
+def predict_case(case: dict, idata, draws: int, seed: int, *, discrepancy: bool = True) -> dict:
+    """Posterior predictive of one case; returns the prediction dict of ``simulate.posterior_predictive``.
+    ``discrepancy=False``: without the fit's simulator discrepancy (what :func:`sim_discrepancy` measures)."""
     from bayeslat import model, simulate
 
     dep = case["deployment"]
@@ -119,6 +120,8 @@ def predict_case(case: dict, idata, draws: int, seed: int) -> dict:
 
     cd = model.coefficient_draws(idata, dep.hardware, dep.model_class, n=draws, seed=seed,
                                  deployment=deployment_key(dep.ctx, dep.hardware))
+    if not discrepancy:
+        cd.sim_sd = None
     return simulate.posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
 
 
@@ -145,8 +148,7 @@ def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0,
     dominates it (default fit, TTFT: Mixtral general's -0.43 is most of the 0.11). ``runs``: full
     run ids. Returns ``{"sigma": {key: sd}, "runs": [{run, e_<key>, w_<key>}], "draws": n,
     "run_spread_config": ...}`` ({"sigma": {}} when fewer than 3 training runs have per-request data)."""
-    from bayeslat import datasets, model, simulate
-    from bayeslat.features import deployment_key
+    from bayeslat import datasets, model
     from bayeslat.transfer import obs_from_idata
 
     train = set(np.asarray(obs_from_idata(idata).run).astype(str).tolist())
@@ -156,11 +158,7 @@ def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0,
     for c in _replay_cases(sel) if sel else []:
         if c["run"] not in sel:
             continue
-        dep = c["deployment"]
-        cd = model.coefficient_draws(idata, dep.hardware, dep.model_class, n=draws, seed=seed,
-                                     deployment=deployment_key(dep.ctx, dep.hardware))
-        cd.sim_sd = None
-        pred = simulate.posterior_predictive(c["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
+        pred = predict_case(c, idata, draws, seed, discrepancy=False)
         r = {"run": c["run"]}
         for m in METRICS:
             for stat in ("mean", "p90", "p99"):
@@ -178,9 +176,7 @@ def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0,
             ok = [r for r in per if r[f"e_{k}"] is not None]
             if len(ok) >= 3:
                 sigma[k] = discrepancy_sd([r[f"e_{k}"] for r in ok], [r[f"w_{k}"] for r in ok])
-    from bayeslat.model import RUN_SPREAD
-
-    return {"sigma": sigma, "runs": per, "draws": int(draws), "seed": int(seed), "run_spread_config": RUN_SPREAD}
+    return {"sigma": sigma, "runs": per, "draws": int(draws), "seed": int(seed), "run_spread_config": model.RUN_SPREAD}
 
 
 def _sim_key(metric: str, stat: str) -> str:

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
         ap.error("--attach-to needs --oos-calibration (it stores the out-of-sample slice errors)")
     warnings.filterwarnings("ignore")
     from bayeslat import design, transfer, validate
+    from bayeslat import model as M
 
     if a.step_factors is not None:
         transfer.STEP_FACTORS = a.step_factors  # used by the calibration pass too
@@ -59,23 +60,30 @@ def main(argv=None) -> int:
     groups: dict = {}
     for c in cases:
         groups.setdefault(c["model"], []).append(c)
+    fits: dict = {}
+
+    def fold_fit(model):
+        """The leave-one-model-out fit without ``model`` (cached in --fit-dir, loaded once)."""
+        nonlocal full
+        if model not in fits:
+            excl = {c["run"] for c in groups[model]}
+            path = validate.cv_fit_path(a.fit_dir, excl)
+            if not Path(path).exists() and full is None:
+                full = design.bundled_obs(seed=a.seed)
+            fits[model] = validate.cv_fit(full, excl, seed=a.seed, path=path)
+        return fits[model]
+
     rows = []
     oos = {}
     if a.oos_calibration:
         # pass 1: every held-out run's out-of-sample slice error under its own fold's fit
         for model, group in groups.items():
-            excl = {c["run"] for c in group}
-            path = validate.cv_fit_path(a.fit_dir, excl)
-            if not Path(path).exists() and full is None:
-                full = design.bundled_obs(seed=a.seed)
-            idata = validate.cv_fit(full, excl, seed=a.seed, path=path)
+            idata = fold_fit(model)
             oos[model] = [{"run": c["run"], "model": model} | transfer.probe_slice_error(
                 idata, c["run"], a.probe_n, workload=c["workload_obj"], seed=a.seed) for c in group]
             for c, e in zip(group, oos[model]):
                 print(f"slice error {c['run'][16:]:38s} " + " ".join(f"{k} {v:+.3f}" for k, v in e.items() if k not in ("run", "model")), file=sys.stderr)
         for target in a.attach_to:
-            from bayeslat import model as M
-
             fit = M.load(target)
             transfer.attach_probe_oos(fit, [e for errs in oos.values() for e in errs], a.probe_n,
                                       source=f"benchmarks/probe_update.py leave-one-model-out folds in {a.fit_dir}")
@@ -84,11 +92,7 @@ def main(argv=None) -> int:
     for model, group in groups.items():
         if a.models and model not in a.models:
             continue
-        excl = {c["run"] for c in group}
-        path = validate.cv_fit_path(a.fit_dir, excl)
-        if not Path(path).exists() and full is None:
-            full = design.bundled_obs(seed=a.seed)
-        idata = validate.cv_fit(full, excl, seed=a.seed, path=path)
+        idata = fold_fit(model)
         # the probe's slice error, measured by probing the fold's own training runs the same way
         cal = None if a.no_calibration else transfer.probe_calibration(idata, a.probe_n, seed=a.seed)
         if a.oos_calibration:
