@@ -901,6 +901,38 @@ def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws:
     return {kind: float(np.mean(p[kind] - w[kind])) for kind in set(p) & set(w)}
 
 
+def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> dict:
+    """The deployment factors a deployment's bundled runs call for under ``idata``: the log
+    step-time and CPU-time factors (``"factor_step"``, ``"factor_cpu"``) that
+    :func:`update_deployment` finds when it conditions on the rows of all of ``runs`` (one
+    deployment, as the model has one factor pair per deployment, not per run) with a flat prior on
+    the factors (SD 1) and no slice error (whole runs are not a slice). Under a fit that did not see
+    the deployment's model (leave-one-model-out), this is how far a new model's deployment sits
+    from the fit: the out-of-sample spread of these values is the prior a probe update of a new
+    deployment needs (:func:`oos_calibration`'s ``factor_sd``); the fit's own between-deployment
+    spread only covers deployments of the models it has seen. ``n_per_kind`` rows per run and
+    kind, stratified over the run (``design.bundled_obs``): the Newton steps cost draws x rows, and
+    the factors are settled long before a run's ~20,000 rows. Runs the bundled reconstruction skips
+    are left out; {} when none is left."""
+    from bayeslat import design
+    from bayeslat import model as M
+
+    runs = [runs] if isinstance(runs, str) else list(runs)
+    try:
+        whole = design.bundled_obs(runs=runs, n_per_run_kind=int(n_per_kind), seed=seed, step_rows=False)
+    except SpecError:
+        return {}
+    keep = np.isin(np.asarray(whole.run).astype(str), runs)
+    if not keep.any():
+        return {}
+    whole = whole.subset(keep)
+    kinds = {M.KINDS[int(k)] for k in np.unique(whole.kind)}
+    cal = {"kinds": {k: {"mu": 0.0, "tau": 1e-3} for k in kinds}, "source": "whole runs"}
+    _, info = update_deployment(idata, whole, seed=seed, calibration=cal, copy_idata=False, factor_sd={"step": 1.0, "cpu": 1.0})
+    return {"factor_step": float(info["step_factor"]["log_mean"]), "factor_cpu": float(info["cpu_factor"]["log_mean"]),
+            "factor_runs": sorted(set(np.asarray(whole.run).astype(str).tolist()))}
+
+
 def probe_statistics(obs, mu, *, min_rows: int = 10) -> dict:
     """Per row kind with >= ``min_rows`` usable rows, the statistic a probe update sees of
     observed against ``mu``: log(sum y / sum mu) for ``POOLED_PROBE_KINDS`` (their summed row),
@@ -940,6 +972,16 @@ def oos_calibration(errors, base: dict | None = None, *, min_runs: int = 3) -> d
         return None
     out["kinds"] = kinds
     out["source"] = "out-of-sample"
+    # the factor prior of a new deployment: root mean square (around 1, the prior's centre) of
+    # the factors the deployments of models the fits had not seen call for (run_factor_error;
+    # one entry per deployment)
+    fs = {}
+    for part in ("step", "cpu"):
+        v = np.array([e[f"factor_{part}"] for e in errors if e.get(f"factor_{part}") is not None])
+        if len(v) >= min_runs:
+            fs[part] = float(np.sqrt(np.mean(v ** 2)))
+    if len(fs) == 2:
+        out["factor_sd"] = fs | {"deployments": int(min(len([e for e in errors if e.get(f"factor_{p}") is not None]) for p in fs))}
     return out
 
 
@@ -1084,7 +1126,7 @@ def pool_rows(obs, kinds):
 
 
 def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30, calibration="auto",
-                      copy_idata: bool = True, step_factors: int | None = None):
+                      copy_idata: bool = True, step_factors: int | None = None, factor_sd: dict | None = None):
     """Condition the deployment level on a probe ("cut" update, seconds instead of a refit).
 
     The probe's rows belong to one deployment (``meta["deployments"]``). Every other level stays
@@ -1103,6 +1145,14 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     from the Laplace (Gaussian) approximation there, the slice errors marginalised out: hundreds
     of probe rows against 3 + K parameters. Conditioning of the level the probe is new to, given
     the rest of the hierarchy (nothing flows back into the coefficients, as in the "spread" fit).
+
+    The factors' prior SDs are the fit's between-deployment spread (``sigma_dep``,
+    ``sigma_alpha_dep``), measured on deployments of the models the fit has seen. For a deployment
+    the fit has not seen they are floored at ``factor_sd`` ({"step": sd, "cpu": sd} of the log
+    factors; default: the calibration's ``factor_sd``, the out-of-sample spread of the factors whole
+    runs of held-out models call for, :func:`run_factor_error` / :func:`oos_calibration`): on the
+    leave-one-model-out folds the fits' CPU spread held the held-out 7B's CPU factor near 1 where
+    its whole runs call for ~0.8, and the probe's TTFT could not move the prediction.
 
     ``step_factors`` (default :data:`STEP_FACTORS`, 1): with 2, the fixed and load parts get
     separate factors. That helped a model whose fixed and load parts were off in opposite
@@ -1148,6 +1198,11 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
         calibration = auto_calibration(idata, n_req, seed=seed)
     cal = (calibration or {}).get("kinds", {})
+    fsd = factor_sd if factor_sd is not None else (calibration or {}).get("factor_sd")
+    new_dep = keys[0] not in set(M.attr_json(idata, "deployments", []) or []) and not (
+        "deployment" in idata.posterior.coords and keys[0] in [str(v) for v in idata.posterior.coords["deployment"].values])
+    if fsd and new_dep:
+        sig = (np.maximum(sig[0], float(fsd["step"])), np.maximum(sig[1], float(fsd["cpu"])))
     ss = slice_spread(idata, seed=seed)
     tau = np.array([cal[M.KINDS[kk]]["tau"] if M.KINDS[kk] in cal else ss[M.KINDS[kk]] for kk in kinds])
     off = np.array([cal[M.KINDS[kk]]["mu"] if M.KINDS[kk] in cal else 0.0 for kk in kinds])
@@ -1207,7 +1262,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
 
     def summ(v):
         e = np.exp(v)
-        return {"mean": float(e.mean()), "q05": float(np.quantile(e, 0.05)), "q95": float(np.quantile(e, 0.95))}
+        return {"mean": float(e.mean()), "q05": float(np.quantile(e, 0.05)), "q95": float(np.quantile(e, 0.95)),
+                "log_mean": float(np.mean(v))}
 
     # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
     tot = parts[:, :2].sum(axis=2)
@@ -1223,6 +1279,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
             "slice_offset": {M.KINDS[kk]: float(o) for kk, o in zip(kinds, off)},
             "calibration": (calibration or {}).get("source", "probe") if cal else "slice_spread",
             "update_spread": spr or None,
+            "factor_prior_sd": {"step": float(np.median(sig[0])), "cpu": float(np.median(sig[1])),
+                                "floor": ({"step": float(fsd["step"]), "cpu": float(fsd["cpu"])} if fsd and new_dep else None)},
             "newton_max_abs_grad": float(np.abs(g).max())}
     if new is not None:
         new.attrs["deployment_update"] = json.dumps(info)
@@ -1334,6 +1392,10 @@ def cli_update(args) -> int:
             print(f"  deployment {du['deployment']}: step-time factor {du['step_factor']['mean']:.3f} "
                   f"[{du['step_factor']['q05']:.3f}, {du['step_factor']['q95']:.3f}]{fx}; CPU-time factor "
                   f"{du['cpu_factor']['mean']:.3f} [{du['cpu_factor']['q05']:.3f}, {du['cpu_factor']['q95']:.3f}]")
+            fp = du.get("factor_prior_sd") or {}
+            if fp:
+                src = "floored at the out-of-sample spread of new deployments" if fp.get("floor") else "the fit's deployment spread"
+                print(f"  factor prior (log SD): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
         for tag in ("before", "after"):
             e = pr[tag]
             print(f"  probe rows {tag:6s}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "

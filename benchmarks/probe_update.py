@@ -11,6 +11,9 @@ probe's deployment on it (``transfer.update_deployment``: seconds), and predict 
 % error of the mean E2E, TTFT and ITL, whether the 90% interval contains the observed mean, and
 the fitted factors. The probe's slice error is calibrated by probing the fold's own training runs
 the same way (``transfer.probe_calibration``; ``--no-calibration``: the session-4 method).
+``--oos-calibration``: the slice errors and the factor prior of a new deployment are measured out of
+sample instead, on the other held-out models' runs under their own folds' fits
+(``transfer.probe_slice_error``, ``transfer.run_factor_error``, ``transfer.oos_calibration``).
 """
 from __future__ import annotations
 
@@ -83,12 +86,18 @@ def main(argv=None) -> int:
                 idata, c["run"], a.probe_n, workload=c["workload_obj"], seed=a.seed) for c in group]
             for c, e in zip(group, oos[model]):
                 print(f"slice error {c['run'][16:]:38s} " + " ".join(f"{k} {v:+.3f}" for k, v in e.items() if k not in ("run", "model")), file=sys.stderr)
+            # the factors the held-out model's deployment calls for (all its runs; one entry)
+            fe = transfer.run_factor_error(idata, [c["run"] for c in group], seed=a.seed)
+            if fe:
+                oos[model].append({"model": model} | fe)
+                print(f"deployment factors {model:31s} step {fe['factor_step']:+.3f} cpu {fe['factor_cpu']:+.3f} "
+                      f"({len(fe['factor_runs'])} runs)", file=sys.stderr)
         for target in a.attach_to:
             fit = M.load(target)
             transfer.attach_probe_oos(fit, [e for errs in oos.values() for e in errs], a.probe_n,
                                       source=f"benchmarks/probe_update.py leave-one-model-out folds in {a.fit_dir}")
             M.save(fit, target)
-            print(f"attached {sum(map(len, oos.values()))} out-of-sample slice errors to {target}", file=sys.stderr)
+            print(f"attached {sum(map(len, oos.values()))} out-of-sample slice and deployment-factor errors to {target}", file=sys.stderr)
     for model, group in groups.items():
         if a.models and model not in a.models:
             continue
@@ -109,7 +118,8 @@ def main(argv=None) -> int:
             r = {"held_out_model": model, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
                  "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
                  "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"], "calibration_kinds": (cal or {}).get("kinds"),
-                 "update_spread": info.get("update_spread")}
+                 "update_spread": info.get("update_spread"), "factor_prior_sd": info.get("factor_prior_sd"),
+                 "factor_sd": (cal or {}).get("factor_sd")}
             for m in ("e2e", "ttft", "itl"):
                 r[m] = {"obs": c["observed"].get(f"{m}_mean"), "before_pct": b[f"{m}_mean_err_pct"], "after_pct": f[f"{m}_mean_err_pct"],
                         "in90_before": bool(b[f"{m}_mean_in90"]), "in90_after": bool(f[f"{m}_mean_in90"])}

@@ -433,3 +433,55 @@ def test_update_uses_the_fits_oos_errors_for_a_probe_of_their_size(fitted):
     assert same["calibration"] == "out-of-sample" and same["slice_sd"]["window"] == pytest.approx(0.2)
     other = used(1000)  # measured on 1000-request probes: not this probe's prior
     assert other["calibration"] != "out-of-sample" and other["slice_sd"]["window"] != pytest.approx(0.2)
+
+
+def test_run_factor_error_recovers_a_known_slowdown(fitted, monkeypatch):
+    """run_factor_error reads the factors a deployment's whole runs call for: windows 20% slower move
+    the step factor by log 1.2 (flat prior, no slice error); runs the reconstruction skips give {}."""
+    from dataclasses import replace
+
+    from bayeslat import design
+    from bayeslat.errors import SpecError
+
+    idata = fitted[0]
+    other = "codellama-34b-tp2-codegen"
+    pobs, _ = T.probe_obs(T.spec_for_run(other), [f"bundled:{other}:200"])
+    monkeypatch.setattr(design, "bundled_obs", lambda **k: pobs)
+    e0 = T.run_factor_error(idata, datasets.run_info(other)["run"])
+    monkeypatch.setattr(design, "bundled_obs", lambda **k: replace(pobs, y=np.where(pobs.kind == 1, 1.2 * pobs.y, pobs.y)))
+    e1 = T.run_factor_error(idata, datasets.run_info(other)["run"])
+    assert set(e0) == {"factor_step", "factor_cpu", "factor_runs"} and e0["factor_runs"] == [datasets.run_info(other)["run"]]
+    assert e1["factor_step"] - e0["factor_step"] == pytest.approx(np.log(1.2), abs=0.03)
+
+    def skipped(**k):
+        raise SpecError("skipped run", field="run")
+
+    monkeypatch.setattr(design, "bundled_obs", skipped)
+    assert T.run_factor_error(idata, datasets.run_info(other)["run"]) == {}
+
+
+def test_factor_prior_of_a_new_deployment_comes_from_the_oos_factor_spread(fitted):
+    """oos_calibration turns out-of-sample run factors into a factor prior (root mean square of the
+    log factors); update_deployment floors a new deployment's factor SDs at it, so a probe whose TTFT
+    runs 40% short moves the CPU factor further; a trained deployment keeps the fit's spread."""
+    from dataclasses import replace
+
+    errs = [{"run": f"r{i}", "ttft": 0.1, "factor_step": s, "factor_cpu": c}
+            for i, (s, c) in enumerate([(0.05, -0.4), (-0.05, 0.4), (0.0, 0.0)])]
+    cal = T.oos_calibration(errs)
+    assert cal["factor_sd"]["step"] == pytest.approx(np.sqrt(0.005 / 3)) and cal["factor_sd"]["cpu"] == pytest.approx(np.sqrt(0.32 / 3))
+    assert "factor_sd" not in T.oos_calibration(errs[:2] + [{"ttft": 0.1}], min_runs=3)
+    idata = fitted[0]
+    zero = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.02}, "window": {"mu": 0.0, "tau": 0.02}}}
+    other = "codellama-34b-tp2-codegen"
+    pobs, _ = T.probe_obs(T.spec_for_run(other), [f"bundled:{other}:200"])
+    fast = replace(pobs, y=np.where(pobs.kind == 2, 0.6 * pobs.y, pobs.y))
+    _, narrow = T.update_deployment(idata, fast, calibration=zero)
+    _, floored = T.update_deployment(idata, fast, calibration=zero | {"factor_sd": {"step": 0.05, "cpu": 1.0}})
+    assert narrow["factor_prior_sd"]["floor"] is None
+    assert floored["factor_prior_sd"]["floor"] == {"step": 0.05, "cpu": 1.0} and floored["factor_prior_sd"]["cpu"] == pytest.approx(1.0)
+    assert floored["cpu_factor"]["mean"] < narrow["cpu_factor"]["mean"] - 0.05
+    # the fit's own deployment: the fit's spread stands
+    tr, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    _, own = T.update_deployment(idata, tr, calibration=zero | {"factor_sd": {"step": 0.05, "cpu": 1.0}})
+    assert own["factor_prior_sd"]["floor"] is None
