@@ -898,7 +898,7 @@ def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws:
         return {}
     whole = whole.subset(np.asarray(whole.run) == str(run))
     p, w = (probe_statistics(t, M.predict_mean(idata, t, n=draws, seed=seed)) for t in (pobs, whole))
-    return {kind: float(np.mean(p[kind] - w[kind])) for kind in set(p) & set(w)}
+    return {kind: float(np.mean(p[kind] - w[kind])) for kind in sorted(set(p) & set(w))}
 
 
 def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> dict:
@@ -906,7 +906,8 @@ def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> di
     step-time and CPU-time factors (``"factor_step"``, ``"factor_cpu"``) that
     :func:`update_deployment` finds when it conditions on the rows of all of ``runs`` (one
     deployment, as the model has one factor pair per deployment, not per run) with a flat prior on
-    the factors (SD 1) and no slice error (whole runs are not a slice). Under a fit that did not see
+    the factors (SD 1, whether or not the fit has seen the deployment) and no slice error (whole
+    runs are not a slice). Under a fit that did not see
     the deployment's model (leave-one-model-out), this is how far a new model's deployment sits
     from the fit: the out-of-sample spread of these values is the prior a probe update of a new
     deployment needs (:func:`oos_calibration`'s ``factor_sd``); the fit's own between-deployment
@@ -958,8 +959,10 @@ def oos_calibration(errors, base: dict | None = None, *, min_runs: int = 3) -> d
     ``SLICE_SD_DEFAULT``). They replace ``base``'s in-sample values: those compare a probe with a
     fit that has seen its run, so they also carry the fit's own misfit of the run (in-sample TTFT
     offsets spread 0.24-0.32 across runs, against 0.11 probe-to-whole-run out of sample).
-    ``errors``: list of {kind: error} (other keys, e.g. "run", are ignored). ``base`` (a
-    :func:`probe_calibration` result) supplies the kinds not measured here and its ``spread``."""
+    ``errors``: list of {kind: error} (other keys, e.g. "run", are ignored), and entries with
+    ``factor_step`` / ``factor_cpu`` (:func:`run_factor_error`, one per deployment), which give
+    ``out["factor_sd"]`` (:func:`factor_sd_from`). ``base`` (a :func:`probe_calibration` result)
+    supplies the kinds not measured here and its ``spread``."""
     out = dict(base or {})
     kinds = dict((base or {}).get("kinds", {}))
     for kind in sorted({k for e in errors for k in e if k in SLICE_SD_DEFAULT}):
@@ -972,17 +975,22 @@ def oos_calibration(errors, base: dict | None = None, *, min_runs: int = 3) -> d
         return None
     out["kinds"] = kinds
     out["source"] = "out-of-sample"
-    # the factor prior of a new deployment: root mean square (around 1, the prior's centre) of
-    # the factors the deployments of models the fits had not seen call for (run_factor_error;
-    # one entry per deployment)
-    fs = {}
-    for part in ("step", "cpu"):
-        v = np.array([e[f"factor_{part}"] for e in errors if e.get(f"factor_{part}") is not None])
-        if len(v) >= min_runs:
-            fs[part] = float(np.sqrt(np.mean(v ** 2)))
-    if len(fs) == 2:
-        out["factor_sd"] = fs | {"deployments": int(min(len([e for e in errors if e.get(f"factor_{p}") is not None]) for p in fs))}
+    fs = factor_sd_from(errors, min_runs=min_runs)
+    if fs:
+        out["factor_sd"] = fs
     return out
+
+
+def factor_sd_from(errors, *, min_runs: int = 3) -> dict | None:
+    """The factor prior of a new deployment from out-of-sample deployment factors (entries of
+    ``errors`` with ``factor_step`` / ``factor_cpu``, :func:`run_factor_error`, one per
+    deployment): per part, the root mean square of the log factors (around 0, the prior's centre).
+    None unless both parts have >= ``min_runs`` values."""
+    vals = {part: np.array([e[f"factor_{part}"] for e in errors if e.get(f"factor_{part}") is not None], dtype=float)
+            for part in ("step", "cpu")}
+    if min(len(v) for v in vals.values()) < min_runs:
+        return None
+    return {part: float(np.sqrt(np.mean(v ** 2))) for part, v in vals.items()} | {"deployments": int(min(map(len, vals.values())))}
 
 
 #: out-of-sample slice errors measured on probes of n requests serve probes of n / 1.5 ... 1.5 n
@@ -995,7 +1003,8 @@ def auto_calibration(idata, n_requests: int, *, seed: int = 0) -> dict | None:
     runs with per-request data), with its slice errors replaced by the fit's out-of-sample ones
     (attrs ``probe_oos_errors``, :func:`attach_probe_oos`) when the fit carries them for probes of a
     similar size (within ``OOS_SIZE_TOLERANCE``): how far the start of a run is from the whole run
-    depends on the probe's length."""
+    depends on the probe's length. The out-of-sample deployment factors it carries set
+    ``factor_sd`` (the factor prior of a new deployment) for a probe of any size."""
     from bayeslat import model as M
 
     if not n_requests:
@@ -1005,12 +1014,17 @@ def auto_calibration(idata, n_requests: int, *, seed: int = 0) -> dict | None:
     if oos and oos.get("errors") and oos.get("n_requests") \
             and abs(math.log(n_requests / float(oos["n_requests"]))) <= math.log(OOS_SIZE_TOLERANCE):
         cal = oos_calibration(oos["errors"], cal)
+    # the deployment factors come from whole runs: they serve a probe of any size
+    fs = factor_sd_from(oos["errors"]) if oos and oos.get("errors") else None
+    if fs:
+        cal = dict(cal or {}) | {"factor_sd": fs}
     return cal
 
 
 def attach_probe_oos(idata, errors: list, n_requests: int, source: str = ""):
     """Store out-of-sample probe slice errors (:func:`probe_slice_error` of each run under a fit
-    that did not see its model; ``benchmarks/probe_update.py --oos-calibration --attach-to``) in
+    that did not see its model) and deployment factors (:func:`run_factor_error`, one entry per
+    deployment; ``benchmarks/probe_update.py --oos-calibration --attach-to``) in
     ``idata.attrs["probe_oos_errors"]``; ``update_deployment(calibration="auto")`` then uses
     them (:func:`oos_calibration`). Returns idata."""
     idata.attrs["probe_oos_errors"] = json.dumps({"n_requests": int(n_requests), "errors": list(errors), "source": source})
@@ -1147,12 +1161,14 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     the rest of the hierarchy (nothing flows back into the coefficients, as in the "spread" fit).
 
     The factors' prior SDs are the fit's between-deployment spread (``sigma_dep``,
-    ``sigma_alpha_dep``), measured on deployments of the models the fit has seen. For a deployment
-    the fit has not seen they are floored at ``factor_sd`` ({"step": sd, "cpu": sd} of the log
-    factors; default: the calibration's ``factor_sd``, the out-of-sample spread of the factors whole
-    runs of held-out models call for, :func:`run_factor_error` / :func:`oos_calibration`): on the
-    leave-one-model-out folds the fits' CPU spread held the held-out 7B's CPU factor near 1 where
-    its whole runs call for ~0.8, and the probe's TTFT could not move the prediction.
+    ``sigma_alpha_dep``), measured on deployments of the models the fit has seen; a new model's
+    deployment sits further out (leave-one-model-out, the held-out deployments call for log CPU
+    factors -0.26 to +0.12). For a deployment the fit has not seen, the calibration's
+    ``factor_sd`` ({"step": sd, "cpu": sd} of the log factors: the out-of-sample spread of the
+    deployment factors of held-out models, :func:`run_factor_error` / :func:`factor_sd_from`)
+    floors them. An explicit ``factor_sd`` floors them for any deployment (:func:`run_factor_error`
+    uses it for a flat prior). ``info["factor_prior_sd"]`` has the medians used, the fit's own
+    (``"fit"``) and the floor.
 
     ``step_factors`` (default :data:`STEP_FACTORS`, 1): with 2, the fixed and load parts get
     separate factors. That helped a model whose fixed and load parts were off in opposite
@@ -1198,11 +1214,12 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
         calibration = auto_calibration(idata, n_req, seed=seed)
     cal = (calibration or {}).get("kinds", {})
-    fsd = factor_sd if factor_sd is not None else (calibration or {}).get("factor_sd")
     new_dep = keys[0] not in set(M.attr_json(idata, "deployments", []) or []) and not (
         "deployment" in idata.posterior.coords and keys[0] in [str(v) for v in idata.posterior.coords["deployment"].values])
-    if fsd and new_dep:
-        sig = (np.maximum(sig[0], float(fsd["step"])), np.maximum(sig[1], float(fsd["cpu"])))
+    fsd = factor_sd if factor_sd is not None else ((calibration or {}).get("factor_sd") if new_dep else None)
+    sig_fit = (float(np.median(sig[0])), float(np.median(sig[1])))
+    if fsd:
+        sig = (np.maximum(sig[0], float(fsd.get("step", 0.0))), np.maximum(sig[1], float(fsd.get("cpu", 0.0))))
     ss = slice_spread(idata, seed=seed)
     tau = np.array([cal[M.KINDS[kk]]["tau"] if M.KINDS[kk] in cal else ss[M.KINDS[kk]] for kk in kinds])
     off = np.array([cal[M.KINDS[kk]]["mu"] if M.KINDS[kk] in cal else 0.0 for kk in kinds])
@@ -1280,7 +1297,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
             "calibration": (calibration or {}).get("source", "probe") if cal else "slice_spread",
             "update_spread": spr or None,
             "factor_prior_sd": {"step": float(np.median(sig[0])), "cpu": float(np.median(sig[1])),
-                                "floor": ({"step": float(fsd["step"]), "cpu": float(fsd["cpu"])} if fsd and new_dep else None)},
+                                "fit": {"step": sig_fit[0], "cpu": sig_fit[1]},
+                                "floor": ({"step": float(fsd.get("step", 0.0)), "cpu": float(fsd.get("cpu", 0.0))} if fsd else None)},
             "newton_max_abs_grad": float(np.abs(g).max())}
     if new is not None:
         new.attrs["deployment_update"] = json.dumps(info)
@@ -1394,8 +1412,10 @@ def cli_update(args) -> int:
                   f"{du['cpu_factor']['mean']:.3f} [{du['cpu_factor']['q05']:.3f}, {du['cpu_factor']['q95']:.3f}]")
             fp = du.get("factor_prior_sd") or {}
             if fp:
-                src = "floored at the out-of-sample spread of new deployments" if fp.get("floor") else "the fit's deployment spread"
-                print(f"  factor prior (log SD): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
+                fit, fl = fp.get("fit") or {}, fp.get("floor")
+                src = (f"the fit's deployment spread {fit.get('step', float('nan')):.3f} / {fit.get('cpu', float('nan')):.3f}"
+                       + (f", floored at the out-of-sample spread of new deployments {fl['step']:.3f} / {fl['cpu']:.3f}" if fl else ""))
+                print(f"  factor prior (log SD, median over draws): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
         for tag in ("before", "after"):
             e = pr[tag]
             print(f"  probe rows {tag:6s}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "

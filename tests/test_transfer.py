@@ -471,6 +471,7 @@ def test_factor_prior_of_a_new_deployment_comes_from_the_oos_factor_spread(fitte
     cal = T.oos_calibration(errs)
     assert cal["factor_sd"]["step"] == pytest.approx(np.sqrt(0.005 / 3)) and cal["factor_sd"]["cpu"] == pytest.approx(np.sqrt(0.32 / 3))
     assert "factor_sd" not in T.oos_calibration(errs[:2] + [{"ttft": 0.1}], min_runs=3)
+    assert T.factor_sd_from(errs[:2] + [{"factor_cpu": 0.1}]) is None  # step measured on 2 deployments only
     idata = fitted[0]
     zero = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.02}, "window": {"mu": 0.0, "tau": 0.02}}}
     other = "codellama-34b-tp2-codegen"
@@ -478,10 +479,36 @@ def test_factor_prior_of_a_new_deployment_comes_from_the_oos_factor_spread(fitte
     fast = replace(pobs, y=np.where(pobs.kind == 2, 0.6 * pobs.y, pobs.y))
     _, narrow = T.update_deployment(idata, fast, calibration=zero)
     _, floored = T.update_deployment(idata, fast, calibration=zero | {"factor_sd": {"step": 0.05, "cpu": 1.0}})
-    assert narrow["factor_prior_sd"]["floor"] is None
+    fit_cpu = narrow["factor_prior_sd"]["fit"]["cpu"]
+    assert narrow["factor_prior_sd"]["floor"] is None and narrow["factor_prior_sd"]["cpu"] == pytest.approx(fit_cpu) and fit_cpu < 0.5
     assert floored["factor_prior_sd"]["floor"] == {"step": 0.05, "cpu": 1.0} and floored["factor_prior_sd"]["cpu"] == pytest.approx(1.0)
+    assert floored["factor_prior_sd"]["fit"]["cpu"] == pytest.approx(fit_cpu)
     assert floored["cpu_factor"]["mean"] < narrow["cpu_factor"]["mean"] - 0.05
-    # the fit's own deployment: the fit's spread stands
+    # the fit's own deployment: the calibration's floor is for new deployments only; an explicit
+    # factor_sd (run_factor_error's flat prior) applies to any deployment
     tr, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
     _, own = T.update_deployment(idata, tr, calibration=zero | {"factor_sd": {"step": 0.05, "cpu": 1.0}})
+    assert own["factor_prior_sd"]["floor"] is None and own["factor_prior_sd"]["cpu"] == pytest.approx(own["factor_prior_sd"]["fit"]["cpu"])
+    _, flat = T.update_deployment(idata, tr, calibration=zero, factor_sd={"step": 1.0, "cpu": 1.0})
+    assert flat["factor_prior_sd"]["step"] == pytest.approx(1.0) and flat["factor_prior_sd"]["cpu"] == pytest.approx(1.0)
+
+
+def test_fits_deployment_factors_floor_a_new_deployment_for_a_probe_of_any_size(fitted):
+    """The attached deployment factors reach update_deployment(calibration="auto") through
+    auto_calibration even when the probe's size is outside the slice errors' tolerance (they come
+    from whole runs), and not for a trained deployment."""
+    import copy
+
+    idata = copy.deepcopy(fitted[0])
+    errs = [{"run": "r0", "window": 0.0, "ttft": 0.1}, {"model": "a", "factor_step": 0.2, "factor_cpu": -0.6},
+            {"model": "b", "factor_step": -0.2, "factor_cpu": 0.6}, {"model": "c", "factor_step": 0.2, "factor_cpu": 0.6}]
+    T.attach_probe_oos(idata, errs, 1000)  # slice errors measured on 1000-request probes: not used for 200
+    other = "codellama-34b-tp2-codegen"
+    pobs, _ = T.probe_obs(T.spec_for_run(other), [f"bundled:{other}:200"])
+    _, info = T.update_deployment(idata, pobs, calibration="auto")
+    assert info["calibration"] != "out-of-sample"
+    assert info["factor_prior_sd"]["floor"] == {"step": pytest.approx(0.2), "cpu": pytest.approx(0.6)}
+    assert info["factor_prior_sd"]["cpu"] >= 0.6 - 1e-12
+    tr, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    _, own = T.update_deployment(idata, tr, calibration="auto")
     assert own["factor_prior_sd"]["floor"] is None
