@@ -907,10 +907,10 @@ def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> di
     :func:`update_deployment` finds when it conditions on the rows of all of ``runs`` (one
     deployment, as the model has one factor pair per deployment, not per run) with a flat prior on
     the factors (SD 1, whether or not the fit has seen the deployment) and no slice error (whole
-    runs are not a slice). Under a fit that did not see
-    the deployment's model (leave-one-model-out), this is how far a new model's deployment sits
-    from the fit: the out-of-sample spread of these values is the prior a probe update of a new
-    deployment needs (:func:`oos_calibration`'s ``factor_sd``); the fit's own between-deployment
+    runs are not a slice). Under a fit that did not see the deployment's model
+    (leave-one-model-out), this is how far a new model's deployment sits from the fit: the
+    out-of-sample spread of these values is the prior a probe update of a new deployment needs
+    (:func:`oos_calibration`'s ``factor_sd``); the fit's own between-deployment
     spread only covers deployments of the models it has seen. ``n_per_kind`` rows per run and
     kind, stratified over the run (``design.bundled_obs``): the Newton steps cost draws x rows, and
     the factors are settled long before a run's ~20,000 rows. Runs the bundled reconstruction skips
