@@ -885,6 +885,14 @@ def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray]
     return sb[i], sa[i]
 
 
+def trained_deployment(idata, key: str) -> bool:
+    """Whether the fit was trained on deployment ``key``: a level of its deployment factors ("fit"
+    mode) or listed in its attrs ``deployments``."""
+    post = idata.posterior
+    return ("deployment" in post.coords and key in [str(v) for v in post.coords["deployment"].values]) \
+        or key in (attr_json(idata, "deployments", []) or [])
+
+
 def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
     """Attach the sigma_dep / sigma_alpha_dep draws of a fit with the deployment level ("fit") to
     a fit without it, as group ``deployment_spread`` (the "spread" mode, see DEFAULT_PRIORS);
@@ -1114,8 +1122,7 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         # else the fit's own ("fit" mode)
         upd = idata["deployment_update"] if "deployment_update" in idata.groups() else None
         f = _deployment_factors(upd, "probe_deployment", deployment, sel) or _deployment_factors(post, "deployment", deployment, sel)
-        trained = "deployment" in post.coords and deployment in [str(v) for v in post.coords["deployment"].values]
-        if f is None and not (trained or deployment in attr_json(idata, "deployments", [])):
+        if f is None and not trained_deployment(idata, deployment):
             sig = deployment_spread_draws(idata, Dn, rng)
             if sig is not None:
                 new_dep = True

@@ -66,6 +66,13 @@ N_BETA = F.N_BETA
 _WORKERS = F.C["workers"]  # index of FeatureContext.workers in the context array (read by the kernel)
 
 METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
+
+
+def discrepancy_key(metric: str, stat: str) -> str:
+    """Key of a simulator-discrepancy SD (``draws.sim_sd``, validate.sim_discrepancy): the metric
+    ("e2e", no unit) for its mean, else "e2e_p90" / "e2e_p99"."""
+    return metric if stat == "mean" else f"{metric}_{stat}"
+
 # standard normal quantiles at (k + 1/2) / 64: the simulator discrepancy's grid (posterior_predictive)
 _Z_GRID = np.array([statistics.NormalDist().inv_cdf((k + 0.5) / 64) for k in range(64)])
 TRACE_COLUMNS = ("t_us", *F.STATS, "regime", "dt_ms", "n_running", "n_waiting", "kv_used", "kv_cached", "n_tokens")
@@ -786,7 +793,7 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
         base = m.removesuffix("_ms")
         for stat in ("mean", "p90", "p99"):
             # the statistic's own discrepancy ("e2e_p90"), else the metric's (its mean's)
-            sd = float(sim_sd.get(base if stat == "mean" else f"{base}_{stat}", sim_sd.get(base, 0.0)) or 0.0)
+            sd = float(sim_sd.get(discrepancy_key(base, stat), sim_sd.get(base, 0.0)) or 0.0)
             v = np.array([p[m][stat] for p in per], dtype=np.float64)
             v = v[np.isfinite(v)]
             if len(v) == 0:

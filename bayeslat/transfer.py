@@ -887,18 +887,28 @@ def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws:
     (leave-one-model-out), this is the probe's out-of-sample slice error: the start of a run, at
     its load, is not the whole run when the model's error depends on the load. Runs the bundled
     reconstruction skips (``design.bundled_obs``) give {}."""
-    from bayeslat import design
     from bayeslat import model as M
 
     spec = spec_for_run(run, workload=workload)
     pobs, _ = probe_obs(spec, [f"bundled:{run}:{int(n_requests)}"])
-    try:
-        whole = design.bundled_obs(runs=[run], n_per_run_kind=None, step_rows=False)
-    except SpecError:
+    whole = _whole_run_rows([run], n_per_run_kind=None)
+    if whole is None:
         return {}
-    whole = whole.subset(np.asarray(whole.run) == str(run))
     p, w = (probe_statistics(t, M.predict_mean(idata, t, n=draws, seed=seed)) for t in (pobs, whole))
     return {kind: float(np.mean(p[kind] - w[kind])) for kind in sorted(set(p) & set(w))}
+
+
+def _whole_run_rows(runs: list, *, n_per_run_kind: int | None, seed: int = 0):
+    """The bundled rows (no step rows) of exactly ``runs`` (full run ids), ``n_per_run_kind`` per
+    run and kind (None: all); None when the reconstruction skips them all (``design.bundled_obs``)."""
+    from bayeslat import design
+
+    try:
+        whole = design.bundled_obs(runs=runs, n_per_run_kind=n_per_run_kind, seed=seed, step_rows=False)
+    except SpecError:
+        return None
+    keep = np.isin(np.asarray(whole.run).astype(str), [str(r) for r in runs])
+    return whole.subset(keep) if keep.any() else None
 
 
 def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> dict:
@@ -915,18 +925,11 @@ def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> di
     kind, stratified over the run (``design.bundled_obs``): the Newton steps cost draws x rows, and
     the factors are settled long before a run's ~20,000 rows. Runs the bundled reconstruction skips
     are left out; {} when none is left."""
-    from bayeslat import design
     from bayeslat import model as M
 
-    runs = [runs] if isinstance(runs, str) else list(runs)
-    try:
-        whole = design.bundled_obs(runs=runs, n_per_run_kind=int(n_per_kind), seed=seed, step_rows=False)
-    except SpecError:
+    whole = _whole_run_rows([runs] if isinstance(runs, str) else list(runs), n_per_run_kind=int(n_per_kind), seed=seed)
+    if whole is None:
         return {}
-    keep = np.isin(np.asarray(whole.run).astype(str), runs)
-    if not keep.any():
-        return {}
-    whole = whole.subset(keep)
     kinds = {M.KINDS[int(k)] for k in np.unique(whole.kind)}
     cal = {"kinds": {k: {"mu": 0.0, "tau": 1e-3} for k in kinds}, "source": "whole runs"}
     _, info = update_deployment(idata, whole, seed=seed, calibration=cal, copy_idata=False, factor_sd={"step": 1.0, "cpu": 1.0})
@@ -1214,8 +1217,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
         calibration = auto_calibration(idata, n_req, seed=seed)
     cal = (calibration or {}).get("kinds", {})
-    new_dep = keys[0] not in set(M.attr_json(idata, "deployments", []) or []) and not (
-        "deployment" in idata.posterior.coords and keys[0] in [str(v) for v in idata.posterior.coords["deployment"].values])
+    new_dep = not M.trained_deployment(idata, keys[0])
     fsd = factor_sd if factor_sd is not None else ((calibration or {}).get("factor_sd") if new_dep else None)
     sig_fit = (float(np.median(sig[0])), float(np.median(sig[1])))
     if fsd:

@@ -148,7 +148,7 @@ def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0,
     dominates it (default fit, TTFT: Mixtral general's -0.43 is most of the 0.11). ``runs``: full
     run ids. Returns ``{"sigma": {key: sd}, "runs": [{run, e_<key>, w_<key>}], "draws": n,
     "run_spread_config": ...}`` ({"sigma": {}} when fewer than 3 training runs have per-request data)."""
-    from bayeslat import datasets, model
+    from bayeslat import datasets, model, simulate
     from bayeslat.transfer import obs_from_idata
 
     train = set(np.asarray(obs_from_idata(idata).run).astype(str).tolist())
@@ -165,23 +165,18 @@ def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0,
                 p, o = pred[f"{m}_ms"], c["observed"].get(f"{m}_{stat}")
                 lo, hi = p[f"{stat}_interval90"]
                 ok = bool(o) and p[stat] > 0 and lo > 0 and hi > 0
-                k = _sim_key(m, stat)
+                k = simulate.discrepancy_key(m, stat)
                 r[f"e_{k}"] = float(np.log(o / p[stat])) if ok else None
                 r[f"w_{k}"] = float(np.log(hi / lo) / (2 * 1.6449)) if ok else None
         per.append(r)
     sigma = {}
     for m in METRICS:
         for stat in ("mean", "p90", "p99"):
-            k = _sim_key(m, stat)
+            k = simulate.discrepancy_key(m, stat)
             ok = [r for r in per if r[f"e_{k}"] is not None]
             if len(ok) >= 3:
                 sigma[k] = discrepancy_sd([r[f"e_{k}"] for r in ok], [r[f"w_{k}"] for r in ok])
     return {"sigma": sigma, "runs": per, "draws": int(draws), "seed": int(seed), "run_spread_config": model.RUN_SPREAD}
-
-
-def _sim_key(metric: str, stat: str) -> str:
-    """Key of a discrepancy SD: the metric for its mean ("e2e"), else "e2e_p90" / "e2e_p99"."""
-    return metric if stat == "mean" else f"{metric}_{stat}"
 
 
 def discrepancy_sd(e, w) -> float:
