@@ -411,8 +411,9 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
     cd = _coef_draws(idata, s, step_draws, seed)
     fitted_hw = [h for i, h in enumerate(hl) if rows[i].sum() > 0]
     fitted_cls = [c for j, c in enumerate(cl) if rows[:, j].sum() > 0]
+    cell_seen = hwname in hl and cls in cl and rows[hl.index(hwname)][cl.index(cls)] > 0
     new = {"hardware": hwname not in fitted_hw, "model_class": cls not in fitted_cls,
-           "group": "model_class" in cd.new_levels or "hardware" in cd.new_levels, "regimes": []}
+           "group": not cell_seen, "regimes": []}
     reasons, ood, extrap = [], [], []
 
     if new["hardware"]:
@@ -425,9 +426,13 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         reasons.append(f"model class '{cls}' was not in the fit: its deviation is drawn from the population "
                        f"(sd {sd:.2f} on the log scale)")
         extrap.append("model_class")
-    elif new["group"] and not new["hardware"]:
-        reasons.append(f"model class '{cls}' was never fit on '{hwname}': its deviation is drawn from the population")
-        extrap.append("group")
+    elif new["group"]:
+        sd = _post_mean(idata, "sigma_hw", 0.2)
+        reasons.append(f"model class '{cls}' was never fit on '{hwname}': it keeps its deviation from "
+                       f"{', '.join(cd.class_from) or 'the fit'}, with a hardware x class interaction drawn from the "
+                       f"hardware population (sd {sd:.2f} on the log scale)")
+        if not new["hardware"]:
+            extrap.append("group")
     if new["hardware"] and new["model_class"]:
         ood.append("new hardware and new model class")
     new["deployment"] = bool(cd.new_deployment)

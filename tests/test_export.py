@@ -51,7 +51,7 @@ def test_unseen_group_is_marked_and_wider(fake):
     _, _, idata = fake
     seen = json.loads(E.export(idata, "H100 SXM/dense", "json"))
     new = json.loads(E.export(idata, "H200 SXM/dense", "json"))
-    assert new["group"]["new_levels"] == ["hardware", "model_class"]
+    assert new["group"]["new_levels"] == ["hardware"]
     w = lambda d: d["beta"]["decode"]["weight_load"]["q95"] - d["beta"]["decode"]["weight_load"]["q05"]  # noqa: E731
     assert w(new) > 2 * w(seen)
 

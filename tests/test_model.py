@@ -188,10 +188,36 @@ def test_unseen_group_wider_on_fake():
     idata = fake_idata(obs, truth, seed=0)
     seen = M.coefficient_draws(idata, "H100 SXM", "dense")
     new = M.coefficient_draws(idata, "L40S", "dense", n=300, seed=1)
-    assert seen.new_levels == [] and new.new_levels == ["hardware", "model_class"]
+    assert seen.new_levels == [] and new.new_levels == ["hardware"] and new.class_from == ["H100 SXM"]
     assert new.beta.shape == (300, len(F.REGIMES), F.N_BETA) and new.alpha.shape == (300, F.N_ALPHA)
     f = F.B["weight_load"]
     assert np.std(np.log(new.beta[:, 0, f])) > 2 * np.std(np.log(seen.beta[:, 0, f]))
+
+
+def test_new_hardware_keeps_the_class_deviation():
+    """A class the fit saw on other hardware transfers its deviation to a new GPU: the draws are
+    centred on the fitted group's coefficients (the class deviation is not drawn afresh from
+    sigma_cls), spread by the hardware level and a hardware x class interaction, both N(0, sigma_hw)."""
+    obs, truth = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 40, ("H100 SXM", "moe"): 40})
+    idata = fake_idata(obs, truth, seed=0)
+    # a class deviation far from the population: drawing it afresh would lose it
+    idata.posterior["dev_cls"][:, :, 0, 0, :] = 1.0
+    idata.posterior["sigma_cls"][:] = 0.8
+    seen = M.coefficient_draws(idata, "H100 SXM", "dense", n=2000, seed=0, new_run=False)
+    new = M.coefficient_draws(idata, "A100 SXM", "dense", n=2000, seed=1, new_run=False)
+    assert new.new_levels == ["hardware"] and new.class_from == ["H100 SXM"]
+    d = np.log(new.beta[:, 0, :]) - np.median(np.log(seen.beta[:, 0, :]), axis=0)
+    np.testing.assert_allclose(np.median(d, axis=0), 0.0, atol=0.05)
+    # hardware deviation + interaction: sqrt(2) x sigma_hw (fake ~0.2), not sigma_cls (0.8)
+    assert np.all(np.abs(d.std(axis=0) - np.sqrt(2) * 0.2) < 0.05)
+    ad = np.log(new.alpha) - np.median(np.log(seen.alpha), axis=0)
+    np.testing.assert_allclose(np.median(ad, axis=0), 0.0, atol=0.05)
+    # a class no hardware has seen is still drawn from sigma_cls
+    rows_dense_only = idata.copy()
+    rows_dense_only.attrs["group_rows"] = json.dumps([[40, 0]])
+    moe = M.coefficient_draws(rows_dense_only, "A100 SXM", "moe", n=2000, seed=1, new_run=False)
+    assert moe.new_levels == ["hardware", "model_class"] and moe.class_from == []
+    assert np.log(moe.beta[:, 0, F.B["weight_load"]]).std() > 0.6
 
 
 # ------------------------------------------------------------------ one real fit
@@ -294,7 +320,7 @@ def test_predictions_and_unseen_group(fitted):
     assert 0.8 <= cover <= 0.98
     seen = M.coefficient_draws(idata, "H100 SXM", "dense")
     new = M.coefficient_draws(idata, "H200 SXM", "dense", seed=3)
-    assert new.new_levels == ["hardware", "model_class"]
+    assert new.new_levels == ["hardware"]
     f = F.B["weight_load"]
     assert np.std(np.log(new.beta[:, 0, f])) > 1.5 * np.std(np.log(seen.beta[:, 0, f]))
 
@@ -307,7 +333,9 @@ def test_new_class_keeps_shared_features():
     shared, free = idata.copy(), idata.copy()
     shared.attrs["priors"] = json.dumps({"no_class_deviation": ["context_overhead"]})
     free.attrs["priors"] = json.dumps({"no_class_deviation": []})
-    a = M.coefficient_draws(shared, "A100 SXM", "moe", n=400, seed=5)  # A100 has no MoE rows
+    for fit in (shared, free):  # no hardware has MoE rows: the class is new (not transferred from the H100)
+        fit.attrs["group_rows"] = json.dumps([[80, 0], [20, 0]])
+    a = M.coefficient_draws(shared, "A100 SXM", "moe", n=400, seed=5)
     b = M.coefficient_draws(free, "A100 SXM", "moe", n=400, seed=5)
     assert "model_class" in a.new_levels
     ctx = F.B["context_overhead"]
