@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+import warnings
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -440,14 +442,134 @@ def hardware_from_dict(d: Mapping, file: str = "<dict>") -> HardwareSpec:
                         pcie_bandwidth=float(ic.get("pcie_bandwidth_gb_s", 64.0)) * 1e9, source=file)
 
 
+# Other names of the bundled datasheets (normalised by _norm_gpu: lower case, alphanumerics only,
+# without "nvidia"): BLIS's GPU names and what nvidia-smi prints. A bare "A100" is ambiguous (the
+# 40 GB part has 1.56 TB/s, the bundled 80 GB one 2.04) and is refused.
+HARDWARE_ALIASES = {
+    "h100": "h100-sxm", "h100sxm5": "h100-sxm", "h10080gbhbm3": "h100-sxm", "h100sxm580gb": "h100-sxm",
+    "h100sxm80gb": "h100-sxm", "h10094gbnvl": "h100-nvl", "h100nvl94gb": "h100-nvl",
+    "h200": "h200-sxm", "h200sxm141gb": "h200-sxm", "h200141gbhbm3e": "h200-sxm",
+    "a10080": "a100-sxm-80gb", "a10080gb": "a100-sxm-80gb", "a100sxm480gb": "a100-sxm-80gb",
+    "a100sxm80": "a100-sxm-80gb", "a100sxm80gb": "a100-sxm-80gb", "a10080gbsxm": "a100-sxm-80gb",
+}
+AMBIGUOUS_GPUS = {"a100": "A100 40 GB or 80 GB", "a100sxm": "A100 SXM 40 GB or 80 GB", "a100sxm4": "A100 SXM4 40 GB or 80 GB"}
+# BLIS's hardware_config.json entry (dense TFLOP/s, TB/s, GiB): accepted as a datasheet
+BLIS_HARDWARE_KEYS = {"TFlopsPeak", "TFlopsFP8", "BwPeakTBs", "MemoryGiB"}
+
+
+def _norm_gpu(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower()).replace("nvidia", "")
+
+
+def _bundled_hardware() -> dict[str, Mapping]:
+    out = {}
+    for f in sorted((specs_dir() / "hardware").glob("*.json")):
+        try:
+            out[f.stem] = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def _hardware_key(key: str) -> str | None:
+    """The bundled datasheet key a GPU name stands for (file stem, datasheet ``name`` or alias)."""
+    n = _norm_gpu(key)
+    bundled = _bundled_hardware()
+    for stem, d in bundled.items():
+        if n in (_norm_gpu(stem), _norm_gpu(d.get("name", ""))):
+            return stem
+    if n in HARDWARE_ALIASES and HARDWARE_ALIASES[n] in bundled:
+        return HARDWARE_ALIASES[n]
+    if n in AMBIGUOUS_GPUS:
+        raise SpecError(f"ambiguous GPU name ({AMBIGUOUS_GPUS[n]}?): name the part, e.g. 'a100-sxm-80gb', or give a "
+                        f"datasheet JSON; bundled: {', '.join(sorted(bundled))}", file=str(key), field="hardware")
+    return None
+
+
+def match_bundled_hardware(hw: HardwareSpec, rtol: float = 0.03) -> HardwareSpec | None:
+    """The bundled datasheet with the same dense BF16 FLOP/s, HBM bandwidth and memory as ``hw``
+    (each within ``rtol``), else None: the GPU the fit knows under its bundled name."""
+    for stem, d in _bundled_hardware().items():
+        try:
+            b = hardware_from_dict(d, file=stem)
+        except SpecError:
+            continue
+        if all(abs(x - y) <= rtol * y for x, y in ((hw.bf16_flops, b.bf16_flops), (hw.hbm_bandwidth, b.hbm_bandwidth),
+                                                    (hw.memory_bytes, b.memory_bytes))):
+            return b
+    return None
+
+
+def hardware_from_blis(d: Mapping, file: str = "<dict>", name: str | None = None) -> HardwareSpec:
+    """A BLIS ``hardware_config.json`` entry (``TFlopsPeak`` dense BF16, ``TFlopsFP8``,
+    ``BwPeakTBs``, ``MemoryGiB``). It has no interconnect: a GPU matching a bundled datasheet
+    (:func:`match_bundled_hardware`) takes that one's name and NVLink / PCIe bandwidths; any other
+    gets PCIe 64 GB/s and no NVLink, with a warning (tensor-parallel communication then runs over PCIe)."""
+    for k in ("TFlopsPeak", "BwPeakTBs", "MemoryGiB"):
+        v = d.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise SpecError(f"must be a positive number, got {v!r}", file=file, field=k)
+    bf16 = float(d["TFlopsPeak"]) * 1e12
+    fp8 = float(d["TFlopsFP8"]) * 1e12 if d.get("TFlopsFP8") else bf16
+    cap = float(d["MemoryGiB"])
+    hw = HardwareSpec(name=str(name or d.get("name") or Path(file).stem), bf16_flops=bf16, fp8_flops=fp8,
+                      hbm_bandwidth=float(d["BwPeakTBs"]) * 1e12, memory_bytes=cap * 1e9,
+                      visible_memory_bytes=cap * VISIBLE_FRACTION * GiB, nvlink_bandwidth=0.0, pcie_bandwidth=64e9,
+                      source=file)
+    b = match_bundled_hardware(hw)
+    if b is not None:
+        return replace(hw, name=b.name, nvlink_bandwidth=b.nvlink_bandwidth, pcie_bandwidth=b.pcie_bandwidth)
+    warnings.warn(f"{file}: BLIS datasheet '{hw.name}' has no interconnect and matches no bundled GPU: "
+                  "assuming PCIe 64 GB/s and no NVLink", stacklevel=2)
+    return hw
+
+
 def load_hardware(path_or_key: str | Path) -> HardwareSpec:
-    """Load a GPU datasheet JSON (path or key under ``specs/hardware``, e.g. ``"h100-sxm"``)."""
-    p = _resolve(path_or_key, "hardware", None, (".json",))
+    """Load a GPU datasheet JSON: a path, a key under ``specs/hardware`` (``"h100-sxm"``), or a GPU
+    name (the datasheet's ``name``, BLIS's ``"H100"`` / ``"A100-80"`` / ``"L40S"``, nvidia-smi's
+    ``"NVIDIA H100 80GB HBM3"``; see :data:`HARDWARE_ALIASES`).
+
+    Also reads BLIS's ``hardware_config.json`` entries (:func:`hardware_from_blis`); for a file of
+    several GPUs, choose one with ``path#NAME``. A datasheet whose name the fit does not know but
+    whose FLOP/s, bandwidth and memory match a bundled one (within 3%) takes the bundled name, so it
+    is the fitted hardware level, not a new one (a warning says so)."""
+    key, _, pick = str(path_or_key).partition("#") if not Path(str(path_or_key)).exists() else (str(path_or_key), "", "")
+    try:
+        p = _resolve(key, "hardware", None, (".json",))
+    except SpecError:
+        alias = _hardware_key(key)
+        if alias is None:
+            raise SpecError(f"no such file, nor a bundled hardware key or GPU name (bundled: "
+                            f"{', '.join(sorted(_bundled_hardware()))})", file=str(path_or_key), field="hardware") from None
+        p = _resolve(alias, "hardware", None, (".json",))
     try:
         d = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise SpecError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno, field="datasheet") from None
-    return hardware_from_dict(d, file=str(p))
+    if isinstance(d, Mapping) and not (BLIS_HARDWARE_KEYS & set(d)) and d and all(
+            isinstance(v, Mapping) and BLIS_HARDWARE_KEYS & set(v) for v in d.values()):
+        # BLIS's hardware_config.json: {gpu name: entry}
+        names = list(d)
+        if not pick and len(names) == 1:
+            pick = names[0]
+        if pick not in d:
+            got = {_norm_gpu(n): n for n in names}.get(_norm_gpu(pick)) if pick else None
+            if got is None:
+                raise SpecError(f"several GPUs in this file: choose one with '{p}#NAME' ({', '.join(names)})"
+                                if not pick else f"no GPU '{pick}' in this file ({', '.join(names)})",
+                                file=str(p), field="hardware")
+            pick = got
+        return hardware_from_blis(d[pick], file=f"{p}#{pick}", name=pick)
+    if isinstance(d, Mapping) and BLIS_HARDWARE_KEYS & set(d):
+        return hardware_from_blis(d, file=str(p))
+    hw = hardware_from_dict(d, file=str(p))
+    if hw.name not in {str(b.get("name")) for b in _bundled_hardware().values()}:
+        b = match_bundled_hardware(hw)
+        if b is not None:
+            warnings.warn(f"{p}: datasheet '{hw.name}' has the FLOP/s, bandwidth and memory of the bundled "
+                          f"'{b.name}' (within 3%): using that hardware level", stacklevel=2)
+            hw = replace(hw, name=b.name)
+    return hw
 
 
 # =============================================================================================

@@ -196,3 +196,62 @@ def test_cli_specs_error(capsys, tmp_path):
     assert "tensor_parallel" in capsys.readouterr().err
     rc = main(["specs", "--model", str(tmp_path / "nope.json"), "--hardware", "h100-sxm"])
     assert rc == 2
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("H100", "H100 SXM"), ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("H100 SXM", "H100 SXM"), ("h100-sxm", "H100 SXM"),
+    ("A100-80", "A100 SXM 80GB"), ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"), ("L40S", "L40S"),
+    ("NVIDIA L40S", "L40S"), ("H200", "H200 SXM"), ("H100 NVL", "H100 NVL")])
+def test_gpu_names_resolve_to_bundled_datasheets(name, expect):
+    assert S.load_hardware(name).name == expect
+
+
+def test_ambiguous_or_unknown_gpu_name():
+    with pytest.raises(SpecError, match="ambiguous GPU name.*a100-sxm-80gb") as e:
+        S.load_hardware("A100")
+    assert e.value.field == "hardware"
+    with pytest.raises(SpecError, match="bundled: a100-sxm-80gb"):
+        S.load_hardware("A100-40GB")
+
+
+def test_blis_hardware_config(tmp_path):
+    """BLIS's hardware_config.json entries load; a GPU matching a bundled datasheet takes its name
+    (the fitted level) and interconnect, any other GPU gets PCIe with a warning."""
+    f = tmp_path / "hardware_config.json"
+    f.write_text(json.dumps({"H100": {"TFlopsPeak": 989.5, "TFlopsFP8": 1979.0, "BwPeakTBs": 3.35, "MemoryGiB": 80},
+                             "A100-80": {"TFlopsPeak": 312, "BwPeakTBs": 2.0, "MemoryGiB": 80},
+                             "X1": {"TFlopsPeak": 100, "BwPeakTBs": 1.0, "MemoryGiB": 32}}))
+    ref = S.load_hardware("h100-sxm")
+    h = S.load_hardware(f"{f}#H100")
+    assert h.name == "H100 SXM" and h.nvlink_bandwidth == ref.nvlink_bandwidth
+    assert h.bf16_flops == pytest.approx(989.5e12) and h.fp8_flops == pytest.approx(1979e12)
+    assert h.hbm_bandwidth == pytest.approx(3.35e12) and h.memory_bytes == pytest.approx(80e9)
+    a = S.load_hardware(f"{f}#a100-80")  # names match loosely
+    assert a.name == "A100 SXM 80GB" and a.fp8_flops == a.bf16_flops
+    with pytest.warns(UserWarning, match="matches no bundled GPU"):
+        x = S.load_hardware(f"{f}#X1")
+    assert x.name == "X1" and x.nvlink_bandwidth == 0 and x.link_bandwidth == pytest.approx(64e9)
+    with pytest.raises(SpecError, match="several GPUs.*H100, A100-80, X1"):
+        S.load_hardware(f)
+    with pytest.raises(SpecError, match="no GPU 'B200'"):
+        S.load_hardware(f"{f}#B200")
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"TFlopsPeak": 362.05, "BwPeakTBs": 0.864, "MemoryGiB": 48}))
+    assert S.load_hardware(one).name == "L40S"
+    one.write_text(json.dumps({"TFlopsPeak": -1, "BwPeakTBs": 0.864, "MemoryGiB": 48}))
+    with pytest.raises(SpecError, match="positive") as e:
+        S.load_hardware(one)
+    assert e.value.field == "TFlopsPeak"
+
+
+def test_renamed_datasheet_is_the_fitted_level(tmp_path):
+    """An H100 datasheet under another name is the fitted H100 level (same physics), with a warning."""
+    sheet = json.loads((S.specs_dir() / "hardware" / "h100-sxm.json").read_text())
+    sheet["name"] = "My H100 box"
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps(sheet))
+    with pytest.warns(UserWarning, match="using that hardware level"):
+        assert S.load_hardware(f).name == "H100 SXM"
+    sheet["memory"]["bandwidth_tb_s"] = 2.0  # a different GPU keeps its own name
+    f.write_text(json.dumps(sheet))
+    assert S.load_hardware(f).name == "My H100 box"
