@@ -223,6 +223,45 @@ def from_file(path, *, timeout_s: float | None = None) -> Workload:
 # ---------------------------------------------------------------------------------------------
 # (c) generated from an inference-perf profile
 # ---------------------------------------------------------------------------------------------
+#: inference-perf data types generated from length distributions (no shared prefix)
+DISTRIBUTION_TYPES = ("random", "synthetic")
+
+
+def _data_type(profile: dict) -> str:
+    data = profile.get("data", profile)
+    given = str(data.get("type", "shared_prefix")) if isinstance(data, dict) else "shared_prefix"
+    t = given.lower()
+    if t in ("shared_prefix", *DISTRIBUTION_TYPES):
+        return t
+    raise SpecError(f"data type {given!r} is not generated (supported: shared_prefix, {', '.join(DISTRIBUTION_TYPES)}); "
+                    "replay such a run from its per-request data instead (workload: requests:)", field="data.type")
+
+
+def _distribution(data: dict, key: str) -> dict:
+    d = data.get(key)
+    if not isinstance(d, dict):
+        raise SpecError("missing (need {min, max, mean, std})", field=f"data.{key}")
+    out = {"min": 1.0, "max": float("inf"), "std": 0.0}
+    for k, v in d.items():
+        if k in ("min", "max", "mean", "std", "total_count", "variance"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise SpecError(f"must be a non-negative number, got {v!r}", field=f"data.{key}.{k}")
+            out[k] = float(v)
+    if "variance" in out and "std" not in d:
+        out["std"] = float(np.sqrt(out["variance"]))
+    if "mean" not in out:
+        raise SpecError("missing", field=f"data.{key}.mean")
+    if out["max"] < out["min"]:
+        raise SpecError(f"max {out['max']:g} < min {out['min']:g}", field=f"data.{key}.max")
+    return out
+
+
+def _draw_lengths(rng, dist: dict, n: int) -> np.ndarray:
+    """inference-perf's length generator: normal(mean, std), rounded, clipped to [min, max] (>= 1)."""
+    v = np.round(dist["mean"] + dist["std"] * rng.standard_normal(n))
+    return np.clip(v, max(dist["min"], 1.0), dist["max"]).astype(np.int64)
+
+
 def _shared_prefix(profile: dict) -> dict:
     data = profile.get("data", profile)
     sp = data.get("shared_prefix", data) if isinstance(data, dict) else None
@@ -258,6 +297,13 @@ def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None =
     """Generate a request stream from an inference-perf profile (``{"data": {"shared_prefix":
     ...}, "load": {"stages": [...]}}``; the ``data``/``load`` level may be omitted).
 
+    ``data.type: random`` / ``synthetic`` (``input_distribution`` / ``output_distribution``, each
+    ``{min, max, mean, std}``) draw every request's prompt and output length as inference-perf
+    does, normal(mean, std) rounded and clipped to [min, max], with no shared prefix and no chat
+    template. (No real run of these types is bundled: the lengths are as specified, not
+    calibrated.) Other data types (dataset-driven, e.g. shareGPT) raise a SpecError: replay them
+    from per-request data.
+
     Each stage yields ``round(rate x duration)`` requests from its nominal start (``arrivals``:
     ``"poisson"`` exponential gaps, the behaviour measured in the real runs, or ``"constant"``
     evenly spaced). ``num_requests`` keeps the first n. Prompt = ``tokens_template[0] +
@@ -267,7 +313,12 @@ def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None =
     """
     if arrivals not in ("poisson", "constant"):
         raise SpecError(f"must be 'poisson' or 'constant', got {arrivals!r}", field="arrivals")
-    sp = _shared_prefix(profile)
+    dtype = _data_type(profile)
+    if dtype in DISTRIBUTION_TYPES:
+        data = profile.get("data", profile)
+        dists = {"input": _distribution(data, "input_distribution"), "output": _distribution(data, "output_distribution")}
+    else:
+        sp = _shared_prefix(profile)
     stages = _stages(profile)
     rng = np.random.default_rng(seed)
     times = []
@@ -290,6 +341,14 @@ def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None =
         t_s = t_s[: int(num_requests)]
     n = len(t_s)
     arr = np.round((t_s - (t_s[0] if n else 0.0)) * 1e6).astype(np.int64)
+    if dtype in DISTRIBUTION_TYPES:
+        # random token prompts: lengths as drawn (no chat template, nothing shared to cache)
+        prompt = _draw_lengths(rng, dists["input"], n)
+        out = _draw_lengths(rng, dists["output"], n)
+        info = {"source": "inference_perf", "data_type": dtype, "seed": seed, "arrivals": arrivals, "stages": stages,
+                "distributions": dists}
+        return Workload(arrival_us=arr, input_tokens=prompt, output_tokens=out, prefix_group=np.full(n, -1, np.int64),
+                        prefix_length=np.zeros(n, np.int64), timeout_us=_timeout(n, timeout_s), info=info)
     mean_prompt = calibrated_prompt(sp, tokens_template)
     n_groups = int(sp.get("num_unique_system_prompts", 1) or 1)
     n_users = n_groups * int(sp.get("num_users_per_system_prompt", 1) or 1)

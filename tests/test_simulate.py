@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,3 +394,12 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
     bad.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nworkload: {foo: 1}\n")
     with pytest.raises(SpecError, match="workload"):
         S.load_spec(bad)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "specs" / "examples").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_example_specs_load(path):
+    """Every shipped example SPEC resolves: model, GPU (by key or name), server and a non-empty workload."""
+    spec = S.load_spec(path)
+    assert len(spec["workload"]) > 0 and spec["kv_blocks"] > 0
+    assert spec["hardware"].name in ("H100 SXM", "A100 SXM 80GB", "L40S")

@@ -120,3 +120,29 @@ def test_from_csv_and_parquet(tmp_path):
         W.from_csv(tmp_path / "bad2.csv")
     with pytest.raises(SpecError, match="no such file"):
         W.from_csv(tmp_path / "nope.csv")
+
+
+def test_random_data_profile():
+    """inference-perf's random / synthetic data: lengths normal(mean, std), rounded and clipped to
+    [min, max]; nothing shared; the stages' request counts as for shared_prefix."""
+    prof = {"data": {"type": "random", "input_distribution": {"min": 10, "max": 900, "mean": 500, "std": 200},
+                     "output_distribution": {"min": 5, "max": 300, "mean": 100, "std": 1e6}},
+            "load": {"type": "constant", "stages": [{"rate": 10, "duration": 30}, {"rate": 20, "duration": 10}]}}
+    w = W.from_inference_perf(prof, seed=3)
+    assert len(w.arrival_us) == 500
+    assert w.input_tokens.min() >= 10 and w.input_tokens.max() <= 900
+    assert abs(np.median(w.input_tokens) - 500) < 30 and 150 < w.input_tokens.std() < 230
+    # std far above the range: almost every output is clipped to an end of [5, 300]
+    assert set(np.unique(w.output_tokens)) <= set(range(5, 301)) and np.isin(w.output_tokens, (5, 300)).mean() > 0.99
+    assert (w.prefix_group == -1).all() and (w.prefix_length == 0).all()
+    assert W.from_inference_perf({**prof, "data": {**prof["data"], "type": "synthetic"}}, seed=3).input_tokens.tolist() \
+        == w.input_tokens.tolist()
+    with pytest.raises(SpecError, match="shareGPT.*not generated") as e:
+        W.from_inference_perf({**prof, "data": {"type": "shareGPT"}})
+    assert e.value.field == "data.type"
+    with pytest.raises(SpecError) as e:
+        W.from_inference_perf({**prof, "data": {"type": "random", "input_distribution": {"mean": 10}}})
+    assert e.value.field == "data.output_distribution"
+    with pytest.raises(SpecError) as e:
+        W.from_inference_perf({**prof, "data": {**prof["data"], "input_distribution": {"min": 50, "max": 10, "mean": 20}}})
+    assert e.value.field == "data.input_distribution.max"
