@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("validate", help="predict every real run and compare with the observed aggregates")
-    s.add_argument("--suite", default="replay", help="replay | aggregate | all | loro | lomo | lowo")
+    s.add_argument("--suite", default="replay", help="replay | aggregate | all | loro | lomo | lowo | external")
+    s.add_argument("--external", nargs="+", default=None, metavar="PATH",
+                   help="real runs not bundled: a trainval-format JSON ({'runs': [...]}) or inference-perf experiment "
+                        "directories (exp-config.yaml, profile.yaml, results/); alone, the suite is 'external'")
+    s.add_argument("--hardware", default=None,
+                   help="GPU of experiment directories whose exp-config.yaml names none (e.g. H100, A100-80, L40S)")
     s.add_argument("--model", default=None, help="fitted netCDF (default: shipped default; CV modes refit)")
     s.add_argument("--draws", type=int, default=8)
     s.add_argument("--runs", nargs="*", default=None, help="restrict to these runs (substring match)")

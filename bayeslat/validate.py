@@ -7,6 +7,8 @@ Suites
                1024/2048/8192, FP8 MoE, CPU offload configured), generated from their
                inference-perf profiles (their arrivals are not public).
 ``all``        both.
+``external``   real runs that are not bundled (``--external PATH...``): a trainval-format JSON or
+               inference-perf experiment directories (:func:`external_cases`).
 ``loro`` / ``lomo`` / ``lowo``  cross-validation on the replay runs: leave one run / model /
                workload out, refit the model on the rest, predict the held-out runs.
 
@@ -83,27 +85,29 @@ def _replay_cases(runs: list[str] | None):
     return out
 
 
-def _aggregate_cases(runs: list[str] | None, seed: int = 0):
+def _aggregate_cases(runs: list[str] | None, seed: int = 0, records: list[dict] | None = None):
+    """Cases of aggregate-only runs: the bundled trainval runs, or ``records`` in the same format
+    (:func:`external_cases`; ``model_spec`` / ``hardware_spec`` resolved)."""
     from bayeslat import datasets, workload
 
     out = []
-    for r in datasets.aggregate_runs():
+    for r in datasets.aggregate_runs() if records is None else records:
         if r.get("in_per_request_data") or not r.get("observed_ms"):
             continue
-        if runs and not any(x in (r["name"] or r["id"]) for x in runs):
+        if runs and not any(x in (r.get("name") or r["id"]) for x in runs):
             continue
         server = dict(tensor_parallel=r["tensor_parallel"], max_num_seqs=r["max_num_seqs"],
-                      max_num_batched_tokens=r["max_num_batched_tokens"], max_model_len=4096,
-                      block_size=16, kv_blocks=r["gpu_kv_blocks"], cpu_kv_blocks=r.get("cpu_kv_blocks") or 0,
+                      max_num_batched_tokens=r["max_num_batched_tokens"], max_model_len=r.get("max_model_len") or 4096,
+                      block_size=16, kv_blocks=r.get("gpu_kv_blocks"), cpu_kv_blocks=r.get("cpu_kv_blocks") or 0,
                       prefix_caching=True, chunked_prefill=True)
-        dep = deployment(r["model_spec"], r["hardware_spec"], server, r["name"])
+        dep = deployment(r["model_spec"], r["hardware_spec"], server, r.get("name") or r["id"])
         w = r["workload"]
         profile = {"data": {"type": "shared_prefix", "shared_prefix": w["inference_perf"]["shared_prefix"]},
                    "load": {"type": "constant", "stages": w["inference_perf"]["stages"]}}
         wl = workload.from_inference_perf(profile, seed=int(w.get("seed", seed)), num_requests=w.get("num_requests"))
         obs = r["observed_ms"]["all"]
         observed = {f"{m}_{q}": obs.get(f"{m}_{q}") for m in METRICS for q in ("mean", "p90", "p99")}
-        name = r["name"]
+        name = r.get("name") or r["id"]
         out.append(dict(run=name, model=r["model_spec"], workload=name.split("-tp")[-1].split("-")[1] if "-tp" in name else "",
                         kind="aggregate", itl_definition="client", deployment=dep, workload_obj=wl,
                         observed=observed, stress="reasoning" in name))
@@ -217,7 +221,7 @@ def compare(case: dict, pred: dict) -> dict:
             lo, hi = p[f"{q}_interval90"]
             row[f"{m}_{q}_lo90"], row[f"{m}_{q}_hi90"] = lo, hi
             o = case["observed"].get(f"{m}_{q}")
-            row[f"{m}_{q}_in90"] = bool(o is not None and lo <= o <= hi)
+            row[f"{m}_{q}_in90"] = bool(lo <= o <= hi) if o is not None else None  # None: not observed
     return row
 
 
@@ -236,7 +240,8 @@ def summarize(df: pd.DataFrame) -> dict:
                     s[f"{m}_{q}_median_abs_err_pct{sfx}"] = float(e.median()) if len(e.dropna()) else None
             for q in ("mean", "p90", "p99"):
                 if f"{m}_{q}_in90" in use:
-                    s[f"{m}_{q}_coverage90"] = float(use[f"{m}_{q}_in90"].mean()) if len(use) else None
+                    v = use[f"{m}_{q}_in90"].dropna()
+                    s[f"{m}_{q}_coverage90"] = float(v.astype(bool).mean()) if len(v) else None
         out[label] = s
     return out
 
@@ -320,12 +325,128 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
     return idata
 
 
+def _experiment_case(d, hardware, seed: int):
+    """One inference-perf experiment directory (``exp-config.yaml``, ``profile.yaml``,
+    ``results/summary_lifecycle_metrics.json``, the layout of the shared ``experiments/``)."""
+    from pathlib import Path
+
+    import yaml
+
+    from bayeslat import specs, workload
+    from bayeslat.design import _resolve_model
+    from bayeslat.errors import SpecError
+
+    d = Path(d)
+    cfg_f, prof_f, sum_f = d / "exp-config.yaml", d / "profile.yaml", d / "results" / "summary_lifecycle_metrics.json"
+    for f in (cfg_f, prof_f, sum_f):
+        if not f.is_file():
+            raise SpecError("missing: an experiment directory needs exp-config.yaml, profile.yaml and "
+                            "results/summary_lifecycle_metrics.json", file=str(f))
+    cfg = yaml.safe_load(cfg_f.read_text()) or {}
+    prof = yaml.safe_load(prof_f.read_text()) or {}
+    hw = cfg.get("hardware") or hardware
+    if not hw:
+        raise SpecError("no hardware: add `hardware:` (e.g. H100, A100-80, L40S or a datasheet path) or pass "
+                        "--hardware", file=str(cfg_f), field="hardware")
+    if "model" not in cfg:
+        raise SpecError("missing", file=str(cfg_f), field="model")
+    # a config.json next to the experiment wins; else the model id / bundled key
+    model = str(d / "config.json") if (d / "config.json").is_file() else _resolve_model(str(cfg["model"])).source
+    tp = int(cfg.get("tensor_parallelism", cfg.get("tensor_parallel", 1)))
+    server = {"tensor_parallel": tp, "max_model_len": cfg.get("max_model_len"),
+              "max_num_batched_tokens": cfg.get("max_num_batched_tokens"), "max_num_seqs": cfg.get("max_num_seqs"),
+              "block_size": cfg.get("block_size", 16), "prefix_caching": cfg.get("enable_prefix_caching", True),
+              "chunked_prefill": True, "gpu_memory_utilization": cfg.get("gpu_memory_utilization", 0.9),
+              "kv_blocks": cfg.get("kv_blocks"), "cpu_offload_gb": cfg.get("cpu_offload_gb")}
+    server = {k: v for k, v in server.items() if v is not None}
+    dep = deployment(model, str(specs.load_hardware(hw).source), server, d.name)
+    wl = workload.from_inference_perf({"data": prof.get("data"), "load": prof.get("load")}, seed=seed)
+    lat = json.loads(sum_f.read_text())["successes"]["latency"]
+    observed = {}
+    for m, key in (("ttft", "time_to_first_token"), ("e2e", "request_latency")):
+        for q in ("mean", "p90", "p99"):
+            v = (lat.get(key) or {}).get(q)
+            observed[f"{m}_{q}"] = None if v is None else 1e3 * float(v)
+    # ITL: with ignore_eos every request generates output_len tokens, so the mean of the per-request
+    # (E2E - TTFT) / (n - 1) is (mean E2E - mean TTFT) / (n - 1); the tails are not derivable
+    sp = (prof.get("data") or {}).get("shared_prefix") or {}
+    n_out = sp.get("output_len")
+    ignore_eos = bool((prof.get("server") or {}).get("ignore_eos"))
+    ok = ignore_eos and n_out and n_out > 1 and observed["e2e_mean"] is not None and observed["ttft_mean"] is not None
+    observed.update(itl_mean=(observed["e2e_mean"] - observed["ttft_mean"]) / (n_out - 1) if ok else None,
+                    itl_p90=None, itl_p99=None)
+    return dict(run=d.name, model=str(cfg["model"]), workload=str((prof.get("data") or {}).get("type", "")),
+                kind="experiment", itl_definition="server" if ok else "none", deployment=dep, workload_obj=wl,
+                observed=observed, stress=False)
+
+
+def external_cases(paths, *, hardware=None, seed: int = 0, runs=None) -> list[dict]:
+    """Cases of real runs that are not bundled, from
+
+    - a trainval-format JSON (``{"runs": [...]}``, the layout of the shared ``trainval15.json``):
+      ``model_config`` is a path (relative to the JSON, its parents or the working directory), a
+      bundled key or a HuggingFace id; ``hardware`` a GPU name or datasheet path;
+    - an experiment directory (``exp-config.yaml``, ``profile.yaml``,
+      ``results/summary_lifecycle_metrics.json``), or a directory of them. ``hardware`` (the
+      ``--hardware`` option) names the GPU where ``exp-config.yaml`` does not; a ``config.json``
+      in the directory is the model's. The mean ITL is derived from the means, ``(E2E - TTFT) /
+      (output_len - 1)``, when the profile sets ``ignore_eos`` (else it is not scored).
+
+    A run that cannot be built raises :class:`bayeslat.errors.SpecError` naming its file and field."""
+    from pathlib import Path
+
+    from bayeslat import specs
+    from bayeslat.design import _resolve_model
+    from bayeslat.errors import SpecError
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            dirs = [p] if (p / "exp-config.yaml").is_file() else sorted(x.parent for x in p.glob("*/exp-config.yaml"))
+            if not dirs:
+                raise SpecError("no exp-config.yaml here or in its subdirectories", file=str(p))
+            for d in dirs:
+                if runs and not any(r in d.name for r in runs):
+                    continue
+                out.append(_experiment_case(d, hardware, seed))
+            continue
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SpecError(f"not a readable JSON: {e}", file=str(p)) from None
+        recs = doc.get("runs") if isinstance(doc, dict) else doc
+        if not isinstance(recs, list):
+            raise SpecError("expected {\"runs\": [...]} (the trainval15.json layout)", file=str(p), field="runs")
+        resolved = []
+        for i, r in enumerate(recs):
+            where = f"runs[{i}]"
+            for k in ("model_config", "hardware", "tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
+                      "workload", "observed_ms"):
+                if k not in r:
+                    raise SpecError("missing", file=str(p), field=f"{where}.{k}")
+            mc = str(r["model_config"])
+            cands = [p.parent / mc] + [q / mc for q in p.resolve().parents] + [Path(mc)]
+            hit = next((c for c in cands if c.is_file()), None)
+            try:
+                model = str(hit) if hit else _resolve_model(mc if "/" not in mc or not mc.endswith(".json")
+                                                            else Path(mc).parent.name).source
+                hw = str(specs.load_hardware(str(r["hardware"])).source)
+            except SpecError as e:
+                raise SpecError(f"{where}: {e}", file=str(p), field=f"{where}.model_config / hardware") from None
+            resolved.append({**r, "model_spec": model, "hardware_spec": hw, "in_per_request_data": False,
+                             "name": r.get("name") or r.get("id") or f"run{i}"})
+        out += _aggregate_cases(runs, seed, records=resolved)
+    return out
+
+
 def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed: int = 0,
              fit_kwargs: dict | None = None, n_per_run_kind: int = 40, log=None,
-             fit_dir=None) -> tuple[pd.DataFrame, dict]:
+             fit_dir=None, external=None, hardware=None) -> tuple[pd.DataFrame, dict]:
     """Predict every run of ``suite`` and compare. Returns (per-run table, summary).
 
-    ``fit_dir``: where the cross-validation refits are cached (:func:`cv_fit_path`)."""
+    ``fit_dir``: where the cross-validation refits are cached (:func:`cv_fit_path`).
+    ``suite="external"``: the runs of ``external`` (paths, :func:`external_cases`; ``hardware`` for
+    experiment directories that name none)."""
     from bayeslat import model
 
     log = log or (lambda *a: None)
@@ -349,6 +470,8 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
             cases += _replay_cases(runs)
         if suite in ("aggregate", "all"):
             cases += _aggregate_cases(runs, seed)
+        if suite == "external" or external:
+            cases += external_cases(external or [], hardware=hardware, seed=seed, runs=runs)
         if not cases:
             raise ValueError(f"no runs selected for suite {suite!r} (runs={runs})")
         for c in cases:
@@ -372,9 +495,11 @@ def cli_validate(args) -> int:
         from bayeslat import model
 
         idata = model.load(args.model)
-    df, summary = validate(args.suite, idata=idata, draws=args.draws, runs=args.runs,
-                           log=lambda *a: print(*a, file=sys.stderr))
-    report = {"suite": args.suite, "summary": summary, "runs": json.loads(df.to_json(orient="records"))}
+    suite = "external" if getattr(args, "external", None) and args.suite == "replay" else args.suite
+    df, summary = validate(suite, idata=idata, draws=args.draws, runs=args.runs,
+                           log=lambda *a: print(*a, file=sys.stderr), external=getattr(args, "external", None),
+                           hardware=getattr(args, "hardware", None))
+    report = {"suite": suite, "summary": summary, "runs": json.loads(df.to_json(orient="records"))}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

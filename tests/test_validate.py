@@ -62,3 +62,79 @@ def test_summarize_typical_excludes_stress_and_client_itl():
     assert s["typical"]["e2e_mean_median_abs_err_pct_draw_mean"] == pytest.approx(2.0)  # 5, 2, 0
     assert s["typical"]["e2e_mean_coverage90"] == pytest.approx(1 / 3)  # only d's point interval holds 2000
     assert s["typical"]["e2e_p90_coverage90"] == pytest.approx(1 / 3) and "ttft_p90_coverage90" not in s["all"]
+
+
+def _experiment_dir(root, name="exp1", hardware=None, results=True):
+    import json
+
+    d = root / name
+    (d / "results").mkdir(parents=True)
+    cfg = "model: meta-llama/Llama-2-7b-hf\ntensor_parallelism: 1\nmax_model_len: 4096\n" \
+          "max_num_batched_tokens: 2048\nmax_num_seqs: 128\n" + (f"hardware: {hardware}\n" if hardware else "")
+    (d / "exp-config.yaml").write_text(cfg)
+    (d / "profile.yaml").write_text(json.dumps({
+        "data": {"type": "shared_prefix", "shared_prefix": {"system_prompt_len": 100, "question_len": 200, "output_len": 51,
+                                                            "num_unique_system_prompts": 2, "num_users_per_system_prompt": 2}},
+        "load": {"type": "constant", "stages": [{"rate": 2, "duration": 20}]}, "server": {"ignore_eos": True}}))
+    if results:
+        (d / "results" / "summary_lifecycle_metrics.json").write_text(json.dumps({"successes": {"latency": {
+            "time_to_first_token": {"mean": 0.03, "p90": 0.04, "p99": 0.05},
+            "request_latency": {"mean": 0.53, "p90": 0.6, "p99": 0.7}}}}))
+    return d
+
+
+def test_external_experiment_directories(tmp_path, capsys):
+    """inference-perf experiment directories (the shared experiments/ layout): seconds -> ms, the
+    mean ITL derived from the means under ignore_eos, the GPU by name, clear errors."""
+    from bayeslat import model as M
+    from bayeslat.errors import SpecError
+
+    _experiment_dir(tmp_path)
+    (c,) = V.external_cases([tmp_path], hardware="H100")
+    assert c["observed"]["ttft_mean"] == pytest.approx(30.0) and c["observed"]["e2e_p99"] == pytest.approx(700.0)
+    assert c["observed"]["itl_mean"] == pytest.approx((530.0 - 30.0) / 50) and c["observed"]["itl_p90"] is None
+    assert c["deployment"].hardware == "H100 SXM" and len(c["workload_obj"]) == 40
+    with pytest.raises(SpecError, match="no hardware") as e:
+        V.external_cases([tmp_path])
+    assert e.value.field == "hardware" and "exp-config.yaml" in str(e.value)
+    _experiment_dir(tmp_path / "more", "exp2", hardware="L40S", results=False)
+    with pytest.raises(SpecError, match="summary_lifecycle_metrics.json"):
+        V.external_cases([tmp_path / "more"])
+    df, summ = V.validate("external", idata=M.load_default(), draws=2, external=[tmp_path], hardware="H100")
+    assert list(df.run) == ["exp1"] and df.loc[0, "itl_p90_in90"] is None
+    assert summ["all"]["itl_p90_coverage90"] is None and summ["all"]["itl_mean_coverage90"] is not None
+    assert abs(df.loc[0, "e2e_mean_err_pct"]) < 100
+    from bayeslat import cli
+
+    assert cli.main(["validate", "--external", str(tmp_path), "--hardware", "H100", "--draws", "2", "--json"]) == 0
+    rep = __import__("json").loads(capsys.readouterr().out)
+    assert rep["suite"] == "external" and [r["run"] for r in rep["runs"]] == ["exp1"]
+
+
+def test_external_trainval_json(tmp_path):
+    """A trainval-format JSON of new runs: model_config relative to the JSON, hardware by GPU name."""
+    import json
+    import shutil
+
+    from bayeslat import specs
+    from bayeslat.errors import SpecError
+
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(specs.specs_dir() / "models" / "qwen2.5-7b-instruct" / "config.json", tmp_path / "cfg" / "config.json")
+    run = {"id": "x1", "name": "x1-qwen-a100", "model_config": "cfg/config.json", "hardware": "A100-80",
+           "tensor_parallel": 1, "max_num_seqs": 128, "max_num_batched_tokens": 2048, "gpu_kv_blocks": None,
+           "workload": {"inference_perf": {"shared_prefix": {"system_prompt_len": 100, "question_len": 200,
+                                                             "output_len": 50, "num_unique_system_prompts": 2,
+                                                             "num_users_per_system_prompt": 2},
+                                           "stages": [{"rate": 2, "duration": 10}]}, "seed": 1},
+           "observed_ms": {"all": {"ttft_mean": 40.0, "e2e_mean": 900.0, "itl_mean": 17.0}}}
+    f = tmp_path / "new_runs.json"
+    f.write_text(json.dumps({"runs": [run]}))
+    (c,) = V.external_cases([f])
+    assert c["deployment"].hardware == "A100 SXM 80GB" and c["deployment"].kv_blocks > 0
+    assert c["itl_definition"] == "client" and c["observed"]["e2e_mean"] == 900.0 and len(c["workload_obj"]) == 20
+    del run["observed_ms"]
+    f.write_text(json.dumps({"runs": [run]}))
+    with pytest.raises(SpecError) as e:
+        V.external_cases([f])
+    assert e.value.field == "runs[0].observed_ms" and str(f) in str(e.value)
