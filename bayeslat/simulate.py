@@ -861,7 +861,7 @@ def load_spec(path, require_workload: bool = True) -> dict:
     else:
         server = S.load_server(dict(srv_in))
     ctx = F.feature_context(model, hw, server)
-    kvb = S.kv_blocks(model, hw, server)
+    kvb = S.require_kv_blocks(model, hw, server, file=str(path))
     cpub = S.cpu_kv_blocks(model, server)
     wl = spec.get("workload")
     if wl is None:  # only when not require_workload (check / update: the probe is the workload)

@@ -918,6 +918,22 @@ def kv_blocks(model: ModelSpec, hw: HardwareSpec, server: ServerConfig) -> int:
     return max(0, int(kv_memory_bytes(model, hw, server) // block))
 
 
+def require_kv_blocks(model: ModelSpec, hw: HardwareSpec, server: ServerConfig, file: str | None = None) -> int:
+    """:func:`kv_blocks`, or a SpecError that says why none is left (the memory accounting)."""
+    n = kv_blocks(model, hw, server)
+    if n >= 1:
+        return n
+    if server.kv_blocks is not None:
+        raise SpecError(f"must be >= 1, got {server.kv_blocks}", file=file, field="server.kv_blocks")
+    w = weight_bytes_per_gpu(model, server.tensor_parallel, server.ep_size)["total"]
+    raise SpecError(
+        f"{model.name} at TP{server.tensor_parallel} does not fit on {hw.name}: {w / GiB:.1f} GiB of weights + "
+        f"{(activation_bytes(model, server) + reserve_bytes(server)) / GiB:.1f} GiB activations / reserve per GPU, "
+        f"against {hw.visible_memory_bytes * server.gpu_memory_utilization / GiB:.1f} GiB usable "
+        f"(gpu_memory_utilization {server.gpu_memory_utilization}): no KV cache is left. Raise tensor_parallel, "
+        "lower max_num_batched_tokens or quantize", file=file, field="server.tensor_parallel")
+
+
 def cpu_kv_blocks(model: ModelSpec, server: ServerConfig) -> int:
     """CPU KV-offload capacity in blocks per GPU: ``server.cpu_kv_blocks`` if set, else
     ``cpu_offload_gb`` GiB / block bytes (vLLM rounds an exact fit down by one block)."""

@@ -55,7 +55,7 @@ def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = ""
     hw = specs.load_hardware(hardware_spec)
     srv = specs.load_server(server)
     ctx = features.feature_context(model, hw, srv)
-    kv = int(server.get("kv_blocks") or specs.kv_blocks(model, hw, srv))
+    kv = int(server.get("kv_blocks") or specs.require_kv_blocks(model, hw, srv, file=name or None))
     sim_server = dict(
         max_num_seqs=srv.max_num_seqs,
         max_num_batched_tokens=srv.max_num_batched_tokens,

@@ -255,3 +255,14 @@ def test_renamed_datasheet_is_the_fitted_level(tmp_path):
     sheet["memory"]["bandwidth_tb_s"] = 2.0  # a different GPU keeps its own name
     f.write_text(json.dumps(sheet))
     assert S.load_hardware(f).name == "My H100 box"
+
+
+def test_model_that_does_not_fit_says_why(tmp_path):
+    """No KV cache left: the error gives the memory accounting and what to change."""
+    model, hw = S.load_model("llama-3.1-70b-instruct"), S.load_hardware("L40S")
+    server = S.load_server({"tensor_parallel": 1})
+    assert S.kv_blocks(model, hw, server) == 0
+    with pytest.raises(SpecError, match=r"does not fit on L40S: .* GiB of weights .*Raise tensor_parallel") as e:
+        S.require_kv_blocks(model, hw, server, file="SPEC.yaml")
+    assert e.value.field == "server.tensor_parallel" and "SPEC.yaml" in str(e.value)
+    assert S.require_kv_blocks(model, hw, S.load_server({"tensor_parallel": 4})) > 0
