@@ -50,6 +50,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -865,6 +866,17 @@ def _deployment_factors(ds, coord: str, deployment: str, sel):
     return fb, _flat(ds, "dev_alpha_dep")[sel][:, j]
 
 
+def update_weights(idata, deployment: str) -> np.ndarray | None:
+    """Probabilities of the flattened posterior draws after a probe update of ``deployment``
+    (``deployment_update.draw_weight``, :func:`bayeslat.transfer.update_deployment`), or None."""
+    ds = idata["deployment_update"] if "deployment_update" in idata.groups() else None
+    if ds is None or "draw_weight" not in ds or deployment not in [str(v) for v in ds.coords["probe_deployment"].values]:
+        return None
+    j = [str(v) for v in ds.coords["probe_deployment"].values].index(deployment)
+    w = np.clip(_flat(ds, "draw_weight")[:, j].astype(np.float64), 0.0, None)
+    return w / w.sum() if w.sum() > 0 else None
+
+
 def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
     """(sigma_dep, sigma_alpha_dep) draws (n each) for a new deployment: from the posterior when
     the deployment level was fit ("fit"), from the attached cut fit ("spread", group
@@ -1071,6 +1083,11 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     prediction for a configuration never run must carry. None: the group's coefficients (the
     geometric mean over its deployments; what ``export`` writes, with ``new_run=False``).
 
+    A new level's deviation is one fixed standard-normal vector per posterior draw, seeded by the
+    level's name: the same in every call for that draw, whatever ``n`` and ``seed`` select. After
+    a probe update of ``deployment`` (:func:`bayeslat.transfer.update_deployment`), the draws are
+    resampled by the update's weights (``deployment_update.draw_weight``, :func:`update_weights`).
+
     ``new_run`` (default True): the draws are for a new run, so each also carries a between-run
     factor, ``exp(sigma_run_step z)`` on beta and ``exp(sigma_run_alpha z')`` on alpha (group
     ``run_spread``, :func:`attach_run_spread`): what every prediction of a workload needs. False:
@@ -1088,12 +1105,24 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     beta_pop = _flat(post, "beta_pop")
     D = beta_pop.shape[0]
     rng = np.random.default_rng(seed)
-    sel = np.arange(D) if n is None else rng.choice(D, size=int(n), replace=int(n) > D)
+    w = update_weights(idata, deployment) if deployment is not None else None
+    if w is not None:  # a probe update reweighted the draws (transfer.update_deployment): resample
+        sel = np.sort(rng.choice(D, size=D if n is None else int(n), replace=True, p=w))
+    else:
+        sel = np.arange(D) if n is None else rng.choice(D, size=int(n), replace=int(n) > D)
     beta_pop = beta_pop[sel]
     alpha_pop = _flat(post, "alpha_pop")[sel]
     Dn = len(sel)
     R, Fb, Fa = len(F.REGIMES), F.N_BETA, F.N_ALPHA
     g = {k: _flat(post, k)[sel] for k in ("sigma_hw", "sigma_cls", "sigma_regime", "sigma_alpha_hw", "sigma_alpha_cls")}
+
+    def _z(tag: str, shape: tuple) -> np.ndarray:
+        # standard normals of a new level: one fixed vector per posterior draw, seeded by the
+        # level's name (not by ``seed``), so that a probe update (transfer.update_deployment,
+        # which conditions each draw's deployment factors on that draw's coefficients) and every
+        # later prediction see the same deviation of an unseen GPU / class in the same draw
+        return np.random.default_rng(zlib.crc32(tag.encode())).standard_normal((D,) + shape)[sel]
+
     new = []
     h = hw_levels.index(hardware) if hardware in hw_levels and rows[hw_levels.index(hardware)].sum() > 0 else None
     c = cls_levels.index(model_class) if model_class in cls_levels else None
@@ -1112,25 +1141,26 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         # hardware x class interaction N(0, sigma) per draw and feature
         v = _flat(post, name)[sel][:, seen_h, c]
         v = np.einsum("dh...,h->d...", v, w_h)
-        return v + sigma.reshape((-1,) + (1,) * (v.ndim - 1)) * rng.standard_normal(v.shape)
+        return v + sigma.reshape((-1,) + (1,) * (v.ndim - 1)) * _z(f"{name}|{hardware}|{model_class}", v.shape[1:])
     # hardware deviation
     if h is not None:
         dh = _flat(post, "dev_hw")[sel][:, h] if use_hw else np.zeros((Dn, Fb))
         ah = _flat(post, "dev_alpha_hw")[sel][:, h] if use_hw else np.zeros((Dn, Fa))
     else:
-        dh = g["sigma_hw"][:, None] * rng.standard_normal((Dn, Fb))
-        ah = g["sigma_alpha_hw"][:, None] * rng.standard_normal((Dn, Fa))
+        dh = g["sigma_hw"][:, None] * _z(f"dev_hw|{hardware}", (Fb,))
+        ah = g["sigma_alpha_hw"][:, None] * _z(f"dev_alpha_hw|{hardware}", (Fa,))
     # class and regime deviations
     if combo_seen:
         dc = _flat(post, "dev_cls")[sel][:, h, c] if use_cls else np.zeros((Dn, Fb))
         ac = _flat(post, "dev_alpha_cls")[sel][:, h, c] if use_cls else np.zeros((Dn, Fa))
     elif seen_h:
-        dc = _transfer("dev_cls", g["sigma_hw"]) if use_cls else g["sigma_hw"][:, None] * rng.standard_normal((Dn, Fb))
+        dc = (_transfer("dev_cls", g["sigma_hw"]) if use_cls
+              else g["sigma_hw"][:, None] * _z(f"dev_cls|{hardware}|{model_class}", (Fb,)))
         ac = (_transfer("dev_alpha_cls", g["sigma_alpha_hw"]) if use_cls
-              else g["sigma_alpha_hw"][:, None] * rng.standard_normal((Dn, Fa)))
+              else g["sigma_alpha_hw"][:, None] * _z(f"dev_alpha_cls|{hardware}|{model_class}", (Fa,)))
     else:
-        dc = g["sigma_cls"][:, None] * rng.standard_normal((Dn, Fb))
-        ac = g["sigma_alpha_cls"][:, None] * rng.standard_normal((Dn, Fa))
+        dc = g["sigma_cls"][:, None] * _z(f"dev_cls|{hardware}|{model_class}", (Fb,))
+        ac = g["sigma_alpha_cls"][:, None] * _z(f"dev_alpha_cls|{hardware}|{model_class}", (Fa,))
         # features the fit shares between classes (no_class_deviation) stay shared for a new class
         shared = attr_json(idata, "priors", {}).get("no_class_deviation", [])
         dc[:, np.isin(np.asarray(F.BETA_NAMES), shared)] = 0.0
@@ -1143,7 +1173,7 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         elif seen_h:
             dr = np.einsum("dhrf,h->drf", dr[:, seen_h, c], w_h)
         else:
-            dr = g["sigma_regime"][:, None, None] * rng.standard_normal((Dn, R, Fb))
+            dr = g["sigma_regime"][:, None, None] * _z(f"dev_regime|{hardware}|{model_class}", (R, Fb))
     # else (D, R, F): regime deviations shared by all groups, seen or not
     beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr)
     alpha = alpha_pop * np.exp(ah + ac)

@@ -901,6 +901,12 @@ def sim_server(server, kv_blocks: int, cpu_kv_blocks: int = 0) -> dict:
             "max_model_len": server.max_model_len}
 
 
+# Draws a prediction with a new level (an unseen GPU or class) needs before its median and 90%
+# interval settle: the draws' spread is the population's (benchmarks/hardware_transfer.py: 40 draws
+# put the point within x0.95-1.19 of the physics transfer, 100 draws within x0.94-1.05).
+NEW_LEVEL_DRAWS = 100
+
+
 def cli_predict(args) -> int:
     import json
 
@@ -926,4 +932,10 @@ def cli_predict(args) -> int:
             print(f"{m:8s} {e['mean']:10.2f} {e['p90']:10.2f} {e['p99']:10.2f}   [{lo:.2f}, {hi:.2f}]")
         if getattr(draws, "new_levels", None):
             print(f"note: {', '.join(draws.new_levels)} not in the fit: drawn from the population (wider intervals)")
+    if getattr(draws, "new_levels", None) and int(args.draws) < NEW_LEVEL_DRAWS:
+        import sys
+
+        print(f"note: {int(args.draws)} draws of a configuration with new levels: its point and interval move by "
+              f"10-20% between seeds (benchmarks/hardware_transfer.py); --draws {NEW_LEVEL_DRAWS} for a steadier "
+              "estimate", file=sys.stderr)
     return 0

@@ -1051,6 +1051,48 @@ def _logt(mu, y, sab, crel, nu):
     return -(nu + 1.0) / 2.0 * np.log1p(((y - mu) / s) ** 2 / nu) - np.log(s)
 
 
+# Degrees of freedom of the (multivariate Student-t) level likelihood of probe_level_weights. A
+# probe's levels can be far off for reasons no draw explains: the saturated reasoning runs' TTFT
+# rows carry waits before scheduling (log level +1 and more). Under a Gaussian those probes put
+# all weight on a handful of draws (held-out 70B and Mixtral reasoning: effective sample size 1%
+# and 0.1% of 2000; Mixtral reasoning's E2E interval shrank from 93% to 4% wide and missed).
+PROBE_LEVEL_NU = 4.0
+
+
+def probe_level_weights(parts, y, kind_of_row, kinds, sig, tau, off, sab, crel, nu):
+    """Importance weights of the posterior draws given the probe's *level* per row kind.
+
+    For draw d and kind k, ``r = log(sum y / sum mu)`` with mu the draw's prediction of the probe
+    rows (factors at 1). Linearised, ``r = a_step b + a_cpu a + e_k + noise``: the deployment
+    factors (prior SDs ``sig``), the slice error ``e_k ~ N(off_k, tau_k)`` and the rows' sampling
+    noise of the sum. The weight is that Gaussian's density at r (the draw's marginal likelihood of
+    the probe's levels). Only levels, not the rows' pattern: a few hundred rows would otherwise
+    pick the draws whose shape fits the probe's rows, which is where the model misfits (see
+    :data:`POOLED_PROBE_KINDS`). Draws of an unseen GPU or class whose step time is 30% off are
+    ruled out by a probe; a trained deployment's draws, all within a few % of each other, keep
+    nearly equal weights. Returns (weights summing to 1, log weights)."""
+    D, K = parts.shape[0], len(kinds)
+    r, A, v = np.empty((D, K)), np.empty((D, K, 2)), np.empty((D, K))
+    for j, kk in enumerate(kinds):
+        m = kind_of_row == kk
+        P = parts[:, :, m].sum(axis=2)  # (D, 3): fixed, load, CPU
+        mu = np.maximum(P.sum(axis=1), 1e-300)
+        r[:, j] = np.log(max(float(y[m].sum()), 1e-300)) - np.log(mu)
+        A[:, j, 0], A[:, j, 1] = (P[:, 0] + P[:, 1]) / mu, P[:, 2] / mu
+        sc = sab[:, m] + crel[:, m] * parts[:, :, m].sum(axis=1)
+        nk = nu[:, m]
+        vt = np.where(nk > 2.5, nk / np.maximum(nk - 2.0, 1e-9), 5.0)  # Student-t variance / scale^2
+        v[:, j] = (sc ** 2 * vt).sum(axis=1) / mu ** 2
+    S = np.einsum("dkp,dp,dlp->dkl", A, np.stack([sig[0] ** 2, sig[1] ** 2], axis=1), A)
+    S = S + np.diag(np.asarray(tau, float) ** 2)[None] + v[:, :, None] * np.eye(K)[None]
+    diff = r - np.asarray(off, float)[None, :]
+    Q = np.einsum("dk,dkl,dl->d", diff, np.linalg.inv(S), diff)
+    nu_l = PROBE_LEVEL_NU
+    logw = -0.5 * np.linalg.slogdet(S)[1] + (-0.5 * Q if not np.isfinite(nu_l) else -0.5 * (nu_l + K) * np.log1p(Q / nu_l))
+    w = np.exp(logw - logw.max())
+    return w / w.sum(), logw
+
+
 class _ProbePosterior:
     """Log posterior of a probe deployment's log factors, its gradient and Hessian, for all draws.
 
@@ -1148,7 +1190,8 @@ def pool_rows(obs, kinds):
 
 
 def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30, calibration="auto",
-                      copy_idata: bool = True, step_factors: int | None = None, factor_sd: dict | None = None):
+                      copy_idata: bool = True, step_factors: int | None = None, factor_sd: dict | None = None,
+                      reweight: bool | str = "auto"):
     """Condition the deployment level on a probe ("cut" update, seconds instead of a refit).
 
     The probe's rows belong to one deployment (``meta["deployments"]``). Every other level stays
@@ -1166,7 +1209,15 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     Newton steps (all draws at once, analytic gradient and Hessian) and one factor triple is drawn
     from the Laplace (Gaussian) approximation there, the slice errors marginalised out: hundreds
     of probe rows against 3 + K parameters. Conditioning of the level the probe is new to, given
-    the rest of the hierarchy (nothing flows back into the coefficients, as in the "spread" fit).
+    the rest of the hierarchy; the rest learns from the probe's levels only, through importance
+    weights of the posterior draws (:func:`probe_level_weights`; stored as ``draw_weight``, used by
+    :func:`bayeslat.model.coefficient_draws` to resample): what pins down an unseen GPU's or
+    class's deviation. ``info["draw_weights"]``: their effective sample size and whether they were
+    applied. ``reweight="auto"`` (default) applies them only when the probed configuration has a
+    level the fit has not seen (``CoefDraws.new_levels``: an unseen GPU or class). Where every
+    level is trained, its posterior rests on thousands of rows; a refit with 200 more would
+    hardly move it, while weights from one probe slice would (the probe then chases its own
+    slice error: ``benchmarks/results/probe_update*.json``). True / False: always / never.
 
     The factors' prior SDs are the fit's between-deployment spread (``sigma_dep``,
     ``sigma_alpha_dep``), measured on deployments of the models the fit has seen; a new model's
@@ -1270,13 +1321,25 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         draw[:, :2] += spr["step"] * e[:, :1]
         draw[:, 2] += spr["cpu"] * e[:, 1]
     informed = parts.mean(axis=0).sum(axis=1) > 0  # (3,): parts the probe rows exercise
+    # the rest of the posterior learns from the probe too: draws reweighted by how well their
+    # predicted levels fit the probe's (an unseen GPU's deviation is pinned down by a probe)
+    wts, _ = probe_level_weights(parts, y, k, kinds, sig, tau, off, sab, crel, cd.nu[:, k])
+    if reweight not in (True, False, "auto"):
+        raise SpecError(f"reweight must be True, False or 'auto', got {reweight!r}", field="reweight")
+    applied = bool(cd.new_levels) if reweight == "auto" else bool(reweight)
+    ess_w = float(1.0 / np.sum(wts ** 2))  # what the probe's levels would do to the draws
+    if not applied:  # the deployment factors alone
+        wts = np.full(len(wts), 1.0 / len(wts))
     post = idata.posterior
     C, Tn = post.sizes["chain"], post.sizes["draw"]
     new = copy.deepcopy(idata) if copy_idata else None
     ds = xr.Dataset({"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
-                     "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))},
+                     "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1)),
+                     "draw_weight": (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))},
                     coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
                             "probe_deployment": keys, "step_part": list(F.STEP_PARTS)})
+    if not applied:
+        ds = ds.drop_vars("draw_weight")  # coefficient_draws then selects draws as without an update
     if new is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -1285,13 +1348,17 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
             new.add_groups({"deployment_update": ds})
 
     def summ(v):
+        # the factor's posterior: the draws' factors under the draws' weights
         e = np.exp(v)
-        return {"mean": float(e.mean()), "q05": float(np.quantile(e, 0.05)), "q95": float(np.quantile(e, 0.95)),
-                "log_mean": float(np.mean(v))}
+        o = np.argsort(e)
+        cw = np.cumsum(wts[o])
+        q = lambda p: float(e[o][min(np.searchsorted(cw, p), len(e) - 1)])  # noqa: E731
+        return {"mean": float(np.sum(wts * e)), "q05": q(0.05), "q95": q(0.95), "log_mean": float(np.sum(wts * v))}
 
     # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
     tot = parts[:, :2].sum(axis=2)
     eff = np.log((np.exp(draw[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
+    ess = ess_w
     r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() and nf == 2 else float("nan")
     info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "rows": int(len(y)), "step_factors": nf,
             "step_factor": summ(eff), "fixed_factor": summ(draw[:, 0]) | {"informed": bool(informed[0])},
@@ -1306,7 +1373,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
             "factor_prior_sd": {"step": float(np.median(sig[0])), "cpu": float(np.median(sig[1])),
                                 "fit": {"step": sig_fit[0], "cpu": sig_fit[1]},
                                 "floor": ({"step": float(fsd.get("step", 0.0)), "cpu": float(fsd.get("cpu", 0.0))} if fsd else None)},
-            "newton_max_abs_grad": float(np.abs(g).max())}
+            "newton_max_abs_grad": float(np.abs(g).max()),
+            "draw_weights": {"ess": ess, "ess_frac": ess / D, "applied": applied, "new_levels": list(cd.new_levels)}}
     if new is not None:
         new.attrs["deployment_update"] = json.dumps(info)
     return new, info
@@ -1423,6 +1491,13 @@ def cli_update(args) -> int:
                 src = (f"the fit's deployment spread {fit.get('step', float('nan')):.3f} / {fit.get('cpu', float('nan')):.3f}"
                        + (f", floored at the out-of-sample spread of new deployments {fl['step']:.3f} / {fl['cpu']:.3f}" if fl else ""))
                 print(f"  factor prior (log SD, median over draws): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
+            dw = du.get("draw_weights")
+            if dw and dw.get("applied", True):
+                print(f"  new level(s) {', '.join(dw.get('new_levels') or [])}: posterior draws reweighted by the probe's "
+                      f"levels, effective sample size {100 * dw['ess_frac']:.0f}% (low: the probe rules out draws)")
+            elif dw:
+                print("  every level of the configuration is trained: the posterior draws keep equal weights "
+                      "(the deployment factors alone carry the probe)")
         for tag in ("before", "after"):
             e = pr[tag]
             print(f"  probe rows {tag:6s}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "

@@ -16,7 +16,7 @@ default) is simulated
 The ratio pred / ref says whether the Bayesian point stays on the physics transfer; the interval
 width says how much the unknown GPU deviation widens it.
 
-    python benchmarks/hardware_transfer.py [--draws 40] [--out benchmarks/results/hardware_transfer.json]
+    python benchmarks/hardware_transfer.py [--draws 100] [--out benchmarks/results/hardware_transfer.json]
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--spec", default=str(HERE.parent / "specs" / "examples" / "llama-2-7b-h100-codegen.yaml"))
     ap.add_argument("--model", default=None, help="fit (.nc); default: the shipped default fit")
-    ap.add_argument("--draws", type=int, default=40)
+    ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results" / "hardware_transfer.json"))
     args = ap.parse_args(argv)

@@ -44,6 +44,14 @@ def main(argv=None) -> int:
     ap.add_argument("--attach-to", nargs="*", default=[],
                     help="with --oos-calibration: store every held-out run's slice error in these fits' attrs "
                          "(transfer.attach_probe_oos), e.g. models/default.nc (bayeslat/data/models links to it)")
+    ap.add_argument("--as-new-gpu", default=None, metavar="NAME",
+                    help="the held-out runs' GPU renamed to NAME (same datasheet numbers): a new model on a GPU the "
+                         "fit has never seen, whose deviation is drawn from the hardware population (wide before the "
+                         "probe); the probe update then has to pin it down")
+    ap.add_argument("--reweight", default="auto", choices=("auto", "always", "never"),
+                    help="importance weights of the posterior draws from the probe's levels (transfer.update_deployment): "
+                         "auto (default) only where the configuration has a new level (unseen GPU / class); "
+                         "never: the deployment factors alone (before session 12)")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
     a = ap.parse_args(argv)
     if a.no_calibration and a.oos_calibration:
@@ -108,21 +116,35 @@ def main(argv=None) -> int:
             cal = transfer.oos_calibration([e for m, errs in oos.items() if m != model for e in errs], cal)
         for c in group:
             t0 = time.time()
-            spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
+            if a.as_new_gpu:
+                from dataclasses import replace
+
+                from bayeslat import specs
+
+                dep = c["deployment"]
+                hw = replace(specs.load_hardware(dep.hardware_spec), name=a.as_new_gpu)
+                c = dict(c, deployment=replace(dep, hardware=a.as_new_gpu))
+                spec = transfer.spec_for_run(c["run"], hardware=hw, workload=c["workload_obj"],
+                                             server_overrides={"kv_blocks": dep.kv_blocks})
+            else:
+                spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
             src = f"bundled:{c['run']}:{a.probe_n}"
             pobs, _ = transfer.probe_obs(spec, [src])
-            new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal)
+            new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal, reweight={"auto": "auto", "always": True, "never": False}[a.reweight])
             t_up = time.time() - t0
             b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
             f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
             r = {"held_out_model": model, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
+                 "gpu": c["deployment"].hardware, "draw_weights": info.get("draw_weights"),
                  "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
                  "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"], "calibration_kinds": (cal or {}).get("kinds"),
                  "update_spread": info.get("update_spread"), "factor_prior_sd": info.get("factor_prior_sd"),
                  "factor_sd": (cal or {}).get("factor_sd")}
             for m in ("e2e", "ttft", "itl"):
                 r[m] = {"obs": c["observed"].get(f"{m}_mean"), "before_pct": b[f"{m}_mean_err_pct"], "after_pct": f[f"{m}_mean_err_pct"],
-                        "in90_before": bool(b[f"{m}_mean_in90"]), "in90_after": bool(f[f"{m}_mean_in90"])}
+                        "in90_before": bool(b[f"{m}_mean_in90"]), "in90_after": bool(f[f"{m}_mean_in90"]),
+                        "interval90_before": [b[f"{m}_mean_lo90"], b[f"{m}_mean_hi90"]],
+                        "interval90_after": [f[f"{m}_mean_lo90"], f[f"{m}_mean_hi90"]]}
             rows.append(r)
             print(f"{c['run'][16:]:38s} fixed x{info['fixed_factor']['mean']:.2f} load x{info['load_factor']['mean']:.2f} "
                   f"cpu x{info['cpu_factor']['mean']:.2f} ({t_up:.0f} s)  E2E {r['e2e']['before_pct']:+.1f} -> {r['e2e']['after_pct']:+.1f}%  "
@@ -143,6 +165,10 @@ def summarize(rows) -> dict:
         out[m] = {"median_abs_before_pct": float(np.median(b)), "median_abs_after_pct": float(np.median(f)),
                   "improved_runs": int((f < b).sum()), "coverage90_before": float(np.mean([r[m]["in90_before"] for r in rows])),
                   "coverage90_after": float(np.mean([r[m]["in90_after"] for r in rows]))}
+        if all("interval90_before" in r[m] for r in rows):
+            for tag in ("before", "after"):
+                w = [(r[m][f"interval90_{tag}"][1] - r[m][f"interval90_{tag}"][0]) / r[m]["obs"] for r in rows]
+                out[m][f"median_rel_width90_{tag}"] = float(np.median(w))
     return out
 
 

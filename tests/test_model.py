@@ -203,11 +203,11 @@ def test_new_hardware_keeps_the_class_deviation():
     # a class deviation far from the population: drawing it afresh would lose it
     idata.posterior["dev_cls"][:, :, 0, 0, :] = 1.0
     idata.posterior["sigma_cls"][:] = 0.8
-    seen = M.coefficient_draws(idata, "H100 SXM", "dense", n=2000, seed=0, new_run=False)
-    new = M.coefficient_draws(idata, "A100 SXM", "dense", n=2000, seed=1, new_run=False)
+    seen = M.coefficient_draws(idata, "H100 SXM", "dense", new_run=False)  # all 400 draws
+    new = M.coefficient_draws(idata, "A100 SXM", "dense", new_run=False)
     assert new.new_levels == ["hardware"] and new.class_from == ["H100 SXM"]
     d = np.log(new.beta[:, 0, :]) - np.median(np.log(seen.beta[:, 0, :]), axis=0)
-    np.testing.assert_allclose(np.median(d, axis=0), 0.0, atol=0.05)
+    np.testing.assert_allclose(np.median(d, axis=0), 0.0, atol=0.08)  # 4.5 SE of a median of 400
     # hardware deviation + interaction: sqrt(2) x sigma_hw (fake ~0.2), not sigma_cls (0.8)
     assert np.all(np.abs(d.std(axis=0) - np.sqrt(2) * 0.2) < 0.05)
     ad = np.log(new.alpha) - np.median(np.log(seen.alpha), axis=0)
@@ -215,7 +215,7 @@ def test_new_hardware_keeps_the_class_deviation():
     # a class no hardware has seen is still drawn from sigma_cls
     rows_dense_only = idata.copy()
     rows_dense_only.attrs["group_rows"] = json.dumps([[40, 0]])
-    moe = M.coefficient_draws(rows_dense_only, "A100 SXM", "moe", n=2000, seed=1, new_run=False)
+    moe = M.coefficient_draws(rows_dense_only, "A100 SXM", "moe", new_run=False)
     assert moe.new_levels == ["hardware", "model_class"] and moe.class_from == []
     assert np.log(moe.beta[:, 0, F.B["weight_load"]]).std() > 0.6
 

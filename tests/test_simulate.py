@@ -389,7 +389,16 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
     loaded = S.load_spec(spec2)
     assert loaded["kv_blocks"] == 500 and len(loaded["workload"]) == 2
     assert cli.main(["predict", str(spec2), "--model", str(fake), "--draws", "2"]) == 0
-    assert "ttft_ms" in capsys.readouterr().out
+    got = capsys.readouterr()
+    assert "ttft_ms" in got.out and "--draws" not in got.err  # a trained group: no advice on draws
+    # a new level (an unseen GPU): few draws get a note on stderr, the JSON on stdout stays clean
+    monkeypatch.setattr(M, "coefficient_draws", lambda *a, n=None, **k: types.SimpleNamespace(
+        **dict(vars(fake_draws(D=n)), new_levels=["hardware"])))
+    assert cli.main(["predict", str(spec2), "--model", str(fake), "--draws", "2", "--json"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["requests"] == 2 and f"--draws {S.NEW_LEVEL_DRAWS}" in got.err
+    assert cli.main(["predict", str(spec2), "--model", str(fake), "--draws", str(S.NEW_LEVEL_DRAWS)]) == 0
+    assert "--draws" not in capsys.readouterr().err
     bad = tmp_path / "BAD.yaml"
     bad.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nworkload: {foo: 1}\n")
     with pytest.raises(SpecError, match="workload"):

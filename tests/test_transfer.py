@@ -512,3 +512,56 @@ def test_fits_deployment_factors_floor_a_new_deployment_for_a_probe_of_any_size(
     tr, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
     _, own = T.update_deployment(idata, tr, calibration="auto")
     assert own["factor_prior_sd"]["floor"] is None
+
+
+def test_probe_on_an_unseen_gpu_pins_its_deviation(fitted):
+    """A new GPU's deviation is one fixed draw per posterior draw (the same in the update and in
+    every later prediction), and the update reweights the draws by the probe's level: the probe of
+    a 'new' GPU that is really the H100 keeps the draws near the H100's step time and narrows the
+    step-time spread; a trained deployment keeps nearly equal weights."""
+    from dataclasses import replace
+
+    from bayeslat import features as F
+    from bayeslat import specs as S
+    from bayeslat.errors import SpecError
+
+    idata = fitted[0]
+    a = M.coefficient_draws(idata, "GPU-X", "dense", n=50, seed=1, new_run=False)
+    b = M.coefficient_draws(idata, "GPU-X", "dense", n=50, seed=1, new_run=False)
+    np.testing.assert_array_equal(a.beta, b.beta)
+    full = M.coefficient_draws(idata, "GPU-X", "dense", new_run=False)  # all draws, in order
+    np.testing.assert_allclose(full.beta[a.draw_index], a.beta)  # a draw's deviation does not depend on n / seed
+    hw = replace(S.load_hardware("h100-sxm"), name="GPU-X")
+    spec = T.spec_for_run(RUN, hardware=hw, server_overrides={"kv_blocks": 7462})
+    pobs, _ = T.probe_obs(spec, [f"bundled:{RUN}:200"])
+    zero = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.03}, "window": {"mu": 0.0, "tau": 0.03}}}
+    new, info = T.update_deployment(idata, pobs, calibration=zero)
+    ess_new = info["draw_weights"]["ess_frac"]
+    key = F.deployment_key(spec["ctx"], "GPU-X")
+    X = pobs.X[pobs.kind == 1].sum(axis=0)  # the probe's decode windows, summed: (regime, feature)
+
+    def level(idt):
+        cd = M.coefficient_draws(idt, "GPU-X", "dense", n=400, seed=2, new_run=False, deployment=key)
+        return np.log(np.einsum("rf,drf->d", X, cd.beta))
+
+    h100 = M.coefficient_draws(idata, "H100 SXM", "dense", n=400, seed=2, new_run=False)
+    ref = np.median(np.log(np.einsum("rf,drf->d", X, h100.beta)))
+    before, after = level(idata), level(new)
+    assert after.std() < 0.8 * before.std()
+    assert abs(np.median(after) - ref) < 0.1
+    tr, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    trained, tinfo = T.update_deployment(idata, tr, calibration=zero)
+    ess_trained = tinfo["draw_weights"]["ess_frac"]
+    assert ess_trained > 0.6 and ess_new < 0.75 * ess_trained, (ess_new, ess_trained)
+    # weights are applied where a level is new (default "auto"), not to a trained configuration
+    assert info["draw_weights"]["applied"] and info["draw_weights"]["new_levels"] == ["hardware"]
+    assert not tinfo["draw_weights"]["applied"]
+    assert M.update_weights(trained, F.deployment_key(T.spec_for_run(RUN)["ctx"], "H100 SXM")) is None
+    with pytest.raises(SpecError, match="reweight"):
+        T.update_deployment(idata, tr, calibration=zero, reweight="sometimes")
+    # the ablation without reweighting keeps the draws as they were: no weights stored
+    off, _ = T.update_deployment(idata, pobs, calibration=zero, reweight=False)
+    assert M.update_weights(new, key) is not None and M.update_weights(off, key) is None
+    sel = lambda idt: M.coefficient_draws(idt, "GPU-X", "dense", n=400, seed=2, new_run=False, deployment=key).draw_index  # noqa: E731
+    np.testing.assert_array_equal(sel(off), sel(idata))
+    assert len(np.unique(sel(new))) < 0.9 * len(np.unique(sel(idata)))  # resampled by weight: repeats
