@@ -220,6 +220,17 @@ def test_new_hardware_keeps_the_class_deviation():
     assert np.log(moe.beta[:, 0, F.B["weight_load"]]).std() > 0.6
 
 
+@pytest.mark.slow
+def test_fit_is_reproducible_with_a_seed():
+    """The same data and seed give the same posterior, draw for draw (on one machine)."""
+    obs, _ = M.simulate_obs(seed=0)
+    kw = dict(draws=20, tune=20, chains=2, progressbar=False, attrs={"bundled_data_hash": "none"})
+    a, b = (M.fit(obs, seed=3, **kw) for _ in range(2))
+    np.testing.assert_array_equal(a.posterior["beta_pop"].values, b.posterior["beta_pop"].values)
+    np.testing.assert_array_equal(a.posterior["alpha_pop"].values, b.posterior["alpha_pop"].values)
+    assert a.attrs["seed"] == b.attrs["seed"] and a.attrs["data_hash"] == b.attrs["data_hash"]
+
+
 # ------------------------------------------------------------------ one real fit
 @pytest.fixture(scope="module")
 def fitted():
