@@ -272,15 +272,21 @@ def _cv_groups(cases, mode):
 def cv_fit_path(fit_dir, exclude_runs) -> str:
     """Cache file of the refit without ``exclude_runs``: one per held-out set, whichever suite
     asks (leave-one-TP-out of a TP used by one model is that model's leave-one-model-out). The
-    name also hashes the feature spec and the default priors, so a cache written by another
-    version of the model is not reused."""
+    name also hashes the feature spec, the default priors and the source of the modules a fit
+    runs through (model, features, design), so a cache written by another version of the model
+    is not reused. (Session 14: with only the spec and priors in the key, the session-10
+    leave-one-model-out numbers were not reproduced by refits of the same folds, while a fold fit
+    afresh in both sessions reproduced to 0.01 points: most likely a cache from an earlier fit.)"""
     import hashlib
     import json
+    from pathlib import Path
 
+    from bayeslat import design, model
     from bayeslat import features as F
-    from bayeslat import model
 
-    key = "\n".join(sorted(exclude_runs)) + "\n" + F.SPEC_VERSION + "\n" + json.dumps(model.DEFAULT_PRIORS, sort_keys=True)
+    src = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (model, F, design))).hexdigest()[:16]
+    key = ("\n".join(sorted(exclude_runs)) + "\n" + F.SPEC_VERSION + "\n" + json.dumps(model.DEFAULT_PRIORS, sort_keys=True)
+           + "\n" + src)
     h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{fit_dir}/heldout-{h}.nc"
 

@@ -138,3 +138,16 @@ def test_external_trainval_json(tmp_path):
     with pytest.raises(SpecError) as e:
         V.external_cases([f])
     assert e.value.field == "runs[0].observed_ms" and str(f) in str(e.value)
+
+
+def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
+    """A cached fold fit is reused only by the same held-out set, feature spec, priors and fit code."""
+    from bayeslat import model as M
+    from bayeslat import validate as V
+
+    p = V.cv_fit_path("d", {"b", "a"})
+    assert p == V.cv_fit_path("d", ["a", "b"]) and p.startswith("d/heldout-") and p != V.cv_fit_path("d", {"a"})
+    edited = tmp_path / "model.py"
+    edited.write_bytes(open(M.__file__, "rb").read() + b"\n# an edit\n")
+    monkeypatch.setattr(M, "__file__", str(edited))
+    assert V.cv_fit_path("d", {"a", "b"}) != p
