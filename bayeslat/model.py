@@ -869,10 +869,13 @@ def _deployment_factors(ds, coord: str, deployment: str, sel):
 def update_weights(idata, deployment: str) -> np.ndarray | None:
     """Probabilities of the flattened posterior draws after a probe update of ``deployment``
     (``deployment_update.draw_weight``, :func:`bayeslat.transfer.update_deployment`), or None."""
-    ds = idata["deployment_update"] if "deployment_update" in idata.groups() else None
-    if ds is None or "draw_weight" not in ds or deployment not in [str(v) for v in ds.coords["probe_deployment"].values]:
+    if "deployment_update" not in idata.groups():
         return None
-    j = [str(v) for v in ds.coords["probe_deployment"].values].index(deployment)
+    ds = idata["deployment_update"]
+    keys = [str(v) for v in ds.coords["probe_deployment"].values]
+    if "draw_weight" not in ds or deployment not in keys:
+        return None
+    j = keys.index(deployment)
     w = np.clip(_flat(ds, "draw_weight")[:, j].astype(np.float64), 0.0, None)
     return w / w.sum() if w.sum() > 0 else None
 
@@ -954,10 +957,15 @@ def _row_means(idata) -> tuple[np.ndarray, np.ndarray]:
     return mub, mua
 
 
-def _weighted_median(v, w):
+def _weighted_quantile(v, w, p):
+    """The ``p`` quantile of values ``v`` under (unnormalised) weights ``w``."""
     o = np.argsort(v)
     c = np.cumsum(w[o])
-    return float(v[o][np.searchsorted(c, 0.5 * c[-1])])
+    return float(v[o][min(np.searchsorted(c, p * c[-1]), len(v) - 1)])
+
+
+def _weighted_median(v, w):
+    return _weighted_quantile(v, w, 0.5)
 
 
 def run_residuals(idata, seed: int = 0) -> "pd.DataFrame":

@@ -1069,12 +1069,13 @@ def probe_level_weights(parts, y, kind_of_row, kinds, sig, tau, off, sab, crel, 
     For draw d and kind k, ``r = log(sum y / sum mu)`` with mu the draw's prediction of the probe
     rows (factors at 1). Linearised, ``r = a_step b + a_cpu a + e_k + noise``: the deployment
     factors (prior SDs ``sig``), the slice error ``e_k ~ N(off_k, tau_k)`` and the rows' sampling
-    noise of the sum. The weight is that Gaussian's density at r (the draw's marginal likelihood of
-    the probe's levels). Only levels, not the rows' pattern: a few hundred rows would otherwise
-    pick the draws whose shape fits the probe's rows, which is where the model misfits (see
-    :data:`POOLED_PROBE_KINDS`). Draws of an unseen GPU or class whose step time is 30% off are
-    ruled out by a probe; a trained deployment's draws, all within a few % of each other, keep
-    nearly equal weights. Returns (weights summing to 1, log weights)."""
+    noise of the sum. The weight is the density at r of a multivariate Student-t with that
+    covariance and :data:`PROBE_LEVEL_NU` degrees of freedom (the draw's marginal likelihood of the
+    probe's levels, robust to a level no draw explains). Only levels, not the rows' pattern: a few
+    hundred rows would otherwise pick the draws whose shape fits the probe's rows, which is where
+    the model misfits (see :data:`POOLED_PROBE_KINDS`). Draws of an unseen GPU or class whose step
+    time is 30% off are ruled out by a probe; a trained deployment's draws, all within a few % of
+    each other, keep nearly equal weights. Returns (weights summing to 1, log weights)."""
     D, K = parts.shape[0], len(kinds)
     r, A, v = np.empty((D, K)), np.empty((D, K, 2)), np.empty((D, K))
     for j, kk in enumerate(kinds):
@@ -1251,6 +1252,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     from bayeslat import features as F
     from bayeslat import model as M
 
+    if reweight not in (True, False, "auto"):
+        raise SpecError(f"reweight must be True, False or 'auto', got {reweight!r}", field="reweight")
     obs = pool_rows(probe_obs_table, POOLED_PROBE_KINDS)
     d = M.check_obs(obs)
     keys = sorted(set(d["deployment"].tolist()))
@@ -1328,22 +1331,19 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     # the rest of the posterior learns from the probe too: draws reweighted by how well their
     # predicted levels fit the probe's (an unseen GPU's deviation is pinned down by a probe)
     wts, _ = probe_level_weights(parts, y, k, kinds, sig, tau, off, sab, crel, cd.nu[:, k])
-    if reweight not in (True, False, "auto"):
-        raise SpecError(f"reweight must be True, False or 'auto', got {reweight!r}", field="reweight")
     applied = bool(cd.new_levels) if reweight == "auto" else bool(reweight)
-    ess_w = float(1.0 / np.sum(wts ** 2))  # what the probe's levels would do to the draws
+    ess = float(1.0 / np.sum(wts ** 2))  # what the probe's levels do (or would do) to the draws
     if not applied:  # the deployment factors alone
         wts = np.full(len(wts), 1.0 / len(wts))
     post = idata.posterior
     C, Tn = post.sizes["chain"], post.sizes["draw"]
     new = copy.deepcopy(idata) if copy_idata else None
-    ds = xr.Dataset({"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
-                     "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1)),
-                     "draw_weight": (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))},
-                    coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
-                            "probe_deployment": keys, "step_part": list(F.STEP_PARTS)})
-    if not applied:
-        ds = ds.drop_vars("draw_weight")  # coefficient_draws then selects draws as without an update
+    dvars = {"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
+             "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))}
+    if applied:  # else coefficient_draws selects draws as without an update
+        dvars["draw_weight"] = (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))
+    ds = xr.Dataset(dvars, coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
+                                   "probe_deployment": keys, "step_part": list(F.STEP_PARTS)})
     if new is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -1354,15 +1354,12 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     def summ(v):
         # the factor's posterior: the draws' factors under the draws' weights
         e = np.exp(v)
-        o = np.argsort(e)
-        cw = np.cumsum(wts[o])
-        q = lambda p: float(e[o][min(np.searchsorted(cw, p), len(e) - 1)])  # noqa: E731
-        return {"mean": float(np.sum(wts * e)), "q05": q(0.05), "q95": q(0.95), "log_mean": float(np.sum(wts * v))}
+        return {"mean": float(np.sum(wts * e)), "q05": M._weighted_quantile(e, wts, 0.05),
+                "q95": M._weighted_quantile(e, wts, 0.95), "log_mean": float(np.sum(wts * v))}
 
     # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
     tot = parts[:, :2].sum(axis=2)
     eff = np.log((np.exp(draw[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
-    ess = ess_w
     r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() and nf == 2 else float("nan")
     info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "rows": int(len(y)), "step_factors": nf,
             "step_factor": summ(eff), "fixed_factor": summ(draw[:, 0]) | {"informed": bool(informed[0])},
