@@ -560,8 +560,10 @@ def score_of(report: dict) -> float:
 def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
     """Per-request probe data as the columns :func:`bayeslat.reconstruct.reconstruct_lifecycle`
     needs, plus info. ``path``: CSV / Parquet (arrival_time_us or arrival_us, input_tokens,
-    output_tokens, ttft_ms, e2e_ms; optional has_error) or ``bundled:<run>[:first_n]`` (the first
-    ``first_n`` requests after ``PROBE_WARMUP`` warm-up requests of a bundled run).
+    output_tokens, ttft_ms, e2e_ms; optional has_error) or ``bundled:<run>[:first_n[:stage]]`` (the
+    first ``first_n`` requests after ``PROBE_WARMUP`` warm-up requests of a bundled run; with
+    ``stage``, of that load stage of its profile, the requests of earlier stages still in flight at
+    the warm-up's first arrival kept as context: :func:`bundled_probe`).
 
     ``info["cut_us"]``: the time after which the probe no longer sees every request the server
     held: the next arrival after a bundled probe, the last arrival of a file (a probe cut from a
@@ -578,10 +580,21 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
         n = int(parts[2]) if len(parts) > 2 and parts[2] else None
         ri = datasets.run_info(run)
         full = datasets.requests(run).sort_values("arrival_us", kind="stable").reset_index(drop=True)
-        end = PROBE_WARMUP + n if n else len(full)
-        # the warm-up requests were in the server: they stay in the reconstruction, without rows
-        df = full.iloc[:end].copy()
-        df["context_only"] = np.arange(len(df)) < PROBE_WARMUP
+        start = 0
+        if len(parts) > 3 and parts[3]:
+            stage = int(parts[3])
+            if stage not in set(full["stage"].tolist()):
+                raise SpecError(f"run {run} has no load stage {stage} (stages {sorted(set(full['stage'].tolist()))})",
+                                file=path, field="stage")
+            start = int(np.flatnonzero(full["stage"].to_numpy() == stage)[0])
+        end = start + PROBE_WARMUP + n if n else len(full)
+        # the warm-up requests were in the server: they stay in the reconstruction, without rows;
+        # so do the requests of earlier stages still in flight when the warm-up begins
+        t0 = full["arrival_us"].iloc[start]
+        before = full.iloc[:start]
+        in_flight = before[before["arrival_us"] + 1e3 * before["e2e_ms"].fillna(np.inf) > t0]
+        df = pd.concat([in_flight, full.iloc[start:end]])
+        df["context_only"] = np.r_[np.ones(len(in_flight), bool), np.arange(len(df) - len(in_flight)) < PROBE_WARMUP]
         nxt = full["arrival_us"].iloc[end] if end < len(full) else np.inf
         info.update(run=ri["run"], system_prompt_len=ri["profile"]["data"].get("shared_prefix", {}).get("system_prompt_len", 0),
                     cut_us=float(nxt - df["arrival_us"].min()))
@@ -606,6 +619,36 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
     df = df.sort_values("arrival_us", kind="stable").reset_index(drop=True)
     df["arrival_us"] = df["arrival_us"] - df["arrival_us"].min()
     return df, info
+
+
+#: how a bundled run is probed (:func:`bundled_probe`): "first", the first n requests after the
+#: warm-up; "stages", n split evenly over the run's load stages, the first n / k of each stage
+PROBE_DESIGNS = ("first", "stages")
+
+
+def bundled_probe(run: str, n_requests: int, design: str = "first") -> list[str]:
+    """The probe sources (for :func:`probe_obs`) of a probe of ``n_requests`` requests of bundled
+    run ``run``. ``design="first"``: the first ``n_requests`` after ``PROBE_WARMUP`` warm-up
+    requests (a short run at the workload's first load). ``"stages"``: the same split evenly over
+    the load stages of the run's profile, the first n / k requests after each stage's own warm-up
+    (a short run at each load the prediction is for; one stage: the same as "first")."""
+    from bayeslat import datasets
+
+    if design not in PROBE_DESIGNS:
+        raise SpecError(f"probe design must be one of {PROBE_DESIGNS}, got {design!r}", field="design")
+    run = datasets.run_info(run)["run"]
+    stages = sorted(set(datasets.requests(run)["stage"].tolist()))
+    if design == "first" or len(stages) == 1:
+        return [f"bundled:{run}:{int(n_requests)}"]
+    k = len(stages)
+    sizes = [int(n_requests) // k + (i < int(n_requests) % k) for i in range(k)]
+    return [f"bundled:{run}:{m}:{st}" for m, st in zip(sizes, stages)]
+
+
+def probe_design_of(probe_paths) -> str:
+    """The design of probe sources: "stages" when a bundled source names a stage, else "first"."""
+    paths = [probe_paths] if isinstance(probe_paths, (str, Path)) else list(probe_paths)
+    return "stages" if any(str(p).startswith("bundled:") and len(str(p).split(":")) > 3 for p in paths) else "first"
 
 
 def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
@@ -645,6 +688,7 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
         infos.append(info)
     out = design.concat(tables)
     out.meta["probe_requests"] = sum(i["requests"] for i in infos)
+    out.meta["probe_design"] = probe_design_of(probe_paths)
     return out, infos
 
 
@@ -748,7 +792,7 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     train = obs_from_idata(idata)
     if mode == "deployment":
         n_req = sum(int(i.get("requests", 0)) for i in probe_infos or [])
-        cal = auto_calibration(idata, n_req, seed=sd) if n_req else "auto"
+        cal = auto_calibration(idata, n_req, seed=sd, design=probe_obs_table.meta.get("probe_design", "first")) if n_req else "auto"
         new, dinfo = update_deployment(idata, probe_obs_table, seed=sd, calibration=cal)
         new.attrs["updated_from"] = idata.attrs.get("data_hash", "")
         return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, dinfo)
@@ -765,7 +809,7 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     if spread:
         M.attach_deployment_spread(new, idata, {"carried_over_from": idata.attrs.get("data_hash", "")})
     # as the deployment spread: the simulator discrepancy and the probe slice errors carry over
-    for key in ("sim_discrepancy", "probe_oos_errors"):
+    for key in ("sim_discrepancy",) + tuple(oos_attr(d) for d in PROBE_DESIGNS):
         if key in idata.attrs:
             new.attrs[key] = idata.attrs[key]
     return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, {"mode": "refit"})
@@ -819,7 +863,7 @@ def slice_spread(idata, *, draws: int = 200, seed: int = 0) -> dict:
 
 
 def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0, min_runs: int = 3,
-                      spread: bool = True) -> dict | None:
+                      spread: bool = True, design: str = "first") -> dict | None:
     """How a probe's rows misfit, measured by taking the same probe from the fit's own training runs.
 
     A probe is the first ``n_requests`` requests of a run (after ``PROBE_WARMUP``), reconstructed
@@ -853,7 +897,7 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
     probes = []
     for c in cases:
         spec = spec_for_run(c["run"], workload=c["workload_obj"])
-        pobs, _ = probe_obs(spec, [f"bundled:{c['run']}:{int(n_requests)}"])
+        pobs, _ = probe_obs(spec, bundled_probe(c["run"], n_requests, design))
         probes.append(pobs)
         mu = M.predict_mean(idata, pobs, n=draws, seed=seed).mean(axis=0)
         for kind, r in probe_statistics(pobs, mu).items():
@@ -867,7 +911,7 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
            for kind, v in med.items() if len(v) >= min_runs}
     if not out:
         return None
-    res = {"n_requests": int(n_requests), "kinds": out}
+    res = {"n_requests": int(n_requests), "design": design, "kinds": out}
     if spread:
         err = []
         for pobs in probes:
@@ -882,7 +926,8 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
     return res
 
 
-def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws: int = 100, seed: int = 0) -> dict:
+def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws: int = 100, seed: int = 0,
+                      design: str = "first") -> dict:
     """How far a probe of a bundled run misleads about the whole run, per row kind, under ``idata``.
 
     Per posterior draw, the probe's statistic of a kind (the rows' median log(observed / mu), or
@@ -895,7 +940,7 @@ def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws:
     from bayeslat import model as M
 
     spec = spec_for_run(run, workload=workload)
-    pobs, _ = probe_obs(spec, [f"bundled:{run}:{int(n_requests)}"])
+    pobs, _ = probe_obs(spec, bundled_probe(run, n_requests, design))
     whole = _whole_run_rows([run], n_per_run_kind=None)
     if whole is None:
         return {}
@@ -1009,7 +1054,12 @@ def factor_sd_from(errors, *, min_runs: int = 3) -> dict | None:
 OOS_SIZE_TOLERANCE = 1.5
 
 
-def auto_calibration(idata, n_requests: int, *, seed: int = 0) -> dict | None:
+def oos_attr(design: str = "first") -> str:
+    """The attrs key of a fit's out-of-sample probe errors for probes of ``design``."""
+    return "probe_oos_errors" if design == "first" else f"probe_oos_errors_{design}"
+
+
+def auto_calibration(idata, n_requests: int, *, seed: int = 0, design: str = "first") -> dict | None:
     """The calibration ``update_deployment(calibration="auto")`` and :func:`update` use for a probe
     of ``n_requests`` requests: :func:`probe_calibration` (in-sample; None without >= 3 training
     runs with per-request data), with its slice errors replaced by the fit's out-of-sample ones
@@ -1021,25 +1071,28 @@ def auto_calibration(idata, n_requests: int, *, seed: int = 0) -> dict | None:
 
     if not n_requests:
         return None
-    cal = probe_calibration(idata, int(n_requests), seed=seed)
-    oos = M.attr_json(idata, "probe_oos_errors", None)
+    cal = probe_calibration(idata, int(n_requests), seed=seed, design=design)
+    oos = M.attr_json(idata, oos_attr(design), None) or {}
     if oos and oos.get("errors") and oos.get("n_requests") \
             and abs(math.log(n_requests / float(oos["n_requests"]))) <= math.log(OOS_SIZE_TOLERANCE):
         cal = oos_calibration(oos["errors"], cal)
-    # the deployment factors come from whole runs: they serve a probe of any size
-    fs = factor_sd_from(oos["errors"]) if oos and oos.get("errors") else None
+    # the deployment factors come from whole runs: they serve a probe of any size and design
+    errs = (oos or M.attr_json(idata, oos_attr("first"), None) or {}).get("errors")
+    fs = factor_sd_from(errs) if errs else None
     if fs:
         cal = dict(cal or {}) | {"factor_sd": fs}
     return cal
 
 
-def attach_probe_oos(idata, errors: list, n_requests: int, source: str = ""):
+def attach_probe_oos(idata, errors: list, n_requests: int, source: str = "", design: str = "first"):
     """Store out-of-sample probe slice errors (:func:`probe_slice_error` of each run under a fit
     that did not see its model) and deployment factors (:func:`run_factor_error`, one entry per
     deployment; ``benchmarks/probe_update.py --oos-calibration --attach-to``) in
     ``idata.attrs["probe_oos_errors"]``; ``update_deployment(calibration="auto")`` then uses
-    them (:func:`oos_calibration`). Returns idata."""
-    idata.attrs["probe_oos_errors"] = json.dumps({"n_requests": int(n_requests), "errors": list(errors), "source": source})
+    them (:func:`oos_calibration`); probes of another ``design`` (:func:`bundled_probe`) are kept
+    under their own key (:func:`oos_attr`). Returns idata."""
+    idata.attrs[oos_attr(design)] = json.dumps({"n_requests": int(n_requests), "design": design, "errors": list(errors),
+                                                "source": source})
     return idata
 
 
@@ -1278,7 +1331,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     kinds = sorted(set(k.tolist()))
     if isinstance(calibration, str) and calibration == "auto":
         n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
-        calibration = auto_calibration(idata, n_req, seed=seed)
+        calibration = auto_calibration(idata, n_req, seed=seed, design=obs.meta.get("probe_design", "first"))
     cal = (calibration or {}).get("kinds", {})
     new_dep = not M.trained_deployment(idata, keys[0])
     fsd = factor_sd if factor_sd is not None else ((calibration or {}).get("factor_sd") if new_dep else None)

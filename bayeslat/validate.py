@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bayeslat.errors import SpecError
+
 METRICS = ("ttft", "itl", "e2e")
 
 
@@ -198,6 +200,17 @@ def attach_sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: i
     return idata
 
 
+def interval_score(lo: float, hi: float, y: float, alpha: float = 0.1) -> float:
+    """The interval score of a central ``1 - alpha`` interval [lo, hi] for the observed ``y``,
+    relative to ``y`` (Gneiting & Raftery 2007, eq. 43, divided by y): the interval's width plus
+    ``2 / alpha`` times how far ``y`` lies outside it. A proper scoring rule (lower is better): a
+    narrower interval scores better only while it still holds the truth, so it says whether a
+    prediction improved when its point error and its width both changed (a probe update)."""
+    if not (y > 0 and hi >= lo):
+        raise SpecError(f"interval_score needs y > 0 and hi >= lo, got lo={lo}, hi={hi}, y={y}", field="interval")
+    return ((hi - lo) + 2.0 / alpha * (max(lo - y, 0.0) + max(y - hi, 0.0))) / y
+
+
 def compare(case: dict, pred: dict) -> dict:
     """Signed % errors and interval containment (of the mean, and of the p90 / p99 where the
     prediction has their intervals) of one case."""
@@ -222,6 +235,7 @@ def compare(case: dict, pred: dict) -> dict:
             row[f"{m}_{q}_lo90"], row[f"{m}_{q}_hi90"] = lo, hi
             o = case["observed"].get(f"{m}_{q}")
             row[f"{m}_{q}_in90"] = bool(lo <= o <= hi) if o is not None else None  # None: not observed
+            row[f"{m}_{q}_iscore90"] = interval_score(lo, hi, o) if o else None
     return row
 
 
@@ -242,6 +256,9 @@ def summarize(df: pd.DataFrame) -> dict:
                 if f"{m}_{q}_in90" in use:
                     v = use[f"{m}_{q}_in90"].dropna()
                     s[f"{m}_{q}_coverage90"] = float(v.astype(bool).mean()) if len(v) else None
+                if f"{m}_{q}_iscore90" in use:
+                    v = use[f"{m}_{q}_iscore90"].dropna()
+                    s[f"{m}_{q}_median_iscore90"] = float(v.median()) if len(v) else None
         out[label] = s
     return out
 
@@ -340,7 +357,6 @@ def _experiment_case(d, hardware, seed: int):
 
     from bayeslat import specs, workload
     from bayeslat.design import _resolve_model
-    from bayeslat.errors import SpecError
 
     d = Path(d)
     cfg_f, prof_f, sum_f = d / "exp-config.yaml", d / "profile.yaml", d / "results" / "summary_lifecycle_metrics.json"
@@ -403,7 +419,6 @@ def external_cases(paths, *, hardware=None, seed: int = 0, runs=None) -> list[di
 
     from bayeslat import specs
     from bayeslat.design import _resolve_model
-    from bayeslat.errors import SpecError
 
     out = []
     for p in map(Path, paths):

@@ -1,16 +1,19 @@
 """Probe updates on held-out models (issue 6): does a short probe fix a held-out run's prediction?
 
     python benchmarks/probe_update.py --fit-dir benchmarks/out/cv_fits_spread [--probe-n 200]
-        [--pred-draws 10] [--out benchmarks/out/probe_update.json]
+        [--pred-draws 10] [--probe-design first|stages] [--out benchmarks/out/probe_update.json]
+    python benchmarks/probe_update.py --summarize benchmarks/results/probe_update*.json
 
 For every model of the 16 bundled per-request runs: refit without it (leave-one-model-out, cached
 in ``--fit-dir`` as benchmarks/validate_accuracy.py does), then for each of its runs take the first
-``--probe-n`` requests after the warm-up (``transfer.PROBE_WARMUP``) as the probe, condition the
+``--probe-n`` requests after the warm-up (``transfer.PROBE_WARMUP``) as the probe (``--probe-design
+stages``: split over the run's load stages, ``transfer.bundled_probe``), condition the
 probe's deployment on it (``transfer.update_deployment``: seconds), and predict the whole run
 (replayed arrivals, ``--pred-draws`` posterior draws simulated) before and after. Reports the signed
 % error of the mean E2E, TTFT and ITL, whether the 90% interval contains the observed mean, and
-the fitted factors. The probe's slice error is calibrated by probing the fold's own training runs
-the same way (``transfer.probe_calibration``; ``--no-calibration``: the session-4 method).
+the fitted factors; the summary adds the 90% interval score (``validate.interval_score``), which
+scores the update's narrower interval and its point together. The probe's slice error is
+calibrated by probing the fold's own training runs the same way (``transfer.probe_calibration``; ``--no-calibration``: the session-4 method).
 ``--oos-calibration``: the slice errors and the factor prior of a new deployment are measured out of
 sample instead, on the other held-out models' runs under their own folds' fits
 (``transfer.probe_slice_error``, ``transfer.run_factor_error``, ``transfer.oos_calibration``).
@@ -52,8 +55,22 @@ def main(argv=None) -> int:
                     help="importance weights of the posterior draws from the probe's levels (transfer.update_deployment): "
                          "auto (default) only where the configuration has a new level (unseen GPU / class); "
                          "never: the deployment factors alone (before session 12)")
+    ap.add_argument("--probe-design", default="first", choices=("first", "stages"),
+                    help="first: the first --probe-n requests after the warm-up; stages: --probe-n split evenly over "
+                         "the run's load stages, the first n / k after each stage's warm-up (transfer.bundled_probe)")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
+                    help="no run: print the table of these result files and rewrite their summaries (e.g. to add the "
+                         "interval scores to results written before them)")
     a = ap.parse_args(argv)
+    if a.summarize:
+        for path in a.summarize:
+            rep = json.loads(Path(path).read_text())
+            rep["summary"] = summarize(rep["rows"])
+            Path(path).write_text(json.dumps(rep, indent=1))
+            print(path)
+            print_table(rep["rows"])
+        return 0
     if a.no_calibration and a.oos_calibration:
         ap.error("--no-calibration and --oos-calibration exclude each other")
     if a.attach_to and not a.oos_calibration:
@@ -91,7 +108,7 @@ def main(argv=None) -> int:
         for model, group in groups.items():
             idata = fold_fit(model)
             oos[model] = [{"run": c["run"], "model": model} | transfer.probe_slice_error(
-                idata, c["run"], a.probe_n, workload=c["workload_obj"], seed=a.seed) for c in group]
+                idata, c["run"], a.probe_n, workload=c["workload_obj"], seed=a.seed, design=a.probe_design) for c in group]
             for c, e in zip(group, oos[model]):
                 print(f"slice error {c['run'][16:]:38s} " + " ".join(f"{k} {v:+.3f}" for k, v in e.items() if k not in ("run", "model")), file=sys.stderr)
             # the factors the held-out model's deployment calls for (all its runs; one entry)
@@ -103,7 +120,8 @@ def main(argv=None) -> int:
         for target in a.attach_to:
             fit = M.load(target)
             transfer.attach_probe_oos(fit, [e for errs in oos.values() for e in errs], a.probe_n,
-                                      source=f"benchmarks/probe_update.py leave-one-model-out folds in {a.fit_dir}")
+                                      source=f"benchmarks/probe_update.py leave-one-model-out folds in {a.fit_dir}",
+                                      design=a.probe_design)
             M.save(fit, target)
             print(f"attached {sum(map(len, oos.values()))} out-of-sample slice and deployment-factor errors to {target}", file=sys.stderr)
     for model, group in groups.items():
@@ -111,7 +129,7 @@ def main(argv=None) -> int:
             continue
         idata = fold_fit(model)
         # the probe's slice error, measured by probing the fold's own training runs the same way
-        cal = None if a.no_calibration else transfer.probe_calibration(idata, a.probe_n, seed=a.seed)
+        cal = None if a.no_calibration else transfer.probe_calibration(idata, a.probe_n, seed=a.seed, design=a.probe_design)
         if a.oos_calibration:
             cal = transfer.oos_calibration([e for m, errs in oos.items() if m != model for e in errs], cal)
         for c in group:
@@ -128,8 +146,8 @@ def main(argv=None) -> int:
                                              server_overrides={"kv_blocks": dep.kv_blocks})
             else:
                 spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
-            src = f"bundled:{c['run']}:{a.probe_n}"
-            pobs, _ = transfer.probe_obs(spec, [src])
+            src = transfer.bundled_probe(c["run"], a.probe_n, a.probe_design)
+            pobs, _ = transfer.probe_obs(spec, src)
             new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal, reweight={"auto": "auto", "always": True, "never": False}[a.reweight])
             t_up = time.time() - t0
             b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
@@ -158,6 +176,10 @@ def main(argv=None) -> int:
 
 
 def summarize(rows) -> dict:
+    """Medians before / after, runs improved, 90% coverage, widths and interval scores
+    (``validate.interval_score``: width plus the miss, a proper score of the interval)."""
+    from bayeslat import validate
+
     out = {"runs": len(rows)}
     for m in ("e2e", "ttft", "itl"):
         b = np.array([abs(r[m]["before_pct"]) for r in rows])
@@ -169,6 +191,11 @@ def summarize(rows) -> dict:
             for tag in ("before", "after"):
                 w = [(r[m][f"interval90_{tag}"][1] - r[m][f"interval90_{tag}"][0]) / r[m]["obs"] for r in rows]
                 out[m][f"median_rel_width90_{tag}"] = float(np.median(w))
+            sc = {tag: np.array([validate.interval_score(*r[m][f"interval90_{tag}"], r[m]["obs"]) for r in rows])
+                  for tag in ("before", "after")}
+            out[m]["median_interval_score_before"] = float(np.median(sc["before"]))
+            out[m]["median_interval_score_after"] = float(np.median(sc["after"]))
+            out[m]["interval_score_improved_runs"] = int((sc["after"] < sc["before"]).sum())
     return out
 
 
@@ -197,9 +224,13 @@ def print_table(rows):
               f"{r['itl']['before_pct']:+9.1f}% {r['itl']['after_pct']:+7.1f}%")
     s = summarize(rows)
     for m in ("e2e", "ttft", "itl"):
-        print(f"{m.upper():5s} median |error| {s[m]['median_abs_before_pct']:.1f}% -> {s[m]['median_abs_after_pct']:.1f}%, "
-              f"improved in {s[m]['improved_runs']} of {s['runs']} runs, 90% coverage {s[m]['coverage90_before']:.0%} -> "
-              f"{s[m]['coverage90_after']:.0%}")
+        line = (f"{m.upper():5s} median |error| {s[m]['median_abs_before_pct']:.1f}% -> {s[m]['median_abs_after_pct']:.1f}%, "
+                f"improved in {s[m]['improved_runs']} of {s['runs']} runs, 90% coverage {s[m]['coverage90_before']:.0%} -> "
+                f"{s[m]['coverage90_after']:.0%}")
+        if "median_interval_score_before" in s[m]:
+            line += (f"; 90% interval score {s[m]['median_interval_score_before']:.2f} -> {s[m]['median_interval_score_after']:.2f} "
+                     f"(better in {s[m]['interval_score_improved_runs']})")
+        print(line)
 
 
 if __name__ == "__main__":

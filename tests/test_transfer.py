@@ -9,6 +9,7 @@ from bayeslat import cli, datasets
 from bayeslat import model as M
 from bayeslat import transfer as T
 from bayeslat import workload as W
+from bayeslat.errors import SpecError
 
 RUN = "llama-2-7b-tp1-codegen"
 
@@ -216,6 +217,39 @@ def test_probe_posterior_gradient_and_hessian_are_exact():
     np.testing.assert_allclose(H, np.swapaxes(H, 1, 2), rtol=1e-10, atol=1e-10)
 
 
+def test_stage_probe_covers_each_load_stage_with_its_own_warmup():
+    """design="stages": the probe's requests split over the run's load stages, each segment the
+    first n / k requests after that stage's own warm-up; a one-stage run gets the "first" probe."""
+    run = "llama-2-7b-tp1-codegen"  # two stages: 5 and 10 requests/s
+    srcs = T.bundled_probe(run, 201, "stages")
+    full_run = datasets.run_info(run)["run"]
+    assert srcs == [f"bundled:{full_run}:101:0", f"bundled:{full_run}:100:1"]
+    assert T.bundled_probe("llama-2-7b-tp1-roleplay", 200, "stages") == T.bundled_probe("llama-2-7b-tp1-roleplay", 200)
+    assert T.probe_design_of(srcs) == "stages" and T.probe_design_of(srcs[:0] + [f"bundled:{full_run}:200"]) == "first"
+    req = datasets.requests(run).sort_values("arrival_us", kind="stable").reset_index(drop=True)
+    df, info = T.read_probe(srcs[1])
+    st1 = req[req["stage"] == 1]
+    probe = df[~df["context_only"]]
+    # the stage's first warm-up requests are context, the next 100 its probe; the cut is the next arrival
+    assert probe["index"].tolist() == st1["index"].iloc[T.PROBE_WARMUP:T.PROBE_WARMUP + 100].tolist()
+    t0 = st1["arrival_us"].iloc[0]
+    in_flight = req[(req["arrival_us"] < t0) & (req["arrival_us"] + 1e3 * req["e2e_ms"] > t0)]
+    ctx = set(df.loc[df["context_only"], "index"])
+    assert ctx == set(st1["index"].iloc[:T.PROBE_WARMUP]) | set(in_flight["index"])
+    assert info["cut_us"] == pytest.approx(st1["arrival_us"].iloc[T.PROBE_WARMUP + 100] - df_min(req, ctx, probe))
+    pobs, infos = T.probe_obs(T.spec_for_run(run), srcs)
+    assert pobs.meta["probe_requests"] == 201 and pobs.meta["probe_design"] == "stages" and len(infos) == 2
+    with pytest.raises(SpecError, match="no load stage 2"):
+        T.read_probe(f"bundled:{full_run}:100:2")
+    with pytest.raises(SpecError, match="probe design"):
+        T.bundled_probe(run, 200, "middle")
+
+
+def df_min(req, ctx, probe):
+    """The first arrival of a probe segment's frame (its context and probe requests)."""
+    return req[req["index"].isin(ctx | set(probe["index"]))]["arrival_us"].min()
+
+
 def test_bundled_probe_keeps_warmup_in_batches_and_drops_rows_past_the_cut(fitted):
     """A probe cut from a run: its warm-up requests occupy the rebuilt batches but give no rows,
     and rows ending after the next (missing) arrival are dropped, each counted."""
@@ -372,6 +406,15 @@ def test_oos_calibration_and_its_use_by_auto(fitted):
     assert a["slice_sd"]["window"] == pytest.approx(T.SLICE_SD_DEFAULT["window"])
     assert b["slice_sd"]["window"] == pytest.approx(0.3)
     assert a["step_factor"]["mean"] > 1.1 and b["step_factor"]["mean"] < 1.0 + 0.5 * (a["step_factor"]["mean"] - 1.0)
+    # slice errors of stage-split probes are kept apart: a first-200 probe does not read them
+    # (the ones attached above, measured on first-200 probes, serve it), a stage-split probe does
+    T.attach_probe_oos(idata, tight, 200, design="stages")
+    assert T.oos_attr("stages") in idata.attrs and M.attr_json(idata, T.oos_attr())["errors"] == wide
+    assert T.auto_calibration(idata, 200)["kinds"]["window"]["tau"] == pytest.approx(0.3)
+    assert T.auto_calibration(idata, 200, design="stages")["kinds"]["window"]["tau"] == pytest.approx(T.SLICE_SD_DEFAULT["window"])
+    sp, _ = T.probe_obs(T.spec_for_run(RUN), T.bundled_probe(RUN, 200, "stages"))
+    _, c = T.update_deployment(idata, replace(sp, y=np.where(sp.kind == 1, 1.2 * sp.y, sp.y)), calibration="auto")
+    assert c["slice_sd"]["window"] == pytest.approx(T.SLICE_SD_DEFAULT["window"])
 
 
 def test_probe_slice_error_is_zero_for_a_probe_of_the_whole_run(fitted, monkeypatch):

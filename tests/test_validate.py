@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from bayeslat import validate as V
+from bayeslat.errors import SpecError
 
 
 def _case(run, stress=False, itl_def="server", ttft=50.0, itl=10.0, e2e=2000.0):
@@ -48,6 +49,21 @@ def test_compare_signed_errors_intervals_and_draw_mean():
     assert row["e2e_p99_in90"] is False and "ttft_p90_in90" not in row
 
 
+def test_interval_score_is_width_plus_the_scaled_miss():
+    # inside: the relative width; outside: plus 2 / alpha times the distance to the nearer bound
+    assert V.interval_score(90.0, 110.0, 100.0) == pytest.approx(0.2)
+    assert V.interval_score(90.0, 110.0, 80.0) == pytest.approx((20.0 + 20.0 * 10.0) / 80.0)
+    assert V.interval_score(90.0, 110.0, 120.0, alpha=0.5) == pytest.approx((20.0 + 4.0 * 10.0) / 120.0)
+    # a narrower interval that still holds the truth scores better; one that loses it scores worse
+    assert V.interval_score(95.0, 105.0, 100.0) < V.interval_score(90.0, 110.0, 100.0)
+    assert V.interval_score(101.0, 105.0, 100.0) > V.interval_score(90.0, 110.0, 100.0)
+    with pytest.raises(SpecError, match="hi >= lo"):
+        V.interval_score(110.0, 90.0, 100.0)
+    row = V.compare(_case("a"), _pred({"ttft": [54, 55, 55, 56, 5000], "itl": [9, 9, 9, 9, 9],
+                                       "e2e": [2100, 2100, 2100, 2100, 2100]}))
+    assert row["itl_mean_iscore90"] == pytest.approx(V.interval_score(row["itl_mean_lo90"], row["itl_mean_hi90"], 10.0))
+
+
 def test_summarize_typical_excludes_stress_and_client_itl():
     rows = [V.compare(_case("a"), _pred({"ttft": [60] * 3, "itl": [11] * 3, "e2e": [2100] * 3})),   # +20 / +10 / +5
             V.compare(_case("b"), _pred({"ttft": [45] * 3, "itl": [9.8] * 3, "e2e": [1960] * 3})),  # -10 / -2 / -2
@@ -87,7 +103,6 @@ def test_external_experiment_directories(tmp_path, capsys):
     """inference-perf experiment directories (the shared experiments/ layout): seconds -> ms, the
     mean ITL derived from the means under ignore_eos, the GPU by name, clear errors."""
     from bayeslat import model as M
-    from bayeslat.errors import SpecError
 
     _experiment_dir(tmp_path)
     (c,) = V.external_cases([tmp_path], hardware="H100")
