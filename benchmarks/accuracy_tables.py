@@ -5,7 +5,10 @@
 One table per suite found (``lomo``, ``aggregate``, ``replay``, ...) with, per run, the observed
 and predicted mean TTFT / ITL / E2E, the signed % error, the 90% interval of the predicted mean
 E2E and whether it contains the observed mean; then the medians over the typical (non-stress)
-runs and over all runs.
+runs and over all runs. Last, the calibration of the 90% intervals of the mean over every held-out
+run of the files (``lomo``, ``lowo``, ``loro``, ``aggregate``; ``replay`` is in-sample): per suite
+and pooled, how many contain the observed mean, with the exact binomial test against 90% and
+the Clopper-Pearson 90% interval of the coverage.
 """
 from __future__ import annotations
 
@@ -53,10 +56,43 @@ def table(suite: str, rep: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+HELD_OUT = ("lomo", "lowo", "loro", "aggregate")
+
+
+def coverage_table(reports: dict) -> str:
+    """Held-out 90% coverage of the mean E2E / TTFT / ITL per suite and pooled (``reports``:
+    {suite: report}); the exact binomial two-sided p-value against 0.9 and the 90% Clopper-Pearson
+    interval of the E2E coverage. ITL counts runs with the server definition only."""
+    from scipy.stats import binomtest
+
+    suites = [s for s in HELD_OUT if s in reports]
+    if not suites:
+        return ""
+    out = ["**Calibration of the 90% intervals of the mean, held-out runs**", "",
+           "| held out | runs | E2E inside | TTFT inside | ITL inside | E2E: p (binomial, vs 90%) | E2E coverage, 90% CI |",
+           "|---|---|---|---|---|---|---|"]
+    rows = {s: reports[s]["runs"] for s in suites}
+    rows["pooled"] = [r for s in suites for r in reports[s]["runs"]]
+    for name, runs in rows.items():
+        cells = []
+        for m in ("e2e", "ttft", "itl"):
+            v = [bool(r[f"{m}_mean_in90"]) for r in runs if r.get(f"{m}_mean_in90") is not None
+                 and (m != "itl" or r.get("itl_definition") == "server")]
+            cells.append(f"{sum(v)} / {len(v)}" if v else "n/a")
+        k = sum(bool(r["e2e_mean_in90"]) for r in runs)
+        t = binomtest(k, len(runs), 0.9)
+        ci = t.proportion_ci(0.9)
+        out.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {t.pvalue:.2f} | {100 * ci.low:.0f}-{100 * ci.high:.0f}% |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
+    reports = {}
     for path in argv if argv is not None else sys.argv[1:]:
         for suite, rep in json.load(open(path)).items():
             print(table(suite, rep))
+            reports[suite] = rep
+    print(coverage_table(reports))
     return 0
 
 
