@@ -25,7 +25,10 @@ Verdict rules (:func:`check`; thresholds are the module constants)
 ``extrapolating`` (else) if any level (hardware, model class, regime) is new, a configuration
 feature is beyond ``EXTRAP_FEATURE_RATIO`` (x1.1) of the training range, or more than
 ``EXTRAP_WORKLOAD_FRAC`` (10%) of the simulated steps have a feature outside the training rows'
-0.5-99.5% range (moving averages over the steps a training window spans);
+0.5-99.5% range (moving averages over the steps a training window spans), or the load is near
+saturation: the simulated mean TTFT or E2E moves more than ``SENSITIVITY_LIMIT`` (3) times as much
+as the step time (:func:`load_sensitivity`, step time -/+ ``SENSITIVITY_STEP``, 5%), so the ~5%
+step-time error of a new deployment becomes a > 15% workload error although no feature is new;
 ``in-distribution`` otherwise.
 
 Probe decision rules (:func:`score_probe`)
@@ -69,6 +72,13 @@ OOD_FEATURE_RATIO = 3.0
 EXTRAP_FEATURE_RATIO = 1.10
 EXTRAP_WORKLOAD_FRAC = 0.10
 NEVER_TRAINED = 99.0  # log-distance reported for a feature active here but zero in every training deployment
+#: load sensitivity (:func:`load_sensitivity`): the step time is scaled by 1 -/+ SENSITIVITY_STEP, about the
+#: out-of-sample error of a deployment's step time (held-out models' step factors: root mean square 0.045
+#: in log). A mean TTFT or E2E that moves by more than SENSITIVITY_LIMIT times as much (15% for 5%: the
+#: transfer-failure threshold of benchmarks/transfer_eval.py) is near saturation, where a step-time error
+#: the check cannot see in the features becomes a workload error it should warn of.
+SENSITIVITY_STEP = 0.05
+SENSITIVITY_LIMIT = 3.0
 
 PROBE_REFIT_RATIO = 1.5
 PROBE_REFIT_COVERAGE = 0.3
@@ -394,6 +404,23 @@ def _coef_draws(idata, s, n, seed):
                                deployment=F.deployment_key(s["ctx"], s["hardware"].name))
 
 
+def load_sensitivity(wl, ctx, server, beta, alpha, *, step: float = SENSITIVITY_STEP, seed: int = 0) -> dict:
+    """How strongly the workload's simulated mean TTFT, ITL and E2E follow the step time: the
+    elasticity ``d log mean / d log step time``, by central difference with the step time (every
+    beta coefficient) scaled by ``1 - step`` and ``1 + step``, no step noise. About 1 for an unloaded
+    server (a step 5% longer makes every token 5% later); far above 1 near saturation, where the
+    longer steps also queue the requests. ``beta`` (regimes, features), ``alpha``: one coefficient
+    set (the check uses the draws' medians)."""
+    from bayeslat import simulate
+
+    res = [simulate.simulate(wl, ctx, server, np.asarray(beta) * f, alpha, seed=seed).summary for f in (1 - step, 1 + step)]
+    out = {}
+    for m in simulate.METRICS:
+        lo, hi = res[0][m]["mean"], res[1][m]["mean"]
+        out[m] = float(np.log(hi / lo) / np.log((1 + step) / (1 - step))) if lo > 0 and hi > 0 else float("nan")
+    return out
+
+
 def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400) -> dict:
     """Transfer check of a configuration against a fit, before any data of it exists.
 
@@ -524,6 +551,15 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
             reasons.append(f"the 90% interval of the mean E2E is {100 * w:.0f}% of its mean "
                            f"(> {100 * OOD_E2E_REL_WIDTH:.0f}%)")
             ood.append("interval width")
+        sens = load_sensitivity(wl, s["ctx"], srv, np.median(pdraws.beta, axis=0), np.median(pdraws.alpha, axis=0), seed=seed)
+        wl_iv["sensitivity"] = sens
+        for m, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
+            if np.isfinite(sens[m]) and sens[m] > SENSITIVITY_LIMIT:
+                moved = (1 + SENSITIVITY_STEP) ** sens[m] - 1
+                reasons.append(f"the load is near saturation: a {100 * SENSITIVITY_STEP:.0f}% longer step time makes the "
+                               f"mean {label} {100 * moved:.0f}% longer (elasticity {sens[m]:.1f} > {SENSITIVITY_LIMIT:g}), "
+                               f"so a step-time error too small to see in the features becomes a large {label} error")
+                extrap.append(f"load sensitivity {label}")
     verdict = VERDICTS[2] if ood else VERDICTS[1] if extrap else VERDICTS[0]
     if verdict == VERDICTS[0]:
         reasons.append("every hierarchy level (hardware, model class, regime) was fit and every feature lies inside "

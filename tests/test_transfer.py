@@ -347,6 +347,31 @@ def test_step_factors_one_or_two(fitted):
         T.update_deployment(idata, pobs, calibration=zero, step_factors=3)
 
 
+def test_load_sensitivity_flags_a_workload_near_saturation(fitted, wl):
+    """Unloaded, the simulated ITL follows the step time one for one (elasticity ~1) and so does the
+    mean E2E; the same requests arriving a few times faster queue, and their TTFT moves far more than
+    the step time: check() then warns (at least "extrapolating") and names the load."""
+    from dataclasses import replace
+
+    s = T.resolve_spec(T.spec_for_run(RUN, workload=wl))
+    cd = T._coef_draws(fitted[0], s, 8, 0)
+    beta, alpha = np.median(cd.beta, axis=0), np.median(cd.alpha, axis=0)
+    calm = T.load_sensitivity(wl, s["ctx"], T._sim_server(s), beta, alpha)
+    assert calm["itl_ms"] == pytest.approx(1.0, abs=0.3) and calm["e2e_ms"] < 1.5 and calm["ttft_ms"] < T.SENSITIVITY_LIMIT
+    # faster arrivals: the TTFT elasticity peaks at the knee of saturation (far past it, TTFT is the
+    # time to drain a queue, which again follows the step time about one for one)
+    sens = {k: T.load_sensitivity(replace(wl, arrival_us=wl.arrival_us // k), s["ctx"], T._sim_server(s), beta, alpha)
+            for k in range(2, 13)}
+    knee = max(sens, key=lambda k: sens[k]["ttft_ms"])
+    busy = sens[knee]
+    assert busy["ttft_ms"] > T.SENSITIVITY_LIMIT and sens[12]["ttft_ms"] < busy["ttft_ms"]
+    fast = replace(wl, arrival_us=wl.arrival_us // knee)
+    rep = T.check(T.spec_for_run(RUN, workload=fast), fitted[0], draws=8)  # the same 8 draws: the same medians
+    assert "load sensitivity TTFT" in rep["triggers"]["extrapolating"] and rep["verdict"] != T.VERDICTS[0]
+    assert any("near saturation" in r for r in rep["reasons"])
+    assert rep["intervals"]["workload"]["sensitivity"]["ttft_ms"] == pytest.approx(busy["ttft_ms"])
+
+
 def test_check_workload_interval_is_the_predictive_one(fitted, wl, monkeypatch):
     """check()'s workload point and 90% interval are simulate.posterior_predictive's (median across
     draws; the fit's simulator discrepancy widens the interval, not the point)."""
