@@ -1525,6 +1525,10 @@ def format_check(rep: dict) -> str:
         for m in ("ttft_ms", "itl_ms", "e2e_ms"):
             e = wl[m]
             lines.append(f"  {m:8s} {e['mean']:10.2f} [{e['lo90']:.2f}, {e['hi90']:.2f}] rel width {100 * e['rel_width90']:.0f}%")
+        if "sensitivity" in wl:
+            se = wl["sensitivity"]
+            lines.append(f"  sensitivity to the step time (d log mean / d log step; > {SENSITIVITY_LIMIT:g}: near saturation): "
+                         + ", ".join(f"{lab} {se[m]:.1f}" for m, lab in (("ttft_ms", "TTFT"), ("itl_ms", "ITL"), ("e2e_ms", "E2E"))))
     j = rep["feature_distance"]["config"].get("joint")
     if j:
         lines.append(f"nearest training deployment: {j['nearest']} (standardized log-feature distance {j['distance']:.2f})")
