@@ -902,7 +902,8 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
                       spread: bool = True, design: str = "first") -> dict | None:
     """How a probe's rows misfit, measured by taking the same probe from the fit's own training runs.
 
-    A probe is the first ``n_requests`` requests of a run (after ``PROBE_WARMUP``), reconstructed
+    A probe is the first ``n_requests`` requests of a run (after ``PROBE_WARMUP``; ``design``:
+    :func:`bundled_probe`, "stages" splits them over the run's load stages), reconstructed
     on their own: the requests that arrive after the probe are missing from its batches, and the
     start of a run is not its average. So a probe's rows do not scatter around the deployment's
     whole-run factors: on the bundled runs under their own fit, probe TTFT rows run +9% long on
@@ -1097,7 +1098,8 @@ def oos_attr(design: str = "first") -> str:
 
 def auto_calibration(idata, n_requests: int, *, seed: int = 0, design: str = "first") -> dict | None:
     """The calibration ``update_deployment(calibration="auto")`` and :func:`update` use for a probe
-    of ``n_requests`` requests: :func:`probe_calibration` (in-sample; None without >= 3 training
+    of ``n_requests`` requests of ``design`` (:func:`bundled_probe`; the probe table's
+    ``meta["probe_design"]``, "first" for a probe file): :func:`probe_calibration` (in-sample; None without >= 3 training
     runs with per-request data), with its slice errors replaced by the fit's out-of-sample ones
     (attrs ``probe_oos_errors``, :func:`attach_probe_oos`) when the fit carries them for probes of a
     similar size (within ``OOS_SIZE_TOLERANCE``): how far the start of a run is from the whole run
