@@ -1152,6 +1152,10 @@ def _logt(mu, y, sab, crel, nu):
 # all weight on a handful of draws (held-out 70B and Mixtral reasoning: effective sample size 1%
 # and 0.1% of 2000; Mixtral reasoning's E2E interval shrank from 93% to 4% wide and missed).
 PROBE_LEVEL_NU = 4.0
+#: Pareto k above which the probe's importance weights are not trusted (Vehtari et al., "Pareto
+#: smoothed importance sampling", 2024: above 0.7 the estimate's error no longer falls usefully with
+#: the number of draws); ``reweight="auto"`` then keeps equal weights (the deployment factors alone)
+PSIS_K_MAX = 0.7
 
 
 def probe_level_weights(parts, y, kind_of_row, kinds, sig, tau, off, sab, crel, nu):
@@ -1310,7 +1314,9 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     :func:`bayeslat.model.coefficient_draws` to resample): what pins down an unseen GPU's or
     class's deviation. ``info["draw_weights"]``: their effective sample size and whether they were
     applied. ``reweight="auto"`` (default) applies them only when the probed configuration has a
-    level the fit has not seen (``CoefDraws.new_levels``: an unseen GPU or class). Where every
+    level the fit has not seen (``CoefDraws.new_levels``: an unseen GPU or class) and their Pareto
+    k is at most :data:`PSIS_K_MAX` (the weights are Pareto-smoothed, ``arviz.psislw``; above it a
+    few draws would carry the probe, ``info["draw_weights"]["pareto_k"]``). Where every
     level is trained, its posterior rests on thousands of rows; a refit with 200 more would
     hardly move it, while weights from one probe slice would (the probe then chases its own
     slice error: ``benchmarks/results/probe_update*.json``). True / False: always / never.
@@ -1421,8 +1427,16 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     informed = parts.mean(axis=0).sum(axis=1) > 0  # (3,): parts the probe rows exercise
     # the rest of the posterior learns from the probe too: draws reweighted by how well their
     # predicted levels fit the probe's (an unseen GPU's deviation is pinned down by a probe)
-    wts, _ = probe_level_weights(parts, y, k, kinds, sig, tau, off, sab, crel, cd.nu[:, k])
-    applied = bool(cd.new_levels) if reweight == "auto" else bool(reweight)
+    _, logw = probe_level_weights(parts, y, k, kinds, sig, tau, off, sab, crel, cd.nu[:, k])
+    # Pareto-smoothed (the largest weights' tail replaced by a fitted generalized Pareto), with the
+    # diagnostic k: above PSIS_K_MAX a handful of draws carries the probe, and "auto" does not trust it
+    import arviz as az
+
+    lw, pareto_k = az.psislw(logw - logw.max())
+    wts = np.exp(lw - lw.max())
+    wts = wts / wts.sum()
+    pareto_k = float(pareto_k)
+    applied = (bool(cd.new_levels) and pareto_k <= PSIS_K_MAX) if reweight == "auto" else bool(reweight)
     ess = float(1.0 / np.sum(wts ** 2))  # what the probe's levels do (or would do) to the draws
     if not applied:  # the deployment factors alone
         wts = np.full(len(wts), 1.0 / len(wts))
@@ -1466,7 +1480,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
                                 "fit": {"step": sig_fit[0], "cpu": sig_fit[1]},
                                 "floor": ({"step": float(fsd.get("step", 0.0)), "cpu": float(fsd.get("cpu", 0.0))} if fsd else None)},
             "newton_max_abs_grad": float(np.abs(g).max()),
-            "draw_weights": {"ess": ess, "ess_frac": ess / D, "applied": applied, "new_levels": list(cd.new_levels)}}
+            "draw_weights": {"ess": ess, "ess_frac": ess / D, "applied": applied, "new_levels": list(cd.new_levels),
+                             "pareto_k": pareto_k}}
     if new is not None:
         new.attrs["deployment_update"] = json.dumps(info)
     return new, info
@@ -1591,6 +1606,10 @@ def cli_update(args) -> int:
             if dw and dw.get("applied", True):
                 print(f"  new level(s) {', '.join(dw.get('new_levels') or [])}: posterior draws reweighted by the probe's "
                       f"levels, effective sample size {100 * dw['ess_frac']:.0f}% (low: the probe rules out draws)")
+            elif dw and dw.get("new_levels"):
+                print(f"  new level(s) {', '.join(dw['new_levels'])}: the probe's weights of the posterior draws are not "
+                      f"trusted (Pareto k {dw.get('pareto_k', float('nan')):.2f} > {PSIS_K_MAX}: a few draws would carry it); "
+                      "the draws keep equal weights and the deployment factors alone carry the probe")
             elif dw:
                 print("  every level of the configuration is trained: the posterior draws keep equal weights "
                       "(the deployment factors alone carry the probe)")

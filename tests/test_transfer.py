@@ -640,7 +640,15 @@ def test_probe_on_an_unseen_gpu_pins_its_deviation(fitted):
     assert ess_trained > 0.6 and ess_new < 0.75 * ess_trained, (ess_new, ess_trained)
     # weights are applied where a level is new (default "auto"), not to a trained configuration
     assert info["draw_weights"]["applied"] and info["draw_weights"]["new_levels"] == ["hardware"]
+    assert info["draw_weights"]["pareto_k"] <= T.PSIS_K_MAX
     assert not tinfo["draw_weights"]["applied"]
+    # a probe whose level only a handful of draws come near (its windows 2x slower, no slice error):
+    # the smoothed weights' Pareto k exceeds PSIS_K_MAX, so "auto" keeps equal weights; True forces them
+    slow = replace(pobs, y=np.where(pobs.kind == 1, 2.0 * pobs.y, pobs.y))
+    tight = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.01}, "window": {"mu": 0.0, "tau": 0.01}}}
+    _, far = T.update_deployment(idata, slow, calibration=tight)
+    assert far["draw_weights"]["pareto_k"] > T.PSIS_K_MAX and not far["draw_weights"]["applied"]
+    assert T.update_deployment(idata, slow, calibration=tight, reweight=True)[1]["draw_weights"]["applied"]
     assert M.update_weights(trained, F.deployment_key(T.spec_for_run(RUN)["ctx"], "H100 SXM")) is None
     with pytest.raises(SpecError, match="reweight"):
         T.update_deployment(idata, tr, calibration=zero, reweight="sometimes")
