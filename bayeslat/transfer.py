@@ -1170,7 +1170,8 @@ def probe_level_weights(parts, y, kind_of_row, kinds, sig, tau, off, sab, crel, 
     hundred rows would otherwise pick the draws whose shape fits the probe's rows, which is where
     the model misfits (see :data:`POOLED_PROBE_KINDS`). Draws of an unseen GPU or class whose step
     time is 30% off are ruled out by a probe; a trained deployment's draws, all within a few % of
-    each other, keep nearly equal weights. Returns (weights summing to 1, log weights)."""
+    each other, keep nearly equal weights. Returns the unnormalised log weights, (D,)
+    (:func:`update_deployment` Pareto-smooths and normalises them)."""
     D, K = parts.shape[0], len(kinds)
     r, A, v = np.empty((D, K)), np.empty((D, K, 2)), np.empty((D, K))
     for j, kk in enumerate(kinds):
@@ -1188,9 +1189,7 @@ def probe_level_weights(parts, y, kind_of_row, kinds, sig, tau, off, sab, crel, 
     diff = r - np.asarray(off, float)[None, :]
     Q = np.einsum("dk,dkl,dl->d", diff, np.linalg.inv(S), diff)
     nu_l = PROBE_LEVEL_NU
-    logw = -0.5 * np.linalg.slogdet(S)[1] + (-0.5 * Q if not np.isfinite(nu_l) else -0.5 * (nu_l + K) * np.log1p(Q / nu_l))
-    w = np.exp(logw - logw.max())
-    return w / w.sum(), logw
+    return -0.5 * np.linalg.slogdet(S)[1] + (-0.5 * Q if not np.isfinite(nu_l) else -0.5 * (nu_l + K) * np.log1p(Q / nu_l))
 
 
 class _ProbePosterior:
@@ -1427,14 +1426,13 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     informed = parts.mean(axis=0).sum(axis=1) > 0  # (3,): parts the probe rows exercise
     # the rest of the posterior learns from the probe too: draws reweighted by how well their
     # predicted levels fit the probe's (an unseen GPU's deviation is pinned down by a probe)
-    _, logw = probe_level_weights(parts, y, k, kinds, sig, tau, off, sab, crel, cd.nu[:, k])
+    logw = probe_level_weights(parts, y, k, kinds, sig, tau, off, sab, crel, cd.nu[:, k])
     # Pareto-smoothed (the largest weights' tail replaced by a fitted generalized Pareto), with the
     # diagnostic k: above PSIS_K_MAX a handful of draws carries the probe, and "auto" does not trust it
     import arviz as az
 
-    lw, pareto_k = az.psislw(logw - logw.max())
-    wts = np.exp(lw - lw.max())
-    wts = wts / wts.sum()
+    lw, pareto_k = az.psislw(logw - logw.max())  # normalised: the weights sum to 1
+    wts = np.exp(lw)
     pareto_k = float(pareto_k)
     applied = (bool(cd.new_levels) and pareto_k <= PSIS_K_MAX) if reweight == "auto" else bool(reweight)
     ess = float(1.0 / np.sum(wts ** 2))  # what the probe's levels do (or would do) to the draws
