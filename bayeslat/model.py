@@ -238,6 +238,26 @@ def check_obs(obs) -> dict:
     return out
 
 
+#: the libraries whose versions a fit records (attrs ``library_versions``)
+VERSIONED_LIBRARIES = ("numpy", "scipy", "pymc", "pytensor", "nutpie", "numba", "numpyro", "jax", "arviz")
+
+
+def library_versions() -> dict:
+    """Python's and the installed :data:`VERSIONED_LIBRARIES`' versions, as a fit stores them
+    (attrs ``library_versions``): a seed reproduces a fit draw for draw in one environment; a
+    release of the sampler or of numpy may not, and the attrs then say what differs."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
 def data_hash(obs) -> str:
     """sha256 of the design arrays and levels of an ObsTable (order-sensitive)."""
     d = check_obs(obs) if not isinstance(obs, dict) else obs
@@ -708,6 +728,7 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
         "format": FORMAT,
         "spec_version": F.SPEC_VERSION,
         "package_version": bayeslat.__version__,
+        "library_versions": json.dumps(library_versions()),
         "backend": backend,
         "seed": int(seed),
         "sampler": json.dumps(cfg),

@@ -286,14 +286,16 @@ def _cv_groups(cases, mode):
     return groups
 
 
-def cv_fit_path(fit_dir, exclude_runs) -> str:
-    """Cache file of the refit without ``exclude_runs``: one per held-out set, whichever suite
-    asks (leave-one-TP-out of a TP used by one model is that model's leave-one-model-out). The
-    name also hashes the feature spec, the default priors and the source of the modules a fit
-    runs through (model, features, design), so a cache written by another version of the model
-    is not reused. (Session 14: with only the spec and priors in the key, the session-10
-    leave-one-model-out numbers were not reproduced by refits of the same folds, while a fold fit
-    afresh in both sessions reproduced to 0.01 points: most likely a cache from an earlier fit.)"""
+def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None) -> str:
+    """Cache file of the refit without ``exclude_runs`` under the sampler settings ``fit_kwargs``
+    (as :func:`cv_fit` passes them to ``model.fit``; unset ones are ``model.DEFAULT_SAMPLER``'s):
+    one per held-out set and sampler, whichever suite asks (leave-one-TP-out of a TP used by one
+    model is that model's leave-one-model-out). The name also hashes the feature spec, the default
+    priors and the source of the modules a fit runs through (model, features, design), so a cache
+    written by another version of the model is not reused. (Session 16: the sampler settings were
+    not in the key, so the probe benchmark (default sampler, 4000 draws after 1000 tuning steps)
+    had been reading fold fits the accuracy commands wrote with 1000 after 500; refit with its own
+    settings, the held-out 7B runs moved by up to 9 points.)"""
     import hashlib
     import json
     from pathlib import Path
@@ -302,8 +304,9 @@ def cv_fit_path(fit_dir, exclude_runs) -> str:
     from bayeslat import features as F
 
     src = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (model, F, design))).hexdigest()[:16]
+    sampler = dict(model.DEFAULT_SAMPLER) | {k: v for k, v in (fit_kwargs or {}).items() if v is not None}
     key = ("\n".join(sorted(exclude_runs)) + "\n" + F.SPEC_VERSION + "\n" + json.dumps(model.DEFAULT_PRIORS, sort_keys=True)
-           + "\n" + src)
+           + "\n" + src + "\n" + json.dumps(sampler, sort_keys=True))
     h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{fit_dir}/heldout-{h}.nc"
 
@@ -479,7 +482,7 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
         full = design.bundled_obs(seed=seed)  # reconstruct once; each fold is a subset
         for held, group in _cv_groups(cases, suite).items():
             exclude = {c["run"] for c in group}
-            path = None if fit_dir is None else cv_fit_path(fit_dir, exclude)
+            path = None if fit_dir is None else cv_fit_path(fit_dir, exclude, fit_kwargs)
             fit_idata = cv_fit(full, exclude, seed=seed, n_per_run_kind=n_per_run_kind, fit_kwargs=fit_kwargs,
                                path=path, log=lambda m: log(f"[{suite}] held out {held}: {m}"))
             for c in group:

@@ -3,6 +3,8 @@
     python benchmarks/probe_update.py --fit-dir benchmarks/out/cv_fits_spread [--probe-n 200]
         [--pred-draws 10] [--probe-design first|stages] [--out benchmarks/out/probe_update.json]
     python benchmarks/probe_update.py --summarize benchmarks/results/probe_update*.json
+    ... --as-new-gpu 'H100 (NVL datasheet)' --datasheet specs/hardware/h100-nvl.json  # wrong datasheet
+    ... --hold-out workload  # leave-one-workload-out folds: probes of trained deployments
 
 For every model of the 16 bundled per-request runs: refit without it (leave-one-model-out, cached
 in ``--fit-dir`` as benchmarks/validate_accuracy.py does), then for each of its runs take the first
@@ -17,6 +19,11 @@ calibrated by probing the fold's own training runs the same way (``transfer.prob
 ``--oos-calibration``: the slice errors and the factor prior of a new deployment are measured out of
 sample instead, on the other held-out models' runs under their own folds' fits
 (``transfer.probe_slice_error``, ``transfer.run_factor_error``, ``transfer.oos_calibration``).
+``--as-new-gpu NAME``: the held-out runs' GPU is one the fit has never seen (its deviation drawn from
+the hardware population); with ``--datasheet JSON`` its numbers also come from another datasheet (a
+GPU whose datasheet-only prediction is biased, as on a real new GPU). ``--hold-out workload``: the
+same on the leave-one-workload-out folds (the cache ``validate`` uses), each fold calibrated with the
+other workloads' runs; the probed deployment is then a trained one.
 """
 from __future__ import annotations
 
@@ -36,7 +43,15 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-n", type=int, default=200)
     ap.add_argument("--pred-draws", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", nargs="*", default=None, help="only these held-out models")
+    ap.add_argument("--fit-draws", type=int, default=None,
+                    help="NUTS draws of the fold refits (default: model.DEFAULT_SAMPLER's); with --fit-tune 500 "
+                         "--fit-draws 1000 it shares the fold fits of the accuracy commands (validate.cv_fit_path)")
+    ap.add_argument("--fit-tune", type=int, default=None, help="NUTS tuning steps of the fold refits")
+    ap.add_argument("--hold-out", default="model", choices=("model", "workload"),
+                    help="model (default): leave-one-model-out folds, a probe of a model the fit has not seen; "
+                         "workload: leave-one-workload-out folds, a probe of a trained deployment under a workload "
+                         "the fit has not seen (the deployment factors are then its trained ones, no draw weights)")
+    ap.add_argument("--models", nargs="*", default=None, help="only these held-out models (or workloads)")
     ap.add_argument("--no-calibration", action="store_true",
                     help="slice errors N(0, slice_spread) instead of transfer.probe_calibration (the session-4 method)")
     ap.add_argument("--step-factors", type=int, default=None, choices=(1, 2),
@@ -51,6 +66,11 @@ def main(argv=None) -> int:
                     help="the held-out runs' GPU renamed to NAME (same datasheet numbers): a new model on a GPU the "
                          "fit has never seen, whose deviation is drawn from the hardware population (wide before the "
                          "probe); the probe update then has to pin it down")
+    ap.add_argument("--datasheet", default=None, metavar="JSON",
+                    help="with --as-new-gpu: the new GPU's numbers from this datasheet instead of the runs' own (a "
+                         "mis-specified datasheet: e.g. specs/hardware/h100-nvl.json for the H100 SXM runs, peak "
+                         "FLOPs -16%%, bandwidth +16%%), so the prediction before the probe is biased as a datasheet-"
+                         "only transfer is")
     ap.add_argument("--reweight", default="auto", choices=("auto", "always", "never"),
                     help="importance weights of the posterior draws from the probe's levels (transfer.update_deployment): "
                          "auto (default) only where the configuration has a new level (unseen GPU / class); "
@@ -73,6 +93,10 @@ def main(argv=None) -> int:
         return 0
     if a.no_calibration and a.oos_calibration:
         ap.error("--no-calibration and --oos-calibration exclude each other")
+    if a.datasheet and not a.as_new_gpu:
+        ap.error("--datasheet needs --as-new-gpu")
+    if a.attach_to and a.hold_out != "model":
+        ap.error("--attach-to stores leave-one-model-out errors (--hold-out model)")
     if a.attach_to and not a.oos_calibration:
         ap.error("--attach-to needs --oos-calibration (it stores the out-of-sample slice errors)")
     warnings.filterwarnings("ignore")
@@ -87,18 +111,19 @@ def main(argv=None) -> int:
     full = None
     groups: dict = {}
     for c in cases:
-        groups.setdefault(c["model"], []).append(c)
+        groups.setdefault(c[a.hold_out], []).append(c)
     fits: dict = {}
 
     def fold_fit(model):
-        """The leave-one-model-out fit without ``model`` (cached in --fit-dir, loaded once)."""
+        """The fit without ``model``'s runs (the held-out group; cached in --fit-dir, loaded once)."""
         nonlocal full
         if model not in fits:
             excl = {c["run"] for c in groups[model]}
-            path = validate.cv_fit_path(a.fit_dir, excl)
+            fk = {k: v for k, v in (("draws", a.fit_draws), ("tune", a.fit_tune)) if v is not None}
+            path = validate.cv_fit_path(a.fit_dir, excl, fk)
             if not Path(path).exists() and full is None:
                 full = design.bundled_obs(seed=a.seed)
-            fits[model] = validate.cv_fit(full, excl, seed=a.seed, path=path)
+            fits[model] = validate.cv_fit(full, excl, seed=a.seed, path=path, fit_kwargs=fk)
         return fits[model]
 
     rows = []
@@ -112,7 +137,8 @@ def main(argv=None) -> int:
             for c, e in zip(group, oos[model]):
                 print(f"slice error {c['run'][16:]:38s} " + " ".join(f"{k} {v:+.3f}" for k, v in e.items() if k not in ("run", "model")), file=sys.stderr)
             # the factors the held-out model's deployment calls for (all its runs; one entry)
-            fe = transfer.run_factor_error(idata, [c["run"] for c in group], seed=a.seed)
+            # (held-out workloads: their deployments are trained, the factor prior of a new one is not used)
+            fe = transfer.run_factor_error(idata, [c["run"] for c in group], seed=a.seed) if a.hold_out == "model" else {}
             if fe:
                 oos[model].append({"model": model} | fe)
                 print(f"deployment factors {model:31s} step {fe['factor_step']:+.3f} cpu {fe['factor_cpu']:+.3f} "
@@ -140,7 +166,12 @@ def main(argv=None) -> int:
                 from bayeslat import specs
 
                 dep = c["deployment"]
-                hw = replace(specs.load_hardware(dep.hardware_spec), name=a.as_new_gpu)
+                hw = replace(specs.load_hardware(a.datasheet or dep.hardware_spec), name=a.as_new_gpu)
+                if a.datasheet:  # the features (dep.ctx) from the other datasheet, the run's own KV capacity
+                    from bayeslat import datasets
+
+                    srv = dict(datasets.run_info(c["run"])["server"]) | {"kv_blocks": dep.kv_blocks}
+                    dep = validate.deployment(dep.model_spec, a.datasheet, srv, dep.name)
                 c = dict(c, deployment=replace(dep, hardware=a.as_new_gpu))
                 spec = transfer.spec_for_run(c["run"], hardware=hw, workload=c["workload_obj"],
                                              server_overrides={"kv_blocks": dep.kv_blocks})
@@ -152,7 +183,7 @@ def main(argv=None) -> int:
             t_up = time.time() - t0
             b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
             f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
-            r = {"held_out_model": model, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
+            r = {"held_out_model": c["model"], "held_out": {a.hold_out: model}, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
                  "gpu": c["deployment"].hardware, "draw_weights": info.get("draw_weights"),
                  "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
                  "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"], "calibration_kinds": (cal or {}).get("kinds"),

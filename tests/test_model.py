@@ -294,6 +294,10 @@ def test_fit_groups_attrs_and_roundtrip(fitted, tmp_path):
     assert json.loads(a["feature_names"]) == list(F.BETA_NAMES)
     assert a["data_hash"] == M.data_hash(obs) and a["bundled_data_hash"] == "none"
     assert a["backend"] == M.DEFAULT_BACKEND and a["seed"] == 0
+    from importlib import metadata
+
+    libs = json.loads(a["library_versions"])
+    assert libs["pymc"] == metadata.version("pymc") and libs[M.DEFAULT_BACKEND] == metadata.version(M.DEFAULT_BACKEND)
     p = M.save(idata, tmp_path / "fit.nc")
     back = M.load(p)
     assert back.attrs["data_hash"] == a["data_hash"]

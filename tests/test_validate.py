@@ -156,12 +156,17 @@ def test_external_trainval_json(tmp_path):
 
 
 def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
-    """A cached fold fit is reused only by the same held-out set, feature spec, priors and fit code."""
+    """A cached fold fit is reused only by the same held-out set, sampler settings, feature spec,
+    priors and fit code."""
     from bayeslat import model as M
     from bayeslat import validate as V
 
     p = V.cv_fit_path("d", {"b", "a"})
     assert p == V.cv_fit_path("d", ["a", "b"]) and p.startswith("d/heldout-") and p != V.cv_fit_path("d", {"a"})
+    # the default sampler, however it is spelled; fewer draws or tuning steps are another fit
+    assert V.cv_fit_path("d", {"a", "b"}, {"draws": M.DEFAULT_SAMPLER["draws"], "tune": None}) == p
+    assert V.cv_fit_path("d", {"a", "b"}, {"draws": 1000, "tune": 500}) != p
+    assert V.cv_fit_path("d", {"a", "b"}, {"chains": 1}) != p
     edited = tmp_path / "model.py"
     edited.write_bytes(open(M.__file__, "rb").read() + b"\n# an edit\n")
     monkeypatch.setattr(M, "__file__", str(edited))
