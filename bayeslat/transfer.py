@@ -1464,7 +1464,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     tot = parts[:, :2].sum(axis=2)
     eff = np.log((np.exp(draw[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
     r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() and nf == 2 else float("nan")
-    info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "rows": int(len(y)), "step_factors": nf,
+    info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "trained_deployment": not new_dep,
+            "rows": int(len(y)), "step_factors": nf,
             "step_factor": summ(eff), "fixed_factor": summ(draw[:, 0]) | {"informed": bool(informed[0])},
             "load_factor": summ(draw[:, 1]) | {"informed": bool(informed[1])},
             "fixed_load_corr": float(r),
@@ -1600,6 +1601,11 @@ def cli_update(args) -> int:
                 src = (f"the fit's deployment spread {fit.get('step', float('nan')):.3f} / {fit.get('cpu', float('nan')):.3f}"
                        + (f", floored at the out-of-sample spread of new deployments {fl['step']:.3f} / {fl['cpu']:.3f}" if fl else ""))
                 print(f"  factor prior (log SD, median over draws): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
+            if du.get("trained_deployment"):
+                print(f"  warning: {du['deployment']} is a deployment of the fit (a training run had this model, GPU and "
+                      "parallelism). The update adds a deployment factor on top of what the fit learned from those runs "
+                      "and widens the workload intervals without improving them (held-out workloads, README 'Probe "
+                      "update', session 16); predict with the original fit instead", file=sys.stderr)
             dw = du.get("draw_weights")
             if dw and dw.get("applied", True):
                 print(f"  new level(s) {', '.join(dw.get('new_levels') or [])}: posterior draws reweighted by the probe's "

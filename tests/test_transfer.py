@@ -180,6 +180,10 @@ def test_update_conditions_on_a_slow_probe(fitted, tmp_path, capsys):
     assert abs(np.log(after["ratio_median"])) < abs(np.log(before["ratio_median"]))
     du = rep["deployment_update"]
     assert rep["mode"] == "deployment" and 1.35 < du["step_factor"]["mean"] < 1.9, du
+    # the fit has this deployment (its training run): the update is not the right tool, and says so
+    assert du["trained_deployment"]
+    assert cli.main(["update", str(path), "--probe", str(probe), "--spec", str(spec), "--out", str(out)]) == 0
+    assert "is a deployment of the fit" in capsys.readouterr().err
     # workload level: the probe's requests re-simulated with 1.6x slower steps. A uniform 1.6x
     # scaling of TTFT and E2E is not a queue-consistent server, so only the direction is asserted.
     pw = rep["probe_workload"]
@@ -642,6 +646,7 @@ def test_probe_on_an_unseen_gpu_pins_its_deviation(fitted, monkeypatch):
     assert info["draw_weights"]["applied"] and info["draw_weights"]["new_levels"] == ["hardware"]
     assert info["draw_weights"]["pareto_k"] <= T.PSIS_K_MAX
     assert not tinfo["draw_weights"]["applied"]
+    assert tinfo["trained_deployment"] and not info["trained_deployment"]  # cli_update warns on the first
     # a probe whose level only a handful of draws come near (its windows 2x faster than the H100's,
     # past the draws' 1% quantile; no slice error): fewer effective draws, a larger Pareto k
     fast = replace(pobs, y=np.where(pobs.kind == 1, 0.5 * pobs.y, pobs.y))
