@@ -21,6 +21,7 @@ see :mod:`bayeslat.datasets`), averaged over requests. For aggregate-only runs t
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -286,11 +287,13 @@ def _cv_groups(cases, mode):
     return groups
 
 
-def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None) -> str:
-    """Cache file of the refit without ``exclude_runs`` under the sampler settings ``fit_kwargs``
-    (as :func:`cv_fit` passes them to ``model.fit``; unset ones are ``model.DEFAULT_SAMPLER``'s):
-    one per held-out set and sampler, whichever suite asks (leave-one-TP-out of a TP used by one
-    model is that model's leave-one-model-out). The name also hashes the feature spec, the default
+def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None, *, n_per_run_kind: int = 40,
+                seed: int = 0) -> str:
+    """Cache file of :func:`cv_fit`'s refit without ``exclude_runs``, keyed by every argument the fit
+    depends on: the sampler settings ``fit_kwargs`` (as passed to ``model.fit``; unset ones are
+    ``model.DEFAULT_SAMPLER``'s), the rows per run and kind and the seed. One per held-out set and
+    settings, whichever suite asks (leave-one-TP-out of a TP used by one model is that model's
+    leave-one-model-out). The name also hashes the feature spec, the default
     priors and the source of the modules a fit runs through (model, features, design), so a cache
     written by another version of the model is not reused. (Session 16: the sampler settings were
     not in the key, so the probe benchmark (default sampler, 4000 draws after 1000 tuning steps)
@@ -306,21 +309,23 @@ def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None) -> str:
     src = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (model, F, design))).hexdigest()[:16]
     sampler = dict(model.DEFAULT_SAMPLER) | {k: v for k, v in (fit_kwargs or {}).items() if v is not None}
     key = ("\n".join(sorted(exclude_runs)) + "\n" + F.SPEC_VERSION + "\n" + json.dumps(model.DEFAULT_PRIORS, sort_keys=True)
-           + "\n" + src + "\n" + json.dumps(sampler, sort_keys=True))
+           + "\n" + src + "\n" + json.dumps(sampler, sort_keys=True) + f"\nrows {int(n_per_run_kind)} seed {int(seed)}")
     h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{fit_dir}/heldout-{h}.nc"
 
 
 def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_kwargs: dict | None = None,
-           path=None, log=None):
-    """Refit without ``exclude_runs`` (rows of ``full``, an ObsTable of the bundled runs): the
-    held-out levels are dropped (a held-out model class is then new), ``n_per_run_kind`` rows per
-    (run, kind) as the default fit. ``path``: netCDF cache (read if present, else written), so
-    that the cross-validation suites and ``benchmarks/transfer_eval.py`` share their refits."""
+           fit_dir=None, log=None):
+    """Refit without ``exclude_runs`` (rows of ``full``, an ObsTable of the bundled runs, or a
+    function returning it, called only when the fold is not cached): the held-out levels are
+    dropped (a held-out model class is then new), ``n_per_run_kind`` rows per (run, kind) as the
+    default fit. ``fit_dir``: the netCDF cache (:func:`cv_fit_path` of these arguments; read if
+    present, else written), so that the cross-validation suites and the benchmarks share their refits."""
     from pathlib import Path
 
     from bayeslat import design, model
 
+    path = None if fit_dir is None else cv_fit_path(fit_dir, exclude_runs, fit_kwargs, n_per_run_kind=n_per_run_kind, seed=seed)
     if path is not None and Path(path).exists():
         idata = model.load(path)
         # a cache written before the run-spread stage, or under other RUN_SPREAD settings (not in
@@ -338,6 +343,7 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
         else:
             idata.attrs.pop("sim_discrepancy", None)
         return idata
+    full = full() if callable(full) else full
     obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude_runs))))
     obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
     t0 = time.time()
@@ -479,12 +485,12 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
         from bayeslat import design
 
         cases = _replay_cases(runs)
-        full = design.bundled_obs(seed=seed)  # reconstruct once; each fold is a subset
+        # reconstructed once, and only if a fold is not cached; each fold is a subset
+        full = functools.cache(lambda: design.bundled_obs(seed=seed))
         for held, group in _cv_groups(cases, suite).items():
             exclude = {c["run"] for c in group}
-            path = None if fit_dir is None else cv_fit_path(fit_dir, exclude, fit_kwargs)
             fit_idata = cv_fit(full, exclude, seed=seed, n_per_run_kind=n_per_run_kind, fit_kwargs=fit_kwargs,
-                               path=path, log=lambda m: log(f"[{suite}] held out {held}: {m}"))
+                               fit_dir=fit_dir, log=lambda m: log(f"[{suite}] held out {held}: {m}"))
             for c in group:
                 rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
     else:

@@ -28,6 +28,7 @@ other workloads' runs; the probed deployment is then a trained one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     cases = validate._replay_cases(None)
-    full = None
+    full = functools.cache(lambda: design.bundled_obs(seed=a.seed))  # only if a fold is not cached
     groups: dict = {}
     for c in cases:
         groups.setdefault(c[a.hold_out], []).append(c)
@@ -116,14 +117,10 @@ def main(argv=None) -> int:
 
     def fold_fit(model):
         """The fit without ``model``'s runs (the held-out group; cached in --fit-dir, loaded once)."""
-        nonlocal full
         if model not in fits:
             excl = {c["run"] for c in groups[model]}
             fk = {k: v for k, v in (("draws", a.fit_draws), ("tune", a.fit_tune)) if v is not None}
-            path = validate.cv_fit_path(a.fit_dir, excl, fk)
-            if not Path(path).exists() and full is None:
-                full = design.bundled_obs(seed=a.seed)
-            fits[model] = validate.cv_fit(full, excl, seed=a.seed, path=path, fit_kwargs=fk)
+            fits[model] = validate.cv_fit(full, excl, seed=a.seed, fit_dir=a.fit_dir, fit_kwargs=fk)
         return fits[model]
 
     rows = []

@@ -84,9 +84,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         excl = {c["run"] for c in group}
         idata = validate.cv_fit(full, excl, seed=a.seed, n_per_run_kind=cfg["n_per_run_kind"],
-                                fit_kwargs={k: cfg[k] for k in ("draws", "tune", "chains")},
-                                path=None if a.fit_dir is None else validate.cv_fit_path(
-                                    a.fit_dir, excl, {k: cfg[k] for k in ("draws", "tune", "chains")}))
+                                fit_kwargs={k: cfg[k] for k in ("draws", "tune", "chains")}, fit_dir=a.fit_dir)
         print(f"[{mode}] held out {held}: fit ({idata.attrs['n_obs']} rows, sampler {idata.attrs['sampler']}) "
               f"in {time.time() - t0:.0f} s", file=sys.stderr)
         for c in group:

@@ -156,8 +156,8 @@ def test_external_trainval_json(tmp_path):
 
 
 def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
-    """A cached fold fit is reused only by the same held-out set, sampler settings, feature spec,
-    priors and fit code."""
+    """A cached fold fit is reused only by the same held-out set, sampler settings, rows, seed,
+    feature spec, priors and fit code."""
     from bayeslat import model as M
     from bayeslat import validate as V
 
@@ -167,6 +167,9 @@ def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
     assert V.cv_fit_path("d", {"a", "b"}, {"draws": M.DEFAULT_SAMPLER["draws"], "tune": None}) == p
     assert V.cv_fit_path("d", {"a", "b"}, {"draws": 1000, "tune": 500}) != p
     assert V.cv_fit_path("d", {"a", "b"}, {"chains": 1}) != p
+    # so are other rows per run and kind, or another seed (cv_fit keys its cache by all of its arguments)
+    assert V.cv_fit_path("d", {"a", "b"}, n_per_run_kind=40, seed=0) == p
+    assert V.cv_fit_path("d", {"a", "b"}, n_per_run_kind=25) != p and V.cv_fit_path("d", {"a", "b"}, seed=1) != p
     edited = tmp_path / "model.py"
     edited.write_bytes(open(M.__file__, "rb").read() + b"\n# an edit\n")
     monkeypatch.setattr(M, "__file__", str(edited))
