@@ -901,6 +901,39 @@ def update_weights(idata, deployment: str) -> np.ndarray | None:
     return w / w.sum() if w.sum() > 0 else None
 
 
+def run_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(sigma_run_step, sigma_run_alpha) draws (n each), the between-run spread of a new run of a
+    trained deployment: from group ``run_spread`` (:func:`attach_run_spread`), else ``sigma_run``
+    (both parts) when the fit has it, else the scales of ``RUN_SPREAD``'s priors."""
+    if "run_spread" in idata.groups():
+        rs = idata["run_spread"]
+        k = rng.integers(0, rs.sizes["draw"] * rs.sizes["chain"], n)
+        return _flat(rs, "sigma_run_step")[k], _flat(rs, "sigma_run_alpha")[k]
+    post = idata.posterior
+    if "sigma_run" in post:
+        v = _flat(post, "sigma_run")
+        v = v[rng.integers(0, len(v), n)]
+        return v, v
+    return np.full(n, float(RUN_SPREAD["prior_step"])), np.full(n, float(RUN_SPREAD["prior_alpha"]))
+
+
+def run_update_factors(idata, deployment: str, sel):
+    """(mask, log step factor, log CPU factor), each (len(sel),), of a probe update of a trained
+    deployment read as a run (:func:`bayeslat.transfer.update_deployment`, ``level``): the draws
+    where ``mask`` holds carry the probe's run factors in place of a new run's; None without one."""
+    if "deployment_update" not in idata.groups():
+        return None
+    ds = idata["deployment_update"]
+    if "run_level" not in ds or "probe_deployment" not in ds.coords:
+        return None
+    keys = [str(v) for v in ds.coords["probe_deployment"].values]
+    if deployment not in keys:
+        return None
+    j = keys.index(deployment)
+    return (_flat(ds, "run_level")[sel][:, j].astype(bool), _flat(ds, "dev_run_step")[sel][:, j],
+            _flat(ds, "dev_run_alpha")[sel][:, j])
+
+
 def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
     """(sigma_dep, sigma_alpha_dep) draws (n each) for a new deployment: from the posterior when
     the deployment level was fit ("fit"), from the attached cut fit ("spread", group
@@ -1121,7 +1154,9 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     factor, ``exp(sigma_run_step z)`` on beta and ``exp(sigma_run_alpha z')`` on alpha (group
     ``run_spread``, :func:`attach_run_spread`): what every prediction of a workload needs. False:
     the coefficients themselves (exports, point summaries, the fit's own rows); their means are
-    not inflated by the ``exp(sigma^2 / 2)`` of the run factors. With ``new_run``, ``sim_sd`` also
+    not inflated by the ``exp(sigma^2 / 2)`` of the run factors. After a probe update of a trained
+    ``deployment`` read as a run (:func:`run_update_factors`), its draws carry the probed run's
+    factors instead of a new run's: the prediction is of the probed run. With ``new_run``, ``sim_sd`` also
     carries the fit's simulator discrepancy (attrs ``sim_discrepancy``), which widens the workload
     intervals of :func:`bayeslat.simulate.posterior_predictive`.
     """
@@ -1220,18 +1255,27 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         if f is not None:
             beta = beta * np.exp(f[0])[:, None, :]  # (D, 1) or (D, N_BETA): over regimes
             alpha = alpha * np.exp(f[1])[:, None]
+    rs_b = rs_a = None  # log run factors of a new run
     if new_run and "sigma_run" in post:
         # a new run of the group: its run-level factor is drawn from N(0, sigma_run) per draw
         # (new_run=False: the population-average coefficients)
-        f = np.exp(_flat(post, "sigma_run")[sel] * rng.standard_normal(Dn))
-        beta = beta * f[:, None, None]
-        alpha = alpha * f[:, None]
+        rs_b = rs_a = _flat(post, "sigma_run")[sel] * rng.standard_normal(Dn)
     elif new_run and "run_spread" in idata.groups():
         # a new run: step-time and CPU factors from the fit's between-run spread (attach_run_spread)
         rs = idata["run_spread"]
         k = rng.integers(0, rs.sizes["draw"] * rs.sizes["chain"], Dn)
-        beta = beta * np.exp(_flat(rs, "sigma_run_step")[k] * rng.standard_normal(Dn))[:, None, None]
-        alpha = alpha * np.exp(_flat(rs, "sigma_run_alpha")[k] * rng.standard_normal(Dn))[:, None]
+        rs_b = _flat(rs, "sigma_run_step")[k] * rng.standard_normal(Dn)
+        rs_a = _flat(rs, "sigma_run_alpha")[k] * rng.standard_normal(Dn)
+    ru = run_update_factors(idata, deployment, sel) if new_run and deployment is not None else None
+    if ru is not None:
+        # a probe of this (trained) deployment read as a run of it: the probed run's factors,
+        # conditioned on the probe, instead of a new run's (transfer.update_deployment, level)
+        m, ub, ua = ru
+        rs_b = np.where(m, ub, 0.0 if rs_b is None else rs_b)
+        rs_a = np.where(m, ua, 0.0 if rs_a is None else rs_a)
+    if rs_b is not None:
+        beta = beta * np.exp(rs_b)[:, None, None]
+        alpha = alpha * np.exp(rs_a)[:, None]
     s_rel = _flat(post, "s_rel")[sel]
     nu = _flat(post, "nu")[sel]
     if nu.ndim == 1:  # fits before per-kind nu: one tail weight shared by all kinds
@@ -1246,12 +1290,19 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
 
 def _group_draws(idata, obs, n, seed):
     """{(hw, cls, deployment): CoefDraws} for the groups of an ObsTable's rows (fitted deployments
-    get their factors; others a new draw)."""
+    get their factors; others a new draw). A deployment with a run-level probe update
+    (:func:`run_update_factors`) carries the probed run's factors: the rows are the probed run's."""
     d = check_obs(obs)
     groups = {}
     for hw_i, cls_i, dep in sorted(set(zip(d["hw"].tolist(), d["cls"].tolist(), d["deployment"].tolist()))):
-        groups[(hw_i, cls_i, dep)] = coefficient_draws(idata, d["hardware_levels"][hw_i], d["class_levels"][cls_i], n=n,
-                                                       seed=seed, new_run=False, deployment=dep)
+        cd = coefficient_draws(idata, d["hardware_levels"][hw_i], d["class_levels"][cls_i], n=n,
+                               seed=seed, new_run=False, deployment=dep)
+        ru = run_update_factors(idata, dep, cd.draw_index)
+        if ru is not None:
+            m, ub, ua = ru
+            cd = replace(cd, beta=cd.beta * np.exp(np.where(m, ub, 0.0))[:, None, None],
+                         alpha=cd.alpha * np.exp(np.where(m, ua, 0.0))[:, None])
+        groups[(hw_i, cls_i, dep)] = cd
     return d, groups
 
 

@@ -952,7 +952,9 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
     if spread:
         err = []
         for pobs in probes:
-            _, info = update_deployment(idata, pobs, seed=seed, calibration=res, copy_idata=False)
+            # level="deployment": the error of the update a new deployment gets (the training
+            # runs' deployments are trained, so "auto" would read their probes as runs)
+            _, info = update_deployment(idata, pobs, seed=seed, calibration=res, copy_idata=False, level="deployment")
             dep = next(iter(pobs.meta["deployments"].values()))
             tr = M._deployment_factors(idata.posterior, "deployment", dep, slice(None))
             base = (0.0, 0.0) if tr is None else (float(np.mean(tr[0])), float(np.mean(tr[1])))
@@ -1023,7 +1025,7 @@ def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> di
     # new class by whole runs would absorb it into the class deviation (held-out Mixtral, session
     # 14: step +0.007 instead of +0.056), and the factor prior this measures serves every deployment
     _, info = update_deployment(idata, whole, seed=seed, calibration=cal, copy_idata=False, factor_sd={"step": 1.0, "cpu": 1.0},
-                                reweight=False)
+                                reweight=False, level="deployment")
     return {"factor_step": float(info["step_factor"]["log_mean"]), "factor_cpu": float(info["cpu_factor"]["log_mean"]),
             "factor_runs": sorted(set(np.asarray(whole.run).astype(str).tolist()))}
 
@@ -1156,6 +1158,11 @@ PROBE_LEVEL_NU = 4.0
 #: smoothed importance sampling", 2024: above 0.7 the estimate's error no longer falls usefully with
 #: the number of draws); ``reweight="auto"`` then keeps equal weights (the deployment factors alone)
 PSIS_K_MAX = 0.7
+# Prior probability that a probe of a deployment the fit was trained on is a new run of it (its
+# run factor within the fit's between-run spread), against a changed deployment (a factor with
+# the between-deployment spread: what the deployment key does not see, a new vLLM version, chunk
+# size or driver). Even odds, set before measuring (session 17); the probe's evidence decides.
+RUN_LEVEL_PRIOR = 0.5
 
 
 def probe_level_weights(parts, y, kind_of_row, kinds, sig, tau, off, sab, crel, nu):
@@ -1240,6 +1247,39 @@ class _ProbePosterior:
         return g, H
 
 
+def _laplace(post_fn, pmean, psd, newton_steps):
+    """Mode and Laplace approximation of a :class:`_ProbePosterior` for every draw at once:
+    (theta (D, P), Cholesky factor of the covariance (D, P, P), gradient at the mode, log
+    evidence (D,)). Damped Newton from the prior mean (always an ascent direction: the Hessian's
+    eigenvalues are clipped below the prior's curvature). The log evidence is
+    ``log p(y, theta*) + 1/2 log det(2 pi cov)`` with the Gaussian prior normalised (the
+    likelihood's own constants are left out: they are the same under any prior of the factors)."""
+    theta = pmean.copy()
+    floor = 1.0 / (4.0 * psd.max()) ** 2
+    f0 = post_fn.logp(theta)
+    for _ in range(newton_steps):
+        g, H = post_fn.grad_hess(theta)
+        step = -np.linalg.solve(_neg_definite(H, floor), g[..., None])[..., 0]
+        step *= np.minimum(1.0, 0.5 / np.maximum(np.abs(step).max(axis=1, keepdims=True), 1e-12))
+        best, fbest = theta, f0
+        for t in 2.0 ** -np.arange(10):
+            cand = theta + t * step
+            fc = post_fn.logp(cand)
+            better = fc > fbest
+            best = np.where(better[:, None], cand, best)
+            fbest = np.where(better, fc, fbest)
+        moved = np.abs(best - theta).max()
+        theta, f0 = best, fbest
+        if moved < 1e-6:
+            break
+    g, H = post_fn.grad_hess(theta)
+    cov = np.linalg.inv(-_neg_definite(H, floor))
+    L = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, 1, 2)))
+    logz = post_fn.logp(theta) - np.log(np.broadcast_to(psd, theta.shape)).sum(axis=1) \
+        + np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    return theta, L, g, logz
+
+
 def _neg_definite(H, floor):
     """H with its eigenvalues clipped to <= -floor (a Newton step that always ascends)."""
     w, V = np.linalg.eigh(H)
@@ -1290,7 +1330,7 @@ def pool_rows(obs, kinds):
 
 def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: int = 30, calibration="auto",
                       copy_idata: bool = True, step_factors: int | None = None, factor_sd: dict | None = None,
-                      reweight: bool | str = "auto"):
+                      reweight: bool | str = "auto", level: str = "auto", run_prior: float | None = None):
     """Condition the deployment level on a probe ("cut" update, seconds instead of a refit).
 
     The probe's rows belong to one deployment (``meta["deployments"]``). Every other level stays
@@ -1337,6 +1377,23 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     x1.5-2.5 (5-15 prior SDs), so one factor is the default. With 1, both entries of ``dev_dep``
     carry the same draw.
 
+    ``level``: what the probe's factors are. "deployment": the deployment's (above). "run": the
+    probed run's own log factors ``t`` (one on the step time, one on the CPU time), prior
+    ``N(0, sigma_run_step)`` / ``N(0, sigma_run_alpha)`` (the fit's between-run spread,
+    :func:`bayeslat.model.run_spread_draws`), no update spread; a prediction uses them in place
+    of a new run's factors (variables ``dev_run_step``, ``dev_run_alpha``, ``run_level``). "auto"
+    (default): "deployment" for a deployment the fit has not seen; for a trained one, ``t`` under
+    two hypotheses, each conditioned on the probe (Laplace) and mixed per posterior draw by its
+    Laplace evidence (prior probability of the first ``run_prior``, default
+    :data:`RUN_LEVEL_PRIOR`): the deployment is the one the fit
+    knows (``t`` a run deviation, prior above), or it changed in what the deployment key does not
+    see (a vLLM version, chunk size, driver: ``t`` = change + run deviation, the change with a new
+    deployment's spread, the calibration's ``factor_sd`` or else ``sigma_dep``). A probe within
+    the run spread is then read as a run, a probe far outside it as a changed deployment whose
+    factor follows the probe. ``info["level"]``: the hypotheses, ``p_run`` (mean over draws), the
+    priors. (Session 16: with the deployment level alone, probes of held-out workloads of trained
+    deployments doubled the E2E intervals and improved 2 of 16.)
+
     Returns (copy of ``idata`` with group ``deployment_update``, dims chain, draw,
     probe_deployment and, for ``dev_dep``, step_part; info). :func:`bayeslat.model.coefficient_draws`
     uses it for that deployment key."""
@@ -1348,6 +1405,11 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     from bayeslat import features as F
     from bayeslat import model as M
 
+    if level not in ("auto", "deployment", "run"):
+        raise SpecError(f"level must be 'auto', 'deployment' or 'run', got {level!r}", field="level")
+    pr = RUN_LEVEL_PRIOR if run_prior is None else float(run_prior)
+    if not 0.0 < pr < 1.0:
+        raise SpecError(f"run_prior must be a probability in (0, 1), got {run_prior!r}", field="run_prior")
     if reweight not in (True, False, "auto"):
         raise SpecError(f"reweight must be True, False or 'auto', got {reweight!r}", field="reweight")
     obs = pool_rows(probe_obs_table, POOLED_PROBE_KINDS)
@@ -1377,6 +1439,10 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         calibration = auto_calibration(idata, n_req, seed=seed, design=obs.meta.get("probe_design", "first"))
     cal = (calibration or {}).get("kinds", {})
     new_dep = not M.trained_deployment(idata, keys[0])
+    if level == "auto":
+        hyps = ["deployment"] if new_dep else ["run", "deployment"]
+    else:
+        hyps = [level]
     fsd = factor_sd if factor_sd is not None else ((calibration or {}).get("factor_sd") if new_dep else None)
     sig_fit = (float(np.median(sig[0])), float(np.median(sig[1])))
     if fsd:
@@ -1388,41 +1454,54 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     pmean = np.concatenate([np.zeros((D, 3)), np.broadcast_to(off, (D, len(kinds)))], axis=1)
     sab, crel = M.noise_terms(cd, k, d["n_steps"])
     fit_parts = parts if nf == 2 else np.stack([parts[:, 0] + parts[:, 1], np.zeros_like(parts[:, 1]), parts[:, 2]], axis=1)
-    post_fn = _ProbePosterior(fit_parts, y, k, kinds, sab, crel, cd.nu[:, k], psd, pmean)
-    P = psd.shape[1]
-    # damped Newton from the prior mean for every draw at once (always an ascent direction: the
-    # Hessian's eigenvalues are clipped below the prior's curvature), then the Laplace approximation
-    theta = pmean.copy()
-    floor = 1.0 / (4.0 * psd.max()) ** 2
-    f0 = post_fn.logp(theta)
-    for _ in range(newton_steps):
-        g, H = post_fn.grad_hess(theta)
-        step = -np.linalg.solve(_neg_definite(H, floor), g[..., None])[..., 0]
-        step *= np.minimum(1.0, 0.5 / np.maximum(np.abs(step).max(axis=1, keepdims=True), 1e-12))
-        best, fbest = theta, f0
-        for t in 2.0 ** -np.arange(10):
-            cand = theta + t * step
-            fc = post_fn.logp(cand)
-            better = fc > fbest
-            best = np.where(better[:, None], cand, best)
-            fbest = np.where(better, fc, fbest)
-        moved = np.abs(best - theta).max()
-        theta, f0 = best, fbest
-        if moved < 1e-6:
-            break
-    g, H = post_fn.grad_hess(theta)
-    cov = np.linalg.inv(-_neg_definite(H, floor))
-    L = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, 1, 2)))
-    draw = (theta + np.einsum("dij,dj->di", L, rng.standard_normal((D, P))))[:, :3]  # slice errors marginalised out
-    if nf == 1:
-        draw[:, 1] = draw[:, 0]  # one factor on the whole step time
-    spr = (calibration or {}).get("spread")
-    if spr:
-        # the update's own error on the training runs' probes (probe_calibration): one draw
-        # shared by the fixed and load parts, one for the CPU factor
-        e = rng.standard_normal((D, 2))
-        draw[:, :2] += spr["step"] * e[:, :1]
-        draw[:, 2] += spr["cpu"] * e[:, 1]
+    run_draw = p_run = is_run = chg = None
+    if hyps == ["deployment"]:
+        post_fn = _ProbePosterior(fit_parts, y, k, kinds, sab, crel, cd.nu[:, k], psd, pmean)
+        theta, L, g, _ = _laplace(post_fn, pmean, psd, newton_steps)
+        P = psd.shape[1]
+        draw = (theta + np.einsum("dij,dj->di", L, rng.standard_normal((D, P))))[:, :3]  # slice errors marginalised out
+        if nf == 1:
+            draw[:, 1] = draw[:, 0]  # one factor on the whole step time
+        spr = (calibration or {}).get("spread")
+        if spr:
+            # the update's own error on the training runs' probes (probe_calibration): one draw
+            # shared by the fixed and load parts, one for the CPU factor
+            e = rng.standard_normal((D, 2))
+            draw[:, :2] += spr["step"] * e[:, :1]
+            draw[:, 2] += spr["cpu"] * e[:, 1]
+    else:
+        # the probe as a run of a trained deployment: the probed run's log factors t (one on the
+        # step time, one on the CPU time) replace a new run's draw in its predictions. Unchanged
+        # deployment: t ~ N(0, sigma_run) (the fit's between-run spread, run_spread); changed (what
+        # the deployment key does not see): t = change + run deviation, the change with the spread
+        # of a new deployment (the calibration's factor_sd where it has one, else the fit's
+        # sigma_dep). Each is conditioned on the probe (Laplace); per draw, the two mix by their
+        # evidence, prior odds RUN_LEVEL_PRIOR
+        spr = None
+        draw = np.zeros((D, 3))
+        one = np.stack([parts[:, 0] + parts[:, 1], np.zeros_like(parts[:, 1]), parts[:, 2]], axis=1)
+        rsig = M.run_spread_draws(idata, D, rng)
+
+        def branch(s_step, s_cpu):
+            bpsd = np.concatenate([np.stack([s_step, s_step, s_cpu], axis=1), psd[:, 3:]], axis=1)
+            fn = _ProbePosterior(one, y, k, kinds, sab, crel, cd.nu[:, k], bpsd, pmean)
+            th, Lb, gb, lz = _laplace(fn, pmean, bpsd, newton_steps)
+            dr = (th + np.einsum("dij,dj->di", Lb, rng.standard_normal(th.shape)))[:, :3]
+            dr[:, 1] = dr[:, 0]
+            return dr, gb, lz
+
+        run_draw, g, logz_run = branch(rsig[0], rsig[1])
+        if "deployment" in hyps:
+            cfs = factor_sd if factor_sd is not None else (calibration or {}).get("factor_sd")
+            chg = (np.maximum(sig[0], float((cfs or {}).get("step", 0.0))), np.maximum(sig[1], float((cfs or {}).get("cpu", 0.0))))
+            c_draw, c_g, logz_chg = branch(np.hypot(chg[0], rsig[0]), np.hypot(chg[1], rsig[1]))
+            lo = np.log(pr) + logz_run - np.log1p(-pr) - logz_chg
+            p_run = 1.0 / (1.0 + np.exp(-np.clip(lo, -700, 700)))
+            is_run = rng.random(D) < p_run
+            run_draw = np.where(is_run[:, None], run_draw, c_draw)
+            g = np.where(is_run[:, None], g, c_g)
+        else:
+            p_run, is_run = np.ones(D), np.ones(D, dtype=bool)
     informed = parts.mean(axis=0).sum(axis=1) > 0  # (3,): parts the probe rows exercise
     # the rest of the posterior learns from the probe too: draws reweighted by how well their
     # predicted levels fit the probe's (an unseen GPU's deviation is pinned down by a probe)
@@ -1445,6 +1524,10 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
              "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))}
     if applied:  # else coefficient_draws selects draws as without an update
         dvars["draw_weight"] = (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))
+    if run_draw is not None:  # model.coefficient_draws: these draws' run factor replaces a new run's
+        dvars["run_level"] = (("chain", "draw", "probe_deployment"), np.ones((C, Tn, 1), dtype=np.int8))
+        dvars["dev_run_step"] = (("chain", "draw", "probe_deployment"), run_draw[:, 0].reshape(C, Tn, 1))
+        dvars["dev_run_alpha"] = (("chain", "draw", "probe_deployment"), run_draw[:, 2].reshape(C, Tn, 1))
     ds = xr.Dataset(dvars, coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
                                    "probe_deployment": keys, "step_part": list(F.STEP_PARTS)})
     if new is not None:
@@ -1460,17 +1543,24 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         return {"mean": float(np.sum(wts * e)), "q05": M._weighted_quantile(e, wts, 0.05),
                 "q95": M._weighted_quantile(e, wts, 0.95), "log_mean": float(np.sum(wts * v))}
 
+    # the factors the probe's run gets: the deployment's, or (a run of a trained deployment) the run's
+    comb = draw if run_draw is None else draw + run_draw
     # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
     tot = parts[:, :2].sum(axis=2)
-    eff = np.log((np.exp(draw[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
-    r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() and nf == 2 else float("nan")
+    eff = np.log((np.exp(comb[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
+    r = np.corrcoef(draw[:, 0], draw[:, 1])[0, 1] if informed[:2].all() and nf == 2 and run_draw is None else float("nan")
     info = {"mode": "deployment", "method": "laplace", "deployment": keys[0], "trained_deployment": not new_dep,
-            "rows": int(len(y)), "step_factors": nf,
-            "step_factor": summ(eff), "fixed_factor": summ(draw[:, 0]) | {"informed": bool(informed[0])},
-            "load_factor": summ(draw[:, 1]) | {"informed": bool(informed[1])},
+            "rows": int(len(y)), "step_factors": nf if run_draw is None else 1,
+            "level": {"hypotheses": hyps, "p_run": None if p_run is None else float(np.mean(p_run)),
+                      "run_draws": None if run_draw is None else float(np.mean(is_run)),
+                      "run_prior_sd": None if run_draw is None else {"step": float(np.median(rsig[0])), "cpu": float(np.median(rsig[1]))},
+                      "change_prior_sd": None if chg is None else {"step": float(np.median(chg[0])), "cpu": float(np.median(chg[1]))},
+                      "prior_run": pr if len(hyps) == 2 else None},
+            "step_factor": summ(eff), "fixed_factor": summ(comb[:, 0]) | {"informed": bool(informed[0])},
+            "load_factor": summ(comb[:, 1]) | {"informed": bool(informed[1])},
             "fixed_load_corr": float(r),
             "fixed_share_probe": float(np.median(tot[:, 0] / np.maximum(tot.sum(axis=1), 1e-300))),
-            "cpu_factor": summ(draw[:, 2]) | {"informed": bool(informed[2])},
+            "cpu_factor": summ(comb[:, 2]) | {"informed": bool(informed[2])},
             "slice_sd": {M.KINDS[kk]: float(t) for kk, t in zip(kinds, tau)},
             "slice_offset": {M.KINDS[kk]: float(o) for kk, o in zip(kinds, off)},
             "calibration": (calibration or {}).get("source", "probe") if cal else "slice_spread",
@@ -1601,11 +1691,13 @@ def cli_update(args) -> int:
                 src = (f"the fit's deployment spread {fit.get('step', float('nan')):.3f} / {fit.get('cpu', float('nan')):.3f}"
                        + (f", floored at the out-of-sample spread of new deployments {fl['step']:.3f} / {fl['cpu']:.3f}" if fl else ""))
                 print(f"  factor prior (log SD, median over draws): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
-            if du.get("trained_deployment"):
-                print(f"  warning: {du['deployment']} is a deployment of the fit (a training run had this model, GPU and "
-                      "parallelism). The update adds a deployment factor on top of what the fit learned from those runs "
-                      "and widens the workload intervals without improving them (held-out workloads, README 'Probe "
-                      "update', session 16); predict with the original fit instead", file=sys.stderr)
+            lv = du.get("level") or {}
+            if du.get("trained_deployment") and lv.get("p_run") is not None:
+                print(f"  {du['deployment']} is a deployment of the fit (a training run had this model, GPU and "
+                      f"parallelism): the probe reads as a new run of it with probability {lv['p_run']:.2f} (run-level "
+                      f"factors, prior SD step {lv['run_prior_sd']['step']:.3f} / CPU {lv['run_prior_sd']['cpu']:.3f}), "
+                      f"else as a changed deployment (what the deployment key does not see: vLLM version, chunk size, "
+                      f"driver)")
             dw = du.get("draw_weights")
             if dw and dw.get("applied", True):
                 print(f"  new level(s) {', '.join(dw.get('new_levels') or [])}: posterior draws reweighted by the probe's "

@@ -72,6 +72,10 @@ def main(argv=None) -> int:
                          "mis-specified datasheet: e.g. specs/hardware/h100-nvl.json for the H100 SXM runs, peak "
                          "FLOPs -16%%, bandwidth +16%%), so the prediction before the probe is biased as a datasheet-"
                          "only transfer is")
+    ap.add_argument("--level", default="auto", choices=("auto", "run", "deployment"),
+                    help="update_deployment(level=): what a probe's factors are (ablations of 'auto' for trained deployments)")
+    ap.add_argument("--run-prior", type=float, default=None,
+                    help="update_deployment(run_prior=): prior probability that a trained deployment's probe is a run of it")
     ap.add_argument("--reweight", default="auto", choices=("auto", "always", "never"),
                     help="importance weights of the posterior draws from the probe's levels (transfer.update_deployment): "
                          "auto (default) only where the configuration has a new level (unseen GPU / class); "
@@ -176,12 +180,13 @@ def main(argv=None) -> int:
                 spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
             src = transfer.bundled_probe(c["run"], a.probe_n, a.probe_design)
             pobs, _ = transfer.probe_obs(spec, src)
-            new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal, reweight={"auto": "auto", "always": True, "never": False}[a.reweight])
+            new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal, reweight={"auto": "auto", "always": True, "never": False}[a.reweight],
+                                                   level=a.level, run_prior=a.run_prior)
             t_up = time.time() - t0
             b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
             f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
             r = {"held_out_model": c["model"], "held_out": {a.hold_out: model}, "run": c["run"], "probe": src, "probe_rows": int(len(pobs)), "update_s": t_up,
-                 "gpu": c["deployment"].hardware, "draw_weights": info.get("draw_weights"),
+                 "gpu": c["deployment"].hardware, "draw_weights": info.get("draw_weights"), "level": info.get("level"),
                  "factors": {k: info[k] for k in ("step_factor", "fixed_factor", "load_factor", "cpu_factor")},
                  "slice_sd": info["slice_sd"], "slice_offset": info["slice_offset"], "calibration": info["calibration"], "calibration_kinds": (cal or {}).get("kinds"),
                  "update_spread": info.get("update_spread"), "factor_prior_sd": info.get("factor_prior_sd"),
@@ -192,8 +197,9 @@ def main(argv=None) -> int:
                         "interval90_before": [b[f"{m}_mean_lo90"], b[f"{m}_mean_hi90"]],
                         "interval90_after": [f[f"{m}_mean_lo90"], f[f"{m}_mean_hi90"]]}
             rows.append(r)
+            p_run = (info.get("level") or {}).get("p_run")
             print(f"{c['run'][16:]:38s} fixed x{info['fixed_factor']['mean']:.2f} load x{info['load_factor']['mean']:.2f} "
-                  f"cpu x{info['cpu_factor']['mean']:.2f} ({t_up:.0f} s)  E2E {r['e2e']['before_pct']:+.1f} -> {r['e2e']['after_pct']:+.1f}%  "
+                  f"cpu x{info['cpu_factor']['mean']:.2f}{'' if p_run is None else f' P(run) {p_run:.2f}'} ({t_up:.0f} s)  E2E {r['e2e']['before_pct']:+.1f} -> {r['e2e']['after_pct']:+.1f}%  "
                   f"TTFT {r['ttft']['before_pct']:+.1f} -> {r['ttft']['after_pct']:+.1f}%  ITL {r['itl']['before_pct']:+.1f} -> "
                   f"{r['itl']['after_pct']:+.1f}%", file=sys.stderr, flush=True)
             _write(a, rows, t_start, partial=True)

@@ -180,10 +180,11 @@ def test_update_conditions_on_a_slow_probe(fitted, tmp_path, capsys):
     assert abs(np.log(after["ratio_median"])) < abs(np.log(before["ratio_median"]))
     du = rep["deployment_update"]
     assert rep["mode"] == "deployment" and 1.35 < du["step_factor"]["mean"] < 1.9, du
-    # the fit has this deployment (its training run): the update is not the right tool, and says so
-    assert du["trained_deployment"]
+    # the fit has this deployment (its training run): 1.6x is far outside its run spread, so the
+    # probe reads as a changed deployment, and the CLI says which
+    assert du["trained_deployment"] and du["level"]["p_run"] < 0.05, du["level"]
     assert cli.main(["update", str(path), "--probe", str(probe), "--spec", str(spec), "--out", str(out)]) == 0
-    assert "is a deployment of the fit" in capsys.readouterr().err
+    assert "is a deployment of the fit" in capsys.readouterr().out
     # workload level: the probe's requests re-simulated with 1.6x slower steps. A uniform 1.6x
     # scaling of TTFT and E2E is not a queue-consistent server, so only the direction is asserted.
     pw = rep["probe_workload"]
@@ -314,9 +315,13 @@ def test_probe_calibration_offset_is_not_read_as_a_factor(fitted):
     assert set(cal2["kinds"]) >= {"window", "ttft"}
     assert all(v["tau"] >= T.SLICE_SD_DEFAULT[k] and v["runs"] == 2 for k, v in cal2["kinds"].items())
     assert cal2["spread"]["runs"] == 2 and cal2["spread"]["step"] >= 0 and cal2["spread"]["cpu"] >= 0
-    # the update's measured error widens its step factor, shared by the fixed and load parts
-    _, wide = T.update_deployment(idata, pobs, calibration=zero | {"spread": {"step": 0.2, "cpu": 0.0}})
+    # the update's measured error widens its step factor, shared by the fixed and load parts (the
+    # deployment level's: a probe of a trained deployment read as a run carries no update spread)
+    _, ref = T.update_deployment(idata, pobs, calibration=zero, level="deployment")
+    _, wide = T.update_deployment(idata, pobs, calibration=zero | {"spread": {"step": 0.2, "cpu": 0.0}}, level="deployment")
+    _, run = T.update_deployment(idata, pobs, calibration=zero | {"spread": {"step": 0.2, "cpu": 0.0}}, level="run")
     w = lambda i: np.log(i["step_factor"]["q95"] / i["step_factor"]["q05"])  # noqa: E731
+    assert w(run) < 0.5 * w(wide) and run["update_spread"] is None
     assert w(wide) > 2.0 * w(ref) and w(wide) > 0.5
     assert abs(np.log(wide["step_factor"]["mean"] / ref["step_factor"]["mean"])) < 0.05
 
@@ -340,8 +345,10 @@ def test_step_factors_one_or_two(fitted):
     step = fixed + load > 0
     y = np.where(step & (pobs.kind != 2), pobs.y * (fixed + 1.5 * load) / np.maximum(fixed + load, 1e-12), pobs.y)
     slow_load = replace(pobs, y=y)
-    new1, one = T.update_deployment(idata, slow_load, calibration=zero)
-    _, two = T.update_deployment(idata, slow_load, calibration=zero, step_factors=2)
+    # (the deployment level's: RUN is a training run, whose probe "auto" reads as a run, one step factor)
+    new1, one = T.update_deployment(idata, slow_load, calibration=zero, level="deployment")
+    _, two = T.update_deployment(idata, slow_load, calibration=zero, step_factors=2, level="deployment")
+    assert T.update_deployment(idata, slow_load, calibration=zero, step_factors=2)[1]["step_factors"] == 1
     assert one["step_factors"] == 1 and two["step_factors"] == 2
     dd = new1["deployment_update"]["dev_dep"].values
     np.testing.assert_array_equal(dd[..., 0], dd[..., 1])
@@ -674,3 +681,57 @@ def test_probe_on_an_unseen_gpu_pins_its_deviation(fitted, monkeypatch):
     sel = lambda idt: M.coefficient_draws(idt, "GPU-X", "dense", n=400, seed=2, new_run=False, deployment=key).draw_index  # noqa: E731
     np.testing.assert_array_equal(sel(off), sel(idata))
     assert len(np.unique(sel(new))) < 0.9 * len(np.unique(sel(idata)))  # resampled by weight: repeats
+
+
+def test_probe_of_a_trained_deployment_is_read_as_a_run_unless_it_is_far(fitted):
+    """A probe of a deployment the fit has seen: a probe like the training run is read as a new run
+    of it (run-level factors with the fit's between-run spread as prior, replacing a new run's
+    draw in predictions, so the prediction is no wider than without the update); a probe 1.6x
+    slower is read as a changed deployment (its factor follows the probe). level="run" forces the
+    first, a new deployment never gets it, and a bad level is refused by name."""
+    from dataclasses import replace
+
+    from bayeslat import features as F
+    from bayeslat import specs as S
+    from bayeslat.errors import SpecError
+
+    idata = fitted[0]
+    zero = {"kinds": {"ttft": {"mu": 0.0, "tau": 0.03}, "window": {"mu": 0.0, "tau": 0.03}}}
+    s = T.spec_for_run(RUN)
+    key = F.deployment_key(s["ctx"], "H100 SXM")
+    tr, _ = T.probe_obs(s, [f"bundled:{RUN}:200"])
+    new, info = T.update_deployment(idata, tr, calibration=zero)
+    lv = info["level"]
+    assert lv["hypotheses"] == ["run", "deployment"] and lv["prior_run"] == T.RUN_LEVEL_PRIOR
+    assert lv["p_run"] > 0.6, lv
+    assert 0.5 < lv["run_draws"] and lv["change_prior_sd"]["step"] > lv["run_prior_sd"]["step"]
+    du = new["deployment_update"]
+    m = du["run_level"].values.ravel().astype(bool)
+    # every draw carries the probed run's factors (unchanged or changed deployment), no deployment factor
+    assert m.all() and np.all(du["dev_dep"].values == 0.0)
+    with_run = M.coefficient_draws(new, "H100 SXM", "dense", seed=3, deployment=key)
+    coef = M.coefficient_draws(new, "H100 SXM", "dense", seed=3, deployment=key, new_run=False)
+    ratio = with_run.beta[:, 0, 0] / coef.beta[:, 0, 0]
+    np.testing.assert_allclose(np.log(ratio[m]), du["dev_run_step"].values.ravel()[m], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.log(with_run.alpha[m, 0] / coef.alpha[m, 0]), du["dev_run_alpha"].values.ravel()[m],
+                               rtol=1e-9, atol=1e-12)
+    # the prediction of the probed run is no wider than the fit's new-run prediction
+    old = M.coefficient_draws(idata, "H100 SXM", "dense", seed=3, deployment=key)
+    X = tr.X[tr.kind == 1].sum(axis=0)
+    spread = lambda cd: np.subtract(*np.quantile(np.log(np.einsum("rf,drf->d", X, cd.beta)), [0.95, 0.05]))  # noqa: E731
+    assert spread(with_run) < 1.05 * spread(old), (spread(with_run), spread(old))
+    # a probe far outside the run spread: a changed deployment, the factor follows the probe
+    slow = replace(tr, y=1.6 * tr.y)
+    _, far = T.update_deployment(idata, slow, calibration=zero)
+    assert far["level"]["p_run"] < 0.05 < lv["p_run"] - 0.5 and far["step_factor"]["mean"] > 1.35, far["level"]
+    _, forced = T.update_deployment(idata, slow, calibration=zero, level="run")
+    assert forced["level"]["hypotheses"] == ["run"] and forced["level"]["run_draws"] == 1.0
+    assert forced["step_factor"]["mean"] < far["step_factor"]["mean"]  # shrunk to the run prior
+    # a new deployment: the deployment level alone, nothing stored for runs
+    other = replace(S.load_hardware("h100-sxm"), name="GPU-X")
+    pobs, _ = T.probe_obs(T.spec_for_run(RUN, hardware=other, server_overrides={"kv_blocks": 7462}), [f"bundled:{RUN}:200"])
+    upd, ninfo = T.update_deployment(idata, pobs, calibration=zero)
+    assert ninfo["level"]["hypotheses"] == ["deployment"] and ninfo["level"]["p_run"] is None
+    assert "run_level" not in upd["deployment_update"]
+    with pytest.raises(SpecError, match="level"):
+        T.update_deployment(idata, tr, calibration=zero, level="workload")
