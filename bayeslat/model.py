@@ -918,20 +918,19 @@ def run_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_update_factors(idata, deployment: str, sel):
-    """(mask, log step factor, log CPU factor), each (len(sel),), of a probe update of a trained
-    deployment read as a run (:func:`bayeslat.transfer.update_deployment`, ``level``): the draws
-    where ``mask`` holds carry the probe's run factors in place of a new run's; None without one."""
+    """(log step factor, log CPU factor), each (len(sel),), of a probe update of a trained
+    deployment read as a run (:func:`bayeslat.transfer.update_deployment`, ``level``): they
+    replace a new run's factors in predictions of that deployment; None without one."""
     if "deployment_update" not in idata.groups():
         return None
     ds = idata["deployment_update"]
-    if "run_level" not in ds or "probe_deployment" not in ds.coords:
+    if "dev_run_step" not in ds or "probe_deployment" not in ds.coords:
         return None
     keys = [str(v) for v in ds.coords["probe_deployment"].values]
     if deployment not in keys:
         return None
     j = keys.index(deployment)
-    return (_flat(ds, "run_level")[sel][:, j].astype(bool), _flat(ds, "dev_run_step")[sel][:, j],
-            _flat(ds, "dev_run_alpha")[sel][:, j])
+    return _flat(ds, "dev_run_step")[sel][:, j], _flat(ds, "dev_run_alpha")[sel][:, j]
 
 
 def deployment_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
@@ -1270,9 +1269,7 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     if ru is not None:
         # a probe of this (trained) deployment read as a run of it: the probed run's factors,
         # conditioned on the probe, instead of a new run's (transfer.update_deployment, level)
-        m, ub, ua = ru
-        rs_b = np.where(m, ub, 0.0 if rs_b is None else rs_b)
-        rs_a = np.where(m, ua, 0.0 if rs_a is None else rs_a)
+        rs_b, rs_a = ru
     if rs_b is not None:
         beta = beta * np.exp(rs_b)[:, None, None]
         alpha = alpha * np.exp(rs_a)[:, None]
@@ -1299,9 +1296,7 @@ def _group_draws(idata, obs, n, seed):
                                seed=seed, new_run=False, deployment=dep)
         ru = run_update_factors(idata, dep, cd.draw_index)
         if ru is not None:
-            m, ub, ua = ru
-            cd = replace(cd, beta=cd.beta * np.exp(np.where(m, ub, 0.0))[:, None, None],
-                         alpha=cd.alpha * np.exp(np.where(m, ua, 0.0))[:, None])
+            cd = replace(cd, beta=cd.beta * np.exp(ru[0])[:, None, None], alpha=cd.alpha * np.exp(ru[1])[:, None])
         groups[(hw_i, cls_i, dep)] = cd
     return d, groups
 

@@ -1381,7 +1381,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     probed run's own log factors ``t`` (one on the step time, one on the CPU time), prior
     ``N(0, sigma_run_step)`` / ``N(0, sigma_run_alpha)`` (the fit's between-run spread,
     :func:`bayeslat.model.run_spread_draws`), no update spread; a prediction uses them in place
-    of a new run's factors (variables ``dev_run_step``, ``dev_run_alpha``, ``run_level``). "auto"
+    of a new run's factors (variables ``dev_run_step``, ``dev_run_alpha``; ``dev_dep`` is then 0). "auto"
     (default): "deployment" for a deployment the fit has not seen; for a trained one, ``t`` under
     two hypotheses, each conditioned on the probe (Laplace) and mixed per posterior draw by its
     Laplace evidence (prior probability of the first ``run_prior``, default
@@ -1475,8 +1475,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         # deployment: t ~ N(0, sigma_run) (the fit's between-run spread, run_spread); changed (what
         # the deployment key does not see): t = change + run deviation, the change with the spread
         # of a new deployment (the calibration's factor_sd where it has one, else the fit's
-        # sigma_dep). Each is conditioned on the probe (Laplace); per draw, the two mix by their
-        # evidence, prior odds RUN_LEVEL_PRIOR
+        # sigma_dep). Each is conditioned on the probe (Laplace); per draw, one of the two is
+        # drawn by their evidence, prior probability of the first pr (RUN_LEVEL_PRIOR)
         spr = None
         draw = np.zeros((D, 3))
         one = np.stack([parts[:, 0] + parts[:, 1], np.zeros_like(parts[:, 1]), parts[:, 2]], axis=1)
@@ -1524,8 +1524,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
              "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))}
     if applied:  # else coefficient_draws selects draws as without an update
         dvars["draw_weight"] = (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))
-    if run_draw is not None:  # model.coefficient_draws: these draws' run factor replaces a new run's
-        dvars["run_level"] = (("chain", "draw", "probe_deployment"), np.ones((C, Tn, 1), dtype=np.int8))
+    if run_draw is not None:  # model.run_update_factors: the probed run's factors replace a new run's
         dvars["dev_run_step"] = (("chain", "draw", "probe_deployment"), run_draw[:, 0].reshape(C, Tn, 1))
         dvars["dev_run_alpha"] = (("chain", "draw", "probe_deployment"), run_draw[:, 2].reshape(C, Tn, 1))
     ds = xr.Dataset(dvars, coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,

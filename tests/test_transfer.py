@@ -706,15 +706,19 @@ def test_probe_of_a_trained_deployment_is_read_as_a_run_unless_it_is_far(fitted)
     assert lv["p_run"] > 0.6, lv
     assert 0.5 < lv["run_draws"] and lv["change_prior_sd"]["step"] > lv["run_prior_sd"]["step"]
     du = new["deployment_update"]
-    m = du["run_level"].values.ravel().astype(bool)
     # every draw carries the probed run's factors (unchanged or changed deployment), no deployment factor
-    assert m.all() and np.all(du["dev_dep"].values == 0.0)
+    assert np.all(du["dev_dep"].values == 0.0) and np.any(du["dev_run_step"].values != 0.0)
     with_run = M.coefficient_draws(new, "H100 SXM", "dense", seed=3, deployment=key)
     coef = M.coefficient_draws(new, "H100 SXM", "dense", seed=3, deployment=key, new_run=False)
     ratio = with_run.beta[:, 0, 0] / coef.beta[:, 0, 0]
-    np.testing.assert_allclose(np.log(ratio[m]), du["dev_run_step"].values.ravel()[m], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(np.log(with_run.alpha[m, 0] / coef.alpha[m, 0]), du["dev_run_alpha"].values.ravel()[m],
+    np.testing.assert_allclose(np.log(ratio), du["dev_run_step"].values.ravel(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.log(with_run.alpha[:, 0] / coef.alpha[:, 0]), du["dev_run_alpha"].values.ravel(),
                                rtol=1e-9, atol=1e-12)
+    # the row predictions of the updated deployment are the probed run's too (rows of step time only)
+    steps = ~np.any(tr.A != 0, axis=1)
+    assert steps.sum() > 50
+    got = M.predict_mean(new, tr, seed=3)[:, steps] / M.predict_mean(idata, tr, seed=3)[:, steps]
+    np.testing.assert_allclose(got, np.exp(du["dev_run_step"].values.ravel())[:, None] * np.ones(steps.sum()), rtol=1e-9)
     # the prediction of the probed run is no wider than the fit's new-run prediction
     old = M.coefficient_draws(idata, "H100 SXM", "dense", seed=3, deployment=key)
     X = tr.X[tr.kind == 1].sum(axis=0)
@@ -732,6 +736,6 @@ def test_probe_of_a_trained_deployment_is_read_as_a_run_unless_it_is_far(fitted)
     pobs, _ = T.probe_obs(T.spec_for_run(RUN, hardware=other, server_overrides={"kv_blocks": 7462}), [f"bundled:{RUN}:200"])
     upd, ninfo = T.update_deployment(idata, pobs, calibration=zero)
     assert ninfo["level"]["hypotheses"] == ["deployment"] and ninfo["level"]["p_run"] is None
-    assert "run_level" not in upd["deployment_update"]
+    assert "dev_run_step" not in upd["deployment_update"]
     with pytest.raises(SpecError, match="level"):
         T.update_deployment(idata, tr, calibration=zero, level="workload")
