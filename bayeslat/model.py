@@ -1306,12 +1306,13 @@ def _group_mask(d, key):
     return (d["hw"] == h) & (d["cls"] == c) & (d["deployment"] == dep)
 
 
-def _run_factors(idata, d, cd, seed):
-    """(D, n_rows) run-level factors: the fitted one for runs in the fit, a new draw otherwise."""
+def _run_factors(idata, d, cd, seed, deployment=None):
+    """(D, n_rows) run-level factors: the fitted one for runs in the fit, a new draw otherwise; 1
+    for a deployment whose probed run's factors ``cd`` already carries (:func:`run_update_factors`)."""
     post = idata.posterior
     rows = np.asarray(d["run"]).astype(str)
     D = len(cd.draw_index)
-    if "run_factor" not in post:
+    if "run_factor" not in post or (deployment is not None and run_update_factors(idata, deployment, cd.draw_index) is not None):
         return np.ones((D, len(rows)))
     fitted = [str(r) for r in post.coords["run"].values]
     rf = _flat(post, "run_factor")[cd.draw_index]
@@ -1334,7 +1335,7 @@ def predict_mean(idata, obs, n: int | None = None, seed: int = 0) -> np.ndarray:
     for key, cd in groups.items():
         m = _group_mask(d, key)
         mu[:, m] = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
-            * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed)
+            * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed, deployment=key[2])
     return mu
 
 
@@ -1353,7 +1354,7 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.
     for key, cd in groups.items():
         m = _group_mask(d, key)
         mu = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
-            * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed)
+            * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed, deployment=key[2])
         k = d["kind"][m]
         s_abs, c_rel = noise_terms(cd, k, d["n_steps"][m])
         out[:, m] = mu + (s_abs + c_rel * mu) * rng.standard_t(cd.nu[:, k], size=mu.shape)

@@ -1388,7 +1388,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     :data:`RUN_LEVEL_PRIOR`): the deployment is the one the fit
     knows (``t`` a run deviation, prior above), or it changed in what the deployment key does not
     see (a vLLM version, chunk size, driver: ``t`` = change + run deviation, the change with a new
-    deployment's spread, the calibration's ``factor_sd`` or else ``sigma_dep``). A probe within
+    deployment's spread, the larger of ``sigma_dep`` and the calibration's ``factor_sd``). A probe within
     the run spread is then read as a run, a probe far outside it as a changed deployment whose
     factor follows the probe. ``info["level"]``: the hypotheses, ``p_run`` (mean over draws), the
     priors. (Session 16: with the deployment level alone, probes of held-out workloads of trained
@@ -1418,11 +1418,22 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     if len(keys) != 1 or len(set(zip(d["hw"].tolist(), d["cls"].tolist()))) != 1:
         raise SpecError(f"a probe must come from one deployment (got {keys})", field="probe")
     hw, cls = d["hardware_levels"][int(d["hw"][0])], d["class_levels"][int(d["cls"][0])]
-    cd = M.coefficient_draws(idata, hw, cls, n=None, seed=seed, new_run=False, deployment=None)
-    D = cd.beta.shape[0]
+    new_dep = not M.trained_deployment(idata, keys[0])
+    if level == "run" and new_dep:
+        raise SpecError(f"level='run' needs a deployment of the fit; {keys[0]} is not one (a new deployment's "
+                        "factors need the between-deployment spread: level='auto' or 'deployment')", field="level")
+    hyps = (["deployment"] if new_dep else ["run", "deployment"]) if level == "auto" else [level]
     nf = STEP_FACTORS if step_factors is None else step_factors
     if nf not in (1, 2):
         raise SpecError(f"step_factors must be 1 or 2, got {nf!r}", field="step_factors")
+    if nf == 2 and "run" in hyps:
+        raise SpecError("step_factors=2 is for the deployment level; a probe of a deployment of the fit is read as "
+                        "a run (one step factor) unless level='deployment'", field="step_factors")
+    cd = M.coefficient_draws(idata, hw, cls, n=None, seed=seed, new_run=False, deployment=None)
+    D = cd.beta.shape[0]
+    fitted = M._deployment_factors(idata.posterior, "deployment", keys[0], cd.draw_index) if "run" in hyps else None
+    if fitted is not None:  # a fit with the deployment level ("fit"): the run is relative to its fitted factors
+        cd = replace(cd, beta=cd.beta * np.exp(fitted[0])[:, None, :], alpha=cd.alpha * np.exp(fitted[1])[:, None])
     fix = F.FIXED_STEP_MASK
     parts = np.stack([np.einsum("nrf,drf->dn", d["X"][..., fix], cd.beta[..., fix]),
                       np.einsum("nrf,drf->dn", d["X"][..., ~fix], cd.beta[..., ~fix]),
@@ -1438,11 +1449,6 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         n_req = int(obs.meta.get("probe_requests") or np.unique(np.asarray(obs.request)[np.asarray(obs.request) >= 0]).size)
         calibration = auto_calibration(idata, n_req, seed=seed, design=obs.meta.get("probe_design", "first"))
     cal = (calibration or {}).get("kinds", {})
-    new_dep = not M.trained_deployment(idata, keys[0])
-    if level == "auto":
-        hyps = ["deployment"] if new_dep else ["run", "deployment"]
-    else:
-        hyps = [level]
     fsd = factor_sd if factor_sd is not None else ((calibration or {}).get("factor_sd") if new_dep else None)
     sig_fit = (float(np.median(sig[0])), float(np.median(sig[1])))
     if fsd:
@@ -1474,17 +1480,15 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         # step time, one on the CPU time) replace a new run's draw in its predictions. Unchanged
         # deployment: t ~ N(0, sigma_run) (the fit's between-run spread, run_spread); changed (what
         # the deployment key does not see): t = change + run deviation, the change with the spread
-        # of a new deployment (the calibration's factor_sd where it has one, else the fit's
-        # sigma_dep). Each is conditioned on the probe (Laplace); per draw, one of the two is
+        # of a new deployment (the larger of the fit's sigma_dep and the calibration's factor_sd). Each is conditioned on the probe (Laplace); per draw, one of the two is
         # drawn by their evidence, prior probability of the first pr (RUN_LEVEL_PRIOR)
         spr = None
         draw = np.zeros((D, 3))
-        one = np.stack([parts[:, 0] + parts[:, 1], np.zeros_like(parts[:, 1]), parts[:, 2]], axis=1)
         rsig = M.run_spread_draws(idata, D, rng)
 
         def branch(s_step, s_cpu):
             bpsd = np.concatenate([np.stack([s_step, s_step, s_cpu], axis=1), psd[:, 3:]], axis=1)
-            fn = _ProbePosterior(one, y, k, kinds, sab, crel, cd.nu[:, k], bpsd, pmean)
+            fn = _ProbePosterior(fit_parts, y, k, kinds, sab, crel, cd.nu[:, k], bpsd, pmean)  # nf == 1 here
             th, Lb, gb, lz = _laplace(fn, pmean, bpsd, newton_steps)
             dr = (th + np.einsum("dij,dj->di", Lb, rng.standard_normal(th.shape)))[:, :3]
             dr[:, 1] = dr[:, 0]
@@ -1520,8 +1524,10 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     post = idata.posterior
     C, Tn = post.sizes["chain"], post.sizes["draw"]
     new = copy.deepcopy(idata) if copy_idata else None
-    dvars = {"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
-             "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))}
+    dvars = {}
+    if run_draw is None:  # the deployment level; read as a run, the deployment keeps what the fit has
+        dvars = {"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
+                 "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))}
     if applied:  # else coefficient_draws selects draws as without an update
         dvars["draw_weight"] = (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))
     if run_draw is not None:  # model.run_update_factors: the probed run's factors replace a new run's
@@ -1685,18 +1691,19 @@ def cli_update(args) -> int:
                   f"[{du['step_factor']['q05']:.3f}, {du['step_factor']['q95']:.3f}]{fx}; CPU-time factor "
                   f"{du['cpu_factor']['mean']:.3f} [{du['cpu_factor']['q05']:.3f}, {du['cpu_factor']['q95']:.3f}]")
             fp = du.get("factor_prior_sd") or {}
-            if fp:
+            lv = du.get("level") or {}
+            if fp and lv.get("p_run") is None:  # the deployment level's prior (a run's is printed below)
                 fit, fl = fp.get("fit") or {}, fp.get("floor")
                 src = (f"the fit's deployment spread {fit.get('step', float('nan')):.3f} / {fit.get('cpu', float('nan')):.3f}"
                        + (f", floored at the out-of-sample spread of new deployments {fl['step']:.3f} / {fl['cpu']:.3f}" if fl else ""))
                 print(f"  factor prior (log SD, median over draws): step {fp['step']:.3f}, CPU {fp['cpu']:.3f} ({src})")
-            lv = du.get("level") or {}
             if du.get("trained_deployment") and lv.get("p_run") is not None:
+                ch = lv.get("change_prior_sd")
                 print(f"  {du['deployment']} is a deployment of the fit (a training run had this model, GPU and "
                       f"parallelism): the probe reads as a new run of it with probability {lv['p_run']:.2f} (run-level "
-                      f"factors, prior SD step {lv['run_prior_sd']['step']:.3f} / CPU {lv['run_prior_sd']['cpu']:.3f}), "
-                      f"else as a changed deployment (what the deployment key does not see: vLLM version, chunk size, "
-                      f"driver)")
+                      f"factors, prior SD step {lv['run_prior_sd']['step']:.3f} / CPU {lv['run_prior_sd']['cpu']:.3f})"
+                      + (f", else as a changed deployment (what the deployment key does not see: vLLM version, chunk "
+                         f"size, driver; change SD step {ch['step']:.3f} / CPU {ch['cpu']:.3f})" if ch else ""))
             dw = du.get("draw_weights")
             if dw and dw.get("applied", True):
                 print(f"  new level(s) {', '.join(dw.get('new_levels') or [])}: posterior draws reweighted by the probe's "

@@ -348,7 +348,8 @@ def test_step_factors_one_or_two(fitted):
     # (the deployment level's: RUN is a training run, whose probe "auto" reads as a run, one step factor)
     new1, one = T.update_deployment(idata, slow_load, calibration=zero, level="deployment")
     _, two = T.update_deployment(idata, slow_load, calibration=zero, step_factors=2, level="deployment")
-    assert T.update_deployment(idata, slow_load, calibration=zero, step_factors=2)[1]["step_factors"] == 1
+    with pytest.raises(SpecError, match="step_factors=2"):  # a trained deployment's probe is read as a run
+        T.update_deployment(idata, slow_load, calibration=zero, step_factors=2)
     assert one["step_factors"] == 1 and two["step_factors"] == 2
     dd = new1["deployment_update"]["dev_dep"].values
     np.testing.assert_array_equal(dd[..., 0], dd[..., 1])
@@ -703,17 +704,22 @@ def test_probe_of_a_trained_deployment_is_read_as_a_run_unless_it_is_far(fitted)
     new, info = T.update_deployment(idata, tr, calibration=zero)
     lv = info["level"]
     assert lv["hypotheses"] == ["run", "deployment"] and lv["prior_run"] == T.RUN_LEVEL_PRIOR
-    assert lv["p_run"] > 0.6, lv
-    assert 0.5 < lv["run_draws"] and lv["change_prior_sd"]["step"] > lv["run_prior_sd"]["step"]
+    assert lv["p_run"] > 0.55, lv  # 0.63-0.68 over update and fit seeds
+    assert 0.4 < lv["run_draws"] and lv["change_prior_sd"]["step"] > lv["run_prior_sd"]["step"]
     du = new["deployment_update"]
     # every draw carries the probed run's factors (unchanged or changed deployment), no deployment factor
-    assert np.all(du["dev_dep"].values == 0.0) and np.any(du["dev_run_step"].values != 0.0)
+    assert "dev_dep" not in du and np.any(du["dev_run_step"].values != 0.0)
     with_run = M.coefficient_draws(new, "H100 SXM", "dense", seed=3, deployment=key)
     coef = M.coefficient_draws(new, "H100 SXM", "dense", seed=3, deployment=key, new_run=False)
     ratio = with_run.beta[:, 0, 0] / coef.beta[:, 0, 0]
     np.testing.assert_allclose(np.log(ratio), du["dev_run_step"].values.ravel(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.log(with_run.alpha[:, 0] / coef.alpha[:, 0]), du["dev_run_alpha"].values.ravel(),
                                rtol=1e-9, atol=1e-12)
+    # a subset of the draws gets its own draws' run factors
+    sub = M.coefficient_draws(new, "H100 SXM", "dense", n=40, seed=5, deployment=key)
+    sub0 = M.coefficient_draws(new, "H100 SXM", "dense", n=40, seed=5, deployment=key, new_run=False)
+    np.testing.assert_allclose(np.log(sub.beta[:, 0, 0] / sub0.beta[:, 0, 0]),
+                               du["dev_run_step"].values.ravel()[sub.draw_index], rtol=1e-9, atol=1e-12)
     # the row predictions of the updated deployment are the probed run's too (rows of step time only)
     steps = ~np.any(tr.A != 0, axis=1)
     assert steps.sum() > 50
@@ -739,3 +745,40 @@ def test_probe_of_a_trained_deployment_is_read_as_a_run_unless_it_is_far(fitted)
     assert "dev_run_step" not in upd["deployment_update"]
     with pytest.raises(SpecError, match="level"):
         T.update_deployment(idata, tr, calibration=zero, level="workload")
+    with pytest.raises(SpecError, match="not one"):  # a new deployment is not a run of a trained one
+        T.update_deployment(idata, pobs, calibration=zero, level="run")
+    with pytest.raises(SpecError, match="run_prior"):
+        T.update_deployment(idata, tr, calibration=zero, run_prior=1.0)
+
+
+def test_laplace_evidence_matches_quadrature():
+    """The probe update's Laplace log evidence (what decides run vs changed deployment) against a
+    grid integral: one step factor and one slice error act on 5 rows (the other factors have no
+    data); the difference between a narrow and a wide factor prior matches to 0.05 nats (0.02-0.03
+    each)."""
+    rng = np.random.default_rng(0)
+    base = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    y = 1.3 * base * np.exp(rng.normal(0, 0.03, 5))
+    parts = np.zeros((1, 3, 5))
+    parts[0, 0] = base
+    sab, crel, nu = np.full((1, 5), 0.5), np.full((1, 5), 0.05), np.full((1, 5), 5.0)
+    kind = np.ones(5, dtype=int)
+
+    def laplace(s):
+        psd = np.array([[s, s, 0.3, 0.05]])
+        pm = np.zeros((1, 4))
+        return T._laplace(T._ProbePosterior(parts, y, kind, [1], sab, crel, nu, psd, pm), pm, psd, 30)[3][0]
+
+    def quad(s):
+        g = np.linspace(-1.0, 1.0, 1201)
+        th, e = np.meshgrid(g, g, indexing="ij")
+        mu = np.exp(th + e)[..., None] * base
+        ll = T._logt(mu, y, 0.5, 0.05, 5.0).sum(axis=-1)
+        lp = ll - 0.5 * (th / s) ** 2 - 0.5 * (e / 0.05) ** 2 - np.log(2 * np.pi * s * 0.05)
+        m = lp.max()
+        return m + np.log(np.exp(lp - m).sum() * (g[1] - g[0]) ** 2)
+
+    assert quad(0.02) - quad(0.2) < -1.0  # the data favour the wide prior (a level 30% off)
+    assert abs((laplace(0.02) - laplace(0.2)) - (quad(0.02) - quad(0.2))) < 0.05
+    for sd in (0.02, 0.2):  # and each on its own (the data-free factors integrate to 1 exactly)
+        assert abs(laplace(sd) - quad(sd)) < 0.1
