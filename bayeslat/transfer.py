@@ -1687,7 +1687,8 @@ def cli_update(args) -> int:
         if "step_factor" in du:
             fx = "".join(f", {p} part {du[p + '_factor']['mean']:.3f} [{du[p + '_factor']['q05']:.3f}, "
                          f"{du[p + '_factor']['q95']:.3f}]" for p in ("fixed", "load") if p + "_factor" in du)
-            print(f"  deployment {du['deployment']}: step-time factor {du['step_factor']['mean']:.3f} "
+            as_run = (du.get("level") or {}).get("p_run") is not None
+            print(f"  {'probed run of deployment' if as_run else 'deployment'} {du['deployment']}: step-time factor {du['step_factor']['mean']:.3f} "
                   f"[{du['step_factor']['q05']:.3f}, {du['step_factor']['q95']:.3f}]{fx}; CPU-time factor "
                   f"{du['cpu_factor']['mean']:.3f} [{du['cpu_factor']['q05']:.3f}, {du['cpu_factor']['q95']:.3f}]")
             fp = du.get("factor_prior_sd") or {}
@@ -1714,7 +1715,7 @@ def cli_update(args) -> int:
                       "the draws keep equal weights and the deployment factors alone carry the probe")
             elif dw:
                 print("  every level of the configuration is trained: the posterior draws keep equal weights "
-                      "(the deployment factors alone carry the probe)")
+                      f"(the {'run' if as_run else 'deployment'} factors alone carry the probe)")
         for tag in ("before", "after"):
             e = pr[tag]
             print(f"  probe rows {tag:6s}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "
