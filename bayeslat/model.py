@@ -903,17 +903,18 @@ def update_weights(idata, deployment: str) -> np.ndarray | None:
 
 def run_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """(sigma_run_step, sigma_run_alpha) draws (n each), the between-run spread of a new run of a
-    trained deployment: from group ``run_spread`` (:func:`attach_run_spread`), else ``sigma_run``
-    (both parts) when the fit has it, else the scales of ``RUN_SPREAD``'s priors."""
-    if "run_spread" in idata.groups():
-        rs = idata["run_spread"]
-        k = rng.integers(0, rs.sizes["draw"] * rs.sizes["chain"], n)
-        return _flat(rs, "sigma_run_step")[k], _flat(rs, "sigma_run_alpha")[k]
+    trained deployment, in :func:`coefficient_draws`'s order: ``sigma_run`` (both parts) when the
+    fit has it, else group ``run_spread`` (:func:`attach_run_spread`), else the scales of
+    ``RUN_SPREAD``'s priors."""
     post = idata.posterior
     if "sigma_run" in post:
         v = _flat(post, "sigma_run")
         v = v[rng.integers(0, len(v), n)]
         return v, v
+    if "run_spread" in idata.groups():
+        rs = idata["run_spread"]
+        k = rng.integers(0, rs.sizes["draw"] * rs.sizes["chain"], n)
+        return _flat(rs, "sigma_run_step")[k], _flat(rs, "sigma_run_alpha")[k]
     return np.full(n, float(RUN_SPREAD["prior_step"])), np.full(n, float(RUN_SPREAD["prior_alpha"]))
 
 
@@ -1261,10 +1262,9 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         rs_b = rs_a = _flat(post, "sigma_run")[sel] * rng.standard_normal(Dn)
     elif new_run and "run_spread" in idata.groups():
         # a new run: step-time and CPU factors from the fit's between-run spread (attach_run_spread)
-        rs = idata["run_spread"]
-        k = rng.integers(0, rs.sizes["draw"] * rs.sizes["chain"], Dn)
-        rs_b = _flat(rs, "sigma_run_step")[k] * rng.standard_normal(Dn)
-        rs_a = _flat(rs, "sigma_run_alpha")[k] * rng.standard_normal(Dn)
+        s_step, s_alpha = run_spread_draws(idata, Dn, rng)
+        rs_b = s_step * rng.standard_normal(Dn)
+        rs_a = s_alpha * rng.standard_normal(Dn)
     ru = run_update_factors(idata, deployment, sel) if new_run and deployment is not None else None
     if ru is not None:
         # a probe of this (trained) deployment read as a run of it: the probed run's factors,

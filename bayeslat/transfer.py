@@ -1381,7 +1381,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     probed run's own log factors ``t`` (one on the step time, one on the CPU time), prior
     ``N(0, sigma_run_step)`` / ``N(0, sigma_run_alpha)`` (the fit's between-run spread,
     :func:`bayeslat.model.run_spread_draws`), no update spread; a prediction uses them in place
-    of a new run's factors (variables ``dev_run_step``, ``dev_run_alpha``; ``dev_dep`` is then 0). "auto"
+    of a new run's factors (variables ``dev_run_step``, ``dev_run_alpha``; no ``dev_dep``: the
+    deployment keeps what the fit has). "auto"
     (default): "deployment" for a deployment the fit has not seen; for a trained one, ``t`` under
     two hypotheses, each conditioned on the probe (Laplace) and mixed per posterior draw by its
     Laplace evidence (prior probability of the first ``run_prior``, default
@@ -1480,10 +1481,10 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         # step time, one on the CPU time) replace a new run's draw in its predictions. Unchanged
         # deployment: t ~ N(0, sigma_run) (the fit's between-run spread, run_spread); changed (what
         # the deployment key does not see): t = change + run deviation, the change with the spread
-        # of a new deployment (the larger of the fit's sigma_dep and the calibration's factor_sd). Each is conditioned on the probe (Laplace); per draw, one of the two is
-        # drawn by their evidence, prior probability of the first pr (RUN_LEVEL_PRIOR)
-        spr = None
-        draw = np.zeros((D, 3))
+        # of a new deployment (the larger of the fit's sigma_dep and the calibration's factor_sd).
+        # Each is conditioned on the probe (Laplace); per draw, one of the two is drawn by their
+        # evidence, prior probability of the first pr (RUN_LEVEL_PRIOR)
+        spr = draw = None
         rsig = M.run_spread_draws(idata, D, rng)
 
         def branch(s_step, s_cpu):
@@ -1524,15 +1525,14 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     post = idata.posterior
     C, Tn = post.sizes["chain"], post.sizes["draw"]
     new = copy.deepcopy(idata) if copy_idata else None
-    dvars = {}
-    if run_draw is None:  # the deployment level; read as a run, the deployment keeps what the fit has
+    if run_draw is None:  # the deployment level
         dvars = {"dev_dep": (("chain", "draw", "probe_deployment", "step_part"), draw[:, :2].reshape(C, Tn, 1, 2)),
                  "dev_alpha_dep": (("chain", "draw", "probe_deployment"), draw[:, 2].reshape(C, Tn, 1))}
+    else:  # model.run_update_factors: the probed run's factors replace a new run's; the deployment keeps the fit's
+        dvars = {"dev_run_step": (("chain", "draw", "probe_deployment"), run_draw[:, 0].reshape(C, Tn, 1)),
+                 "dev_run_alpha": (("chain", "draw", "probe_deployment"), run_draw[:, 2].reshape(C, Tn, 1))}
     if applied:  # else coefficient_draws selects draws as without an update
         dvars["draw_weight"] = (("chain", "draw", "probe_deployment"), wts.reshape(C, Tn, 1))
-    if run_draw is not None:  # model.run_update_factors: the probed run's factors replace a new run's
-        dvars["dev_run_step"] = (("chain", "draw", "probe_deployment"), run_draw[:, 0].reshape(C, Tn, 1))
-        dvars["dev_run_alpha"] = (("chain", "draw", "probe_deployment"), run_draw[:, 2].reshape(C, Tn, 1))
     ds = xr.Dataset(dvars, coords={"chain": post.coords["chain"].values, "draw": post.coords["draw"].values,
                                    "probe_deployment": keys, "step_part": list(F.STEP_PARTS)})
     if new is not None:
@@ -1549,7 +1549,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
                 "q95": M._weighted_quantile(e, wts, 0.95), "log_mean": float(np.sum(wts * v))}
 
     # the factors the probe's run gets: the deployment's, or (a run of a trained deployment) the run's
-    comb = draw if run_draw is None else draw + run_draw
+    comb = draw if run_draw is None else run_draw
     # effective factor on the probe's own step time (fixed and load parts weighted as in its rows)
     tot = parts[:, :2].sum(axis=2)
     eff = np.log((np.exp(comb[:, :2]) * tot).sum(axis=1) / np.maximum(tot.sum(axis=1), 1e-300))
