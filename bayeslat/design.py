@@ -469,7 +469,10 @@ def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: 
     ``block_size``), ``n_preempted`` from ``batch.num_preempted``; y = ``cycle_time_us`` (the next
     sampled step's start - this start). Kept: steps whose successor was sampled and whose
     snapshots are complete (as many scheduled PREFILL / DECODE snapshots as
-    ``batch.num_prefill_reqs`` / ``batch.num_decode_reqs``, where recorded).
+    ``batch.num_prefill_reqs`` / ``batch.num_decode_reqs``, where recorded), except a step after
+    which the server was empty (``batch.num_finished`` covers ``queue.running_depth`` and
+    ``queue.waiting_depth`` is 0, where recorded): its successor started at the next arrival, so
+    the cycle times an idle gap (counted as ``steps_idle_after``).
 
     Returns (DataFrame with step_id, ts_start_ns, y_ms and the STATS columns, counts)."""
     cols = {"step.id": "step_id", "request.id": "request_id", "request.phase": "phase",
@@ -499,15 +502,20 @@ def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: 
     tot = npf + ndc
     got = (res["n_prefill"] + res["n_decode"]).to_numpy()
     complete = np.isnan(tot) | (got == tot)
+    # a step that finished every request the server held, with none waiting, is followed by an
+    # idle wait for the next arrival: the next step's start then times the idle gap, not the step
+    col = lambda c: rec[c].reindex(res["step_id"]).to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
+    with np.errstate(invalid="ignore"):
+        idle = (np.fmax(col("queue.running_depth"), got) - col("batch.num_finished") <= 0) & (col("queue.waiting_depth") == 0)
     npre = rec["batch.num_preempted"].reindex(res["step_id"]).to_numpy(dtype="float64", na_value=np.nan)
     res["n_preempted"] = np.nan_to_num(npre)
     if kv_steps is not None and len(kv_steps):
         kv = kv_steps.groupby(kv_steps["step"].to_numpy(dtype="float64", na_value=np.nan))[["blocks_offloaded", "blocks_loaded"]].sum()
         moved = (kv["blocks_offloaded"].astype("float64") + kv["blocks_loaded"].astype("float64")).reindex(res["step_id"].astype("float64"))
         res["offload_tokens"] = np.nan_to_num(moved.to_numpy(np.float64)) * float(block_size)
-    ok = complete & np.isfinite(res["dt_us"].to_numpy()) & (res["dt_us"].to_numpy() > 0)
+    ok = complete & ~idle & np.isfinite(res["dt_us"].to_numpy()) & (res["dt_us"].to_numpy() > 0)
     counts.update(steps_with_snapshots=int(len(res)), steps_snapshots_incomplete=int((~complete).sum()),
-                  steps_exact=int(ok.sum()))
+                  steps_idle_after=int((complete & idle).sum()), steps_exact=int(ok.sum()))
     out = res[ok].copy()
     out["y_ms"] = out["dt_us"] / 1e3
     return out[["step_id", "ts_start_ns", "y_ms", *F.STATS]].reset_index(drop=True), counts

@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslat import features as F
-from bayeslat.errors import SpecError
+from bayeslat.errors import IngestError, SpecError
 
 VERDICTS = ("in-distribution", "extrapolating", "out-of-distribution")
 DECISIONS = ("transfer-ok", "update", "refit")
@@ -687,9 +687,155 @@ def probe_design_of(probe_paths) -> str:
     return "stages" if any(str(p).startswith("bundled:") and len(str(p).split(":")) > 3 for p in paths) else "first"
 
 
+#: ``bayeslat.ingest`` file kinds (:func:`bayeslat.ingest._io.detect_kind`) a probe may be given as:
+#: vLLM's OTLP journey / step traces, its KV event stream, inference-perf replay (+ ground truth) files
+PROBE_TRACE_KINDS = ("otlp", "kv_events", "replay", "ground_truth")
+
+
+def _probe_inputs(probe_paths) -> list[tuple[str, object]]:
+    """Sort probe inputs: ("requests", path) for a ``bundled:`` probe or a per-request CSV / Parquet
+    file (:func:`read_probe`), ("tables", dir) for a ``bayeslat ingest --out`` directory (one probe
+    per run in it), ("traces", [paths]) for every trace file (:data:`PROBE_TRACE_KINDS`), ingested
+    together as one probe run (journey and step traces of one run come as separate files)."""
+    from bayeslat.ingest._io import detect_kind
+
+    out, traces = [], []
+    for pth in probe_paths:
+        ps = str(pth)
+        p = Path(ps)
+        if ps.startswith("bundled:") or not p.exists() or p.suffix.lower() in (".csv", ".parquet", ".pq"):
+            out.append(("requests", ps))  # read_probe names a missing file
+        elif p.is_dir():
+            out.append(("tables", ps))
+        else:
+            try:
+                kind = detect_kind(p)
+            except (OSError, EOFError) as e:
+                raise SpecError(f"unreadable probe file: {e}", file=ps, field="probe") from None
+            if kind not in PROBE_TRACE_KINDS:
+                raise SpecError(f"not a probe (file kind {kind!r}; give per-request CSV / Parquet with arrival_time_us, "
+                                "input_tokens, output_tokens, ttft_ms, e2e_ms; vLLM OTLP trace / KV event / "
+                                "inference-perf replay files; or a `bayeslat ingest --out` directory)", file=ps, field="probe")
+            traces.append(ps)
+    if traces:
+        out.append(("traces", traces))
+    return out
+
+
+def _probe_experiment(s: dict, name: str) -> dict:
+    """The experiment dict :func:`bayeslat.ingest.ingest` tags a trace probe's tables with: the
+    SPEC's model, GPU and server (the traces carry none of them)."""
+    from dataclasses import asdict
+
+    srv = {k: v for k, v in asdict(s["server"]).items() if v is not None}
+    return {"name": name, "model": s["model"].name, "hardware": s["hardware"].name, "server": srv, "workload": {},
+            "source": "probe"}
+
+
+def _ingest_report_summary(rep) -> dict:
+    """What ingesting a trace probe kept and skipped (every skipped record is counted by reason;
+    the first few messages name file and line)."""
+    d = rep.to_dict()
+    return {k: d[k] for k in ("files", "kept", "skipped_total", "skipped", "notes")}
+
+
+def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
+    """One probe run of ingested tables ``tb``: (per-request frame for the lifecycle rows or None,
+    info, [extra ObsTables]). The extra rows need no reconstruction, so no cut applies to them:
+    exact one-step rows from step snapshots (``step.REQUEST_SNAPSHOT``, kind "step":
+    :func:`bayeslat.design.exact_step_rows`) and alpha rows from journey requests (kind "alpha":
+    :func:`bayeslat.design.journey_alpha_rows`)."""
+    from bayeslat import design
+
+    req = tb["requests"][tb["requests"]["run"] == run]
+    steps = tb["steps"][tb["steps"]["run"] == run].sort_values("step.id", kind="stable")
+    sreq = tb["step_requests"][tb["step_requests"]["run"] == run]
+    kvs = tb["kv_steps"][tb["kv_steps"]["run"] == run]
+    lf, src, linfo = design._lifecycle_frame(req)
+    hwname, cls, srv = s["hardware"].name, s["model"].model_class, s["server"]
+    info = {"source": source, "run": f"probe:{run}", "system_prompt_len": 0, "lifecycle": linfo,
+            "trace_rows": {}, "ingest": report}
+    extra = []
+    t0_ns = float(np.nanmin(lf["arrival_ns"])) if src is not None and np.isfinite(lf["arrival_ns"]).any() else None
+    t_end = 1.0
+    if len(steps) and len(sreq):
+        ex, cnt = design.exact_step_rows(steps, sreq, kvs, block_size=int(srv.block_size))
+        info["trace_rows"]["step_exact"] = int(len(ex))
+        info["exact_steps"] = cnt
+        if len(ex):
+            ts = ex["ts_start_ns"].to_numpy(np.float64)
+            t_us = (ts - (t0_ns if t0_ns is not None else ts.min())) / 1e3
+            t_end = max(t_end, float(t_us.max()))
+            extra.append(design._rows_table(0, ex["y_ms"].to_numpy(), design._per_regime(ex[list(F.STATS)].to_numpy(), s["ctx"]),
+                                            np.zeros((len(ex), F.N_ALPHA)), np.ones(len(ex)), np.full(len(ex), -1),
+                                            t_us, t_end, info["run"], hwname, cls))
+    elif len(steps):
+        info["trace_rows"]["step_records_without_snapshots"] = int(len(steps))
+    al = design.journey_alpha_rows(req)
+    nj = int((req["source"] == "journey").sum())
+    if nj:
+        info["trace_rows"]["alpha"] = int(len(al))
+        info["trace_rows"]["alpha_journey_requests_without_row"] = nj - int(len(al))
+    if len(al):
+        A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy(), F.multiproc(s["ctx"]))
+        extra.append(design._rows_table(3, al["y_ms"].to_numpy(), np.zeros((len(al), len(F.REGIMES), F.N_BETA)), A,
+                                        np.zeros(len(al)), al["request"].to_numpy(), al["t_us"].to_numpy(),
+                                        max(t_end, float(al["t_us"].max())), info["run"], hwname, cls))
+    df = None
+    if src is not None:
+        df = lf.drop(columns="arrival_ns")
+        df["context_only"] = False
+        df = df.sort_values("arrival_us", kind="stable").reset_index(drop=True)
+        df["arrival_us"] = df["arrival_us"] - df["arrival_us"].min()
+        # as a per-request probe file: rows ending after the last arrival are dropped (a trace cut
+        # from a longer run does not see the requests that arrived after it)
+        info["cut_us"] = float(df["arrival_us"].max())
+    if df is None and not extra:
+        raise SpecError(f"run {run}: no probe rows (no request with a TTFT and an E2E, no step snapshots, no journey "
+                        "alpha delays)", file=source, field="probe")
+    return df, info, extra
+
+
+def _probe_units(probe_paths, s):
+    """[(per-request frame or None, info, [extra ObsTables])] of every probe run in ``probe_paths``."""
+    from bayeslat import design
+
+    units = []
+    for kind, src in _probe_inputs(probe_paths):
+        if kind == "requests":
+            df, info = read_probe(src)
+            units.append((df, info, []))
+            continue
+        if kind == "tables":
+            sets = [(design.read_tables(d), str(d), None) for d in design.table_dirs(src)]
+        else:
+            from bayeslat.ingest import ingest
+
+            res = ingest(src, experiment=_probe_experiment(s, "probe-" + Path(src[0]).name.split(".")[0]))
+            if res.report.errors:
+                raise IngestError(res.report.errors[0].split(": ", 1)[-1], file=", ".join(src), field="probe")
+            sets = [(res.tables, ", ".join(src), _ingest_report_summary(res.report))]
+        for tb, name, rep in sets:
+            runs = list(dict.fromkeys(list(tb["requests"]["run"].dropna()) + list(tb["steps"]["run"].dropna())))
+            if not runs:
+                raise SpecError("no request or step records in the probe", file=name, field="probe")
+            units += [_trace_probe(tb, r, s, name, rep) for r in runs]
+    return units
+
+
 def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
-    """Reconstruct probe runs (lifecycle path) into ObsTable rows of the spec's group; returns
-    (ObsTable, [per-probe info with observed mean TTFT / E2E])."""
+    """Reconstruct probe runs into ObsTable rows of the spec's group; returns (ObsTable,
+    [per-probe info with observed mean TTFT / E2E]).
+
+    ``probe_paths``: per-request CSV / Parquet files or ``bundled:`` probes (:func:`read_probe`;
+    lifecycle reconstruction -> decode windows and TTFT rows), ``bayeslat ingest --out``
+    directories, or vLLM trace files (OTLP journey / step traces, KV event stream, inference-perf
+    replay files; :data:`PROBE_TRACE_KINDS`), which are ingested together as one run with the
+    SPEC's model, GPU and server. From traces the probe also gets the rows that need no
+    reconstruction: exact step times where the step trace has request snapshots (a probe of steps)
+    and the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
+    skipped and why; ``info["trace_rows"]`` the rows built (and journey requests without an alpha
+    row). A probe without per-request TTFT / E2E (a step trace alone) has no ``observed`` means."""
     from bayeslat import design
     from bayeslat import reconstruct as R
 
@@ -697,29 +843,41 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
     if isinstance(probe_paths, (str, Path)):
         probe_paths = [probe_paths]
     srv = s["server"]
+    units = _probe_units(probe_paths, s)
     tables, infos = [], []
-    for i, pth in enumerate(probe_paths):
-        df, info = read_probe(pth)
-        run = info["run"] if len(probe_paths) == 1 else f"{info['run']}#{i}"
-        rec = R.reconstruct_lifecycle(df, run=run, budget=int(srv.max_num_batched_tokens), max_num_seqs=int(srv.max_num_seqs),
-                                      block_size=int(srv.block_size), system_prompt_len=int(info["system_prompt_len"]))
-        t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class,
-                             hardware_levels=hardware_levels, class_levels=class_levels)
-        # keep rows that end before the cut (their batches are complete) of probe requests
-        rq = rec.requests.set_index("index")
-        ends = np.where(t.kind == R.KIND_TTFT, rq["ft_us"].reindex(t.request).to_numpy(),
-                        rq["fin_us"].reindex(t.request).to_numpy())
-        ctx_only = set(df.loc[df["context_only"].astype(bool), "index"].tolist())
-        keep = (ends <= info["cut_us"]) & ~np.isin(t.request, list(ctx_only))
-        info["rows_dropped"] = {"after_cut": int(np.sum(ends > info["cut_us"])), "context_requests": int(np.sum(np.isin(t.request, list(ctx_only))))}
-        t = t.subset(keep)
-        if len(t) == 0:
-            raise SpecError("no probe row ends before the probe's last arrival (the probe is too short)", file=str(pth), field="probe")
-        probe = df[~df["context_only"].astype(bool)]
-        ok = ~probe["has_error"].astype(bool)
-        info.update(run=run, requests=int(len(probe)), rows=int(len(t)),
-                    observed={"ttft_mean": float(probe.loc[ok, "ttft_ms"].mean()), "e2e_mean": float(probe.loc[ok, "e2e_ms"].mean())},
-                    frame=probe.drop(columns="context_only"))
+    for i, (df, info, extra) in enumerate(units):
+        run = info["run"] if len(units) == 1 else f"{info['run']}#{i}"
+        info["run"] = run
+        extra = [replace(t, run=np.full(len(t.y), run, dtype=object).astype(str), meta={"runs": [run]}) for t in extra]
+        t = None
+        if df is not None:
+            rec = R.reconstruct_lifecycle(df, run=run, budget=int(srv.max_num_batched_tokens), max_num_seqs=int(srv.max_num_seqs),
+                                          block_size=int(srv.block_size), system_prompt_len=int(info["system_prompt_len"]))
+            t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class,
+                                 hardware_levels=hardware_levels, class_levels=class_levels)
+            # keep rows that end before the cut (their batches are complete) of probe requests
+            rq = rec.requests.set_index("index")
+            ends = np.where(t.kind == R.KIND_TTFT, rq["ft_us"].reindex(t.request).to_numpy(),
+                            rq["fin_us"].reindex(t.request).to_numpy())
+            ctx_only = set(df.loc[df["context_only"].astype(bool), "index"].tolist())
+            keep = (ends <= info["cut_us"]) & ~np.isin(t.request, list(ctx_only))
+            info["rows_dropped"] = {"after_cut": int(np.sum(ends > info["cut_us"])), "context_requests": int(np.sum(np.isin(t.request, list(ctx_only))))}
+            t = t.subset(keep)
+            probe = df[~df["context_only"].astype(bool)]
+            ok = ~probe["has_error"].astype(bool)
+            info.update(requests=int(len(probe)), observed={"ttft_mean": float(probe.loc[ok, "ttft_ms"].mean()),
+                                                            "e2e_mean": float(probe.loc[ok, "e2e_ms"].mean())},
+                        frame=probe.drop(columns="context_only"))
+        else:
+            info.update(requests=0, frame=None)
+        parts = ([t] if t is not None and len(t) else []) + [x for x in extra if len(x.y)]
+        if not parts:
+            raise SpecError("no probe row ends before the probe's last arrival (the probe is too short)",
+                            file=str(info.get("source", "")), field="probe")
+        t = design.concat(parts)
+        t.meta.update(runs=[run], deployments={run: F.deployment_key(s["ctx"], s["hardware"].name)})
+        info["rows"] = int(len(t))
+        info["rows_by_kind"] = {design.KINDS[k]: int(np.sum(t.kind == k)) for k in np.unique(t.kind)}
         tables.append(t)
         infos.append(info)
     out = design.concat(tables)
@@ -796,7 +954,10 @@ def score_probe(spec, idata, probe_paths, *, draws: int = 400, seed: int = 0) ->
 def _workload_of(infos):
     from bayeslat import workload as W
 
-    df = pd.concat([i["frame"] for i in infos], ignore_index=True)
+    frames = [i["frame"] for i in infos if i.get("frame") is not None]
+    if not frames:
+        return None, None
+    df = pd.concat(frames, ignore_index=True)
     return W.from_requests(df), df
 
 
@@ -860,7 +1021,9 @@ def _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_d
                           "after": {k: after[k] for k in ("coverage90", "rel_width90_median", "abs_err_pct_median", "ratio_median")}}}
     rep["probe_rows"]["width_shrink"] = 1.0 - after["rel_width90_median"] / max(before["rel_width90_median"], 1e-12)
     if spec is not None and probe_infos:
-        rep["probe_workload"] = predict_before_after(spec, idata, new, probe_infos, draws=pred_draws, seed=sd)
+        pw = predict_before_after(spec, idata, new, probe_infos, draws=pred_draws, seed=sd)
+        if pw is not None:
+            rep["probe_workload"] = pw
     new.attrs["transfer_update"] = json.dumps(rep)
     return new
 
@@ -1583,11 +1746,13 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
 
 def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: int = 0) -> dict:
     """Predicted mean TTFT / E2E (and 90% intervals) of the probe's own requests under the old and
-    the updated posterior, vs the observed means."""
+    the updated posterior, vs the observed means; None for a probe without requests (steps alone)."""
     from bayeslat import simulate
 
     s = resolve_spec(spec)
     wl, df = _workload_of(probe_infos)
+    if wl is None:  # a probe of steps alone: no requests to replay
+        return None
     ok = ~df["has_error"].astype(bool)
     obs = {"ttft_ms": float(df.loc[ok, "ttft_ms"].mean()), "e2e_ms": float(df.loc[ok, "e2e_ms"].mean())}
     out = {}
@@ -1683,6 +1848,11 @@ def cli_update(args) -> int:
     else:
         pr = rep["probe_rows"]
         print(f"wrote {path}: {rep['rows_train']} training + {rep['rows_probe']} probe rows ({rep['mode']} update)")
+        for i in infos:
+            by = ", ".join(f"{n} {k}" for k, n in (i.get("rows_by_kind") or {}).items())
+            print(f"  probe {i['run']}: {i.get('requests', 0)} requests, rows {by}")
+            for why, r in ((i.get("ingest") or {}).get("skipped") or {}).items():
+                print(f"    ingest skipped {r['count']} record(s), {why}: " + "; ".join(r["examples"]))
         du = rep.get("deployment_update") or {}
         if "step_factor" in du:
             fx = "".join(f", {p} part {du[p + '_factor']['mean']:.3f} [{du[p + '_factor']['q05']:.3f}, "

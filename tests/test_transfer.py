@@ -9,7 +9,7 @@ from bayeslat import cli, datasets
 from bayeslat import model as M
 from bayeslat import transfer as T
 from bayeslat import workload as W
-from bayeslat.errors import SpecError
+from bayeslat.errors import IngestError, SpecError
 
 RUN = "llama-2-7b-tp1-codegen"
 
@@ -782,3 +782,154 @@ def test_laplace_evidence_matches_quadrature():
     assert abs((laplace(0.02) - laplace(0.2)) - (quad(0.02) - quad(0.2))) < 0.05
     for sd in (0.02, 0.2):  # and each on its own (the data-free factors integrate to 1 exactly)
         assert abs(laplace(sd) - quad(sd)) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes given as vLLM traces (journey + step OTLP, or an ingest output directory)
+# ---------------------------------------------------------------------------------------------
+def _synth_spec():
+    from synthrun import BUDGET, MAX_SEQS
+
+    return T.make_spec("llama-2-7b-hf", "h100-sxm", {"max_num_batched_tokens": BUDGET, "max_num_seqs": MAX_SEQS,
+                                                     "max_model_len": 4096, "prefix_caching": False})
+
+
+@pytest.fixture(scope="module")
+def synth_traces(tmp_path_factory):
+    """The exact toy server's run (tests/synthrun.py) at step-time scale 1.0 and 1.3, as OTLP traces
+    (journey + sampled steps with snapshots), as the step trace alone, and as per-request CSV."""
+    from synthrun import STREAM_NS, _run, write_trace
+
+    d = tmp_path_factory.mktemp("trace_probe")
+    out = {}
+    for scale in (1.0, 1.3):
+        req, steps = _run(n=200, step_scale=scale)
+        p = d / f"trace_{scale}.jsonl"
+        sampled = write_trace(p, req, steps, sample=0.6)
+        step_only = d / f"steps_{scale}.jsonl"
+        step_only.write_text("".join(ln + "\n" for ln in p.read_text().splitlines() if '"vllm.scheduler.step"' in ln))
+        csv = d / f"requests_{scale}.csv"
+        pd.DataFrame({"arrival_time_us": req["arrival"] / 1e3, "input_tokens": req["prompt"], "output_tokens": req["nout"],
+                      "ttft_ms": (req["first_response"] - req["arrival"]) / 1e6,
+                      "e2e_ms": (req["departed"] - req["arrival"]) / 1e6}).to_csv(csv, index=False)
+        out[scale] = {"trace": p, "steps": step_only, "csv": csv, "req": req, "steps_list": steps, "sampled": sampled,
+                      "stream_ns": STREAM_NS}
+    return out
+
+
+def test_trace_probe_rows_are_exact(synth_traces, tmp_path):
+    """A probe given as OTLP traces: its lifecycle rows (decode windows, TTFT) are those of the same
+    requests given as per-request CSV, and it adds the rows no reconstruction can give, each equal
+    to the generating truth: exact step times (snapshotted consecutive steps) and alpha delays
+    (journey QUEUED - ARRIVED + FIRST_RESPONSE - FIRST_TOKEN). The same from an ingest directory."""
+    from bayeslat import design as D
+    from bayeslat.ingest import ingest
+
+    s = synth_traces[1.0]
+    spec = _synth_spec()
+    pobs, infos = T.probe_obs(spec, [str(s["trace"])])
+    info = infos[0]
+    assert info["ingest"]["skipped"] == {} and info["trace_rows"]["alpha_journey_requests_without_row"] == 0
+    req = s["req"]
+    # observed means: the generating TTFT (to the first response) and E2E (to departure)
+    assert info["observed"]["ttft_mean"] == pytest.approx(np.mean(req["first_response"] - req["arrival"]) / 1e6, rel=1e-9)
+    assert info["observed"]["e2e_mean"] == pytest.approx(np.mean(req["departed"] - req["arrival"]) / 1e6, rel=1e-9)
+    # exact step rows: each a snapshotted step followed by a sampled next step, y its cycle time,
+    # except steps that left the server empty (the next start waited for an arrival: this run has
+    # such an idle gap, 75 ms after an 8 ms step)
+    steps = s["steps_list"]
+    ids = {x["id"] for x in s["sampled"]}
+    empty_after = {x["id"] for x in steps if x["running"] == x["finished"] and not x["waiting"]}
+    gaps = {x["id"] for x in steps[:-1] if steps[x["id"] + 1]["t"] > x["t"] + x["dt"]}  # the true idle gaps
+    assert gaps <= empty_after and gaps & {i for i in ids if i + 1 in ids}  # one sampled pair spans a gap
+    exact = [i for i in sorted(ids) if i + 1 in ids and i not in empty_after]
+    st = pobs.kind == D.KINDS.index("step")
+    assert info["trace_rows"]["step_exact"] == len(exact) == int(st.sum()) > 100
+    assert info["exact_steps"]["steps_idle_after"] == len(empty_after & ids) > 0
+    dt = {x["id"]: x["dt"] / 1e6 for x in s["steps_list"]}
+    np.testing.assert_allclose(np.sort(pobs.y[st]), np.sort([dt[i] for i in exact]), rtol=1e-9)
+    # alpha rows: one per request, the generating alpha delay plus the streaming gap
+    al = pobs.kind == D.KINDS.index("alpha")
+    truth = np.sort((req["queued"] - req["arrival"] + s["stream_ns"]) / 1e6)
+    np.testing.assert_allclose(np.sort(pobs.y[al]), truth, rtol=1e-9)
+    # lifecycle rows: identical to the per-request CSV probe of the same requests
+    cobs, cinfo = T.probe_obs(spec, [str(s["csv"])])
+    lc = np.isin(pobs.kind, [D.KINDS.index("window"), D.KINDS.index("ttft")])
+    assert lc.sum() == len(cobs.y) > 300 and cinfo[0]["rows_dropped"] == info["rows_dropped"]
+    np.testing.assert_allclose(pobs.y[lc], cobs.y, rtol=1e-9)
+    np.testing.assert_allclose(pobs.X[lc], cobs.X, rtol=1e-9, atol=1e-12)
+    assert info["rows_by_kind"] == {"step": len(exact), "window": int((cobs.kind == 1).sum()),
+                                    "ttft": int((cobs.kind == 2).sum()), "alpha": 200}
+    assert pobs.meta["probe_requests"] == 200 and list(pobs.meta["deployments"]) == [info["run"]]
+    # an ingest output directory of the same traces gives the same rows
+    ingest([s["trace"]], experiment={"name": "synth", "model": "llama-2-7b-hf", "hardware": "H100 SXM",
+                                     "server": {"max_num_batched_tokens": 512}}, out=tmp_path / "tables")
+    dobs, _ = T.probe_obs(spec, [str(tmp_path / "tables")])
+    np.testing.assert_allclose(np.sort(dobs.y), np.sort(pobs.y), rtol=1e-12)
+
+
+def test_trace_probe_bad_inputs_name_the_file(synth_traces, tmp_path):
+    spec = _synth_spec()
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("name: x\nmodel: llama-2-7b-hf\nserver: {max_num_seqs: 64}\n")
+    with pytest.raises(SpecError, match="not a probe \\(file kind 'experiment'") as e:
+        T.probe_obs(spec, [str(exp)])
+    assert str(exp) in str(e.value)
+    # a malformed line is skipped, counted and named (file and line), the rest of the probe kept
+    bad = tmp_path / "bad.jsonl"
+    lines = synth_traces[1.0]["trace"].read_text().splitlines()
+    bad.write_text("\n".join(lines[:3] + ['{"resourceSpans": [not json'] + lines[3:]) + "\n")
+    _, infos = T.probe_obs(spec, [str(bad)])
+    sk = infos[0]["ingest"]["skipped"]
+    assert infos[0]["ingest"]["skipped_total"] == 1 and sum(r["count"] for r in sk.values()) == 1
+    assert f"{bad}:4:" in next(iter(sk.values()))["examples"][0]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"resourceSpans": []}\n')
+    with pytest.raises(SpecError, match="no request or step records"):
+        T.probe_obs(spec, [str(empty)])
+    with pytest.raises(IngestError, match="missing table requests") as e:
+        T.probe_obs(spec, [str(tmp_path)])
+    assert str(tmp_path / "requests.parquet") in str(e.value)
+
+
+def test_step_trace_probe_pins_the_step_factor(fitted, synth_traces):
+    """A probe of steps (the step trace alone: ~470 exact step times, no requests) conditions the
+    step-time factor: the same run with 1.3x slower steps gets a factor 1.2-1.4x larger, and the
+    update moves the probe's step rows towards what the posterior predicts for them. No requests:
+    no observed means, nothing to replay."""
+    idata = fitted[0]
+    spec = _synth_spec()
+    f = {}
+    for scale in (1.0, 1.3):
+        pobs, infos = T.probe_obs(spec, [str(synth_traces[scale]["steps"])])
+        assert set(infos[0]["rows_by_kind"]) == {"step"} and infos[0]["frame"] is None and pobs.meta["probe_requests"] == 0
+        new, info = T.update_deployment(idata, pobs, seed=0, level="deployment")
+        f[scale] = info["step_factor"]["mean"]
+    assert 1.2 < f[1.3] / f[1.0] < 1.4, f
+    before, after = T.score_rows(idata, pobs, draws=100), T.score_rows(new, pobs, draws=100)
+    assert abs(np.log(after["ratio_median"])) < 0.5 * abs(np.log(before["ratio_median"])), (before["ratio_median"], after["ratio_median"])
+
+
+def test_cli_update_and_check_take_trace_probes(fitted, synth_traces, tmp_path, capsys):
+    import json
+
+    _, path, _ = fitted
+    spec = tmp_path / "SPEC.yaml"
+    spec.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nserver: {max_num_batched_tokens: 512, max_num_seqs: 64, "
+                    "max_model_len: 4096, prefix_caching: false}\n")
+    out = tmp_path / "updated.nc"
+    tr = str(synth_traces[1.0]["trace"])
+    assert cli.main(["update", str(path), "--probe", tr, "--spec", str(spec), "--out", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["rows_probe"] > 1000 and "probe_workload" in rep
+    st = str(synth_traces[1.0]["steps"])
+    assert cli.main(["update", str(path), "--probe", st, "--spec", str(spec), "--out", str(out)]) == 0
+    txt = capsys.readouterr().out
+    assert "step-time factor" in txt and "ttft_ms: observed" not in txt
+    wl = tmp_path / "reqs.csv"
+    pd.read_csv(synth_traces[1.0]["csv"]).to_csv(wl, index=False)
+    spec.write_text(spec.read_text() + "workload: {requests: reqs.csv}\n")
+    code = cli.main(["check", str(spec), "--model", str(path), "--draws", "4", "--probe", tr, "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert code in (0, 3) and rep["probe"]["decision"] in T.DECISIONS
+    assert rep["probe"]["probes"][0]["rows_by_kind"]["step"] > 100
