@@ -469,10 +469,10 @@ def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: 
     ``block_size``), ``n_preempted`` from ``batch.num_preempted``; y = ``cycle_time_us`` (the next
     sampled step's start - this start). Kept: steps whose successor was sampled and whose
     snapshots are complete (as many scheduled PREFILL / DECODE snapshots as
-    ``batch.num_prefill_reqs`` / ``batch.num_decode_reqs``, where recorded), except a step after
-    which the server was empty (``batch.num_finished`` covers ``queue.running_depth`` and
-    ``queue.waiting_depth`` is 0, where recorded): its successor started at the next arrival, so
-    the cycle times an idle gap (counted as ``steps_idle_after``).
+    ``batch.num_prefill_reqs`` / ``batch.num_decode_reqs``, where recorded). A cycle that holds a
+    wait for the next arrival is not a step time: vLLM runs one empty step (no snapshots, so no row
+    here) after the last request finishes before it idles; where journey requests exist,
+    :func:`drop_idle_spans` also drops rows overlapping a time the server held no request.
 
     Returns (DataFrame with step_id, ts_start_ns, y_ms and the STATS columns, counts)."""
     cols = {"step.id": "step_id", "request.id": "request_id", "request.phase": "phase",
@@ -502,20 +502,15 @@ def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: 
     tot = npf + ndc
     got = (res["n_prefill"] + res["n_decode"]).to_numpy()
     complete = np.isnan(tot) | (got == tot)
-    # a step that finished every request the server held, with none waiting, is followed by an
-    # idle wait for the next arrival: the next step's start then times the idle gap, not the step
-    col = lambda c: rec[c].reindex(res["step_id"]).to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
-    with np.errstate(invalid="ignore"):
-        idle = (np.fmax(col("queue.running_depth"), got) - col("batch.num_finished") <= 0) & (col("queue.waiting_depth") == 0)
     npre = rec["batch.num_preempted"].reindex(res["step_id"]).to_numpy(dtype="float64", na_value=np.nan)
     res["n_preempted"] = np.nan_to_num(npre)
     if kv_steps is not None and len(kv_steps):
         kv = kv_steps.groupby(kv_steps["step"].to_numpy(dtype="float64", na_value=np.nan))[["blocks_offloaded", "blocks_loaded"]].sum()
         moved = (kv["blocks_offloaded"].astype("float64") + kv["blocks_loaded"].astype("float64")).reindex(res["step_id"].astype("float64"))
         res["offload_tokens"] = np.nan_to_num(moved.to_numpy(np.float64)) * float(block_size)
-    ok = complete & ~idle & np.isfinite(res["dt_us"].to_numpy()) & (res["dt_us"].to_numpy() > 0)
+    ok = complete & np.isfinite(res["dt_us"].to_numpy()) & (res["dt_us"].to_numpy() > 0)
     counts.update(steps_with_snapshots=int(len(res)), steps_snapshots_incomplete=int((~complete).sum()),
-                  steps_idle_after=int((complete & idle).sum()), steps_exact=int(ok.sum()))
+                  steps_exact=int(ok.sum()))
     out = res[ok].copy()
     out["y_ms"] = out["dt_us"] / 1e3
     return out[["step_id", "ts_start_ns", "y_ms", *F.STATS]].reset_index(drop=True), counts
@@ -548,6 +543,69 @@ def journey_alpha_rows(req: pd.DataFrame) -> pd.DataFrame:
                          "prompt": j["input_tokens"].to_numpy(dtype="float64", na_value=np.nan)[ok],
                          "queue_depth": np.maximum(depth, 0)[ok].astype(np.float64),
                          "t_us": (arr[ok] - t0) / 1e3})
+
+
+def journey_alpha_misses(req: pd.DataFrame) -> dict:
+    """Why journey requests give no alpha row (:func:`journey_alpha_rows`): counts by reason, the
+    first that applies ("error", "no ARRIVED / QUEUED", "no FIRST_TOKEN / FIRST_RESPONSE", "no prompt tokens",
+    "negative delay": clock trouble). Empty when every request has a row."""
+    j = req[req["source"] == "journey"]
+    v = lambda c: j[c].to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
+    a1 = (v("queued_ns") - v("arrival_ns")) / 1e6
+    a2 = (v("first_response_ns") - v("first_token_ns")) / 1e6
+    reasons = np.select([j["has_error"].fillna(False).to_numpy(bool), ~np.isfinite(a1), ~np.isfinite(a2),
+                         j["input_tokens"].isna().to_numpy(), (a1 < 0) | (a2 < 0)],
+                        ["error", "no ARRIVED / QUEUED", "no FIRST_TOKEN / FIRST_RESPONSE", "no prompt tokens", "negative delay"], "")
+    r, n = np.unique(reasons[reasons != ""], return_counts=True)
+    return {str(k): int(c) for k, c in zip(r, n)}
+
+
+def journey_idle_gaps(req: pd.DataFrame) -> np.ndarray:
+    """The times the server held no request, from journey requests (server monotonic clock, ns):
+    (m, 2) [start, end) gaps between the union of the requests' [QUEUED (else ARRIVED), FINISHED
+    (else DEPARTED)] intervals. Empty without journey rows."""
+    j = req[req["source"] == "journey"]
+    if not len(j):
+        return np.zeros((0, 2))
+    v = lambda c: j[c].to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
+    a = np.where(np.isnan(v("queued_ns")), v("arrival_ns"), v("queued_ns"))
+    b = np.where(np.isnan(v("finished_ns")), v("departed_ns"), v("finished_ns"))
+    ok = np.isfinite(a) & np.isfinite(b) & (b >= a)
+    a, b = a[ok], b[ok]
+    if not len(a):
+        return np.zeros((0, 2))
+    o = np.argsort(a, kind="stable")
+    a, b = a[o], np.maximum.accumulate(b[o])  # b: the latest end of the requests queued so far
+    gap = a[1:] > b[:-1]
+    return np.stack([b[:-1][gap], a[1:][gap]], axis=1)
+
+
+def _busy_rows(ex: pd.DataFrame, gaps: np.ndarray) -> tuple[np.ndarray, int]:
+    """Mask of exact step rows (:func:`exact_step_rows`: ``ts_start_ns``, ``y_ms``; server clock)
+    that do not overlap an idle gap (:func:`journey_idle_gaps`), and the number that do."""
+    if not len(ex) or not len(gaps):
+        return np.ones(len(ex), bool), 0
+    t0 = ex["ts_start_ns"].to_numpy(np.float64)
+    hit = _overlaps(t0, t0 + ex["y_ms"].to_numpy(np.float64) * 1e6, gaps)
+    return ~hit, int(hit.sum())
+
+
+def _overlaps(t0, t1, gaps):
+    """Whether each span [t0, t1) overlaps one of the sorted, disjoint ``gaps`` (m, 2)."""
+    i = np.searchsorted(gaps[:, 1], t0, side="right")  # the first gap ending after the span's start
+    return (i < len(gaps)) & (gaps[np.minimum(i, len(gaps) - 1), 0] < t1)
+
+
+def drop_idle_spans(trace_rows: pd.DataFrame, gaps: np.ndarray, offset_us: float) -> tuple[pd.DataFrame, int]:
+    """``trace_rows`` (:func:`bayeslat.reconstruct.trace_step_windows`) without the sampled step
+    pairs whose span [start, start + y) overlaps an idle gap of the server (:func:`journey_idle_gaps`):
+    their y would time the wait for the next arrival, not steps (the reconstruction's own idle
+    steps miss a gap its estimated step times shift). Returns (rows, number dropped)."""
+    if not len(trace_rows) or not len(gaps):
+        return trace_rows, 0
+    t0 = (trace_rows["t_us"].to_numpy(np.float64) + offset_us) * 1e3
+    hit = _overlaps(t0, t0 + trace_rows["y_ms"].to_numpy(np.float64) * 1e6, gaps)
+    return trace_rows[~hit], int(hit.sum())
 
 
 def _rows_table(kind, y, X, A, n_steps, request, t_us, t_end, run, hardware, model_class) -> ObsTable:
@@ -626,6 +684,10 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
     exact_ids = np.zeros(0, np.int64)
     if step_rows and len(steps) and len(sreq):
         ex, cnt = exact_step_rows(steps, sreq, kvs, block_size=srv.block_size)
+        if src == "journey" and off is not None and len(ex):
+            keep_ex, n_idle = _busy_rows(ex, journey_idle_gaps(req))
+            ex = ex[keep_ex]
+            cnt["steps_idle_dropped"] = n_idle
         info["exact_steps"] = cnt
         if len(ex):
             exact_ids = ex["step_id"].to_numpy(np.int64)
@@ -646,6 +708,9 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
             tr = pd.DataFrame({"step.id": steps["step.id"].to_numpy(np.int64),
                                "step.ts_start_ns": steps["step.ts_start_ns"].to_numpy(np.float64)})
             trace_rows = R.trace_step_windows(rec, tr, off["offset_us"], max_gap=max_gap, skip_ids=exact_ids)
+            if src == "journey":  # exact clock: pairs spanning a time the server held no request are idle
+                trace_rows, n_idle = drop_idle_spans(trace_rows, journey_idle_gaps(req), off["offset_us"])
+                info["rows"]["step_trace_idle_dropped"] = n_idle
             info["rows"]["step_trace"] = int(len(trace_rows))
         t = build_obs(rec, ctx, hwname, cls, trace_rows=trace_rows, include_warmup=include_warmup)
         tabs.append(t)

@@ -712,11 +712,14 @@ def _probe_inputs(probe_paths) -> list[tuple[str, object]]:
                 kind = detect_kind(p)
             except (OSError, EOFError) as e:
                 raise SpecError(f"unreadable probe file: {e}", file=ps, field="probe") from None
-            if kind not in PROBE_TRACE_KINDS:
+            if kind in PROBE_TRACE_KINDS:
+                traces.append(ps)
+            elif kind == "unknown":  # e.g. a .csv.gz or a CSV without the suffix: read_probe names its columns
+                out.append(("requests", ps))
+            else:
                 raise SpecError(f"not a probe (file kind {kind!r}; give per-request CSV / Parquet with arrival_time_us, "
                                 "input_tokens, output_tokens, ttft_ms, e2e_ms; vLLM OTLP trace / KV event / "
                                 "inference-perf replay files; or a `bayeslat ingest --out` directory)", file=ps, field="probe")
-            traces.append(ps)
     if traces:
         out.append(("traces", traces))
     return out
@@ -739,18 +742,37 @@ def _ingest_report_summary(rep) -> dict:
     return {k: d[k] for k in ("files", "kept", "skipped_total", "skipped", "notes")}
 
 
+def _ingest_report_file(path: Path) -> dict | None:
+    """:func:`_ingest_report_summary` of an ingest directory's ``report.json`` (None if absent)."""
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise IngestError(f"unreadable ingest report: {e}", file=str(path)) from None
+    return {k: d.get(k) for k in ("files", "kept", "skipped_total", "skipped", "notes")}
+
+
 def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
     """One probe run of ingested tables ``tb``: (per-request frame for the lifecycle rows or None,
-    info, [extra ObsTables]). The extra rows need no reconstruction, so no cut applies to them:
-    exact one-step rows from step snapshots (``step.REQUEST_SNAPSHOT``, kind "step":
-    :func:`bayeslat.design.exact_step_rows`) and alpha rows from journey requests (kind "alpha":
-    :func:`bayeslat.design.journey_alpha_rows`)."""
+    info, [extra ObsTables], sampled step pairs or None). The extra rows need no reconstruction, so
+    no cut applies to them: exact one-step rows from step snapshots (``step.REQUEST_SNAPSHOT``, kind
+    "step": :func:`bayeslat.design.exact_step_rows`) and alpha rows from journey requests (kind
+    "alpha": :func:`bayeslat.design.journey_alpha_rows`). The sampled step pairs (records, the
+    journey clock's offset, the exact rows' ids, the journey's idle gaps) are mapped onto the
+    reconstruction by :func:`probe_obs`; without journey requests they are counted as unused."""
     from bayeslat import design
 
     req = tb["requests"][tb["requests"]["run"] == run]
     steps = tb["steps"][tb["steps"]["run"] == run].sort_values("step.id", kind="stable")
     sreq = tb["step_requests"][tb["step_requests"]["run"] == run]
     kvs = tb["kv_steps"][tb["kv_steps"]["run"] == run]
+    dup = steps["step.id"].duplicated()
+    if dup.any():
+        raise SpecError(f"step id {int(steps['step.id'][dup].iloc[0])} appears {int(dup.sum()) + 1}+ times: traces of more than "
+                        "one run given together, or of several data-parallel engines, whose step records carry no rank "
+                        "(a probe is one run of one engine's steps: pass one run's trace files, or ingest each run with "
+                        "its own --experiment and pass the ingest directory)", file=source, field="step.id")
     lf, src, linfo = design._lifecycle_frame(req)
     hwname, cls, srv = s["hardware"].name, s["model"].model_class, s["server"]
     info = {"source": source, "run": f"probe:{run}", "system_prompt_len": 0, "lifecycle": linfo,
@@ -758,8 +780,14 @@ def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
     extra = []
     t0_ns = float(np.nanmin(lf["arrival_ns"])) if src is not None and np.isfinite(lf["arrival_ns"]).any() else None
     t_end = 1.0
+    ex = None
+    journey = t0_ns is not None and src == "journey"
+    gaps = design.journey_idle_gaps(req) if journey else np.zeros((0, 2))
     if len(steps) and len(sreq):
         ex, cnt = design.exact_step_rows(steps, sreq, kvs, block_size=int(srv.block_size))
+        if journey:  # the journey's clock is the step records': cycles holding an idle wait are dropped
+            keep_ex, cnt["steps_idle_dropped"] = design._busy_rows(ex, gaps)
+            ex = ex[keep_ex]
         info["trace_rows"]["step_exact"] = int(len(ex))
         info["exact_steps"] = cnt
         if len(ex):
@@ -769,13 +797,27 @@ def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
             extra.append(design._rows_table(0, ex["y_ms"].to_numpy(), design._per_regime(ex[list(F.STATS)].to_numpy(), s["ctx"]),
                                             np.zeros((len(ex), F.N_ALPHA)), np.ones(len(ex)), np.full(len(ex), -1),
                                             t_us, t_end, info["run"], hwname, cls))
+    pairs = None
+    if len(steps) and journey:
+        # the other sampled step pairs, mapped onto the reconstruction (probe_obs) on the journey's
+        # monotonic clock, which the step records share: the exact offset, as design.run_obs
+        i0 = int(np.nanargmin(lf["arrival_ns"].to_numpy()))
+        pairs = {"records": pd.DataFrame({"step.id": steps["step.id"].to_numpy(np.int64),
+                                          "step.ts_start_ns": steps["step.ts_start_ns"].to_numpy(np.float64)}),
+                 "offset_us": float(lf["arrival_ns"].iloc[i0]) / 1e3 - float(lf["arrival_us"].iloc[i0] - lf["arrival_us"].min()),
+                 "exact_ids": np.zeros(0, np.int64) if ex is None else ex["step_id"].to_numpy(np.int64),
+                 "idle_gaps": gaps}
     elif len(steps):
-        info["trace_rows"]["step_records_without_snapshots"] = int(len(steps))
+        # without journey requests the step records' clock offset would have to be estimated
+        info["trace_rows"]["step_records_unused"] = {
+            "records": int(len(steps)), "exact_rows": 0 if ex is None else int(len(ex)),
+            "reason": "no journey requests: the step records' clock is not tied to the requests' (sampled step "
+                      "pairs are not mapped onto the reconstruction; only exact snapshot rows are used)"}
     al = design.journey_alpha_rows(req)
     nj = int((req["source"] == "journey").sum())
     if nj:
         info["trace_rows"]["alpha"] = int(len(al))
-        info["trace_rows"]["alpha_journey_requests_without_row"] = nj - int(len(al))
+        info["trace_rows"]["alpha_journey_requests_without_row"] = design.journey_alpha_misses(req)
     if len(al):
         A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy(), F.multiproc(s["ctx"]))
         extra.append(design._rows_table(3, al["y_ms"].to_numpy(), np.zeros((len(al), len(F.REGIMES), F.N_BETA)), A,
@@ -793,27 +835,32 @@ def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
     if df is None and not extra:
         raise SpecError(f"run {run}: no probe rows (no request with a TTFT and an E2E, no step snapshots, no journey "
                         "alpha delays)", file=source, field="probe")
-    return df, info, extra
+    return df, info, extra, pairs
+
+
+#: sampled step pairs of a trace probe: the largest id gap mapped onto the reconstruction (as design.run_obs)
+PROBE_STEP_MAX_GAP = 32
 
 
 def _probe_units(probe_paths, s):
-    """[(per-request frame or None, info, [extra ObsTables])] of every probe run in ``probe_paths``."""
+    """[(per-request frame or None, info, [extra ObsTables], sampled step pairs or None)] of every
+    probe run in ``probe_paths``."""
     from bayeslat import design
 
     units = []
     for kind, src in _probe_inputs(probe_paths):
         if kind == "requests":
             df, info = read_probe(src)
-            units.append((df, info, []))
+            units.append((df, info, [], None))
             continue
         if kind == "tables":
-            sets = [(design.read_tables(d), str(d), None) for d in design.table_dirs(src)]
+            sets = [(design.read_tables(d), str(d), _ingest_report_file(Path(d) / "report.json")) for d in design.table_dirs(src)]
         else:
             from bayeslat.ingest import ingest
 
             res = ingest(src, experiment=_probe_experiment(s, "probe-" + Path(src[0]).name.split(".")[0]))
-            if res.report.errors:
-                raise IngestError(res.report.errors[0].split(": ", 1)[-1], file=", ".join(src), field="probe")
+            if res.report.errors:  # already "file: message"
+                raise IngestError(res.report.errors[0])
             sets = [(res.tables, ", ".join(src), _ingest_report_summary(res.report))]
         for tb, name, rep in sets:
             runs = list(dict.fromkeys(list(tb["requests"]["run"].dropna()) + list(tb["steps"]["run"].dropna())))
@@ -831,9 +878,11 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
     lifecycle reconstruction -> decode windows and TTFT rows), ``bayeslat ingest --out``
     directories, or vLLM trace files (OTLP journey / step traces, KV event stream, inference-perf
     replay files; :data:`PROBE_TRACE_KINDS`), which are ingested together as one run with the
-    SPEC's model, GPU and server. From traces the probe also gets the rows that need no
-    reconstruction: exact step times where the step trace has request snapshots (a probe of steps)
-    and the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
+    SPEC's model, GPU and server. From traces the probe also gets step rows: exact step times where
+    the step trace has request snapshots (a probe of steps needs nothing else), and the other
+    sampled step pairs (id gap <= ``PROBE_STEP_MAX_GAP``) mapped onto the reconstruction on the
+    journey clock, cut like the request rows, pairs spanning a journey idle gap dropped
+    (:func:`bayeslat.design.drop_idle_spans`). It also gets the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
     skipped and why; ``info["trace_rows"]`` the rows built (and journey requests without an alpha
     row). A probe without per-request TTFT / E2E (a step trace alone) has no ``observed`` means."""
     from bayeslat import design
@@ -845,7 +894,7 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
     srv = s["server"]
     units = _probe_units(probe_paths, s)
     tables, infos = [], []
-    for i, (df, info, extra) in enumerate(units):
+    for i, (df, info, extra, pairs) in enumerate(units):
         run = info["run"] if len(units) == 1 else f"{info['run']}#{i}"
         info["run"] = run
         extra = [replace(t, run=np.full(len(t.y), run, dtype=object).astype(str), meta={"runs": [run]}) for t in extra]
@@ -853,15 +902,26 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
         if df is not None:
             rec = R.reconstruct_lifecycle(df, run=run, budget=int(srv.max_num_batched_tokens), max_num_seqs=int(srv.max_num_seqs),
                                           block_size=int(srv.block_size), system_prompt_len=int(info["system_prompt_len"]))
-            t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class,
+            trace_rows = None
+            if pairs is not None:  # sampled step pairs (a trace probe), those ending before the cut
+                tw = R.trace_step_windows(rec, pairs["records"], pairs["offset_us"], max_gap=PROBE_STEP_MAX_GAP,
+                                          skip_ids=pairs["exact_ids"])
+                tw, n_idle = design.drop_idle_spans(tw, pairs["idle_gaps"], pairs["offset_us"])
+                late = tw["t_us"].to_numpy() + 1e3 * tw["y_ms"].to_numpy() > info["cut_us"]
+                trace_rows = tw[~late]
+                info["trace_rows"].update(step_pairs=int(len(trace_rows)), step_pairs_after_cut=int(late.sum()),
+                                          step_pairs_idle=n_idle)
+            t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class, trace_rows=trace_rows,
                                  hardware_levels=hardware_levels, class_levels=class_levels)
             # keep rows that end before the cut (their batches are complete) of probe requests
             rq = rec.requests.set_index("index")
             ends = np.where(t.kind == R.KIND_TTFT, rq["ft_us"].reindex(t.request).to_numpy(),
                             rq["fin_us"].reindex(t.request).to_numpy())
             ctx_only = set(df.loc[df["context_only"].astype(bool), "index"].tolist())
-            keep = (ends <= info["cut_us"]) & ~np.isin(t.request, list(ctx_only))
-            info["rows_dropped"] = {"after_cut": int(np.sum(ends > info["cut_us"])), "context_requests": int(np.sum(np.isin(t.request, list(ctx_only))))}
+            of_req = t.request >= 0  # request rows; step pairs (request -1) were cut above
+            keep = np.where(of_req, ends <= info["cut_us"], True) & ~np.isin(t.request, list(ctx_only))
+            info["rows_dropped"] = {"after_cut": int(np.sum(of_req & (ends > info["cut_us"]))),
+                                    "context_requests": int(np.sum(np.isin(t.request, list(ctx_only))))}
             t = t.subset(keep)
             probe = df[~df["context_only"].astype(bool)]
             ok = ~probe["has_error"].astype(bool)
@@ -1272,11 +1332,10 @@ def auto_calibration(idata, n_requests: int, *, seed: int = 0, design: str = "fi
     ``factor_sd`` (the factor prior of a new deployment) for a probe of any size."""
     from bayeslat import model as M
 
-    if not n_requests:
-        return None
-    cal = probe_calibration(idata, int(n_requests), seed=seed, design=design)
+    # a probe without requests (a step trace alone) has no request slices to calibrate
+    cal = probe_calibration(idata, int(n_requests), seed=seed, design=design) if n_requests else None
     oos = M.attr_json(idata, oos_attr(design), None) or {}
-    if oos and oos.get("errors") and oos.get("n_requests") \
+    if n_requests and oos and oos.get("errors") and oos.get("n_requests") \
             and abs(math.log(n_requests / float(oos["n_requests"]))) <= math.log(OOS_SIZE_TOLERANCE):
         cal = oos_calibration(oos["errors"], cal)
     # the deployment factors come from whole runs: they serve a probe of any size and design
@@ -1788,6 +1847,23 @@ def _jsonable(o):
     return o
 
 
+def _format_probes(infos) -> list[str]:
+    """Lines on each probe run: requests, rows by kind, and every record ingestion skipped."""
+    lines = []
+    for i in infos:
+        by = ", ".join(f"{n} {k}" for k, n in (i.get("rows_by_kind") or {}).items())
+        lines.append(f"  probe {i['run']}: {i.get('requests', 0)} requests, rows {by}")
+        for why, r in ((i.get("ingest") or {}).get("skipped") or {}).items():
+            lines.append(f"    ingest skipped {r['count']} record(s), {why}: " + "; ".join(r["examples"]))
+        miss = (i.get("trace_rows") or {}).get("alpha_journey_requests_without_row")
+        if miss:
+            lines.append("    journey requests without an alpha row: " + ", ".join(f"{n} {k}" for k, n in miss.items()))
+        unused = (i.get("trace_rows") or {}).get("step_records_unused")
+        if unused:
+            lines.append(f"    {unused['records']} step records not mapped: {unused['reason']}")
+    return lines
+
+
 def format_check(rep: dict) -> str:
     lines = [f"{rep['spec']}: {rep['model']} TP{rep['tensor_parallel']} on {rep['hardware']} ({rep['model_class']})",
              f"verdict: {rep['verdict'].upper()}"]
@@ -1815,6 +1891,7 @@ def format_check(rep: dict) -> str:
                      f"observed/predicted {sc['ratio_median']:.2f}, outliers {100 * sc['outlier_rate']:.0f}%, "
                      f"mean z {sc['z_mean']:.2f})")
         lines += [f"  - {r}" for r in p["reasons"]]
+        lines += _format_probes(p.get("probes") or [])
     return "\n".join(lines)
 
 
@@ -1842,17 +1919,15 @@ def cli_update(args) -> int:
     obs, infos = probe_obs(args.spec, args.probe)
     new = update(idata, obs, args.spec, probe_infos=infos, mode="refit" if getattr(args, "refit", False) else "deployment")
     path = M.save(new, args.out)
-    rep = json.loads(new.attrs["transfer_update"]) | {"out": str(path)}
+    rep = json.loads(new.attrs["transfer_update"]) | {"out": str(path),
+                                                       "probes": [{k: v for k, v in i.items() if k != "frame"} for i in infos]}
     if args.json:
         print(json.dumps(_jsonable(rep), indent=1))
     else:
         pr = rep["probe_rows"]
         print(f"wrote {path}: {rep['rows_train']} training + {rep['rows_probe']} probe rows ({rep['mode']} update)")
-        for i in infos:
-            by = ", ".join(f"{n} {k}" for k, n in (i.get("rows_by_kind") or {}).items())
-            print(f"  probe {i['run']}: {i.get('requests', 0)} requests, rows {by}")
-            for why, r in ((i.get("ingest") or {}).get("skipped") or {}).items():
-                print(f"    ingest skipped {r['count']} record(s), {why}: " + "; ".join(r["examples"]))
+        for line in _format_probes(infos):
+            print(line)
         du = rep.get("deployment_update") or {}
         if "step_factor" in du:
             fx = "".join(f", {p} part {du[p + '_factor']['mean']:.3f} [{du[p + '_factor']['q05']:.3f}, "

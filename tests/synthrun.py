@@ -62,7 +62,9 @@ def _run(n=160, rate=20.0, seed=3, step_scale=1.0, alpha_scale=1.0):
             left -= c
         ndec = sum(1 for s in snaps if s[1] == "DECODE")
         dt = int(step_scale * (8_000_000 + 4_000 * (BUDGET - left) + 30_000 * ndec))
+        # vLLM's batch.num_finished of a step counts the requests the previous step finished
         steps.append({"id": k, "t": t, "dt": dt, "snaps": snaps, "running": len(running), "waiting": len(waiting),
+                      "finished_before": steps[-1]["finished"] if steps else 0,
                       "stats": F.batch_stats([s[3] for s in snaps], [s[2] for s in snaps], [s[1] == "PREFILL" for s in snaps])})
         t += dt
         for r, ph, _, c in snaps:
@@ -138,7 +140,7 @@ def write_trace(path: Path, req, steps, sample=0.6, seed=0):
                 _I("step.id", s["id"]), _I("step.ts_start_ns", t), _I("step.ts_end_ns", t + 300_000), _I("step.duration_us", 300),
                 _I("queue.running_depth", s["running"]), _I("queue.waiting_depth", s["waiting"]), _I("batch.num_prefill_reqs", npf),
                 _I("batch.num_decode_reqs", ndc), _I("batch.scheduled_tokens", pft + ndc), _I("batch.prefill_tokens", pft),
-                _I("batch.decode_tokens", ndc), _I("batch.num_finished", s["finished"]), _I("batch.num_preempted", 0),
+                _I("batch.decode_tokens", ndc), _I("batch.num_finished", s["finished_before"]), _I("batch.num_preempted", 0),
                 _D("kv.usage_gpu_ratio", 0.1), _I("kv.blocks_total_gpu", 10000), _I("kv.blocks_free_gpu", 9000)]})
             for r, ph, c, tok in s["snaps"]:
                 evs.append({"timeUnixNano": str(t), "name": "step.REQUEST_SNAPSHOT", "attributes": [

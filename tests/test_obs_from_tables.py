@@ -92,8 +92,9 @@ def test_trace_tables_to_obs(world):
     st = obs.kind == R.KIND_STEP
     one = st & (obs.n_steps == 1)
     ids = {s["id"] for s in world["sampled"]}
-    # (not a step after which the server was empty: its successor waited for an arrival)
-    exact_ids = [s["id"] for s in world["sampled"] if s["id"] + 1 in ids and (s["running"] > s["finished"] or s["waiting"])]
+    # (not a step whose successor waited for an arrival: the journey says the server was empty)
+    idle = {s["id"] for s in steps[:-1] if steps[s["id"] + 1]["t"] > s["t"] + s["dt"]}
+    exact_ids = [s["id"] for s in world["sampled"] if s["id"] + 1 in ids and s["id"] not in idle]
     assert info["rows"]["step_exact"] == len(exact_ids) == one.sum()
     true_y = np.array([steps[i]["dt"] / 1e6 for i in exact_ids])
     np.testing.assert_allclose(np.sort(obs.y[one]), np.sort(true_y), rtol=1e-9)
@@ -103,9 +104,11 @@ def test_trace_tables_to_obs(world):
     # multi-step pairs of sampled steps: y = the sum of the true step times they span
     multi = st & (obs.n_steps > 1)
     assert multi.sum() == info["rows"]["step_trace"] > 0
-    t_start = {s["id"]: s["t"] for s in steps}
-    sums = {round((t_start[b] - t_start[a]) / 1e6, 9) for a in ids for b in ids if 1 < b - a <= 32}
+    # ... their busy time: pairs spanning a time the server held no request (journey) are dropped
+    cs = np.concatenate([[0], np.cumsum([s["dt"] for s in steps])])
+    sums = {round((cs[b] - cs[a]) / 1e6, 9) for a in ids for b in ids if 1 < b - a <= 32}
     assert all(round(y, 9) in sums for y in obs.y[multi])
+    assert info["rows"]["step_trace_idle_dropped"] >= 0
 
 
 def test_replay_tables_to_obs_and_subsample(world):

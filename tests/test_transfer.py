@@ -1,6 +1,8 @@
 """Transfer checks (bayeslat.transfer) on a tiny real fit: 2 bundled runs, 40 rows per kind, 1 chain."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -808,20 +810,29 @@ def synth_traces(tmp_path_factory):
         sampled = write_trace(p, req, steps, sample=0.6)
         step_only = d / f"steps_{scale}.jsonl"
         step_only.write_text("".join(ln + "\n" for ln in p.read_text().splitlines() if '"vllm.scheduler.step"' in ln))
+        # the default (not rich) step tracing: BATCH_SUMMARY records without request snapshots
+        nosnap = d / f"trace_nosnap_{scale}.jsonl"
+        lines = []
+        for ln in p.read_text().splitlines():
+            rec = json.loads(ln)
+            for sp in (sp for rs in rec["resourceSpans"] for ss in rs["scopeSpans"] for sp in ss["spans"]):
+                sp["events"] = [e for e in sp.get("events", []) if e["name"] != "step.REQUEST_SNAPSHOT"]
+            lines.append(json.dumps(rec))
+        nosnap.write_text("\n".join(lines) + "\n")
         csv = d / f"requests_{scale}.csv"
         pd.DataFrame({"arrival_time_us": req["arrival"] / 1e3, "input_tokens": req["prompt"], "output_tokens": req["nout"],
                       "ttft_ms": (req["first_response"] - req["arrival"]) / 1e6,
                       "e2e_ms": (req["departed"] - req["arrival"]) / 1e6}).to_csv(csv, index=False)
-        out[scale] = {"trace": p, "steps": step_only, "csv": csv, "req": req, "steps_list": steps, "sampled": sampled,
+        out[scale] = {"trace": p, "steps": step_only, "nosnap": nosnap, "csv": csv, "req": req, "steps_list": steps, "sampled": sampled,
                       "stream_ns": STREAM_NS}
     return out
 
 
 def test_trace_probe_rows_are_exact(synth_traces, tmp_path):
     """A probe given as OTLP traces: its lifecycle rows (decode windows, TTFT) are those of the same
-    requests given as per-request CSV, and it adds the rows no reconstruction can give, each equal
-    to the generating truth: exact step times (snapshotted consecutive steps) and alpha delays
-    (journey QUEUED - ARRIVED + FIRST_RESPONSE - FIRST_TOKEN). The same from an ingest directory."""
+    requests given as per-request CSV, and it adds step rows (exact snapshotted steps and sampled
+    step pairs) and alpha delays (journey QUEUED - ARRIVED + FIRST_RESPONSE - FIRST_TOKEN), each
+    equal to the generating truth. The same from an ingest directory."""
     from bayeslat import design as D
     from bayeslat.ingest import ingest
 
@@ -829,25 +840,35 @@ def test_trace_probe_rows_are_exact(synth_traces, tmp_path):
     spec = _synth_spec()
     pobs, infos = T.probe_obs(spec, [str(s["trace"])])
     info = infos[0]
-    assert info["ingest"]["skipped"] == {} and info["trace_rows"]["alpha_journey_requests_without_row"] == 0
+    assert info["ingest"]["skipped"] == {} and info["trace_rows"]["alpha_journey_requests_without_row"] == {}
     req = s["req"]
     # observed means: the generating TTFT (to the first response) and E2E (to departure)
     assert info["observed"]["ttft_mean"] == pytest.approx(np.mean(req["first_response"] - req["arrival"]) / 1e6, rel=1e-9)
     assert info["observed"]["e2e_mean"] == pytest.approx(np.mean(req["departed"] - req["arrival"]) / 1e6, rel=1e-9)
-    # exact step rows: each a snapshotted step followed by a sampled next step, y its cycle time,
-    # except steps that left the server empty (the next start waited for an arrival: this run has
-    # such an idle gap, 75 ms after an 8 ms step)
+    # step rows: exact one-step rows (a snapshotted step whose successor was sampled, y its cycle
+    # time) except steps that left the server empty (the next start waited for an arrival: this
+    # run has such an idle gap, 75 ms after an 8 ms step), and the other sampled pairs (id gap <= 32)
+    # mapped onto the reconstruction, except those spanning a time the server held no request.
+    # Every step row's y is the true busy time of the steps it spans.
     steps = s["steps_list"]
     ids = {x["id"] for x in s["sampled"]}
-    empty_after = {x["id"] for x in steps if x["running"] == x["finished"] and not x["waiting"]}
-    gaps = {x["id"] for x in steps[:-1] if steps[x["id"] + 1]["t"] > x["t"] + x["dt"]}  # the true idle gaps
-    assert gaps <= empty_after and gaps & {i for i in ids if i + 1 in ids}  # one sampled pair spans a gap
-    exact = [i for i in sorted(ids) if i + 1 in ids and i not in empty_after]
+    gaps = {x["id"] for x in steps[:-1] if steps[x["id"] + 1]["t"] > x["t"] + x["dt"]}  # steps followed by an idle wait
+    spans_gap = gaps & {i for i in ids if i + 1 in ids}
+    assert spans_gap  # the run has a sampled pair around an idle gap (75 ms after an 8 ms step)
+    exact = [i for i in sorted(ids) if i + 1 in ids and i not in gaps]
     st = pobs.kind == D.KINDS.index("step")
-    assert info["trace_rows"]["step_exact"] == len(exact) == int(st.sum()) > 100
-    assert info["exact_steps"]["steps_idle_after"] == len(empty_after & ids) > 0
-    dt = {x["id"]: x["dt"] / 1e6 for x in s["steps_list"]}
-    np.testing.assert_allclose(np.sort(pobs.y[st]), np.sort([dt[i] for i in exact]), rtol=1e-9)
+    tr = info["trace_rows"]
+    assert tr["step_exact"] == len(exact) > 100 and tr["step_pairs"] > 100 and tr["step_pairs_idle"] > 0
+    assert int(st.sum()) == tr["step_exact"] + tr["step_pairs"]
+    assert info["exact_steps"]["steps_idle_dropped"] == len(spans_gap)
+    cs = np.concatenate([[0], np.cumsum([x["dt"] for x in steps])]) / 1e6
+    busy = {(round(cs[b] - cs[a], 9), b - a) for a in ids for b in ids if 1 <= b - a <= T.PROBE_STEP_MAX_GAP}
+    assert all((round(y, 9), int(n)) in busy for y, n in zip(pobs.y[st], pobs.n_steps[st]))
+    # the default step tracing (no snapshots): pairs only, as exact
+    nobs, ninfo = T.probe_obs(spec, [str(s["nosnap"])])
+    nst = nobs.kind == D.KINDS.index("step")
+    assert "step_exact" not in ninfo[0]["trace_rows"] and int(nst.sum()) == ninfo[0]["trace_rows"]["step_pairs"] > tr["step_pairs"]
+    assert all((round(y, 9), int(n)) in busy for y, n in zip(nobs.y[nst], nobs.n_steps[nst]))
     # alpha rows: one per request, the generating alpha delay plus the streaming gap
     al = pobs.kind == D.KINDS.index("alpha")
     truth = np.sort((req["queued"] - req["arrival"] + s["stream_ns"]) / 1e6)
@@ -858,7 +879,7 @@ def test_trace_probe_rows_are_exact(synth_traces, tmp_path):
     assert lc.sum() == len(cobs.y) > 300 and cinfo[0]["rows_dropped"] == info["rows_dropped"]
     np.testing.assert_allclose(pobs.y[lc], cobs.y, rtol=1e-9)
     np.testing.assert_allclose(pobs.X[lc], cobs.X, rtol=1e-9, atol=1e-12)
-    assert info["rows_by_kind"] == {"step": len(exact), "window": int((cobs.kind == 1).sum()),
+    assert info["rows_by_kind"] == {"step": int(st.sum()), "window": int((cobs.kind == 1).sum()),
                                     "ttft": int((cobs.kind == 2).sum()), "alpha": 200}
     assert pobs.meta["probe_requests"] == 200 and list(pobs.meta["deployments"]) == [info["run"]]
     # an ingest output directory of the same traces gives the same rows
@@ -866,6 +887,63 @@ def test_trace_probe_rows_are_exact(synth_traces, tmp_path):
                                      "server": {"max_num_batched_tokens": 512}}, out=tmp_path / "tables")
     dobs, _ = T.probe_obs(spec, [str(tmp_path / "tables")])
     np.testing.assert_allclose(np.sort(dobs.y), np.sort(pobs.y), rtol=1e-12)
+
+
+def _rewrite_trace(src, dst, keep_line=lambda ln: True, drop_event=lambda name: False):
+    lines = []
+    for ln in src.read_text().splitlines():
+        if not keep_line(ln):
+            continue
+        rec = json.loads(ln)
+        for sp in (sp for rs in rec["resourceSpans"] for ss in rs["scopeSpans"] for sp in ss["spans"]):
+            sp["events"] = [e for e in sp.get("events", []) if not drop_event(e["name"])]
+        lines.append(json.dumps(rec))
+    dst.write_text("\n".join(lines) + "\n")
+    return dst
+
+
+def test_trace_probe_file_forms(synth_traces, tmp_path):
+    """The same run as one trace file, as gzipped separate journey and step files, and the same
+    requests as gzipped CSV, give the same rows; journeys without QUEUED events give no alpha rows
+    and say why; two runs' traces given together are refused (their step ids collide)."""
+    import gzip
+
+    spec = _synth_spec()
+    tr = synth_traces[1.0]["trace"]
+    one, _ = T.probe_obs(spec, [str(tr)])
+    journey = _rewrite_trace(tr, tmp_path / "journey.jsonl", keep_line=lambda ln: '"vllm.scheduler.step"' not in ln)
+    steps = tmp_path / "steps.jsonl.gz"
+    steps.write_bytes(gzip.compress(synth_traces[1.0]["steps"].read_bytes()))
+    split, _ = T.probe_obs(spec, [str(steps), str(journey)])
+    np.testing.assert_allclose(np.sort(split.y), np.sort(one.y), rtol=1e-12)
+    csv, cgz = synth_traces[1.0]["csv"], tmp_path / "requests.csv.gz"
+    cgz.write_bytes(gzip.compress(csv.read_bytes()))
+    a, _ = T.probe_obs(spec, [str(csv)])
+    b, _ = T.probe_obs(spec, [str(cgz)])
+    np.testing.assert_allclose(b.y, a.y, rtol=0)
+    noq = _rewrite_trace(tr, tmp_path / "noqueued.jsonl", drop_event=lambda name: name == "journey.QUEUED")
+    nobs, ninfo = T.probe_obs(spec, [str(noq)])
+    assert ninfo[0]["trace_rows"]["alpha_journey_requests_without_row"] == {"no ARRIVED / QUEUED": 200}
+    assert 3 not in set(nobs.kind.tolist()) and ninfo[0]["rows_by_kind"]["window"] > 100
+    with pytest.raises(SpecError, match="traces of more than one run") as e:
+        T.probe_obs(spec, [str(tr), str(synth_traces[1.3]["trace"])])
+    assert "step.id" in str(e.value)
+
+
+def test_steps_only_probe_keeps_the_change_prior(fitted, synth_traces):
+    """A probe without requests still gets the fit's out-of-sample deployment-factor spread
+    (calibration "auto"): the changed-deployment prior of a trained deployment is at least it."""
+    import copy
+
+    idata = copy.deepcopy(fitted[0])
+    errs = [{"model": m, "factor_step": fs, "factor_cpu": fc} for m, fs, fc in (("a", 0.2, 0.3), ("b", -0.2, 0.3), ("c", 0.2, -0.3))]
+    T.attach_probe_oos(idata, errs, 200, source="test")
+    pobs, _ = T.probe_obs(_synth_spec(), [str(synth_traces[1.0]["steps"])])
+    _, info = T.update_deployment(idata, pobs, seed=0, copy_idata=False)
+    ch = info["level"]["change_prior_sd"]
+    assert ch["step"] >= 0.2 - 1e-9 and ch["cpu"] >= 0.3 - 1e-9, info["level"]
+    _, info0 = T.update_deployment(fitted[0], pobs, seed=0, copy_idata=False)
+    assert info0["level"]["change_prior_sd"]["step"] < 0.2  # without the attrs: the fit's own spread
 
 
 def test_trace_probe_bad_inputs_name_the_file(synth_traces, tmp_path):
@@ -911,8 +989,6 @@ def test_step_trace_probe_pins_the_step_factor(fitted, synth_traces):
 
 
 def test_cli_update_and_check_take_trace_probes(fitted, synth_traces, tmp_path, capsys):
-    import json
-
     _, path, _ = fitted
     spec = tmp_path / "SPEC.yaml"
     spec.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nserver: {max_num_batched_tokens: 512, max_num_seqs: 64, "
@@ -931,5 +1007,13 @@ def test_cli_update_and_check_take_trace_probes(fitted, synth_traces, tmp_path, 
     spec.write_text(spec.read_text() + "workload: {requests: reqs.csv}\n")
     code = cli.main(["check", str(spec), "--model", str(path), "--draws", "4", "--probe", tr, "--json"])
     rep = json.loads(capsys.readouterr().out)
-    assert code in (0, 3) and rep["probe"]["decision"] in T.DECISIONS
-    assert rep["probe"]["probes"][0]["rows_by_kind"]["step"] > 100
+    # the toy server's steps are not the fitted 7B's (8 ms + 4 us per token): not a transfer
+    pr = rep["probe"]
+    assert pr["decision"] in ("update", "refit") and code == (3 if pr["decision"] == "refit" else 0), pr["reasons"]
+    assert pr["probes"][0]["rows_by_kind"]["step"] > 100 and pr["scores"]["by_kind"]["step"]["coverage90"] < 0.9
+    # a malformed trace line: the text output names it (file and line)
+    bad = tmp_path / "bad.jsonl"
+    lines = synth_traces[1.0]["trace"].read_text().splitlines()
+    bad.write_text("\n".join(lines[:3] + ["{oops"] + lines[3:]) + "\n")
+    cli.main(["check", str(spec), "--model", str(path), "--draws", "4", "--probe", str(bad)])
+    assert f"ingest skipped 1 record(s), invalid_json: {bad}:4:" in capsys.readouterr().out
