@@ -83,6 +83,11 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-design", default="first", choices=("first", "stages"),
                     help="first: the first --probe-n requests after the warm-up; stages: --probe-n split evenly over "
                          "the run's load stages, the first n / k after each stage's warm-up (transfer.bundled_probe)")
+    ap.add_argument("--ttft-level", default=None, choices=("sum", "median"),
+                    help="transfer.PROBE_TTFT_LEVEL: the probe's TTFT level as the summed ratio (default) or the rows' median "
+                         "(session 18, exploratory)")
+    ap.add_argument("--ttft-slice-floor", type=float, default=None,
+                    help="transfer.SLICE_SD_DEFAULT['ttft'], the floor of the calibrated TTFT slice SD (default 0.15)")
     ap.add_argument("--out", default="benchmarks/out/probe_update.json")
     ap.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                     help="no run: print the table of these result files and rewrite their summaries (e.g. to add the "
@@ -110,6 +115,10 @@ def main(argv=None) -> int:
 
     if a.step_factors is not None:
         transfer.STEP_FACTORS = a.step_factors  # used by the calibration pass too
+    if a.ttft_level is not None:
+        transfer.PROBE_TTFT_LEVEL = a.ttft_level  # the calibration pass measures the same statistic
+    if a.ttft_slice_floor is not None:
+        transfer.SLICE_SD_DEFAULT["ttft"] = a.ttft_slice_floor
 
     t_start = time.time()
     cases = validate._replay_cases(None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -255,6 +256,26 @@ def test_stage_probe_covers_each_load_stage_with_its_own_warmup():
 def df_min(req, ctx, probe):
     """The first arrival of a probe segment's frame (its context and probe requests)."""
     return req[req["index"].isin(ctx | set(probe["index"]))]["arrival_us"].min()
+
+
+def test_pooled_ttft_row_sum_or_median_level(fitted):
+    """pool_rows: the pooled TTFT row carries the summed level by default; with ``level_mu`` the
+    rows' median level (exp(median log(y / mu)) * sum mu), which one queue-burst row cannot move."""
+    pobs, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    tt = pobs.kind == 2
+    pooled = T.pool_rows(pobs, ("ttft",))
+    assert pooled.y[pooled.kind == 2] == pytest.approx([pobs.y[tt].sum()])
+    mu = np.where(tt, pobs.y / 1.2, pobs.y)  # every TTFT row 1.2x its prediction
+    med = T.pool_rows(pobs, ("ttft",), level_mu=mu)
+    assert med.y[med.kind == 2] == pytest.approx([1.2 * mu[tt].sum()])
+    burst = pobs.y.copy()
+    burst[np.flatnonzero(tt)[0]] *= 50.0  # one request that waited in a queue burst
+    b = T.pool_rows(replace(pobs, y=burst), ("ttft",), level_mu=mu)
+    assert b.y[b.kind == 2] == pytest.approx([1.2 * mu[tt].sum()])  # the median level ignores it ...
+    s = T.pool_rows(replace(pobs, y=burst), ("ttft",))
+    assert s.y[s.kind == 2][0] > 1.1 * pobs.y[tt].sum()  # ... the summed level does not
+    np.testing.assert_array_equal(med.y[med.kind != 2], pooled.y[pooled.kind != 2])
+    assert T.PROBE_TTFT_LEVEL == "sum"
 
 
 def test_bundled_probe_keeps_warmup_in_batches_and_drops_rows_past_the_cut(fitted):
