@@ -1256,7 +1256,8 @@ def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> di
 def probe_statistics(obs, mu, *, min_rows: int = 10) -> dict:
     """Per row kind with >= ``min_rows`` usable rows, the statistic a probe update sees of
     observed against ``mu``: log(sum y / sum mu) for ``POOLED_PROBE_KINDS`` (their summed row;
-    with :data:`PROBE_TTFT_LEVEL` "median", their median as well), else the rows' median log(y / mu). ``mu``: (n,) or per draw (D, n), giving one value or (D,).
+    with :data:`PROBE_TTFT_LEVEL` "median", the rows' median instead), else the rows' median
+    log(y / mu). ``mu``: (n,) or per draw (D, n), giving one value or (D,).
     Rows with y <= 0 or a non-positive mu are left out."""
     from bayeslat import model as M
 
