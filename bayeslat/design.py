@@ -472,7 +472,7 @@ def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: 
     ``batch.num_prefill_reqs`` / ``batch.num_decode_reqs``, where recorded). A cycle that holds a
     wait for the next arrival is not a step time: vLLM runs one empty step (no snapshots, so no row
     here) after the last request finishes before it idles; where journey requests exist,
-    :func:`drop_idle_spans` also drops rows overlapping a time the server held no request.
+    :func:`idle_overlap` finds rows overlapping a time the server held no request.
 
     Returns (DataFrame with step_id, ts_start_ns, y_ms and the STATS columns, counts)."""
     cols = {"step.id": "step_id", "request.id": "request_id", "request.phase": "phase",
@@ -516,6 +516,23 @@ def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: 
     return out[["step_id", "ts_start_ns", "y_ms", *F.STATS]].reset_index(drop=True), counts
 
 
+#: why a journey request gives no alpha row, in the order they are checked (:func:`_alpha_delays`)
+ALPHA_MISS_REASONS = ("error", "no ARRIVED / QUEUED", "no FIRST_TOKEN / FIRST_RESPONSE", "no prompt tokens", "negative delay")
+
+
+def _alpha_delays(j: pd.DataFrame):
+    """Of journey rows ``j``: the ARRIVED -> QUEUED and FIRST_TOKEN -> FIRST_RESPONSE delays (ms)
+    and, per row, the first of :data:`ALPHA_MISS_REASONS` that keeps it from an alpha row ("" for
+    none)."""
+    v = lambda c: j[c].to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
+    a1 = (v("queued_ns") - v("arrival_ns")) / 1e6
+    a2 = (v("first_response_ns") - v("first_token_ns")) / 1e6
+    with np.errstate(invalid="ignore"):
+        why = np.select([j["has_error"].fillna(False).to_numpy(bool), ~np.isfinite(a1), ~np.isfinite(a2),
+                         j["input_tokens"].isna().to_numpy(), (a1 < 0) | (a2 < 0)], list(ALPHA_MISS_REASONS), "")
+    return a1, a2, why
+
+
 def journey_alpha_rows(req: pd.DataFrame) -> pd.DataFrame:
     """Alpha-only rows (kind 3) of one run from journey requests: y = (QUEUED - ARRIVED) +
     (FIRST_RESPONSE - FIRST_TOKEN) in ms, i.e. all of the TTFT that is not spent waiting for or
@@ -523,10 +540,11 @@ def journey_alpha_rows(req: pd.DataFrame) -> pd.DataFrame:
     overheads included; the same quantity the TTFT rows attribute to alpha). Queue depth at
     arrival = requests of the run queued and not yet finished at the arrival time (running +
     waiting, as in the simulator). Successful requests with all four times only; rows with a
-    negative component (clock trouble) are dropped. ``request``: position among the run's
-    journey rows (as in :func:`run_obs`); ``t_us``: after the run's first journey arrival."""
+    negative component (clock trouble) are dropped (:func:`journey_alpha_misses` counts why).
+    ``request``: position among the run's journey rows (as in :func:`run_obs`); ``t_us``: after
+    the run's first journey arrival."""
     j = req[req["source"] == "journey"]
-    cols = ("arrival_ns", "queued_ns", "first_token_ns", "first_response_ns", "finished_ns", "departed_ns")
+    cols = ("arrival_ns", "queued_ns", "finished_ns", "departed_ns")
     v = {c: j[c].to_numpy(dtype="float64", na_value=np.nan) for c in cols}
     end = np.where(np.isnan(v["finished_ns"]), v["departed_ns"], v["finished_ns"])
     q = v["queued_ns"]
@@ -534,10 +552,8 @@ def journey_alpha_rows(req: pd.DataFrame) -> pd.DataFrame:
     qs, es = np.sort(q[have]), np.sort(end[have])
     arr = v["arrival_ns"]
     depth = np.searchsorted(qs, arr, side="right") - np.searchsorted(es, arr, side="right")
-    a1 = (v["queued_ns"] - arr) / 1e6
-    a2 = (v["first_response_ns"] - v["first_token_ns"]) / 1e6
-    ok = (~j["has_error"].fillna(False).to_numpy(bool)) & np.isfinite(a1) & np.isfinite(a2) & (a1 >= 0) & (a2 >= 0)
-    ok &= j["input_tokens"].notna().to_numpy()
+    a1, a2, why = _alpha_delays(j)
+    ok = why == ""
     t0 = np.nanmin(arr) if np.isfinite(arr).any() else 0.0
     return pd.DataFrame({"request": np.arange(len(j))[ok], "y_ms": (a1 + a2)[ok],
                          "prompt": j["input_tokens"].to_numpy(dtype="float64", na_value=np.nan)[ok],
@@ -546,18 +562,33 @@ def journey_alpha_rows(req: pd.DataFrame) -> pd.DataFrame:
 
 
 def journey_alpha_misses(req: pd.DataFrame) -> dict:
-    """Why journey requests give no alpha row (:func:`journey_alpha_rows`): counts by reason, the
-    first that applies ("error", "no ARRIVED / QUEUED", "no FIRST_TOKEN / FIRST_RESPONSE", "no prompt tokens",
-    "negative delay": clock trouble). Empty when every request has a row."""
-    j = req[req["source"] == "journey"]
-    v = lambda c: j[c].to_numpy(dtype="float64", na_value=np.nan)  # noqa: E731
-    a1 = (v("queued_ns") - v("arrival_ns")) / 1e6
-    a2 = (v("first_response_ns") - v("first_token_ns")) / 1e6
-    reasons = np.select([j["has_error"].fillna(False).to_numpy(bool), ~np.isfinite(a1), ~np.isfinite(a2),
-                         j["input_tokens"].isna().to_numpy(), (a1 < 0) | (a2 < 0)],
-                        ["error", "no ARRIVED / QUEUED", "no FIRST_TOKEN / FIRST_RESPONSE", "no prompt tokens", "negative delay"], "")
-    r, n = np.unique(reasons[reasons != ""], return_counts=True)
+    """Why journey requests give no alpha row (:func:`journey_alpha_rows`): counts by reason
+    (:data:`ALPHA_MISS_REASONS`, the first that applies). Empty when every request has a row."""
+    why = _alpha_delays(req[req["source"] == "journey"])[2]
+    r, n = np.unique(why[why != ""], return_counts=True)
     return {str(k): int(c) for k, c in zip(r, n)}
+
+
+def alpha_table(al: pd.DataFrame, ctx, t_end: float, run: str, hardware: str, model_class: str) -> ObsTable:
+    """The alpha rows :func:`journey_alpha_rows` gives as an ObsTable (kind 3, alpha features only)."""
+    A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy(), F.multiproc(ctx))
+    return _rows_table(R.KIND_ALPHA, al["y_ms"].to_numpy(), np.zeros((len(al), len(F.REGIMES), F.N_BETA)), A,
+                       np.zeros(len(al)), al["request"].to_numpy(), al["t_us"].to_numpy(), t_end, run, hardware, model_class)
+
+
+def exact_step_table(ex: pd.DataFrame, ctx, t_us, t_end: float, run: str, hardware: str, model_class: str) -> ObsTable:
+    """The exact one-step rows :func:`exact_step_rows` gives as an ObsTable (kind 0, one step each),
+    at run positions ``t_us``."""
+    return _rows_table(R.KIND_STEP, ex["y_ms"].to_numpy(), _per_regime(ex[list(F.STATS)].to_numpy(), ctx),
+                       np.zeros((len(ex), F.N_ALPHA)), np.ones(len(ex)), np.full(len(ex), -1), t_us, t_end, run,
+                       hardware, model_class)
+
+
+def journey_offset_us(lf: pd.DataFrame) -> float:
+    """The step records' clock offset (``t_client_us = ts_ns / 1000 - offset``) from a journey
+    lifecycle frame (:func:`_lifecycle_frame`): exact, the journey's monotonic clock is theirs."""
+    i0 = int(np.nanargmin(lf["arrival_ns"].to_numpy()))
+    return float(lf["arrival_ns"].iloc[i0]) / 1e3 - float(lf["arrival_us"].iloc[i0]) + float(lf["arrival_us"].min())
 
 
 def journey_idle_gaps(req: pd.DataFrame) -> np.ndarray:
@@ -580,32 +611,16 @@ def journey_idle_gaps(req: pd.DataFrame) -> np.ndarray:
     return np.stack([b[:-1][gap], a[1:][gap]], axis=1)
 
 
-def _busy_rows(ex: pd.DataFrame, gaps: np.ndarray) -> tuple[np.ndarray, int]:
-    """Mask of exact step rows (:func:`exact_step_rows`: ``ts_start_ns``, ``y_ms``; server clock)
-    that do not overlap an idle gap (:func:`journey_idle_gaps`), and the number that do."""
-    if not len(ex) or not len(gaps):
-        return np.ones(len(ex), bool), 0
-    t0 = ex["ts_start_ns"].to_numpy(np.float64)
-    hit = _overlaps(t0, t0 + ex["y_ms"].to_numpy(np.float64) * 1e6, gaps)
-    return ~hit, int(hit.sum())
-
-
-def _overlaps(t0, t1, gaps):
-    """Whether each span [t0, t1) overlaps one of the sorted, disjoint ``gaps`` (m, 2)."""
+def idle_overlap(t0_ns, y_ms, gaps: np.ndarray) -> np.ndarray:
+    """Whether each span [t0, t0 + y) (server clock, ns and ms) overlaps an idle gap of the server
+    (:func:`journey_idle_gaps`): a step row whose y would time the wait for the next arrival, not
+    steps (exact step rows, and sampled pairs the reconstruction's own idle steps miss when its
+    estimated step times shift a gap)."""
+    t0 = np.asarray(t0_ns, dtype=np.float64)
+    if not len(t0) or not len(gaps):
+        return np.zeros(len(t0), bool)
     i = np.searchsorted(gaps[:, 1], t0, side="right")  # the first gap ending after the span's start
-    return (i < len(gaps)) & (gaps[np.minimum(i, len(gaps) - 1), 0] < t1)
-
-
-def drop_idle_spans(trace_rows: pd.DataFrame, gaps: np.ndarray, offset_us: float) -> tuple[pd.DataFrame, int]:
-    """``trace_rows`` (:func:`bayeslat.reconstruct.trace_step_windows`) without the sampled step
-    pairs whose span [start, start + y) overlaps an idle gap of the server (:func:`journey_idle_gaps`):
-    their y would time the wait for the next arrival, not steps (the reconstruction's own idle
-    steps miss a gap its estimated step times shift). Returns (rows, number dropped)."""
-    if not len(trace_rows) or not len(gaps):
-        return trace_rows, 0
-    t0 = (trace_rows["t_us"].to_numpy(np.float64) + offset_us) * 1e3
-    hit = _overlaps(t0, t0 + trace_rows["y_ms"].to_numpy(np.float64) * 1e6, gaps)
-    return trace_rows[~hit], int(hit.sum())
+    return (i < len(gaps)) & (gaps[np.minimum(i, len(gaps) - 1), 0] < t0 + np.asarray(y_ms, dtype=np.float64) * 1e6)
 
 
 def _rows_table(kind, y, X, A, n_steps, request, t_us, t_end, run, hardware, model_class) -> ObsTable:
@@ -667,9 +682,7 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
     off = None
     if step_rows and len(steps) and rec is not None:
         if src == "journey" and np.isfinite(lf["arrival_ns"]).any():
-            i0 = int(np.nanargmin(lf["arrival_ns"].to_numpy()))
-            off = {"offset_us": float(lf["arrival_ns"].iloc[i0]) / 1e3 - float(lf["arrival_us"].iloc[i0]) + float(lf["arrival_us"].min()),
-                   "sd_us": 0.0, "method": "journey (same monotonic clock as the step records)"}
+            off = {"offset_us": journey_offset_us(lf), "sd_us": 0.0, "method": "journey (same monotonic clock as the step records)"}
         else:
             tr = pd.DataFrame({c: steps[c].to_numpy(dtype="float64", na_value=np.nan) for c in
                                ("step.id", "step.ts_start_ns", "batch.decode_tokens", "queue.running_depth", "batch.prefill_tokens")})
@@ -678,16 +691,18 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
                 off = R.estimate_offset(rec, tr, seed=seed)
                 off["method"] = "estimated (traced vs reconstructed batch composition)"
     info["clock_offset"] = off
+    # exact clock: step rows spanning a time the server held no request are idle, not steps
+    gaps = journey_idle_gaps(req) if src == "journey" and off is not None else None
 
     tabs = []
     # 2a. exact one-step rows from the snapshots
     exact_ids = np.zeros(0, np.int64)
     if step_rows and len(steps) and len(sreq):
         ex, cnt = exact_step_rows(steps, sreq, kvs, block_size=srv.block_size)
-        if src == "journey" and off is not None and len(ex):
-            keep_ex, n_idle = _busy_rows(ex, journey_idle_gaps(req))
-            ex = ex[keep_ex]
-            cnt["steps_idle_dropped"] = n_idle
+        if gaps is not None:
+            idle = idle_overlap(ex["ts_start_ns"], ex["y_ms"], gaps)
+            ex = ex[~idle]
+            cnt["steps_idle_dropped"] = int(idle.sum())
         info["exact_steps"] = cnt
         if len(ex):
             exact_ids = ex["step_id"].to_numpy(np.int64)
@@ -697,9 +712,7 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
             else:                 # ... else on the step records' own span
                 t0 = float(steps["step.ts_start_ns"].min()) / 1e3
                 t_us, te = ts - t0, float(steps["step.ts_start_ns"].max()) / 1e3 - t0
-            tabs.append(_rows_table(R.KIND_STEP, ex["y_ms"].to_numpy(), _per_regime(ex[list(F.STATS)].to_numpy(), ctx),
-                                    np.zeros((len(ex), F.N_ALPHA)), np.ones(len(ex)), np.full(len(ex), -1),
-                                    t_us, te, run, hwname, cls))
+            tabs.append(exact_step_table(ex, ctx, t_us, te, run, hwname, cls))
         info["rows"]["step_exact"] = int(len(ex))
     # 1 + 2b. windows, TTFT rows and the other sampled step pairs on the reconstruction
     if rec is not None:
@@ -708,9 +721,10 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
             tr = pd.DataFrame({"step.id": steps["step.id"].to_numpy(np.int64),
                                "step.ts_start_ns": steps["step.ts_start_ns"].to_numpy(np.float64)})
             trace_rows = R.trace_step_windows(rec, tr, off["offset_us"], max_gap=max_gap, skip_ids=exact_ids)
-            if src == "journey":  # exact clock: pairs spanning a time the server held no request are idle
-                trace_rows, n_idle = drop_idle_spans(trace_rows, journey_idle_gaps(req), off["offset_us"])
-                info["rows"]["step_trace_idle_dropped"] = n_idle
+            if gaps is not None:
+                idle = idle_overlap((trace_rows["t_us"] + off["offset_us"]) * 1e3, trace_rows["y_ms"], gaps)
+                trace_rows = trace_rows[~idle]
+                info["rows"]["step_trace_idle_dropped"] = int(idle.sum())
             info["rows"]["step_trace"] = int(len(trace_rows))
         t = build_obs(rec, ctx, hwname, cls, trace_rows=trace_rows, include_warmup=include_warmup)
         tabs.append(t)
@@ -720,10 +734,7 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
     if alpha_rows:
         al = journey_alpha_rows(req)
         if len(al):
-            te = t_end if t_end is not None else float(al["t_us"].max())
-            A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy(), F.multiproc(ctx))
-            tabs.append(_rows_table(R.KIND_ALPHA, al["y_ms"].to_numpy(), np.zeros((len(al), len(F.REGIMES), F.N_BETA)), A,
-                                    np.zeros(len(al)), al["request"].to_numpy(), al["t_us"].to_numpy(), te, run, hwname, cls))
+            tabs.append(alpha_table(al, ctx, t_end if t_end is not None else float(al["t_us"].max()), run, hwname, cls))
         info["rows"]["alpha"] = int(len(al))
     if not tabs:
         return None, info

@@ -735,11 +735,11 @@ def _probe_experiment(s: dict, name: str) -> dict:
             "source": "probe"}
 
 
-def _ingest_report_summary(rep) -> dict:
-    """What ingesting a trace probe kept and skipped (every skipped record is counted by reason;
-    the first few messages name file and line)."""
-    d = rep.to_dict()
-    return {k: d[k] for k in ("files", "kept", "skipped_total", "skipped", "notes")}
+def _ingest_report_summary(d: dict) -> dict:
+    """What ingesting a trace probe kept and skipped, from an ingest report's dict
+    (``IngestReport.to_dict()`` or an ingest directory's ``report.json``): every skipped record is
+    counted by reason, the first few messages name file and line."""
+    return {k: d.get(k) for k in ("files", "kept", "skipped_total", "skipped", "notes")}
 
 
 def _ingest_report_file(path: Path) -> dict | None:
@@ -747,10 +747,9 @@ def _ingest_report_file(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        d = json.loads(path.read_text())
+        return _ingest_report_summary(json.loads(path.read_text()))
     except (OSError, ValueError) as e:
         raise IngestError(f"unreadable ingest report: {e}", file=str(path)) from None
-    return {k: d.get(k) for k in ("files", "kept", "skipped_total", "skipped", "notes")}
 
 
 def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
@@ -786,25 +785,23 @@ def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
     if len(steps) and len(sreq):
         ex, cnt = design.exact_step_rows(steps, sreq, kvs, block_size=int(srv.block_size))
         if journey:  # the journey's clock is the step records': cycles holding an idle wait are dropped
-            keep_ex, cnt["steps_idle_dropped"] = design._busy_rows(ex, gaps)
-            ex = ex[keep_ex]
+            idle = design.idle_overlap(ex["ts_start_ns"], ex["y_ms"], gaps)
+            ex = ex[~idle]
+            cnt["steps_idle_dropped"] = int(idle.sum())
         info["trace_rows"]["step_exact"] = int(len(ex))
         info["exact_steps"] = cnt
         if len(ex):
             ts = ex["ts_start_ns"].to_numpy(np.float64)
             t_us = (ts - (t0_ns if t0_ns is not None else ts.min())) / 1e3
             t_end = max(t_end, float(t_us.max()))
-            extra.append(design._rows_table(0, ex["y_ms"].to_numpy(), design._per_regime(ex[list(F.STATS)].to_numpy(), s["ctx"]),
-                                            np.zeros((len(ex), F.N_ALPHA)), np.ones(len(ex)), np.full(len(ex), -1),
-                                            t_us, t_end, info["run"], hwname, cls))
+            extra.append(design.exact_step_table(ex, s["ctx"], t_us, t_end, info["run"], hwname, cls))
     pairs = None
     if len(steps) and journey:
         # the other sampled step pairs, mapped onto the reconstruction (probe_obs) on the journey's
         # monotonic clock, which the step records share: the exact offset, as design.run_obs
-        i0 = int(np.nanargmin(lf["arrival_ns"].to_numpy()))
         pairs = {"records": pd.DataFrame({"step.id": steps["step.id"].to_numpy(np.int64),
                                           "step.ts_start_ns": steps["step.ts_start_ns"].to_numpy(np.float64)}),
-                 "offset_us": float(lf["arrival_ns"].iloc[i0]) / 1e3 - float(lf["arrival_us"].iloc[i0] - lf["arrival_us"].min()),
+                 "offset_us": design.journey_offset_us(lf),
                  "exact_ids": np.zeros(0, np.int64) if ex is None else ex["step_id"].to_numpy(np.int64),
                  "idle_gaps": gaps}
     elif len(steps):
@@ -819,10 +816,7 @@ def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
         info["trace_rows"]["alpha"] = int(len(al))
         info["trace_rows"]["alpha_journey_requests_without_row"] = design.journey_alpha_misses(req)
     if len(al):
-        A = F.alpha_features(al["prompt"].to_numpy(), al["queue_depth"].to_numpy(), F.multiproc(s["ctx"]))
-        extra.append(design._rows_table(3, al["y_ms"].to_numpy(), np.zeros((len(al), len(F.REGIMES), F.N_BETA)), A,
-                                        np.zeros(len(al)), al["request"].to_numpy(), al["t_us"].to_numpy(),
-                                        max(t_end, float(al["t_us"].max())), info["run"], hwname, cls))
+        extra.append(design.alpha_table(al, s["ctx"], max(t_end, float(al["t_us"].max())), info["run"], hwname, cls))
     df = None
     if src is not None:
         df = lf.drop(columns="arrival_ns")
@@ -861,7 +855,7 @@ def _probe_units(probe_paths, s):
             res = ingest(src, experiment=_probe_experiment(s, "probe-" + Path(src[0]).name.split(".")[0]))
             if res.report.errors:  # already "file: message"
                 raise IngestError(res.report.errors[0])
-            sets = [(res.tables, ", ".join(src), _ingest_report_summary(res.report))]
+            sets = [(res.tables, ", ".join(src), _ingest_report_summary(res.report.to_dict()))]
         for tb, name, rep in sets:
             runs = list(dict.fromkeys(list(tb["requests"]["run"].dropna()) + list(tb["steps"]["run"].dropna())))
             if not runs:
@@ -881,8 +875,8 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
     SPEC's model, GPU and server. From traces the probe also gets step rows: exact step times where
     the step trace has request snapshots (a probe of steps needs nothing else), and the other
     sampled step pairs (id gap <= ``PROBE_STEP_MAX_GAP``) mapped onto the reconstruction on the
-    journey clock, cut like the request rows, pairs spanning a journey idle gap dropped
-    (:func:`bayeslat.design.drop_idle_spans`). It also gets the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
+    journey clock, cut like the request rows, step rows spanning a journey idle gap dropped
+    (:func:`bayeslat.design.idle_overlap`). It also gets the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
     skipped and why; ``info["trace_rows"]`` the rows built (and journey requests without an alpha
     row). A probe without per-request TTFT / E2E (a step trace alone) has no ``observed`` means."""
     from bayeslat import design
@@ -906,11 +900,12 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
             if pairs is not None:  # sampled step pairs (a trace probe), those ending before the cut
                 tw = R.trace_step_windows(rec, pairs["records"], pairs["offset_us"], max_gap=PROBE_STEP_MAX_GAP,
                                           skip_ids=pairs["exact_ids"])
-                tw, n_idle = design.drop_idle_spans(tw, pairs["idle_gaps"], pairs["offset_us"])
+                idle = design.idle_overlap((tw["t_us"] + pairs["offset_us"]) * 1e3, tw["y_ms"], pairs["idle_gaps"])
+                tw = tw[~idle]
                 late = tw["t_us"].to_numpy() + 1e3 * tw["y_ms"].to_numpy() > info["cut_us"]
                 trace_rows = tw[~late]
                 info["trace_rows"].update(step_pairs=int(len(trace_rows)), step_pairs_after_cut=int(late.sum()),
-                                          step_pairs_idle=n_idle)
+                                          step_pairs_idle=int(idle.sum()))
             t = design.build_obs(rec, s["ctx"], s["hardware"].name, s["model"].model_class, trace_rows=trace_rows,
                                  hardware_levels=hardware_levels, class_levels=class_levels)
             # keep rows that end before the cut (their batches are complete) of probe requests
@@ -1237,20 +1232,33 @@ def run_factor_error(idata, runs, *, seed: int = 0, n_per_kind: int = 300) -> di
     kind, stratified over the run (``design.bundled_obs``): the Newton steps cost draws x rows, and
     the factors are settled long before a run's ~20,000 rows. Runs the bundled reconstruction skips
     are left out; {} when none is left."""
+    res = whole_run_update(idata, runs, seed=seed, n_per_kind=n_per_kind, copy_idata=False)
+    if res is None:
+        return {}
+    _, info, whole = res
+    return {"factor_step": float(info["step_factor"]["log_mean"]), "factor_cpu": float(info["cpu_factor"]["log_mean"]),
+            "factor_runs": sorted(set(np.asarray(whole.run).astype(str).tolist()))}
+
+
+def whole_run_update(idata, runs, *, seed: int = 0, n_per_kind: int = 300, copy_idata: bool = True):
+    """:func:`update_deployment` conditioned on every row of bundled ``runs`` (one deployment): no
+    slice error (whole runs are not a slice), a flat factor prior (SD 1), no draw weights.
+    Returns (updated idata or None, info, the rows) or None when the bundled reconstruction skips
+    every run. :func:`run_factor_error` reads the factors; ``benchmarks/probe_ceiling.py`` predicts
+    with them (the ceiling of a probe update)."""
     from bayeslat import model as M
 
     whole = _whole_run_rows([runs] if isinstance(runs, str) else list(runs), n_per_run_kind=int(n_per_kind), seed=seed)
     if whole is None:
-        return {}
+        return None
     kinds = {M.KINDS[int(k)] for k in np.unique(whole.kind)}
     cal = {"kinds": {k: {"mu": 0.0, "tau": 1e-3} for k in kinds}, "source": "whole runs"}
     # reweight=False: the factors alone carry the deployment's distance. Reweighting the draws of a
     # new class by whole runs would absorb it into the class deviation (held-out Mixtral, session
     # 14: step +0.007 instead of +0.056), and the factor prior this measures serves every deployment
-    _, info = update_deployment(idata, whole, seed=seed, calibration=cal, copy_idata=False, factor_sd={"step": 1.0, "cpu": 1.0},
-                                reweight=False, level="deployment")
-    return {"factor_step": float(info["step_factor"]["log_mean"]), "factor_cpu": float(info["cpu_factor"]["log_mean"]),
-            "factor_runs": sorted(set(np.asarray(whole.run).astype(str).tolist()))}
+    new, info = update_deployment(idata, whole, seed=seed, calibration=cal, copy_idata=copy_idata,
+                                  factor_sd={"step": 1.0, "cpu": 1.0}, reweight=False, level="deployment")
+    return new, info, whole
 
 
 def probe_statistics(obs, mu, *, min_rows: int = 10) -> dict:

@@ -5,8 +5,8 @@
 
 For every bundled run with per-request data, under the fold fit that did not see its model (or
 workload), the run's own step-time and CPU-time factors are fitted to its whole run
-(``transfer.update_deployment`` on all its rows: no slice error, a flat factor prior, no draw
-weights; what ``transfer.run_factor_error`` does per deployment), and the whole run is predicted
+(``transfer.whole_run_update``: all its rows, no slice error, a flat factor prior, no draw
+weights; what ``transfer.run_factor_error`` reads per deployment), and the whole run is predicted
 again (replayed arrivals, ``--pred-draws`` draws). A probe update can at best reach this: its
 factors are estimated from the first 200 requests instead. The second part measures how well three
 statistics of the probe's TTFT rows tell the whole run's TTFT level (log observed / predicted
@@ -61,14 +61,11 @@ def main(argv=None) -> int:
     for key, group in groups.items():
         idata = validate.cv_fit(full, {c["run"] for c in group}, seed=a.seed, fit_dir=a.fit_dir)
         for c in group:
-            whole = transfer._whole_run_rows([c["run"]], n_per_run_kind=300, seed=a.seed)
-            if whole is None:
+            res = transfer.whole_run_update(idata, c["run"], seed=a.seed)
+            if res is None:
                 print(f"skipped {c['run']}: the bundled reconstruction skips it", file=sys.stderr)
                 continue
-            kinds = {M.KINDS[int(k)] for k in np.unique(whole.kind)}
-            cal = {"kinds": {k: {"mu": 0.0, "tau": 1e-3} for k in kinds}, "source": "whole run"}
-            new, info = transfer.update_deployment(idata, whole, seed=a.seed, calibration=cal, reweight=False,
-                                                   factor_sd={"step": 1.0, "cpu": 1.0}, level="deployment")
+            new, info, _ = res
             b = validate.compare(c, validate.predict_case(c, idata, a.pred_draws, a.seed))
             f = validate.compare(c, validate.predict_case(c, new, a.pred_draws, a.seed))
             r = {"run": c["run"], "held_out": {a.hold_out: key}, "step_factor": info["step_factor"]["mean"],
