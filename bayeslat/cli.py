@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refit", action="store_true",
                    help="refit every level on training + probe rows (minutes) instead of conditioning the "
                         "probe's deployment level on it (seconds; the default)")
+    s.add_argument("--when", default="auto", choices=("auto", "always", "needed"),
+                   help="auto (default): update a deployment the fit has not seen always, a trained one only where "
+                        "the probe's check is not transfer-ok (updating trained deployments on agreeing probes "
+                        "made held-out workloads' predictions worse: benchmarks/probe_gate.py); needed: only where "
+                        "the check is not transfer-ok; always: every probe. Not updated: --out is the fit unchanged")
     s.add_argument("--json", action="store_true")
     return p
 

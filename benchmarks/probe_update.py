@@ -170,23 +170,7 @@ def main(argv=None) -> int:
             cal = transfer.oos_calibration([e for m, errs in oos.items() if m != model for e in errs], cal)
         for c in group:
             t0 = time.time()
-            if a.as_new_gpu:
-                from dataclasses import replace
-
-                from bayeslat import specs
-
-                dep = c["deployment"]
-                hw = replace(specs.load_hardware(a.datasheet or dep.hardware_spec), name=a.as_new_gpu)
-                if a.datasheet:  # the features (dep.ctx) from the other datasheet, the run's own KV capacity
-                    from bayeslat import datasets
-
-                    srv = dict(datasets.run_info(c["run"])["server"]) | {"kv_blocks": dep.kv_blocks}
-                    dep = validate.deployment(dep.model_spec, a.datasheet, srv, dep.name)
-                c = dict(c, deployment=replace(dep, hardware=a.as_new_gpu))
-                spec = transfer.spec_for_run(c["run"], hardware=hw, workload=c["workload_obj"],
-                                             server_overrides={"kv_blocks": dep.kv_blocks})
-            else:
-                spec = transfer.spec_for_run(c["run"], workload=c["workload_obj"])
+            c, spec = case_spec(c, a.as_new_gpu, a.datasheet)
             src = transfer.bundled_probe(c["run"], a.probe_n, a.probe_design)
             pobs, _ = transfer.probe_obs(spec, src)
             new, info = transfer.update_deployment(idata, pobs, seed=a.seed, calibration=cal, reweight={"auto": "auto", "always": True, "never": False}[a.reweight],
@@ -216,6 +200,27 @@ def main(argv=None) -> int:
     print_table(rows)
     print(f"wrote {out} ({time.time() - t_start:.0f} s)")
     return 0
+
+
+def case_spec(c: dict, as_new_gpu: str | None = None, datasheet: str | None = None) -> tuple[dict, dict]:
+    """The held-out case ``c`` and the SPEC its probe is read with: its own, or (``as_new_gpu``)
+    its GPU renamed to one the fit has never seen, its numbers from ``datasheet`` if given."""
+    from bayeslat import transfer
+
+    if not as_new_gpu:
+        return c, transfer.spec_for_run(c["run"], workload=c["workload_obj"])
+    from dataclasses import replace
+
+    from bayeslat import datasets, specs, validate
+
+    dep = c["deployment"]
+    hw = replace(specs.load_hardware(datasheet or dep.hardware_spec), name=as_new_gpu)
+    if datasheet:  # the features (dep.ctx) from the other datasheet, the run's own KV capacity
+        srv = dict(datasets.run_info(c["run"])["server"]) | {"kv_blocks": dep.kv_blocks}
+        dep = validate.deployment(dep.model_spec, datasheet, srv, dep.name)
+    c = dict(c, deployment=replace(dep, hardware=as_new_gpu))
+    return c, transfer.spec_for_run(c["run"], hardware=hw, workload=c["workload_obj"],
+                                    server_overrides={"kv_blocks": dep.kv_blocks})
 
 
 def summarize(rows) -> dict:

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             t1 = time.time()
             pobs, infos = transfer.probe_obs(spec, [f"bundled:{c['run']}:{a.probe_n}"])
             sc = transfer.score_probe(spec, idata, [f"bundled:{c['run']}:{a.probe_n}"])
-            new = transfer.update(idata, pobs, draws=cfg["draws"], tune=cfg["tune"], chains=cfg["chains"], seed=a.seed)
+            new = transfer.update(idata, pobs, draws=cfg["draws"], tune=cfg["tune"], chains=cfg["chains"], seed=a.seed, when="always")
             after = validate.compare(c, validate.predict_case(c, new, cfg["pred_draws"], a.seed))
             up = json.loads(new.attrs["transfer_update"])
             pr = {"mode": mode, "held_out": held, "run": c["run"], "probe_decision": sc["decision"],

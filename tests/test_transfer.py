@@ -529,13 +529,61 @@ def test_update_uses_the_fits_oos_errors_for_a_probe_of_their_size(fitted):
 
     def used(n_oos):
         T.attach_probe_oos(idata, errs, n_oos)
-        new = T.update(idata, pobs, None, probe_infos=infos)
+        new = T.update(idata, pobs, None, probe_infos=infos, when="always")  # the run's own probe: transfer-ok
         return json.loads(new.attrs["transfer_update"])["deployment_update"]
 
     same = used(200)
     assert same["calibration"] == "out-of-sample" and same["slice_sd"]["window"] == pytest.approx(0.2)
     other = used(1000)  # measured on 1000-request probes: not this probe's prior
     assert other["calibration"] != "out-of-sample" and other["slice_sd"]["window"] != pytest.approx(0.2)
+
+
+def test_update_gate_keeps_a_trained_deployment_on_an_agreeing_probe(fitted, tmp_path, capsys):
+    """update(when="auto"): a probe of a trained deployment that the check calls transfer-ok leaves the
+    fit as it is (and says so); "always" conditions on it; a deployment the fit has not seen is
+    updated under "auto" whatever the check says, under "needed" only where it is not transfer-ok;
+    a slow probe of the trained deployment is updated."""
+    import json
+
+    from bayeslat.errors import SpecError
+
+    idata, path, _ = fitted
+    pobs, infos = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
+    rep = lambda fit: json.loads(fit.attrs["transfer_update"])  # noqa: E731
+    kept = T.update(idata, pobs, None, probe_infos=infos)
+    r = rep(kept)
+    assert not r["applied"] and r["gate"]["decision"] == "transfer-ok" and r["gate"]["trained_deployment"], r["gate"]
+    assert "not updated" in r["gate"]["summary"] and r["probe_rows"]["after"] == r["probe_rows"]["before"]
+    for v in ("beta", "alpha"):
+        if v in idata.posterior:
+            np.testing.assert_array_equal(kept.posterior[v].values, idata.posterior[v].values)
+    assert "transfer_update" not in idata.attrs  # the fit itself is not touched
+    assert not rep(T.update(idata, pobs, None, probe_infos=infos, when="needed"))["applied"]
+    forced = rep(T.update(idata, pobs, None, probe_infos=infos, when="always"))
+    assert forced["applied"] and forced["deployment_update"]["trained_deployment"] and "step_factor" in forced["deployment_update"]
+    # a deployment the fit has not seen
+    other = "codellama-34b-tp2-codegen"
+    oobs, oinfos = T.probe_obs(T.spec_for_run(other), [f"bundled:{other}:200"])
+    auto = rep(T.update(idata, oobs, None, probe_infos=oinfos))
+    assert auto["applied"] and not auto["gate"]["trained_deployment"] and not auto["deployment_update"]["trained_deployment"]
+    needed = rep(T.update(idata, oobs, None, probe_infos=oinfos, when="needed"))
+    assert needed["applied"] == (needed["gate"]["decision"] != "transfer-ok")
+    with pytest.raises(SpecError, match="when must be one of"):
+        T.update(idata, pobs, None, when="sometimes")
+    # the CLI: a slow probe of the trained deployment is updated, the run's own probe is not
+    spec = tmp_path / "SPEC.yaml"
+    spec.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nserver: {max_num_batched_tokens: 2048, max_num_seqs: 128, "
+                    "max_model_len: 4096}\n")
+    out = tmp_path / "gated.nc"
+    slow = _probe_csv(tmp_path, 1.6)
+    assert cli.main(["update", str(path), "--probe", str(slow), "--spec", str(spec), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "probe rows (deployment update)" in text and "updated: the check says" in text, text
+    same = _probe_csv(tmp_path, 1.0)
+    assert cli.main(["update", str(path), "--probe", str(same), "--spec", str(spec), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "the fit unchanged" in text and "probe check: transfer-ok" in text, text
+    assert not rep(M.load(out))["applied"]
 
 
 def test_run_factor_error_recovers_a_known_slowdown(fitted, monkeypatch):
