@@ -10,6 +10,10 @@ import argparse
 import importlib
 import sys
 
+#: ``transfer.UPDATE_WHEN`` (kept here so building the parser imports no domain module; a test
+#: asserts the two agree)
+UPDATE_WHEN_CHOICES = ("auto", "always", "needed")
+
 COMMANDS = {
     "specs": "bayeslat.specs",
     "ingest": "bayeslat.ingest",
@@ -102,11 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refit", action="store_true",
                    help="refit every level on training + probe rows (minutes) instead of conditioning the "
                         "probe's deployment level on it (seconds; the default)")
-    s.add_argument("--when", default="auto", choices=("auto", "always", "needed"),
+    s.add_argument("--when", default="auto", choices=UPDATE_WHEN_CHOICES,
                    help="auto (default): update a deployment the fit has not seen always, a trained one only where "
                         "the probe's check is not transfer-ok (updating trained deployments on agreeing probes "
                         "made held-out workloads' predictions worse: benchmarks/probe_gate.py); needed: only where "
-                        "the check is not transfer-ok; always: every probe. Not updated: --out is the fit unchanged")
+                        "the check is not transfer-ok; always: every probe. Not updated: --out is the fit unchanged "
+                        "(with --refit too)")
     s.add_argument("--json", action="store_true")
     return p
 

@@ -1028,6 +1028,10 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     :data:`UPDATE_WHEN`). Not updated: the fit is returned as is (a copy) with the report,
     ``applied`` false and why.
 
+    The gate applies to both modes (``bayeslat update --refit`` on an agreeing probe of a trained
+    deployment also returns the fit unchanged unless ``when="always"``); a probe of several
+    deployments is refused in deployment mode before it is scored.
+
     ``mode="deployment"`` (default): condition the probe's deployment level on the probe rows,
     the rest of the hierarchy held at its posterior (:func:`update_deployment`; seconds).
     ``mode="refit"``: refit on the training rows (:func:`obs_from_idata`) plus the probe rows,
@@ -1047,14 +1051,17 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
 
     if mode not in ("deployment", "refit"):
         raise SpecError(f"update mode must be 'deployment' or 'refit', got {mode!r}", field="mode")
-    if when not in UPDATE_WHEN:
-        raise SpecError(f"when must be one of {', '.join(UPDATE_WHEN)}, got {when!r}", field="when")
     sd = int(seed if seed is not None else idata.attrs.get("seed", 0))
+    if mode == "deployment":  # refused before the gate, whatever ``when`` says
+        keys = sorted(set(M.check_obs(probe_obs_table)["deployment"].tolist()))
+        if len(keys) != 1:
+            raise SpecError(f"a probe must come from one deployment (got {keys})", field="probe")
     train = obs_from_idata(idata)
-    gate = update_gate(idata, probe_obs_table, when, seed=sd)
+    # scored with the seed ``bayeslat check --probe`` uses (score_probe's default), so the gate's
+    # decision is the one the check prints, whatever the fit's seed
+    gate = update_gate(idata, probe_obs_table, when, seed=0)
     if not gate["apply"]:
-        return _update_report(idata, idata.copy(), train, probe_obs_table, spec, probe_infos, pred_draws, sd,
-                              {"mode": mode, "applied": False}, gate)
+        return _update_report(idata, idata.copy(), train, probe_obs_table, spec, probe_infos, pred_draws, sd, None, gate)
     if mode == "deployment":
         n_req = sum(int(i.get("requests", 0)) for i in probe_infos or [])
         cal = auto_calibration(idata, n_req, seed=sd, design=probe_obs_table.meta.get("probe_design", "first")) if n_req else "auto"
@@ -1091,36 +1098,48 @@ UPDATE_WHEN = ("auto", "always", "needed")
 
 def update_gate(idata, probe_obs_table, when: str = "auto", *, seed: int = 0) -> dict:
     """Whether :func:`update` conditions the fit on the probe: {"apply", "when", "decision",
-    "reasons", "trained_deployment"}. The decision is :func:`decide` of :func:`score_rows` (what
-    ``bayeslat check --probe`` says); where ``when`` does not need it ("always", or "auto" for a
-    new deployment) it is still reported."""
+    "reasons", "trained_deployment", "deployments", "summary", "scores"}. The decision is
+    :func:`decide` of :func:`score_rows` (``"scores"``; what ``bayeslat check --probe`` says);
+    where ``when`` does not need it ("always", or "auto" for a new deployment) it is still
+    reported."""
     from bayeslat import model as M
 
+    if when not in UPDATE_WHEN:
+        raise SpecError(f"when must be one of {', '.join(UPDATE_WHEN)}, got {when!r}", field="when")
     keys = sorted(set(M.check_obs(probe_obs_table)["deployment"].tolist()))
     trained = bool(keys) and all(M.trained_deployment(idata, k) for k in keys)
-    decision, why = decide(score_rows(idata, probe_obs_table, seed=seed))
+    sc = score_rows(idata, probe_obs_table, seed=seed)
+    decision, why = decide(sc)
     apply = when == "always" or decision != "transfer-ok" or (when == "auto" and not trained)
     if apply:
         reason = ("updated (--when always)" if when == "always" else f"updated: the check says {decision}"
                   if decision != "transfer-ok" else "updated: a deployment the fit has not seen")
+    elif trained:
+        reason = ("not updated: the probe agrees with the fit (transfer-ok) on a deployment it was trained on; updates "
+                  "on agreeing probes of trained deployments made held-out workloads' predictions worse "
+                  "(benchmarks/probe_gate.py); --when always updates anyway")
     else:
-        reason = ("not updated: the probe agrees with the fit (transfer-ok)" + (" on a deployment it was trained on" if trained else "")
-                  + "; updates on agreeing probes of trained deployments made held-out workloads' predictions worse "
-                    "(benchmarks/probe_gate.py); --when always updates anyway")
+        reason = ("not updated (--when needed): the probe agrees with the fit (transfer-ok); this deployment is new to "
+                  "the fit, which --when auto would have updated (on held-out models, updating every probe was better: "
+                  "benchmarks/probe_gate.py)")
     return {"apply": bool(apply), "when": when, "decision": decision, "reasons": why, "trained_deployment": trained,
-            "deployments": keys, "summary": reason}
+            "deployments": keys, "summary": reason, "scores": sc}
 
 
-def _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, info, gate=None):
-    before = score_rows(idata, probe_obs_table, seed=sd)
-    after = score_rows(new, probe_obs_table, seed=sd) if (gate or {}).get("apply", True) else before
-    rep = {"mode": info.get("mode"), "applied": bool((gate or {}).get("apply", True)), "gate": gate, "deployment_update": info,
+def _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, info, gate):
+    # the probe rows are scored as the gate scored them (the check's seed): one set of numbers
+    gate = dict(gate)
+    before = gate.pop("scores")
+    applied = bool(gate["apply"])
+    after = score_rows(new, probe_obs_table, seed=0) if applied else before
+    rep = {"mode": (info or {}).get("mode") if applied else None, "applied": applied, "gate": gate,
+           "deployment_update": info if applied else None,
            "rows_train": int(len(train)), "rows_probe": int(len(probe_obs_table)),
            "probe_rows": {"before": {k: before[k] for k in ("coverage90", "rel_width90_median", "abs_err_pct_median", "ratio_median")},
                           "after": {k: after[k] for k in ("coverage90", "rel_width90_median", "abs_err_pct_median", "ratio_median")}}}
     rep["probe_rows"]["width_shrink"] = 1.0 - after["rel_width90_median"] / max(before["rel_width90_median"], 1e-12)
     if spec is not None and probe_infos:
-        pw = predict_before_after(spec, idata, new, probe_infos, draws=pred_draws, seed=sd)
+        pw = predict_before_after(spec, idata, new if applied else None, probe_infos, draws=pred_draws, seed=sd)
         if pw is not None:
             rep["probe_workload"] = pw
     new.attrs["transfer_update"] = json.dumps(rep)
@@ -1877,7 +1896,8 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
 
 def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: int = 0) -> dict:
     """Predicted mean TTFT / E2E (and 90% intervals) of the probe's own requests under the old and
-    the updated posterior, vs the observed means; None for a probe without requests (steps alone)."""
+    the updated posterior, vs the observed means; None for a probe without requests (steps alone).
+    ``new`` None (the fit was not updated): "after" is "before", not simulated again."""
     from bayeslat import simulate
 
     s = resolve_spec(spec)
@@ -1888,6 +1908,9 @@ def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: 
     obs = {"ttft_ms": float(df.loc[ok, "ttft_ms"].mean()), "e2e_ms": float(df.loc[ok, "e2e_ms"].mean())}
     out = {}
     for tag, idt in (("before", old), ("after", new)):
+        if idt is None:
+            out[tag] = out["before"]
+            continue
         pp = simulate.posterior_predictive(wl, s["ctx"], _sim_server(s), _coef_draws(idt, s, draws, seed), seed=seed)
         out[tag] = {m: {"mean": pp[m]["mean"], "interval90": pp[m]["mean_interval90"],
                         "err_pct": 100 * (pp[m]["mean"] - obs[m]) / obs[m]} for m in ("ttft_ms", "e2e_ms")}
@@ -2040,15 +2063,17 @@ def cli_update(args) -> int:
             elif dw:
                 print("  every level of the configuration is trained: the posterior draws keep equal weights "
                       f"(the {'run' if as_run else 'deployment'} factors alone carry the probe)")
-        for tag in ("before", "after"):
+        applied = rep.get("applied", True)
+        for tag in ("before", "after") if applied else ("before",):
             e = pr[tag]
-            print(f"  probe rows {tag:6s}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "
-                  f"{100 * e['rel_width90_median']:.0f}%, coverage {100 * e['coverage90']:.0f}%")
+            print(f"  probe rows{' ' + tag if applied else ''}{' ' * (6 - len(tag)) if applied else ''}: median |err| "
+                  f"{e['abs_err_pct_median']:.1f}%, rel 90% width {100 * e['rel_width90_median']:.0f}%, coverage {100 * e['coverage90']:.0f}%")
         if "probe_workload" in rep:
             pw = rep["probe_workload"]
             for m in ("ttft_ms", "e2e_ms"):
-                print(f"  {m}: observed {pw['observed'][m]:.1f}, before {pw['before'][m]['mean']:.1f} "
-                      f"({pw['before'][m]['err_pct']:+.1f}%), after {pw['after'][m]['mean']:.1f} ({pw['after'][m]['err_pct']:+.1f}%)")
+                b = f"{pw['before'][m]['mean']:.1f} ({pw['before'][m]['err_pct']:+.1f}%)"
+                print(f"  {m}: observed {pw['observed'][m]:.1f}, " + (f"before {b}, after {pw['after'][m]['mean']:.1f} "
+                                                                     f"({pw['after'][m]['err_pct']:+.1f}%)" if applied else f"predicted {b}"))
     return 0
 
 

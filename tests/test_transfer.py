@@ -174,6 +174,7 @@ def test_update_conditions_on_a_slow_probe(fitted, tmp_path, capsys):
     out = tmp_path / "updated.nc"
     assert cli.main(["update", str(path), "--probe", str(probe), "--spec", str(spec), "--out", str(out), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
+    assert rep["applied"] and rep["gate"]["decision"] != "transfer-ok"
     new = M.load(out)
     assert new.attrs["updated_from"] == fitted[0].attrs["data_hash"]
     assert rep["rows_probe"] > 0 and rep["rows_train"] == len(fitted[2].y)
@@ -553,23 +554,39 @@ def test_update_gate_keeps_a_trained_deployment_on_an_agreeing_probe(fitted, tmp
     kept = T.update(idata, pobs, None, probe_infos=infos)
     r = rep(kept)
     assert not r["applied"] and r["gate"]["decision"] == "transfer-ok" and r["gate"]["trained_deployment"], r["gate"]
-    assert "not updated" in r["gate"]["summary"] and r["probe_rows"]["after"] == r["probe_rows"]["before"]
-    for v in ("beta", "alpha"):
-        if v in idata.posterior:
-            np.testing.assert_array_equal(kept.posterior[v].values, idata.posterior[v].values)
+    assert "not updated" in r["gate"]["summary"] and "trained on" in r["gate"]["summary"]
+    # nothing conditioned: no update group, no provenance of one, no mode or factors reported
+    assert "deployment_update" not in kept.groups() and "updated_from" not in kept.attrs
+    assert r["mode"] is None and r["deployment_update"] is None and "scores" not in r["gate"]
     assert "transfer_update" not in idata.attrs  # the fit itself is not touched
     assert not rep(T.update(idata, pobs, None, probe_infos=infos, when="needed"))["applied"]
-    forced = rep(T.update(idata, pobs, None, probe_infos=infos, when="always"))
+    forced_fit = T.update(idata, pobs, None, probe_infos=infos, when="always")
+    forced = rep(forced_fit)
     assert forced["applied"] and forced["deployment_update"]["trained_deployment"] and "step_factor" in forced["deployment_update"]
+    assert "deployment_update" in forced_fit.groups() and forced["mode"] == "deployment"
+    # the report scores the probe rows before the update as the gate (and the check) did
+    assert forced["probe_rows"]["before"] == r["probe_rows"]["before"]
     # a deployment the fit has not seen
     other = "codellama-34b-tp2-codegen"
     oobs, oinfos = T.probe_obs(T.spec_for_run(other), [f"bundled:{other}:200"])
     auto = rep(T.update(idata, oobs, None, probe_infos=oinfos))
     assert auto["applied"] and not auto["gate"]["trained_deployment"] and not auto["deployment_update"]["trained_deployment"]
     needed = rep(T.update(idata, oobs, None, probe_infos=oinfos, when="needed"))
-    assert needed["applied"] == (needed["gate"]["decision"] != "transfer-ok")
+    # this fit's check passes codellama's probe (asserted, so the gate's other branch is what runs)
+    assert needed["gate"]["decision"] == "transfer-ok" and not needed["applied"], needed["gate"]
+    assert "--when needed" in needed["gate"]["summary"] and "new to the fit" in needed["gate"]["summary"]
     with pytest.raises(SpecError, match="when must be one of"):
         T.update(idata, pobs, None, when="sometimes")
+    with pytest.raises(SpecError, match="when must be one of"):
+        T.update_gate(idata, pobs, "sometimes")
+    # a probe of two deployments is refused whatever `when` says (before the gate scores it)
+    from bayeslat import design
+
+    both = design.concat([pobs, oobs])
+    for when in T.UPDATE_WHEN:
+        with pytest.raises(SpecError, match="one deployment"):
+            T.update(idata, both, None, when=when)
+    assert cli.UPDATE_WHEN_CHOICES == T.UPDATE_WHEN
     # the CLI: a slow probe of the trained deployment is updated, the run's own probe is not
     spec = tmp_path / "SPEC.yaml"
     spec.write_text("model: llama-2-7b-hf\nhardware: h100-sxm\nserver: {max_num_batched_tokens: 2048, max_num_seqs: 128, "
@@ -582,8 +599,14 @@ def test_update_gate_keeps_a_trained_deployment_on_an_agreeing_probe(fitted, tmp
     same = _probe_csv(tmp_path, 1.0)
     assert cli.main(["update", str(path), "--probe", str(same), "--spec", str(spec), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "the fit unchanged" in text and "probe check: transfer-ok" in text, text
+    assert "the fit unchanged" in text and "probe check: transfer-ok" in text and "probe rows after" not in text, text
     assert not rep(M.load(out))["applied"]
+    assert cli.main(["update", str(path), "--probe", str(same), "--spec", str(spec), "--out", str(out), "--when", "always"]) == 0
+    text = capsys.readouterr().out
+    assert "the fit unchanged" not in text and "probe rows after" in text, text
+    assert rep(M.load(out))["applied"] and rep(M.load(out))["gate"]["when"] == "always"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown value
+        cli.main(["update", str(path), "--probe", str(same), "--spec", str(spec), "--out", str(out), "--when", "never"])
 
 
 def test_run_factor_error_recovers_a_known_slowdown(fitted, monkeypatch):
@@ -1064,11 +1087,12 @@ def test_cli_update_and_check_take_trace_probes(fitted, synth_traces, tmp_path, 
                     "max_model_len: 4096, prefix_caching: false}\n")
     out = tmp_path / "updated.nc"
     tr = str(synth_traces[1.0]["trace"])
-    assert cli.main(["update", str(path), "--probe", tr, "--spec", str(spec), "--out", str(out), "--json"]) == 0
+    assert cli.main(["update", str(path), "--probe", tr, "--spec", str(spec), "--out", str(out), "--json",
+                     "--when", "always"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["rows_probe"] > 1000 and "probe_workload" in rep
+    assert rep["rows_probe"] > 1000 and "probe_workload" in rep and rep["applied"]
     st = str(synth_traces[1.0]["steps"])
-    assert cli.main(["update", str(path), "--probe", st, "--spec", str(spec), "--out", str(out)]) == 0
+    assert cli.main(["update", str(path), "--probe", st, "--spec", str(spec), "--out", str(out), "--when", "always"]) == 0
     txt = capsys.readouterr().out
     assert "step-time factor" in txt and "ttft_ms: observed" not in txt
     wl = tmp_path / "reqs.csv"
