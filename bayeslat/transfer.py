@@ -1053,9 +1053,7 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
         raise SpecError(f"update mode must be 'deployment' or 'refit', got {mode!r}", field="mode")
     sd = int(seed if seed is not None else idata.attrs.get("seed", 0))
     if mode == "deployment":  # refused before the gate, whatever ``when`` says
-        keys = sorted(set(M.check_obs(probe_obs_table)["deployment"].tolist()))
-        if len(keys) != 1:
-            raise SpecError(f"a probe must come from one deployment (got {keys})", field="probe")
+        _one_deployment(M.check_obs(probe_obs_table))
     train = obs_from_idata(idata)
     # scored with the seed ``bayeslat check --probe`` uses (score_probe's default), so the gate's
     # decision is the one the check prints, whatever the fit's seed
@@ -1094,6 +1092,16 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
 #: models (new deployments) updating always was better than gated (E2E 4.6% -> 2.2% vs 4.3%).
 #: "auto" combines the two; it was chosen after seeing both suites.
 UPDATE_WHEN = ("auto", "always", "needed")
+
+
+def _one_deployment(d: dict) -> list:
+    """The deployment key of checked probe rows (``model.check_obs``), as a one-element list;
+    SpecError unless they come from one deployment (one key, one hardware and class level):
+    what a deployment update conditions."""
+    keys = sorted(set(d["deployment"].tolist()))
+    if len(keys) != 1 or len(set(zip(d["hw"].tolist(), d["cls"].tolist()))) != 1:
+        raise SpecError(f"a probe must come from one deployment (got {keys})", field="probe")
+    return keys
 
 
 def update_gate(idata, probe_obs_table, when: str = "auto", *, seed: int = 0) -> dict:
@@ -1728,9 +1736,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
     level_mu = M.predict_mean(idata, probe_obs_table, n=100, seed=seed).mean(axis=0) if PROBE_TTFT_LEVEL == "median" else None
     obs = pool_rows(probe_obs_table, POOLED_PROBE_KINDS, level_mu=level_mu)
     d = M.check_obs(obs)
-    keys = sorted(set(d["deployment"].tolist()))
-    if len(keys) != 1 or len(set(zip(d["hw"].tolist(), d["cls"].tolist()))) != 1:
-        raise SpecError(f"a probe must come from one deployment (got {keys})", field="probe")
+    keys = _one_deployment(d)
     hw, cls = d["hardware_levels"][int(d["hw"][0])], d["class_levels"][int(d["cls"][0])]
     new_dep = not M.trained_deployment(idata, keys[0])
     if level == "run" and new_dep:
@@ -2066,8 +2072,9 @@ def cli_update(args) -> int:
         applied = rep.get("applied", True)
         for tag in ("before", "after") if applied else ("before",):
             e = pr[tag]
-            print(f"  probe rows{' ' + tag if applied else ''}{' ' * (6 - len(tag)) if applied else ''}: median |err| "
-                  f"{e['abs_err_pct_median']:.1f}%, rel 90% width {100 * e['rel_width90_median']:.0f}%, coverage {100 * e['coverage90']:.0f}%")
+            label = f"probe rows {tag:6s}" if applied else "probe rows"
+            print(f"  {label}: median |err| {e['abs_err_pct_median']:.1f}%, rel 90% width "
+                  f"{100 * e['rel_width90_median']:.0f}%, coverage {100 * e['coverage90']:.0f}%")
         if "probe_workload" in rep:
             pw = rep["probe_workload"]
             for m in ("ttft_ms", "e2e_ms"):
