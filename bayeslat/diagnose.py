@@ -4,7 +4,7 @@ Which variables: every posterior variable except re-parameterisation helpers: no
 offsets (``z_*``), the centred free coordinates (``u_*``, duplicated in the ``dev_*`` deterministics), the
 shrinkage fractions ``beta_pop_w`` / ``alpha_pop_w`` and unconstrained copies (``*__``).
 
-Thresholds (``THRESHOLDS``; a fit passes when all hold):
+Thresholds (``THRESHOLDS``; a fit passes when all hold, for every stage that was sampled):
 
 - ``max_rhat <= 1.01``: rank-normalised split R-hat (Vehtari et al. 2021);
 - ``min_ess_bulk >= 400`` and ``min_ess_tail >= 400``: enough for stable 90% intervals;
@@ -12,6 +12,22 @@ Thresholds (``THRESHOLDS``; a fit passes when all hold):
 - ``min_bfmi >= 0.3``: energy Bayesian fraction of missing information per chain;
 - ``tree_depth_saturation <= 0.05``: share of draws that hit the maximum tree depth;
 - ``max_pareto_k <= 0.7``: PSIS-LOO is reliable for every observation.
+
+A diagnostic that cannot be computed fails, with its reason (``reasons``): a check that is not
+made is not a pass. R-hat needs two chains; PSIS-LOO needs the ``log_likelihood`` group; BFMI,
+tree depth and divergences need the sampler's statistics. Only elements whose draws are all equal
+(a coefficient held at 0) are left out of R-hat and ESS: they have no sampling error.
+
+Stages: the coefficient fit (the posterior) and, in the "spread" mode of the deployment level,
+the second, cut fit of the between-deployment spread (group ``deployment_spread``; its sampler
+record is attrs ``deployment_spread``). Its R-hat and ESS are computed on the draws the group
+keeps (``sigma_dep``, ``sigma_alpha_dep`` and the deployment factors), divergences, BFMI and
+tree-depth saturation are read from the record (``min_bfmi``, ``tree_depth_saturation``,
+``divergences`` / ``divergences_all_draws``). PSIS-LOO is a check of the coefficient stage only:
+predictions use the coefficients' likelihood, the spread fit contributes ``sigma_dep`` alone
+(``SPREAD_CHECKS``). A spread fit that was due (priors ``deployment_level = "spread"``,
+``sigma_dep > 0`` and a (hardware, class) group of >= 2 deployments in the fit rows, as in
+:func:`bayeslat.model.fit`) but is absent fails; one that was not due is reported as not run.
 
 ARD (``features_kept``): a beta feature is *kept* when it is present in the fit data and the
 5% posterior quantile of its population coefficient exceeds ``KEEP_MS`` = 0.01 ms per scaled
@@ -47,13 +63,149 @@ def diagnostic_vars(idata) -> list[str]:
             if not (v.endswith("__") or v.startswith("z_") or v.endswith("_c") or v in HELPERS)]
 
 
-def _min_max(ds, how):
-    vals = [np.asarray(ds[v].values, dtype=float).ravel() for v in ds.data_vars]
-    vals = np.concatenate(vals) if vals else np.array([np.nan])
-    vals = vals[np.isfinite(vals)]
+SPREAD_CHECKS = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "min_bfmi", "tree_depth_saturation")
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def _missing(val) -> bool:
+    return val is None or (isinstance(val, float) and not np.isfinite(val))
+
+
+def _extreme(stat, draws, names, how: str, label: str) -> tuple[float, str | None, str | None]:
+    """(max or min over ``names`` of a per-element statistic ``stat`` of the ``draws`` dataset,
+    reason it is unusable or None, the variable it comes from). Elements whose draws are all equal
+    are skipped (no sampling error); a non-finite statistic of any other element is a reason."""
+    vals, owner, bad = [], [], []
+    for v in names:
+        x = draws[v]
+        rest = [d for d in x.dims if d not in SAMPLE_DIMS]
+        s = np.asarray(stat[v].transpose(*rest).values, dtype=float).ravel()
+        xv = np.asarray(x.transpose(*SAMPLE_DIMS, *rest).values, dtype=float).reshape(-1, s.size)
+        free = ~(xv.max(axis=0) == xv.min(axis=0))
+        ok = free & np.isfinite(s)
+        vals.append(s[ok])
+        owner += [v] * int(ok.sum())
+        if (free & ~np.isfinite(s)).any():
+            bad.append(f"{v} ({int((free & ~np.isfinite(s)).sum())})")
+    vals = np.concatenate(vals) if vals else np.array([])
+    if bad:
+        return float("nan"), f"{label} is not finite for elements of {', '.join(bad)}", None
     if vals.size == 0:
-        return float("nan")
-    return float(vals.max() if how == "max" else vals.min())
+        return float("nan"), f"no variable with varying draws to compute {label} on", None
+    i = int(vals.argmax() if how == "max" else vals.argmin())
+    return float(vals[i]), None, owner[i]
+
+
+def _convergence(draws, names: list[str], out: dict, reasons: dict) -> None:
+    """R-hat and bulk / tail ESS of ``names`` in the (chain, draw) dataset ``draws``."""
+    import arviz as az
+
+    n_chains = int(draws.sizes.get("chain", 0))
+    worst = out.setdefault("worst", {})  # the variable each convergence extreme comes from
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if n_chains < 2:
+            out["max_rhat"] = float("nan")
+            reasons["max_rhat"] = f"R-hat needs >= 2 chains, the draws have {n_chains}"
+        else:
+            out["max_rhat"], why, worst["max_rhat"] = _extreme(az.rhat(draws, var_names=names), draws, names, "max",
+                                                               "R-hat")
+            if why:
+                reasons["max_rhat"] = why
+        for key, method in (("min_ess_bulk", "bulk"), ("min_ess_tail", "tail")):
+            out[key], why, worst[key] = _extreme(az.ess(draws, var_names=names, method=method), draws, names, "min",
+                                                 f"{method} ESS")
+            if why:
+                reasons[key] = why
+
+
+def _checks(out: dict, th: dict, keys, reasons: dict) -> dict:
+    """{key: bool} for ``keys``; a missing value fails (``reasons`` says why), and so does a
+    value beyond its threshold."""
+    checks = {}
+    for key in keys:
+        op, lim = th[key]
+        val = out.get(key)
+        if _missing(val):
+            checks[key] = False
+            reasons.setdefault(key, "not available")
+            continue
+        checks[key] = bool(val <= lim) if op == "<=" else bool(val >= lim)
+        if not checks[key]:
+            where = (out.get("worst") or {}).get(key)
+            sval = f"{val:.4g}" if isinstance(val, float) else str(val)
+            reasons[key] = f"{sval}{f' ({where})' if where else ''} is not {op} {lim}"
+    return checks
+
+
+def _spread_due(idata) -> tuple[bool, str]:
+    """Whether :func:`bayeslat.model.fit` runs a spread fit for this fit, and why (not)."""
+    from bayeslat.model import _deployment_groups, attr_json
+
+    if "sigma_dep" in idata.posterior:
+        return False, "the deployment level is in the coefficient fit (deployment_level 'fit'), diagnosed with it"
+    pri = attr_json(idata, "priors", None)
+    if not isinstance(pri, dict):
+        return True, "the fit records no priors, so whether a spread fit was due is unknown"
+    if pri.get("deployment_level") != "spread" or not pri.get("sigma_dep"):
+        return False, (f"deployment_level {pri.get('deployment_level')!r}, sigma_dep {pri.get('sigma_dep')!r}: "
+                       "no spread fit")
+    cd = idata.get("constant_data", None)
+    if cd is None or not all(k in cd for k in ("deployment", "hw", "cls")):
+        return True, "the fit has no constant_data deployment / hw / cls, so whether a spread fit was due is unknown"
+    groups = _deployment_groups({"deployment": np.asarray(cd["deployment"].values).astype(str),
+                                 "hw": np.asarray(cd["hw"].values), "cls": np.asarray(cd["cls"].values)})[2]
+    if not groups:
+        return False, "no (hardware, class) group of the fit rows has >= 2 deployments: the sigma_dep prior is used"
+    return True, f"{len(groups)} (hardware, class) group(s) of the fit rows have >= 2 deployments"
+
+
+def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
+    """Diagnostics of the deployment-spread fit (module docstring): ``status`` "diagnosed",
+    "missing" (due but absent: every check fails) or "not run" (not due: no checks); ``reason``,
+    the values, ``checks``, ``reasons`` and ``passed``."""
+    from bayeslat.model import attr_json
+
+    th = dict(THRESHOLDS, **(thresholds or {}))
+    out: dict = {"stage": "deployment_spread"}
+    reasons: dict = {}
+    if "deployment_spread" not in idata.groups():
+        due, why = _spread_due(idata)
+        if not due:
+            return out | {"status": "not run", "reason": why, "checks": {}, "reasons": {}, "passed": True}
+        reasons = {k: "no deployment_spread group" for k in SPREAD_CHECKS}
+        return out | {"status": "missing", "reason": f"{why}, but the fit has no deployment_spread group",
+                      **{k: None for k in SPREAD_CHECKS}, "checks": {k: False for k in SPREAD_CHECKS},
+                      "reasons": reasons, "passed": False}
+    ds = idata["deployment_spread"]
+    names = [v for v in ds.data_vars if all(d in ds[v].dims for d in SAMPLE_DIMS)]
+    out["status"] = "diagnosed"
+    out["reason"] = None
+    out["variables"] = names
+    if names:
+        _convergence(ds[names], names, out, reasons)
+    else:
+        for k in ("max_rhat", "min_ess_bulk", "min_ess_tail"):
+            out[k] = None
+            reasons[k] = "the deployment_spread group has no (chain, draw) variables"
+    meta = attr_json(idata, "deployment_spread", None)
+    meta = meta if isinstance(meta, dict) else {}
+    out["fit"] = meta
+    counts = [meta[k] for k in ("divergences", "divergences_all_draws") if meta.get(k) is not None]
+    out["divergences"] = int(max(counts)) if counts else None
+    if not counts:
+        reasons["divergences"] = "attrs deployment_spread records no divergence count of the spread fit"
+    for key, what in (("min_bfmi", "BFMI (energy)"), ("tree_depth_saturation", "tree-depth saturation")):
+        v = meta.get(key)
+        out[key] = float(v) if v is not None else None
+        if v is None:
+            reasons[key] = (f"attrs deployment_spread records no {what} of the spread fit "
+                            f"(the group keeps draws only, not the sampler statistics)")
+    out["worst"] = out.pop("worst", {})
+    out["checks"] = _checks(out, th, SPREAD_CHECKS, reasons)
+    out["reasons"] = reasons
+    out["passed"] = all(out["checks"].values())
+    return out
 
 
 def features_kept(idata) -> dict:
@@ -77,65 +229,103 @@ def features_kept(idata) -> dict:
 
 
 def diagnose(idata, thresholds: dict | None = None) -> dict:
-    """Convergence, sampler, PSIS-LOO and ARD diagnostics; ``passed`` is True when all thresholds hold."""
+    """Convergence, sampler, PSIS-LOO and ARD diagnostics of both stages (module docstring).
+
+    The coefficient stage's values, ``checks`` and ``reasons`` (why each failed check failed) are
+    top-level keys; the spread stage is ``deployment_spread`` (:func:`diagnose_spread`).
+    ``passed`` is True when every check of every sampled stage holds."""
     import arviz as az
 
     th = dict(THRESHOLDS, **(thresholds or {}))
     names = diagnostic_vars(idata)
     out: dict = {"variables": names}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out["max_rhat"] = _min_max(az.rhat(idata, var_names=names), "max")
-        out["min_ess_bulk"] = _min_max(az.ess(idata, var_names=names, method="bulk"), "min")
-        out["min_ess_tail"] = _min_max(az.ess(idata, var_names=names, method="tail"), "min")
+    reasons: dict = {}
+    _convergence(idata.posterior[names], names, out, reasons)
     ss = idata.get("sample_stats", None)
-    out["divergences"] = int(ss["diverging"].sum()) if ss is not None and "diverging" in ss else 0
+    counts = []
+    if ss is not None and "diverging" in ss:
+        counts.append(int(ss["diverging"].sum()))
     # a thinned fit keeps the divergence count of every draw in its attrs
-    out["divergences"] = max(out["divergences"], int(idata.attrs.get("divergences_all_draws", 0) or 0))
-    out["min_bfmi"] = float(np.min(az.bfmi(idata))) if ss is not None and "energy" in ss else float("nan")
+    if idata.attrs.get("divergences_all_draws") is not None:
+        counts.append(int(idata.attrs["divergences_all_draws"]))
+    out["divergences"] = max(counts) if counts else None
+    if not counts:
+        reasons["divergences"] = "no sample_stats.diverging and no attrs divergences_all_draws"
+    out["min_bfmi"] = float("nan")
+    if ss is not None and "energy" in ss:
+        out["min_bfmi"] = float(np.min(az.bfmi(idata)))
+        if not np.isfinite(out["min_bfmi"]):
+            reasons["min_bfmi"] = "BFMI is not finite (constant or non-finite energy)"
+    else:
+        reasons["min_bfmi"] = "no sample_stats.energy"
     sat = float("nan")
-    if ss is not None:
-        for key in ("maxdepth_reached", "reached_max_treedepth"):
-            if key in ss:
-                sat = float(np.mean(ss[key].values))
-                break
+    for key in ("maxdepth_reached", "reached_max_treedepth"):
+        if ss is not None and key in ss:
+            sat = float(np.mean(ss[key].values))
+            break
+    else:
+        reasons["tree_depth_saturation"] = "no sample_stats.maxdepth_reached / reached_max_treedepth"
     out["tree_depth_saturation"] = sat
     out["max_pareto_k"] = float("nan")
     out["loo"] = None
     if "log_likelihood" in idata.groups():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loo = az.loo(idata, pointwise=True)
-        k = np.asarray(loo.pareto_k).ravel()
-        out["max_pareto_k"] = float(np.max(k))
-        out["loo"] = {"elpd": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
-                      "n_bad_k": int((k > th["max_pareto_k"][1]).sum())}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loo = az.loo(idata, pointwise=True)
+        except (ValueError, TypeError, KeyError) as err:
+            reasons["max_pareto_k"] = f"PSIS-LOO failed: {err}"
+        else:
+            k = np.asarray(loo.pareto_k).ravel()
+            out["max_pareto_k"] = float(np.max(k))
+            if not np.isfinite(out["max_pareto_k"]):
+                reasons["max_pareto_k"] = f"Pareto k is not finite for {int((~np.isfinite(k)).sum())} observation(s)"
+            out["loo"] = {"elpd": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
+                          "n_bad_k": int((k > th["max_pareto_k"][1]).sum())}
+    else:
+        reasons["max_pareto_k"] = "no log_likelihood group: PSIS-LOO cannot be computed"
     fk = features_kept(idata)
     out["features_kept"] = [f for f, v in fk.items() if v["kept"]]
     out["features_pruned"] = [f for f, v in fk.items() if not v["kept"]]
     out["ard"] = fk
-    checks = {}
-    for key, (op, lim) in th.items():
-        val = out.get(key)
-        if val is None or (isinstance(val, float) and np.isnan(val)):
-            checks[key] = None  # not available: not counted as a failure
-            continue
-        checks[key] = bool(val <= lim) if op == "<=" else bool(val >= lim)
     out["thresholds"] = {k: f"{op} {lim}" for k, (op, lim) in th.items()}
-    out["checks"] = checks
-    out["passed"] = all(v is not False for v in checks.values())
+    out["worst"] = out.pop("worst")
+    out["checks"] = _checks(out, th, th, reasons)
+    out["reasons"] = reasons
+    out["deployment_spread"] = diagnose_spread(idata, thresholds)
+    out["passed"] = all(out["checks"].values()) and out["deployment_spread"]["passed"]
     return out
 
 
-def format_table(d: dict) -> str:
-    lines = [f"{'diagnostic':<24}{'value':>14}  {'threshold':<10} ok"]
-    for key, thr in d["thresholds"].items():
+def _rows(d: dict, keys) -> list[str]:
+    lines = []
+    for key in keys:
+        thr = d["thresholds"][key] if "thresholds" in d else ""
         val = d.get(key)
         ok = d["checks"].get(key)
-        sval = "n/a" if val is None or (isinstance(val, float) and np.isnan(val)) else (f"{val:.4g}" if isinstance(val, float) else str(val))
-        lines.append(f"{key:<24}{sval:>14}  {thr:<10} {'-' if ok is None else ('yes' if ok else 'NO')}")
+        sval = "n/a" if _missing(val) else (f"{val:.4g}" if isinstance(val, float) else str(val))
+        line = f"{key:<24}{sval:>14}  {thr:<10} {'yes' if ok else 'NO'}"
+        if not ok and _missing(val):
+            line += f"  ({d['reasons'].get(key, 'not available')})"
+        elif not ok and (d.get("worst") or {}).get(key):
+            line += f"  ({d['worst'][key]})"
+        lines.append(line)
+    return lines
+
+
+def format_table(d: dict) -> str:
+    lines = ["coefficient fit (posterior)", f"{'diagnostic':<24}{'value':>14}  {'threshold':<10} ok"]
+    lines += _rows(d, d["thresholds"])
     if d.get("loo"):
         lines.append(f"PSIS-LOO elpd {d['loo']['elpd']:.1f} (se {d['loo']['se']:.1f}), p_loo {d['loo']['p_loo']:.1f}")
+    sp = d.get("deployment_spread")
+    if sp is not None:
+        head = "deployment-spread fit (group deployment_spread)"
+        if sp["status"] == "not run":
+            lines.append(f"{head}: not run ({sp['reason']})")
+        else:
+            lines.append(head + (f": MISSING ({sp['reason']})" if sp["status"] == "missing" else ""))
+            lines += _rows(dict(sp, thresholds={k: d["thresholds"][k] for k in SPREAD_CHECKS}), SPREAD_CHECKS)
     lines.append("features kept (ARD): " + (", ".join(d["features_kept"]) or "none"))
     lines.append("features pruned:     " + (", ".join(d["features_pruned"]) or "none"))
     lines.append("PASSED" if d["passed"] else "FAILED")
@@ -143,12 +333,15 @@ def format_table(d: dict) -> str:
 
 
 def cli_diagnose(args) -> int:
-    """``bayeslat diagnose MODEL [--json]``: exit 1 when any diagnostic fails its threshold."""
+    """``bayeslat diagnose MODEL [--json]``: exit 1 when any diagnostic of either stage fails its
+    threshold or cannot be computed."""
     from bayeslat.model import load
 
     d = diagnose(load(args.model))
     if getattr(args, "json", False):
-        print(json.dumps({k: v for k, v in d.items() if k != "variables"}, indent=2, default=str))
+        sp = {k: v for k, v in d["deployment_spread"].items() if k != "variables"}
+        print(json.dumps({k: v for k, v in d.items() if k != "variables"} | {"deployment_spread": sp},
+                         indent=2, default=str))
     else:
         print(format_table(d))
     return 0 if d["passed"] else 1
