@@ -53,12 +53,41 @@ BLIS_NOTES = (
 
 
 def _parse_group(group) -> tuple[str, str]:
+    """(hardware, model_class) of 'hardware/model_class[/regime]' or a tuple; the class must be one
+    the features know and the regime (exports cover every regime) one of ``features.REGIMES``."""
     if isinstance(group, str):
         parts = [p.strip() for p in group.split("/")]
-        if len(parts) < 2:
-            raise SpecError(f"group must read 'hardware/model_class', got {group!r}", field="group")
-        return parts[0], parts[1]
-    return str(group[0]), str(group[1])
+        if len(parts) not in (2, 3) or not all(parts):
+            raise SpecError(f"group must read 'hardware/model_class[/regime]', got {group!r}", field="group")
+        if len(parts) == 3 and parts[2] not in F.REGIMES:
+            raise SpecError(f"unknown regime {parts[2]!r} in group {group!r}; known: {', '.join(F.REGIMES)}", field="group")
+        hw, cls = parts[0], parts[1]
+    else:
+        hw, cls = str(group[0]), str(group[1])
+    if cls not in MODEL_CLASSES:
+        raise SpecError(f"unknown model class {cls!r} in group {group!r}; known: {', '.join(MODEL_CLASSES)}", field="group")
+    return hw, cls
+
+
+#: model classes of ``specs.ModelSpec.model_class``
+MODEL_CLASSES = ("dense", "moe")
+
+
+def group_notes(idata, group) -> list[str]:
+    """What an export of ``group`` rests on when the fit has not seen all of it: a hardware or
+    class outside the fit gets its deviation drawn from the fitted population (exported as the
+    posterior mean over those draws)."""
+    hw, cls = _parse_group(group)
+    post = idata.posterior
+    hl = [str(v) for v in post.coords["hardware"].values]
+    cl = [str(v) for v in post.coords["model_class"].values]
+    notes = []
+    if hw not in hl:
+        notes.append(f"hardware {hw!r} was not in the fit (fitted: {', '.join(hl)}): its deviation is drawn from the "
+                     "hardware population")
+    if cls not in cl:
+        notes.append(f"model class {cls!r} was not in the fit: its deviation is drawn from the class population")
+    return notes
 
 
 def _attrs(idata) -> dict:
@@ -134,20 +163,33 @@ def _group_rows(idata, hw: str, cls: str):
     return X, A
 
 
-def _link_hbm_ratio(hw: str) -> float | None:
-    """hbm_bw / link_bw of a GPU datasheet under specs/hardware (None if not found)."""
-    root = Path(__file__).resolve().parent.parent / "specs" / "hardware"
-    for p in sorted(root.glob("*.json")) if root.exists() else []:
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if d.get("name") == hw:
-            hbm = float(d["memory"]["bandwidth_tb_s"]) * 1e12
-            ic = d.get("interconnect", {})
-            link = float(ic.get("nvlink_bandwidth_gb_s") or ic.get("pcie_bandwidth_gb_s")) * 1e9
-            return hbm / link
-    return None
+def hardware_datasheet(hw: str):
+    """The bundled datasheet (:class:`bayeslat.specs.HardwareSpec`) of a hardware level name, found
+    as every spec is (:func:`bayeslat.specs.load_hardware`: package data, so an installed wheel
+    finds it too), or None when no bundled datasheet has that name."""
+    from bayeslat import specs as S
+
+    key = S._hardware_key(hw)
+    return None if key is None else S.load_hardware(key)
+
+
+#: per-row features that are non-zero only at TP > 1 (beta) / with multi-process workers (alpha)
+TP_BETA = ("tp_comm", "tp_sync_overhead")
+TP_ALPHA = ("multiproc",)
+
+
+def multi_gpu_rows(idata, group) -> tuple[int, int] | None:
+    """(fit rows of the group at TP > 1, fit rows of the group), the rows as
+    :func:`blis_coefficients` weights them (all rows for a group the fit has not seen); None when
+    the fit keeps no rows. A row is at TP > 1 when a TP-only feature of it is non-zero."""
+    hw, cls = _parse_group(group)
+    rows = _group_rows(idata, hw, cls)
+    if rows is None:
+        return None
+    X, A = rows
+    multi = (X[..., [F.B[n] for n in TP_BETA]] != 0).any(axis=(1, 2)) \
+        | (A[:, [F.ALPHA_NAMES.index(n) for n in TP_ALPHA]] != 0).any(axis=1)
+    return int(multi.sum()), len(multi)
 
 
 def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float | None = None, tp: int = 1) -> dict:
@@ -168,11 +210,18 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     us_per_raw = c_feat * 1000.0 / F.BETA_SCALE
     B = F.B
     betas = [float(us_per_raw[B[name]]) for name in BLIS_BETA]
-    ratio = hbm_over_link if hbm_over_link is not None else _link_hbm_ratio(hw)
     notes = list(BLIS_NOTES)
+    assumptions = []
+    source = "given"
+    ratio = hbm_over_link
     if ratio is None:
-        ratio = 1.0
-        notes.append(f"no datasheet for {hw!r}: tp_comm exported without the HBM/link rescale")
+        sheet = hardware_datasheet(hw)
+        if sheet is None:
+            ratio, source = 1.0, None
+            assumptions.append(f"no bundled datasheet for {hw!r}: b3 (tp_comm) exported without the HBM/link "
+                               "rescale (hbm_over_link = 1)")
+        else:
+            ratio, source = sheet.hbm_bandwidth / sheet.link_bandwidth, sheet.source
     betas[3] *= ratio
     # fold prefill_overhead (us per prefill request) into per-request overhead
     if rows is not None:
@@ -191,7 +240,7 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     else:
         tok_per_kv_us = 0.0
         if us_per_raw[B["context_overhead"]] > 0:
-            notes.append("no fit rows for the group: context_overhead is not folded into b9")
+            assumptions.append("no fit rows for the group: context_overhead is not folded into b9")
     betas[9] += float(us_per_raw[B["context_overhead"]]) * tok_per_kv_us
     if tp > 1:
         betas[4] += 2.0 * float(us_per_raw[B["tp_sync_overhead"]])
@@ -207,9 +256,9 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
     ref[F.ALPHA_NAMES.index("multiproc")] = 1.0 if tp > 1 else 0.0
     a0 = float(a @ ref) * 1000.0
     return {"alpha": [a0, 0.0, 0.0], "beta": betas, "group": [hw, cls], "new_levels": list(cd.new_levels),
-            "hbm_over_link": float(ratio), "prefill_fraction": float(frac),
+            "hbm_over_link": float(ratio), "hbm_over_link_source": source, "prefill_fraction": float(frac),
             "context_tokens_per_kv_us": float(tok_per_kv_us), "tp": int(tp),
-            "reference_alpha_features": ref.tolist(), "notes": notes}
+            "reference_alpha_features": ref.tolist(), "notes": notes + assumptions, "assumptions": assumptions}
 
 
 def export(idata, group=("H100 SXM", "dense"), fmt: str = "json", tp: int = 1) -> str:
@@ -222,10 +271,12 @@ def export(idata, group=("H100 SXM", "dense"), fmt: str = "json", tp: int = 1) -
         return yaml.safe_dump(json.loads(json.dumps(coefficients(idata, group), default=str)), sort_keys=False)
     if fmt == "blis":
         b = blis_coefficients(idata, group, tp=tp)
-        lines = [f"# bayeslat -> BLIS trained-physics coefficients (us), group {b['group'][0]}/{b['group'][1]}"
+        lines = [f"# bayeslat -> BLIS trained-physics coefficients (us), group {b['group'][0]}/{b['group'][1]}, "
+                 f"target TP {b['tp']}"
                  + (f", new levels drawn from the population: {b['new_levels']}" if b["new_levels"] else ""),
                  "# posterior means; regime coefficients averaged with feature-load weights of the fit rows"]
-        lines += ["# " + n for n in b["notes"]]
+        lines += ["# " + n for n in b["notes"] if n not in b["assumptions"]]
+        lines += ["# assumption: " + n for n in b["assumptions"]]
         fmtn = lambda xs: ",".join(f"{x:.6g}" for x in xs)  # noqa: E731
         lines.append(f"--alpha-coeffs {fmtn(b['alpha'])} --beta-coeffs {fmtn(b['beta'])}")
         return "\n".join(lines) + "\n"
@@ -254,15 +305,58 @@ def read_export(path) -> dict:
     return d
 
 
+def _target_tp(args, idata, group) -> int:
+    """The TP degree a BLIS export is for: ``--tp``, else ``--server``'s ``tensor_parallel``.
+    Neither: TP 1 when every fit row of the group is at TP 1 (said on stderr), an error when any
+    is at TP > 1 (b4 and a0 hold TP-dependent terms) or the fit keeps no rows to tell."""
+    tp = getattr(args, "tp", None)
+    server = getattr(args, "server", None)
+    if tp is not None and tp < 1:
+        raise SpecError(f"must be >= 1, got {tp}", field="tp")
+    if server is not None:
+        from bayeslat.specs import load_server
+
+        s_tp = int(load_server(server).tensor_parallel)
+        if tp is not None and tp != s_tp:
+            raise SpecError(f"--tp {tp} disagrees with the server config's tensor_parallel {s_tp}", file=str(server),
+                            field="tensor_parallel")
+        return s_tp
+    if tp is not None:
+        return int(tp)
+    hw, cls = _parse_group(group)
+    rows = multi_gpu_rows(idata, group)
+    if rows is None or rows[0] > 0:
+        seen = "keeps no fit rows to tell the TP it was trained at" if rows is None else \
+            f"has {rows[0]} of its {rows[1]} rows of group {hw}/{cls} at TP > 1"
+        raise SpecError(f"the fit {seen}: the BLIS terms b4 (TP sync per layer) and a0 (multi-process executor) "
+                        "depend on the target's TP degree; pass --tp N or --server CONFIG", file=str(args.model),
+                        field="tp")
+    print(f"bayeslat export: assuming target TP 1 (no --tp / --server; all {rows[1]} fit rows of group {hw}/{cls} "
+          "are at TP 1)", file=sys.stderr)
+    return 1
+
+
 def cli_export(args) -> int:
-    """``bayeslat export MODEL [--group H/C] [--format json|yaml|blis] [--out FILE]``."""
+    """``bayeslat export MODEL [--group H/C] [--format json|yaml|blis] [--tp N | --server CONFIG] [--out FILE]``.
+
+    blis: stdout (or ``--out``) holds the flags alone, so ``blis run ... $(bayeslat export ...)``
+    works; the comments (group, target TP, term notes, assumptions) go to stderr."""
     from bayeslat.model import load
 
     idata = load(args.model)
-    group = args.group or "H100 SXM/dense"
-    text = export(idata, group, args.format, tp=getattr(args, "tp", 1))
+    group = "H100 SXM/dense" if args.group is None else args.group
+    for note in group_notes(idata, group):
+        print(f"bayeslat export: assumption: {note}", file=sys.stderr)
     if args.format == "blis":
-        print("note: " + "\nnote: ".join(BLIS_NOTES), file=sys.stderr)
+        text = export(idata, group, "blis", tp=_target_tp(args, idata, group))
+        lines = text.splitlines()
+        sys.stderr.write("".join(ln + "\n" for ln in lines if ln.startswith("#")))
+        text = "".join(ln + "\n" for ln in lines if not ln.startswith("#"))
+    else:
+        if getattr(args, "tp", None) is not None or getattr(args, "server", None) is not None:
+            print(f"bayeslat export: --tp / --server change the blis format only; the {args.format} export holds "
+                  "every feature's coefficients", file=sys.stderr)
+        text = export(idata, group, args.format)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
