@@ -111,6 +111,44 @@ def test_model_structure_named_dims():
     assert np.isfinite(m.compile_logp()(m.initial_point()))
 
 
+@pytest.mark.parametrize("rows", [{("H100 SXM", "dense"): 40},
+                                  {("H100 SXM", "dense"): 60, ("H100 SXM", "moe"): 40},
+                                  {("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20}],
+                         ids=["one-group", "two-classes", "two-gpus-one-cell-empty"])
+def test_fake_posterior_has_the_real_models_variables(rows):
+    """The fake posterior the export / latency / coefficient-draw tests use (tests/fakefit.py) is
+    shaped as a real fit of the same rows: every variable it has, build_model makes with the same
+    dims; every deterministic build_model makes, it has (only NUTS's free coordinates are left
+    out); and where the structure matches the shipped fit's (one GPU, two classes), the shipped
+    posterior has the same variables and dims. Values: the observed groups' coefficients are the
+    truth, and the class deviations sum to zero over the classes as in the model."""
+    from fakefit import FAKE_PRIORS
+
+    obs, truth = M.simulate_obs(seed=3, rows=rows)
+    fake = fake_idata(obs, truth, seed=1)
+    m = M.build_model(obs, priors=FAKE_PRIORS)
+    post = fake.posterior
+    for v in post.data_vars:
+        assert v in m.named_vars, v
+        assert tuple(m.named_vars_to_dims.get(v) or ()) == post[v].dims[2:], v
+        for dim in post[v].dims[2:]:
+            assert list(post.coords[dim].values) == list(m.coords[dim]), (v, dim)
+    assert {d.name for d in m.deterministics} <= set(post.data_vars)
+    if obs.hardware_levels == ("H100 SXM",) and len(obs.class_levels) == 2:
+        shipped = M.load_default().posterior
+        for v in post.data_vars:
+            assert shipped[v].dims == post[v].dims, v
+        assert {v for v in shipped.data_vars if v.startswith("dev_")} == {v for v in post.data_vars if v.startswith("dev_")}
+    for (h, c), tb in truth["beta"].items():
+        cd = M.coefficient_draws(fake, h, c, new_run=False)
+        on = tb > 0
+        np.testing.assert_allclose(cd.beta.mean(0)[on], tb[on], rtol=0.02)
+        assert (cd.beta.mean(0)[~on] < 1e-3).all()  # pruned: ZERO_COEF times the regime factor
+        np.testing.assert_allclose(cd.alpha.mean(0), truth["alpha"][(h, c)], rtol=0.02)
+    if "dev_cls" in post:
+        np.testing.assert_allclose(post["dev_cls"].sum("model_class"), 0.0, atol=1e-9)
+
+
 def test_deployment_level_is_zero_sum_within_group():
     """Three deployments of one group: two free coordinates, the factors sum to zero; a group with
     one deployment has no factor but keeps sigma_dep (a new deployment is drawn with it)."""
@@ -259,7 +297,9 @@ def test_fit_recovers_known_coefficients(fitted):
         hits.append((alo <= truth["alpha"][(h, c)]) & (truth["alpha"][(h, c)] <= ahi))
     hits = np.concatenate(hits)
     assert hits.size > 40
-    assert 0.75 <= hits.mean() <= 1.0, f"90% intervals cover {hits.mean():.2f}"
+    # about 90% (0.92 of 98 here): too narrow intervals fall below the band, intervals too wide to
+    # say anything (prior-dominated) above it (<= 2 misses of ~100, where ~10 are expected)
+    assert 0.75 <= hits.mean() <= 0.98, f"90% intervals cover {hits.mean():.2f}"
 
 
 @pytest.mark.slow
@@ -366,9 +406,8 @@ def test_new_class_keeps_shared_features():
 
 def _fake_fit_with_runs(runs_per_group, run_sd, seed=4, n=1200):
     """A fake fit (posterior at the truth, no sampling) of simulated rows dealt to runs with known
-    run factors, with what attach_run_spread reads: beta / alpha, observed y, run and deployment."""
-    import xarray as xr
-
+    run factors, with what attach_run_spread reads: beta / alpha at the truth exactly, observed y,
+    run and deployment."""
     obs, truth = M.simulate_obs(seed=seed, rows={("H100 SXM", "dense"): n}, runs_per_group=runs_per_group,
                                 run_sd=run_sd, kind_mix=(0.4, 0.2, 0.3, 0.1), noise=(0.02, 0.03))
     idata = fake_idata(obs, truth, seed=0, draws=100)
@@ -377,10 +416,6 @@ def _fake_fit_with_runs(runs_per_group, run_sd, seed=4, n=1200):
     a = np.broadcast_to(truth["alpha"][("H100 SXM", "dense")], sh + (1, 1, F.N_ALPHA))
     idata.posterior["beta"] = (("chain", "draw", "hardware", "model_class", "regime", "feature"), b.copy())
     idata.posterior["alpha"] = (("chain", "draw", "hardware", "model_class", "alpha_feature"), a.copy())
-    idata.add_groups(observed_data=xr.Dataset({"y": ("obs_id", obs.y)}, coords={"obs_id": np.arange(len(obs.y))}))
-    d = M.check_obs(obs)
-    idata.constant_data["run"] = ("obs_id", d["run"])
-    idata.constant_data["deployment"] = ("obs_id", d["deployment"])
     return obs, truth, idata
 
 

@@ -9,6 +9,7 @@ against the generating truth.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 
@@ -108,7 +109,12 @@ def test_trace_tables_to_obs(world):
     cs = np.concatenate([[0], np.cumsum([s["dt"] for s in steps])])
     sums = {round((cs[b] - cs[a]) / 1e6, 9) for a in ids for b in ids if 1 < b - a <= 32}
     assert all(round(y, 9) in sums for y in obs.y[multi])
-    assert info["rows"]["step_trace_idle_dropped"] >= 0
+    # this run never idles (every step starts where the last ended), so no pair may be dropped as
+    # idle and every consecutive sampled pair (id gap 2..32; gap-1 pairs are the exact rows) is a row
+    assert not idle
+    srt = sorted(ids)
+    pairs = [(a, b) for a, b in itertools.pairwise(srt) if 1 < b - a <= 32]
+    assert info["rows"]["step_trace_idle_dropped"] == 0 and info["rows"]["step_trace"] == len(pairs)
 
 
 def test_replay_tables_to_obs_and_subsample(world):

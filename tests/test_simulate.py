@@ -408,7 +408,17 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "specs" / "examples").glob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_example_specs_load(path):
-    """Every shipped example SPEC resolves: model, GPU (by key or name), server and a non-empty workload."""
+    """Every shipped example SPEC resolves: model, GPU (by key or name), server, the KV capacity of
+    that deployment (derived, or the SPEC's override) and the profile's rate x duration requests."""
+    import yaml
+
+    from bayeslat import specs
+
     spec = S.load_spec(path)
-    assert len(spec["workload"]) > 0 and spec["kv_blocks"] > 0
+    raw = yaml.safe_load(path.read_text())
+    stages = raw["workload"]["inference_perf"]["load"]["stages"]
+    assert len(spec["workload"]) == sum(round(st["rate"] * st["duration"]) for st in stages) > 0
+    assert spec["kv_blocks"] == specs.require_kv_blocks(spec["model"], spec["hardware"], spec["server"])
+    if "kv_blocks" in raw["server"]:
+        assert spec["kv_blocks"] == raw["server"]["kv_blocks"]
     assert spec["hardware"].name in ("H100 SXM", "A100 SXM 80GB", "L40S")

@@ -79,11 +79,41 @@ def test_h100_datasheet():
 
 
 @pytest.mark.parametrize("server_key,model_key,reported", DEPLOYMENTS)
-def test_kv_blocks_match_vllm(server_key, model_key, reported):
+def test_kv_blocks_in_sample_match_vllm(server_key, model_key, reported):
+    """In sample: the memory-accounting constants of specs.py were calibrated on these four."""
     server = S.load_server(server_key)
     assert server.model == model_key
     blocks = S.kv_blocks(S.load_model(model_key), S.load_hardware("h100-sxm"), server)
     assert abs(blocks - reported) / reported < 0.03
+
+
+def _aggregate_kv_cases():
+    """The distinct deployments of the 15 trainval runs (datasets.aggregate_runs, from
+    shared/data/trainval15.json) with the GPU KV blocks vLLM reported, less the calibration ones."""
+    from bayeslat import datasets
+
+    calibration = {(m, S.load_server(k).tensor_parallel) for k, m, _ in DEPLOYMENTS}
+    cases = {}
+    for r in datasets.aggregate_runs():
+        key = (r["model_spec"], r["tensor_parallel"], r["max_num_batched_tokens"], r["max_num_seqs"])
+        if (r["model_spec"], r["tensor_parallel"]) in calibration and r["max_num_batched_tokens"] == 2048:
+            continue
+        cases.setdefault(key, r["gpu_kv_blocks"])
+    marks = {"llama-4-scout-17b-16e-instruct-fp8-dynamic": pytest.mark.xfail(strict=True, reason=(
+        "Llama-4-Scout FP8 at TP2: derived 10,488 GPU KV blocks against vLLM's 8,253 (+27%, ~3.3 GiB per GPU "
+        "that specs.kv_memory_bytes does not account for; cause not identified: this multimodal MoE checkpoint's "
+        "profiling pass is not modelled). Not tuned away: the constants stay calibrated on the four runs above"))}
+    return [pytest.param(*k, v, marks=marks.get(k[0], ()), id=f"{k[0]}-tp{k[1]}-{k[2]}") for k, v in sorted(cases.items())]
+
+
+@pytest.mark.parametrize("model_key,tp,budget,max_seqs,reported", _aggregate_kv_cases())
+def test_kv_blocks_out_of_sample_trainval15(model_key, tp, budget, max_seqs, reported):
+    """Out of sample: the deployments of BLIS's 15 trainval runs that the constants were not
+    calibrated on (other models, TP degrees and token budgets; the Llama-3.1-70B and Qwen2.5-7B
+    runs were used to check the activation slope, not to set it). Same 3% tolerance as in sample."""
+    server = S.load_server({"tensor_parallel": tp, "max_num_batched_tokens": budget, "max_num_seqs": max_seqs})
+    blocks = S.kv_blocks(S.load_model(model_key), S.load_hardware("h100-sxm"), server)
+    assert abs(blocks - reported) / reported < 0.03, (blocks, reported)
 
 
 def test_kv_blocks_override_and_cpu_blocks():
@@ -265,4 +295,5 @@ def test_model_that_does_not_fit_says_why(tmp_path):
     with pytest.raises(SpecError, match=r"does not fit on L40S: .* GiB of weights .*Raise tensor_parallel") as e:
         S.require_kv_blocks(model, hw, server, file="SPEC.yaml")
     assert e.value.field == "server.tensor_parallel" and "SPEC.yaml" in str(e.value)
-    assert S.require_kv_blocks(model, hw, S.load_server({"tensor_parallel": 4})) > 0
+    tp4 = S.load_server({"tensor_parallel": 4})
+    assert S.require_kv_blocks(model, hw, tp4) == S.kv_blocks(model, hw, tp4) > 0

@@ -64,15 +64,27 @@ def test_profile_errors():
         W.from_inference_perf({"data": PROFILE["data"], "load": {}})
 
 
-def test_calibration_against_real_runs():
-    """The constant template calibration reproduces every real run's mean prompt within 5 tokens,
-    and the real arrivals are Poisson (gap CV ~ 1) with exactly rate x duration per stage."""
+def _mean_prompts():
+    """(run, workload, profile tokens system_prompt_len + question_len, real mean prompt) of the 16 runs."""
+    out = []
     for run in datasets.runs()["run"]:
         info = datasets.run_info(run)
         q = datasets.requests(run)
         ok = ~q["has_error"] & ~q["input_imputed"]
         sp = info["profile"]["data"]["shared_prefix"]
-        assert abs(q.loc[ok, "input_tokens"].mean() - W.calibrated_prompt(sp)) < 5.0, run
+        out.append((run, info["workload"], sp["system_prompt_len"] + sp["question_len"], q.loc[ok, "input_tokens"].mean()))
+    return out
+
+
+def test_template_in_sample_and_arrivals_of_the_16_runs():
+    """In sample: the template constants were fit (least squares) to these 16 runs' mean prompts;
+    it reproduces each within 5 tokens. And the real arrivals are Poisson (gap CV ~ 1) with exactly
+    rate x duration per stage."""
+    for run, _, n, mean in _mean_prompts():
+        assert abs(mean - W.calibrated_prompt({"system_prompt_len": n, "question_len": 0})) < 5.0, run
+    for run in datasets.runs()["run"]:
+        info = datasets.run_info(run)
+        q = datasets.requests(run)
         for k, g in q.groupby("stage"):
             st = info["profile"]["load"]["stages"][k]
             assert len(g) == round(st["rate"] * st["duration"])
@@ -82,6 +94,29 @@ def test_calibration_against_real_runs():
     q = datasets.requests("llama-2-7b-tp1-codegen")
     x = q["input_tokens"].to_numpy()
     assert abs(x[:1000].mean() - x[-1000:].mean()) < 2.0
+
+
+@pytest.mark.parametrize("held_out", [
+    "codegen", "general", "roleplay",
+    pytest.param("reasoning", marks=pytest.mark.xfail(strict=True, reason=(
+        "one (overhead, ratio) pair for every tokenizer: Mixtral's prompts run 2.5-5 tokens below it in "
+        "sample, and the ratio refit on the three shorter workloads extrapolates to reasoning's 1,034 "
+        "profile tokens 2 tokens low on top: Mixtral reasoning is off by 7.1 tokens (0.7%)")))])
+def test_template_out_of_sample_held_out_workload(held_out):
+    """Out of sample: no real prompt lengths beyond the 16 runs exist (the other trainval runs are
+    aggregates only), so the template is refit as W documents it (least squares of the mean
+    prompt on system_prompt_len + question_len) without one workload's four runs and must
+    predict their mean prompts within the in-sample 5 tokens."""
+    rows = _mean_prompts()
+    x = np.array([r[2] for r in rows], float)
+    y = np.array([r[3] for r in rows])
+    held = np.array([r[1] == held_out for r in rows])
+    assert held.sum() == 4
+    A = np.column_stack([np.ones_like(x), x])
+    pair = np.linalg.lstsq(A[~held], y[~held], rcond=None)[0]
+    err = {rows[i][0]: W.calibrated_prompt({"system_prompt_len": x[i], "question_len": 0}, tuple(pair)) - y[i]
+           for i in np.flatnonzero(held)}
+    assert all(abs(e) < 5.0 for e in err.values()), err
 
 
 def test_from_requests_bundled_run():
