@@ -13,6 +13,70 @@ import sys
 #: ``transfer.UPDATE_WHEN`` (kept here so building the parser imports no domain module; a test
 #: asserts the two agree)
 UPDATE_WHEN_CHOICES = ("auto", "always", "needed")
+#: ``validate.SUITES`` (same reason, same test)
+VALIDATE_SUITES = ("replay", "aggregate", "all", "loro", "lomo", "lowo", "external")
+
+
+# Type functions: argparse turns their ArgumentTypeError into its usage error (exit 2, the
+# message naming the option), before any file is read or any sampling starts.
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+nonneg_int = _int_at_least(0)
+
+
+def probability(text: str) -> float:
+    """A number in the open interval (0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
+    return v
+
+
+def _existing_ancestor(path):
+    from pathlib import Path
+
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def out_file(text: str) -> str:
+    """A file to write: not a directory, and under a directory (created when missing), not a file."""
+    from pathlib import Path
+
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+    a = _existing_ancestor(Path(text).parent)
+    if not a.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {a} is a file, not a directory")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """A directory to write into (created when missing): not an existing file."""
+    from pathlib import Path
+
+    a = _existing_ancestor(text)
+    if not a.is_dir():
+        where = "" if a == Path(text).absolute() else f"{text}: "
+        raise argparse.ArgumentTypeError(f"{where}{a} is a file, not a directory")
+    return text
 
 COMMANDS = {
     "specs": "bayeslat.specs",
@@ -42,22 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", help="parse vLLM traces / lifecycle data into validated tables")
     s.add_argument("paths", nargs="+", help="trace files (OTLP JSON lines, kv_events.jsonl, inference-perf per-request JSON; .gz ok)")
     s.add_argument("--experiment", required=True, help="experiment YAML (server config + model + hardware + workload)")
-    s.add_argument("--out", required=True, help="output directory for the Parquet tables and report.json")
+    s.add_argument("--out", required=True, type=out_dir, help="output directory for the Parquet tables and report.json")
     s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
 
     s = sub.add_parser("fit", help="fit the hierarchical model with NUTS and write netCDF")
     s.add_argument("--data", default="bundled", help="'bundled' (real data shipped with bayeslat) or a directory of ingested tables")
     s.add_argument("--runs", nargs="*", default=None, help="restrict to these run ids (substring match)")
     s.add_argument("--exclude", nargs="*", default=None, help="exclude these run ids (substring match)")
-    s.add_argument("--out", default="models/default.nc", help="netCDF output path")
+    s.add_argument("--out", default="models/default.nc", type=out_file, help="netCDF output path")
     s.add_argument("--backend", default=None, choices=["nutpie", "pymc", "numpyro"], help="NUTS backend")
-    s.add_argument("--draws", type=int, default=None)
-    s.add_argument("--tune", type=int, default=None)
-    s.add_argument("--chains", type=int, default=None)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--rows-per-run-kind", type=int, default=40,
+    s.add_argument("--draws", type=positive_int, default=None)
+    s.add_argument("--tune", type=nonneg_int, default=None)
+    s.add_argument("--chains", type=positive_int, default=None)
+    s.add_argument("--seed", type=int, default=None, help="seed of the sampler (default 0)")
+    s.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the rows the fit sees: reconstruction offsets and the stratified subsample (default 0; "
+                        "independent of --seed)")
+    s.add_argument("--rows-per-run-kind", type=nonneg_int, default=40,
                    help="stratified subsample: rows per (run, kind) the likelihood sees (0 = all; default 40)")
-    s.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance (default 0.99)")
+    s.add_argument("--target-accept", type=probability, default=None, help="NUTS target acceptance (default 0.99)")
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("diagnose", help="R-hat, ESS, divergences, BFMI, tree depth, PSIS-LOO, ARD")
@@ -68,41 +135,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="fitted netCDF")
     s.add_argument("--group", default=None, help="hardware/model_class[/regime], e.g. 'H100 SXM/dense'")
     s.add_argument("--format", default="json", choices=["json", "yaml", "blis"])
-    s.add_argument("--tp", type=int, default=1, help="TP degree of the target deployment (blis: folds TP sync latency into b4)")
-    s.add_argument("--out", default=None, help="write to this file instead of stdout")
+    s.add_argument("--tp", type=positive_int, default=None,
+                   help="TP degree of the target deployment (blis: TP sync folded into b4, multi-process executor into "
+                        "a0); required, or --server, when the group's fit rows include TP > 1")
+    s.add_argument("--server", default=None, help="server config YAML of the target (its tensor_parallel, for --tp)")
+    s.add_argument("--out", type=out_file, default=None,
+                   help="write to this file instead of stdout (blis: the flags alone, as on stdout; comments on stderr)")
 
     s = sub.add_parser("predict", help="posterior predictive TTFT / ITL / E2E of a workload")
     s.add_argument("spec", help="SPEC.yaml naming model, hardware, server and workload")
     s.add_argument("--model", default=None, help="fitted netCDF (default: the shipped default fit)")
-    s.add_argument("--draws", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--draws", type=positive_int, default=20)
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("validate", help="predict every real run and compare with the observed aggregates")
-    s.add_argument("--suite", default="replay", help="replay | aggregate | all | loro | lomo | lowo | external")
+    s.add_argument("--suite", default="replay", choices=VALIDATE_SUITES,
+                   help="replay (default) | aggregate | all | loro | lomo | lowo (cross-validation: refits) | external")
     s.add_argument("--external", nargs="+", default=None, metavar="PATH",
                    help="real runs not bundled: a trainval-format JSON ({'runs': [...]}) or inference-perf experiment "
                         "directories (exp-config.yaml, profile.yaml, results/); alone, the suite is 'external'")
     s.add_argument("--hardware", default=None,
                    help="GPU of experiment directories whose exp-config.yaml names none (e.g. H100, A100-80, L40S)")
     s.add_argument("--model", default=None, help="fitted netCDF (default: shipped default; CV modes refit)")
-    s.add_argument("--draws", type=int, default=8)
+    s.add_argument("--draws", type=positive_int, default=8)
     s.add_argument("--runs", nargs="*", default=None, help="restrict to these runs (substring match)")
-    s.add_argument("--out", default=None, help="write the JSON report here")
+    s.add_argument("--out", default=None, type=out_file, help="write the JSON report here")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("check", help="transfer-failure check of a configuration before deployment")
     s.add_argument("spec", help="SPEC.yaml")
     s.add_argument("--model", default=None)
-    s.add_argument("--probe", nargs="*", default=None, help="probe traces / per-request data of a short run")
-    s.add_argument("--draws", type=int, default=20)
+    s.add_argument("--probe", nargs="+", default=None, help="probe traces / per-request data of a short run")
+    s.add_argument("--draws", type=positive_int, default=20)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("update", help="condition a fitted posterior on a probe run")
     s.add_argument("model", help="fitted netCDF")
     s.add_argument("--probe", nargs="+", required=True)
     s.add_argument("--spec", required=True, help="SPEC.yaml of the probed configuration")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=out_file, help="netCDF of the updated fit")
     s.add_argument("--refit", action="store_true",
                    help="refit every level on training + probe rows (minutes) instead of conditioning the "
                         "probe's deployment level on it (seconds; the default)")
@@ -133,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(module, f"cli_{args.command}")(args) or 0)
     except (BayeslatError, FileNotFoundError) as err:
-        print(f"bayeslat {args.command}: error: {err}", file=sys.stderr)
+        # one line whatever the message holds (an error text quoted from a parser may span several)
+        msg = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"bayeslat {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -85,9 +85,11 @@ class ObsTable:
     def save(self, path) -> Path:
         path = Path(path)
         deps = self.meta.get("deployments", {})
+        specs = training_specs_json(self.meta.get("specs") or {})
         np.savez_compressed(path, **{k: getattr(self, k) for k in _ARRAYS},
                             hardware_levels=np.array(self.hardware_levels), class_levels=np.array(self.class_levels),
-                            deployment_runs=np.array(list(deps), dtype=str), deployment_keys=np.array(list(deps.values()), dtype=str))
+                            deployment_runs=np.array(list(deps), dtype=str), deployment_keys=np.array(list(deps.values()), dtype=str),
+                            specs_json=np.array(specs or "", dtype=str))
         return path if path.suffix == ".npz" else path.with_suffix(path.suffix + ".npz")
 
     @classmethod
@@ -98,8 +100,9 @@ class ObsTable:
                 raise SpecError(f"missing array {missing[0]!r}", file=str(path), field=missing[0])
             d = {k: z[k] for k in _ARRAYS}
             deps = dict(zip(z["deployment_runs"].tolist(), z["deployment_keys"].tolist())) if "deployment_runs" in z.files else {}
+            specs = training_specs_from_json(str(z["specs_json"]))[0] if "specs_json" in z.files and str(z["specs_json"]) else {}
             return cls(**d, hardware_levels=tuple(str(v) for v in z["hardware_levels"]),
-                       class_levels=tuple(str(v) for v in z["class_levels"]), meta={"deployments": deps})
+                       class_levels=tuple(str(v) for v in z["class_levels"]), meta={"deployments": deps, "specs": specs})
 
 
 def build_obs(recon: R.Reconstruction, ctx, hardware: str, model_class: str, *, trace_rows: pd.DataFrame | None = None,
@@ -152,7 +155,8 @@ def concat(tables) -> ObsTable:
     d = {k: np.concatenate(v) for k, v in parts.items()}
     d["run"] = d["run"].astype(str)
     meta = {"runs": [r for t in tables for r in t.meta.get("runs", [])],
-            "deployments": {r: k for t in tables for r, k in t.meta.get("deployments", {}).items()}}
+            "deployments": {r: k for t in tables for r, k in t.meta.get("deployments", {}).items()},
+            "specs": {r: v for t in tables for r, v in (t.meta.get("specs") or {}).items()}}
     return ObsTable(**d, hardware_levels=tuple(hl), class_levels=tuple(cl), meta=meta)
 
 
@@ -193,6 +197,105 @@ def time_split(obs: ObsTable, frac: float = 0.7) -> tuple[ObsTable, ObsTable]:
     """(train, test): rows in the first ``frac`` of each run's timeline vs the rest."""
     tr = obs.t_frac < frac
     return obs.subset(np.flatnonzero(tr)), obs.subset(np.flatnonzero(~tr))
+
+
+# ---------------------------------------------------------------------------------------------
+# The specs of each run's deployment (``meta["specs"]``; a fit keeps them for ``bayeslat check``)
+# ---------------------------------------------------------------------------------------------
+#: format tag of :func:`training_specs_json` (``idata.attrs["training_deployments"]``)
+TRAINING_SPECS_FORMAT = "bayeslat-training-deployments/1"
+
+
+def spec_record(model, hw, server) -> dict:
+    """One run's deployment as ``ObsTable.meta["specs"][run]``: {"model": ModelSpec, "hardware":
+    HardwareSpec, "server": ServerConfig, "max_model_len": int}. A server without
+    ``max_model_len`` serves the model's ``max_position_embeddings`` (4096 if unknown), the
+    reading ``bayeslat check`` gives the configuration it checks."""
+    L = getattr(server, "max_model_len", None) or getattr(model, "max_position_embeddings", 0) or 4096
+    return {"model": model, "hardware": hw, "server": server, "max_model_len": int(L)}
+
+
+def bundled_spec(run: str) -> dict:
+    """:func:`spec_record` of a bundled run (its model, GPU and recorded server config)."""
+    from bayeslat import datasets
+    from bayeslat.specs import load_hardware, load_model, load_server
+
+    info = datasets.run_info(run)
+    return spec_record(load_model(info["model_spec"]), load_hardware(info["hardware_spec"]), load_server(info["server"]))
+
+
+def _spec_fields(obj) -> dict:
+    from dataclasses import asdict
+
+    # the local file a spec was read from says nothing about the deployment
+    return {k: v for k, v in asdict(obj).items() if k != "source" and v is not None}
+
+
+def training_specs_json(specs: dict, runs=None) -> str | None:
+    """Compact JSON of ``{run: spec_record}`` (only ``runs`` when given; None if none is left):
+    ``{"format", "models": {name: ModelSpec fields}, "hardware": {name: HardwareSpec fields},
+    "runs": {run: {"model": name, "hardware": name, "server": ServerConfig fields (None values
+    left out), "max_model_len", "deployment": features.deployment_key}}}``. Each model config and
+    datasheet is written once (a second, different one of the same name gets ``name#2``)."""
+    sel = sorted(r for r in specs if runs is None or r in set(runs))
+    if not sel:
+        return None
+    import json
+
+    models, hws, out = {}, {}, {}
+
+    def _ref(store, d):
+        k, i = str(d.get("name", "")), 1
+        while k in store and store[k] != d:
+            i += 1
+            k = f"{d.get('name', '')}#{i}"
+        store[k] = d
+        return k
+
+    for run in sel:
+        rec = specs[run]
+        try:
+            key = F.deployment_key(F.feature_context(rec["model"], rec["hardware"], rec["server"]), rec["hardware"].name)
+        except SpecError:
+            key = None
+        out[run] = {"model": _ref(models, _spec_fields(rec["model"])), "hardware": _ref(hws, _spec_fields(rec["hardware"])),
+                    "server": _spec_fields(rec["server"]), "max_model_len": int(rec["max_model_len"]), "deployment": key}
+    return json.dumps({"format": TRAINING_SPECS_FORMAT, "models": models, "hardware": hws, "runs": out},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def training_specs_from_json(text) -> tuple[dict, dict]:
+    """Inverse of :func:`training_specs_json`: ({run: spec_record}, {run: why its spec could not
+    be rebuilt}). Fields a spec class does not have (a later bayeslat) are ignored; a missing
+    required one makes that run's spec unknown."""
+    import json
+    from dataclasses import fields as dc_fields
+
+    from bayeslat import specs as S
+
+    if not text:
+        return {}, {}
+    try:
+        d = json.loads(text) if isinstance(text, (str, bytes)) else text
+    except ValueError as e:
+        return {}, {"*": f"unreadable training specs: {e}"}
+    if not isinstance(d, dict) or d.get("format") != TRAINING_SPECS_FORMAT:
+        return {}, {"*": f"training specs of an unknown format {d.get('format') if isinstance(d, dict) else type(d).__name__!r}"}
+
+    def build(cls, v):
+        names = {f.name for f in dc_fields(cls)}
+        return cls(**{k: x for k, x in v.items() if k in names})
+
+    out, bad = {}, {}
+    for run, r in (d.get("runs") or {}).items():
+        try:
+            m = build(S.ModelSpec, d["models"][r["model"]])
+            hw = build(S.HardwareSpec, d["hardware"][r["hardware"]])
+            srv = build(S.ServerConfig, r.get("server") or {})
+            out[run] = {"model": m, "hardware": hw, "server": srv, "max_model_len": int(r["max_model_len"])}
+        except (KeyError, TypeError, ValueError) as e:
+            bad[run] = f"its stored spec could not be rebuilt ({type(e).__name__}: {e})"
+    return out, bad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +394,8 @@ def bundled_obs(runs=None, exclude=None, seed: int = 0, n_per_run_kind: int | No
             off = R.estimate_offset(rec, tr, seed=seed)
             rows = R.trace_step_windows(rec, tr, off["offset_us"], max_gap=max_gap)
         t = build_obs(rec, ctx, info["hardware"], cls, trace_rows=rows)
+        if not (contexts and run in contexts):  # a given context is not the bundled specs' deployment
+            t.meta["specs"] = {run: bundled_spec(run)}
         tables.append(subsample(t, n_per_run_kind, seed) if n_per_run_kind else t)
     if not tables:
         raise SpecError(f"no usable run among {sel} (skipped: {skipped})", field="runs")
@@ -405,8 +510,18 @@ def experiment_context(exp: dict, *, model=None, hardware=None, server=None, fil
     if hname is None:
         raise SpecError(f"run {run!r}: no hardware (set `hardware:` in the experiment YAML, e.g. 'H100 SXM', "
                         "or pass hardware=)", file=file, field="hardware")
-    m = mname if isinstance(mname, S.ModelSpec) else _resolve_model(str(mname))
-    hw = hname if isinstance(hname, S.HardwareSpec) else _resolve_hardware(str(hname))
+    try:
+        m = mname if isinstance(mname, S.ModelSpec) else _resolve_model(str(mname))
+    except SpecError as e:
+        if e.file != str(mname):  # an error inside the config.json it names is that file's
+            raise
+        raise SpecError(f"run {run!r}: {str(mname)!r}: {e.reason}", file=file, field="model") from None
+    try:
+        hw = hname if isinstance(hname, S.HardwareSpec) else _resolve_hardware(str(hname))
+    except SpecError as e:
+        if e.file != str(hname):
+            raise
+        raise SpecError(f"run {run!r}: {str(hname)!r}: {e.reason}", file=file, field="hardware") from None
     if server is None or isinstance(server, dict):
         d = json.loads(val("server_json") or "{}") if server is None else dict(server)
         known = {f.name for f in dc_fields(S.ServerConfig)} | set(S._SERVER_ALIASES)
@@ -741,6 +856,7 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
     out = concat(tabs)
     out.meta["runs"] = [run]
     out.meta["deployments"] = {run: F.deployment_key(ctx, hwname)}
+    out.meta["specs"] = {run: spec_record(spec["model"], spec["hw"], srv)}
     return out, info
 
 

@@ -21,3 +21,13 @@ class SpecError(BayeslatError):
 
 class IngestError(BayeslatError):
     """A trace or per-request record is malformed."""
+
+
+def yaml_error(err: Exception, file: str, cls: type[BayeslatError] = SpecError, field: str | None = None) -> BayeslatError:
+    """The one-line error of a YAML parse failure ``err`` (PyYAML's own message spans several lines,
+    with a copy of the offending line): its problem, and where it was found."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or (str(err).strip().splitlines() or ["unparsable"])[0]
+    context = getattr(err, "context", None)
+    msg = f"invalid YAML: {problem}" + (f" ({context})" if context else "") + (f", column {mark.column + 1}" if mark else "")
+    return cls(msg, file=file, line=mark.line + 1 if mark else None, field=field)

@@ -669,7 +669,10 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
     The result has groups posterior (named dims hardware, model_class, regime, feature,
     alpha_feature), sample_stats, log_likelihood (``y``, for PSIS-LOO), observed_data and
     constant_data, and ``attrs`` with the format, feature names / units / scales, spec version,
-    levels, seed, sampler config, backend, package version, priors and the data hash. Extra
+    levels, seed, sampler config, backend, package version, priors and the data hash, and (where
+    ``obs.meta["specs"]`` has them) ``training_deployments``: each training run's model config,
+    datasheet and server config (:func:`bayeslat.design.training_specs_json`), what
+    ``bayeslat check`` compares a configuration with. Extra
     ``attrs`` (e.g. ``{"bundled_data_hash": datasets.data_hash()}``) are stored too.
     """
     import arviz as az
@@ -757,6 +760,15 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
         "thin": int(thin),
         "divergences_all_draws": n_div_all,
     }
+    # each training run's model config, datasheet and server config (ObsTable meta "specs"), so
+    # that `bayeslat check` can compare a configuration with the training deployments of any fit,
+    # bundled or not (transfer.training_deployments)
+    specs = (getattr(obs, "meta", None) or {}).get("specs")
+    from bayeslat import design
+
+    txt = design.training_specs_json(specs, runs=set(d["run"].tolist())) if specs else None
+    if txt:
+        info["training_deployments"] = txt
     for k, v in (attrs or {}).items():
         info[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
     idata.attrs.update(info)
@@ -798,7 +810,13 @@ def load(path):
     path = Path(path)
     if not path.exists():
         raise SpecError("no such file", file=str(path))
-    idata = az.from_netcdf(str(path))
+    if path.is_dir():
+        raise SpecError("is a directory, not a fitted netCDF file", file=str(path))
+    try:
+        idata = az.from_netcdf(str(path))
+    except (OSError, ValueError) as e:  # what netCDF4 / h5py / xarray raise for a file that is no netCDF
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SpecError(f"not a netCDF file of a bayeslat fit ({msg})", file=str(path)) from None
     fmt = idata.attrs.get("format")
     if fmt != FORMAT:
         raise SpecError(f"expected format {FORMAT!r}, got {fmt!r}", file=str(path), field="format")
@@ -988,8 +1006,33 @@ def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
             "sampling_seconds": spread_idata.attrs.get("sampling_seconds"),
             "divergences": (int(spread_idata.sample_stats["diverging"].sum())
                             if "sample_stats" in spread_idata.groups() and "diverging" in spread_idata.sample_stats else None)}
+    if not carried:
+        # the spread fit's sample stats are not kept: what diagnose checks of them is recorded here
+        meta |= sampler_health(spread_idata)
     idata.attrs["deployment_spread"] = json.dumps(meta | (info or {}))
     return idata
+
+
+def sampler_health(idata) -> dict:
+    """``min_bfmi`` (the smallest per-chain energy BFMI) and ``tree_depth_saturation`` (the share
+    of draws at the maximum tree depth) of a fit's sample stats; a value the stats cannot give is
+    left out (diagnose reports it as missing)."""
+    import arviz as az
+
+    out = {}
+    if "sample_stats" not in idata.groups():
+        return out
+    ss = idata.sample_stats
+    if "energy" in ss:
+        with np.errstate(all="ignore"):
+            b = np.asarray(az.bfmi(idata), dtype=float)
+        if b.size and np.all(np.isfinite(b)):
+            out["min_bfmi"] = float(b.min())
+    for key in ("maxdepth_reached", "reached_max_treedepth"):
+        if key in ss:
+            out["tree_depth_saturation"] = float(np.mean(ss[key].values))
+            break
+    return out
 
 
 def _row_means(idata) -> tuple[np.ndarray, np.ndarray]:
@@ -1177,7 +1220,7 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
     beta_pop = beta_pop[sel]
     alpha_pop = _flat(post, "alpha_pop")[sel]
     Dn = len(sel)
-    R, Fb, Fa = len(F.REGIMES), F.N_BETA, F.N_ALPHA
+    Fb, Fa = F.N_BETA, F.N_ALPHA
     g = {k: _flat(post, k)[sel] for k in ("sigma_hw", "sigma_cls", "sigma_regime", "sigma_alpha_hw", "sigma_alpha_cls")}
 
     def _z(tag: str, shape: tuple) -> np.ndarray:
@@ -1228,18 +1271,10 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         # features the fit shares between classes (no_class_deviation) stay shared for a new class
         shared = attr_json(idata, "priors", {}).get("no_class_deviation", [])
         dc[:, np.isin(np.asarray(F.BETA_NAMES), shared)] = 0.0
+    # (D, R): one factor per regime, shared by features and groups (build_model's only layout;
+    # load() refuses fits of an older feature spec)
     dr = _flat(post, "dev_regime")[sel]
-    if dr.ndim == 2:  # (D, R): one factor per regime, shared by features and groups
-        dr = np.broadcast_to(dr[:, :, None], (Dn, R, Fb))
-    elif dr.ndim == 5:  # nested layout (hardware, model_class, regime, feature)
-        if combo_seen:
-            dr = dr[:, h, c]
-        elif seen_h:
-            dr = np.einsum("dhrf,h->drf", dr[:, seen_h, c], w_h)
-        else:
-            dr = g["sigma_regime"][:, None, None] * _z(f"dev_regime|{hardware}|{model_class}", (R, Fb))
-    # else (D, R, F): regime deviations shared by all groups, seen or not
-    beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr)
+    beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr[:, :, None])
     alpha = alpha_pop * np.exp(ah + ac)
     new_dep = False
     if deployment is not None:
@@ -1275,8 +1310,6 @@ def coefficient_draws(idata, hardware: str, model_class: str, n: int | None = No
         alpha = alpha * np.exp(rs_a)[:, None]
     s_rel = _flat(post, "s_rel")[sel]
     nu = _flat(post, "nu")[sel]
-    if nu.ndim == 1:  # fits before per-kind nu: one tail weight shared by all kinds
-        nu = np.repeat(nu[:, None], s_rel.shape[1], axis=1)
     return CoefDraws(beta=beta, alpha=alpha, sigma_rel=s_rel[:, 0], new_levels=new,
                      class_from=[hw_levels[i] for i in seen_h],
                      s_abs=_flat(post, "s_abs")[sel], s_rel=s_rel, nu=nu, draw_index=sel,
@@ -1345,8 +1378,14 @@ def noise_terms(cd: CoefDraws, kind, n_steps) -> tuple[np.ndarray, np.ndarray]:
     return cd.s_abs[:, kind], cd.s_rel[:, kind] / np.sqrt(np.maximum(n_steps, 1.0)) + cd.s_sys[:, kind]
 
 
-def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.ndarray:
-    """Posterior predictive draws (D, n_rows) of observed durations (ms), Student-t noise included."""
+def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0, level_error: dict | None = None) -> np.ndarray:
+    """Posterior predictive draws (D, n_rows) of observed durations (ms), Student-t noise included.
+
+    ``level_error`` ({kind name: (mu, tau)}, log scale; default None): the rows are a slice of a
+    run the fit has not seen, so the rows of one kind in one run share a level error
+    ``e ~ N(mu, tau)`` per draw on top of their own noise (the between-run spread and the slice's
+    offset from its run: :func:`bayeslat.transfer.probe_level_error`). None: the rows are scored
+    as the fit's own (in-sample) rows. Kinds missing from the dict get no level error."""
     d, groups = _group_draws(idata, obs, n, seed)
     rng = np.random.default_rng(seed + 1)
     D = next(iter(groups.values())).beta.shape[0]
@@ -1356,9 +1395,25 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0) -> np.
         mu = (np.einsum("nrf,drf->dn", d["X"][m], cd.beta) + cd.alpha @ d["A"][m].T) \
             * _run_factors(idata, {"run": np.asarray(d["run"])[m]}, cd, seed, deployment=key[2])
         k = d["kind"][m]
+        if level_error:
+            mu = mu * _level_factors(level_error, k, np.asarray(d["run"])[m], D, rng)
         s_abs, c_rel = noise_terms(cd, k, d["n_steps"][m])
         out[:, m] = mu + (s_abs + c_rel * mu) * rng.standard_t(cd.nu[:, k], size=mu.shape)
     return out
+
+
+def _level_factors(level_error: dict, kind, run, D: int, rng) -> np.ndarray:
+    """(D, n) factors exp(e), one e ~ N(mu, tau) per draw shared by the rows of a (run, kind)."""
+    f = np.ones((D, len(kind)))
+    for r in np.unique(run):
+        for k in np.unique(kind):
+            name = KINDS[int(k)]
+            if name not in level_error:
+                continue
+            mu_k, tau_k = level_error[name]
+            sel = (run == r) & (kind == k)
+            f[:, sel] = np.exp(mu_k + tau_k * rng.standard_normal(D))[:, None]
+    return f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1523,27 +1578,34 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
+def _data_seed(args) -> int:
+    """The seed of the rows a fit sees (the reconstruction's offset estimate and the stratified
+    subsample), kept apart from the sampler's ``--seed`` so that changing the MCMC seed never
+    changes the data."""
+    v = getattr(args, "data_seed", None)
+    return 0 if v is None else int(v) % 2**32
+
+
 def _load_obs(args):
     import inspect
 
-    from bayeslat import design  # lazy: written by the design owner
+    from bayeslat import design
 
     extra = {}
     if args.data == "bundled":
         fn = design.bundled_obs
     else:
-        fn = getattr(design, "obs_from_tables", None) or getattr(design, "load_obs", None)
-        if fn is None:
-            raise SpecError("reading ingested tables needs bayeslat.design.obs_from_tables", file=args.data, field="data")
+        fn = design.obs_from_tables
         extra["path"] = args.data
+    dseed = _data_seed(args)
     sig = inspect.signature(fn).parameters
-    kw = {k: v for k, v in (("runs", args.runs), ("exclude", args.exclude), ("seed", args.seed)) if k in sig and v is not None}
+    kw = {k: v for k, v in (("runs", args.runs), ("exclude", args.exclude), ("seed", dseed)) if k in sig and v is not None}
     obs = fn(extra["path"], **kw) if "path" in extra else fn(**kw)
     n = getattr(args, "rows_per_run_kind", None)
     if n:
         # the likelihood sees a stratified subsample: n rows per (run, kind), spread evenly over
         # each run's timeline (the shipped default: 40, i.e. 1,320 real rows)
-        obs = design.subsample(obs, int(n), seed=0 if args.seed is None else int(args.seed) % 2**32)
+        obs = design.subsample(obs, int(n), seed=dseed)
     return obs
 
 
@@ -1558,6 +1620,7 @@ def cli_fit(args) -> int:
             attrs["bundled_data_hash"] = datasets.data_hash()
     seed = 0 if args.seed is None else args.seed
     attrs["rows_per_run_kind"] = int(getattr(args, "rows_per_run_kind", 0) or 0)
+    attrs["data_seed"] = _data_seed(args)
     idata = fit(obs, backend=args.backend, draws=args.draws, tune=args.tune, chains=args.chains, seed=seed,
                 progressbar=not args.no_progress, attrs=attrs, target_accept=getattr(args, "target_accept", None))
     if args.data == "bundled":

@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslat import features as F
-from bayeslat.errors import SpecError
+from bayeslat.errors import SpecError, yaml_error
 from bayeslat.model import DEFAULT_MODEL  # noqa: F401  (re-exported: the shipped default fit)
 
 N_BETA = F.N_BETA
@@ -840,37 +840,78 @@ def load_spec(path, require_workload: bool = True) -> dict:
     from bayeslat import workload as W
 
     path = Path(path)
+    file = str(path)
     if not path.exists():
-        raise SpecError("no such file", file=str(path))
+        raise SpecError("no such file", file=file)
+    if not path.is_file():
+        raise SpecError("is a directory, not a SPEC.yaml file", file=file)
     try:
         spec = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise SpecError("not a text file (binary content)", file=file) from None
+    except OSError as e:
+        raise SpecError(f"unreadable: {e.strerror or e}", file=file) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(f"invalid YAML: {e}", file=str(path), line=(mark.line + 1) if mark else None) from None
+        raise yaml_error(e, file) from None
     if not isinstance(spec, dict):
-        raise SpecError("SPEC must be a mapping with model, hardware, server, workload", file=str(path))
+        raise SpecError("SPEC must be a mapping with model, hardware, server, workload", file=file)
     for k in ("model", "hardware", "workload") if require_workload else ("model", "hardware"):
         if k not in spec:
-            raise SpecError("missing key (need model, hardware, server, workload)", file=str(path), field=k)
+            raise SpecError("missing key (need model, hardware, server, workload)", file=file, field=k)
+    for k in ("model", "hardware"):
+        if not isinstance(spec[k], str) or not spec[k].strip():
+            raise SpecError(f"must be a file path or a bundled key (a string), got {spec[k]!r}", file=file, field=k)
     base = path.parent
-    model = S.load_model(_resolve_rel(spec["model"], base))
-    hw = S.load_hardware(_resolve_rel(spec["hardware"], base))
+
+    def named_here(load, key, field):
+        # a reference that resolves to nothing is an error of this SPEC's field; an error inside a
+        # file it names stays that file's
+        ref = _resolve_rel(spec[key], base)
+        try:
+            return load(ref)
+        except SpecError as e:
+            if e.file != str(ref):
+                raise
+            raise SpecError(f"{spec[key]!r}: {e.reason}", file=file, field=field) from None
+
+    def in_server(e: SpecError) -> SpecError:
+        # errors of an inline server mapping come back as file '<dict>': they are this SPEC's
+        return SpecError(e.reason, file=file, field=f"server.{e.field}" if e.field else "server") if e.file == "<dict>" else e
+
+    model = named_here(S.load_model, "model", "model")
+    hw = named_here(S.load_hardware, "hardware", "hardware")
     srv_in = spec.get("server") or {}
     if isinstance(srv_in, (str, Path)):
-        server = S.load_server(_resolve_rel(srv_in, base))
+        server = named_here(S.load_server, "server", "server")
+    elif isinstance(srv_in, dict):
+        try:
+            server = S.load_server(dict(srv_in))
+        except SpecError as e:
+            raise in_server(e) from None
     else:
-        server = S.load_server(dict(srv_in))
-    ctx = F.feature_context(model, hw, server)
-    kvb = S.require_kv_blocks(model, hw, server, file=str(path))
+        raise SpecError(f"must be a mapping of server settings or a server YAML path, got {srv_in!r}", file=file,
+                        field="server")
+    try:
+        ctx = F.feature_context(model, hw, server)
+    except SpecError as e:
+        raise in_server(e) from None
+    kvb = S.require_kv_blocks(model, hw, server, file=file)
     cpub = S.cpu_kv_blocks(model, server)
     wl = spec.get("workload")
     if wl is None:  # only when not require_workload (check / update: the probe is the workload)
         return {"model": model, "hardware": hw, "server": server, "workload": None, "ctx": ctx,
-                "kv_blocks": kvb, "cpu_kv_blocks": cpub, "spec_path": str(path)}
+                "kv_blocks": kvb, "cpu_kv_blocks": cpub, "spec_path": file}
     if not isinstance(wl, dict):
-        raise SpecError("workload must be a mapping with `requests:` or `inference_perf:`", file=str(path), field="workload")
-    seed = int(wl.get("seed", 0))
+        raise SpecError("workload must be a mapping with `requests:` or `inference_perf:`", file=file, field="workload")
+    seed = wl.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError(f"must be a non-negative integer, got {seed!r}", file=file, field="workload.seed")
     timeout = wl.get("timeout_s", W.DEFAULT_TIMEOUT_S)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise SpecError(f"must be a number > 0 (or null: no timeout), got {timeout!r}", file=file, field="workload.timeout_s")
+    n_req = wl.get("num_requests")
+    if n_req is not None and (isinstance(n_req, bool) or not isinstance(n_req, int) or n_req < 1):
+        raise SpecError(f"must be an integer >= 1, got {n_req!r}", file=file, field="workload.num_requests")
     if "requests" in wl:
         wpath = _resolve_rel(wl["requests"], base)
         if not Path(str(wpath)).exists():
@@ -886,7 +927,9 @@ def load_spec(path, require_workload: bool = True) -> dict:
             workload = W.from_inference_perf(prof, seed=seed, num_requests=wl.get("num_requests"),
                                              arrivals=wl.get("arrivals", "poisson"), timeout_s=timeout)
         except SpecError as e:
-            raise SpecError(e.reason, file=str(path), field=f"workload.inference_perf.{e.field}" if e.field else "workload.inference_perf") from None
+            fld = "workload.arrivals" if e.field in ("arrivals", "inference_perf.arrivals") else \
+                f"workload.inference_perf.{e.field}" if e.field else "workload.inference_perf"
+            raise SpecError(e.reason, file=file, field=fld) from None
     else:
         raise SpecError("need `requests:` (CSV/Parquet) or `inference_perf:` (profile)", file=str(path), field="workload")
     return {"model": model, "hardware": hw, "server": server, "workload": workload, "ctx": ctx,

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bayeslat.errors import SpecError
+from bayeslat.errors import SpecError, yaml_error
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "bfloat16": 2.0, "float16": 2.0, "half": 2.0,
@@ -46,6 +46,23 @@ DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "bfloat16": 2.0, "float16": 2.0, "h
 def specs_dir() -> Path:
     """The bundled spec directory ``bayeslat/data/specs`` (a symlink to the repo's ``specs/``)."""
     return Path(str(resources.files("bayeslat") / "data" / "specs"))
+
+
+def _read_text(p: Path) -> str:
+    """The text of spec file ``p``; an unreadable or binary file is a SpecError naming it."""
+    try:
+        return p.read_text()
+    except UnicodeDecodeError:
+        raise SpecError("not a text file (binary content)", file=str(p)) from None
+    except OSError as e:
+        raise SpecError(f"unreadable: {e.strerror or e}", file=str(p)) from None
+
+
+def _read_json(p: Path, field: str):
+    try:
+        return json.loads(_read_text(p))
+    except json.JSONDecodeError as e:
+        raise SpecError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno, field=field) from None
 
 
 def _resolve(path_or_key: str | Path, kind: str, filename: str | None, suffixes: tuple[str, ...]) -> Path:
@@ -322,10 +339,7 @@ def model_from_config(cfg: Mapping, file: str = "<dict>", name: str | None = Non
 def load_model(path_or_key: str | Path) -> ModelSpec:
     """Load a HuggingFace ``config.json`` (path, folder, or key under ``specs/models``)."""
     p = _resolve(path_or_key, "models", "config.json", (".json",))
-    try:
-        cfg = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SpecError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno, field="config.json") from None
+    cfg = _read_json(p, "config.json")
     name = p.parent.name if p.name == "config.json" else p.stem
     return model_from_config(cfg, file=str(p), name=name)
 
@@ -542,10 +556,7 @@ def load_hardware(path_or_key: str | Path) -> HardwareSpec:
             raise SpecError(f"no such file, nor a bundled hardware key or GPU name (bundled: "
                             f"{', '.join(sorted(_bundled_hardware()))})", file=str(path_or_key), field="hardware") from None
         p = _resolve(alias, "hardware", None, (".json",))
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SpecError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno, field="datasheet") from None
+    d = _read_json(p, "datasheet")
     if isinstance(d, Mapping) and not (BLIS_HARDWARE_KEYS & set(d)) and d and all(
             isinstance(v, Mapping) and BLIS_HARDWARE_KEYS & set(v) for v in d.values()):
         # BLIS's hardware_config.json: {gpu name: entry}
@@ -671,10 +682,9 @@ def load_server(path_or_dict: str | Path | Mapping | None) -> ServerConfig:
     import yaml
 
     try:
-        d = yaml.safe_load(p.read_text())
+        d = yaml.safe_load(_read_text(p))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(f"invalid YAML: {e}", file=str(p), line=(mark.line + 1) if mark else None) from None
+        raise yaml_error(e, str(p)) from None
     if d is not None and not isinstance(d, Mapping):
         raise SpecError("server config must be a mapping", file=str(p))
     return server_from_dict(d, file=str(p))

@@ -26,11 +26,12 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bayeslat.errors import SpecError
+from bayeslat.errors import SpecError, yaml_error
 
 METRICS = ("ttft", "itl", "e2e")
 
@@ -373,8 +374,18 @@ def _experiment_case(d, hardware, seed: int):
         if not f.is_file():
             raise SpecError("missing: an experiment directory needs exp-config.yaml, profile.yaml and "
                             "results/summary_lifecycle_metrics.json", file=str(f))
-    cfg = yaml.safe_load(cfg_f.read_text()) or {}
-    prof = yaml.safe_load(prof_f.read_text()) or {}
+    def read_yaml(f):
+        try:
+            doc = yaml.safe_load(f.read_text()) or {}
+        except UnicodeDecodeError:
+            raise SpecError("not a text file (binary content)", file=str(f)) from None
+        except yaml.YAMLError as e:
+            raise yaml_error(e, str(f)) from None
+        if not isinstance(doc, dict):
+            raise SpecError("must be a mapping", file=str(f))
+        return doc
+
+    cfg, prof = read_yaml(cfg_f), read_yaml(prof_f)
     hw = cfg.get("hardware") or hardware
     if not hw:
         raise SpecError("no hardware: add `hardware:` (e.g. H100, A100-80, L40S or a datasheet path) or pass "
@@ -383,16 +394,39 @@ def _experiment_case(d, hardware, seed: int):
         raise SpecError("missing", file=str(cfg_f), field="model")
     # a config.json next to the experiment wins; else the model id / bundled key
     model = str(d / "config.json") if (d / "config.json").is_file() else _resolve_model(str(cfg["model"])).source
-    tp = int(cfg.get("tensor_parallelism", cfg.get("tensor_parallel", 1)))
+    tp = cfg.get("tensor_parallelism", cfg.get("tensor_parallel", 1))
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise SpecError(f"must be an integer >= 1, got {tp!r}", file=str(cfg_f), field="tensor_parallelism")
     server = {"tensor_parallel": tp, "max_model_len": cfg.get("max_model_len"),
               "max_num_batched_tokens": cfg.get("max_num_batched_tokens"), "max_num_seqs": cfg.get("max_num_seqs"),
               "block_size": cfg.get("block_size", 16), "prefix_caching": cfg.get("enable_prefix_caching", True),
               "chunked_prefill": True, "gpu_memory_utilization": cfg.get("gpu_memory_utilization", 0.9),
               "kv_blocks": cfg.get("kv_blocks"), "cpu_offload_gb": cfg.get("cpu_offload_gb")}
     server = {k: v for k, v in server.items() if v is not None}
-    dep = deployment(model, str(specs.load_hardware(hw).source), server, d.name)
-    wl = workload.from_inference_perf({"data": prof.get("data"), "load": prof.get("load")}, seed=seed)
-    lat = json.loads(sum_f.read_text())["successes"]["latency"]
+    try:
+        hw_source = str(specs.load_hardware(hw).source)
+    except SpecError as e:
+        if e.file != str(hw):  # an error inside the datasheet it names is that file's
+            raise
+        raise SpecError(f"{hw!r}: {e.reason}", file=str(cfg_f) if cfg.get("hardware") else None,
+                        field="hardware" if cfg.get("hardware") else "--hardware") from None
+    try:
+        dep = deployment(model, hw_source, server, d.name)
+    except SpecError as e:
+        if e.file not in (None, "<dict>"):
+            raise
+        raise SpecError(e.reason, file=str(cfg_f), field=e.field) from None
+    try:
+        wl = workload.from_inference_perf({"data": prof.get("data"), "load": prof.get("load")}, seed=seed)
+    except SpecError as e:
+        raise SpecError(e.reason, file=str(prof_f), field=e.field) from None
+    try:
+        lat = json.loads(sum_f.read_text())["successes"]["latency"]
+        if not isinstance(lat, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):  # not JSON, or not inference-perf's layout
+        raise SpecError("not inference-perf's lifecycle summary (needs successes.latency)", file=str(sum_f),
+                        field="successes.latency") from None
     observed = {}
     for m, key in (("ttft", "time_to_first_token"), ("e2e", "request_latency")):
         for q in ("mean", "p90", "p99"):
@@ -442,6 +476,8 @@ def external_cases(paths, *, hardware=None, seed: int = 0, runs=None) -> list[di
             continue
         try:
             doc = json.loads(p.read_text())
+        except UnicodeDecodeError:
+            raise SpecError("not a readable JSON: binary content", file=str(p)) from None
         except (OSError, json.JSONDecodeError) as e:
             raise SpecError(f"not a readable JSON: {e}", file=str(p)) from None
         recs = doc.get("runs") if isinstance(doc, dict) else doc
@@ -450,6 +486,8 @@ def external_cases(paths, *, hardware=None, seed: int = 0, runs=None) -> list[di
         resolved = []
         for i, r in enumerate(recs):
             where = f"runs[{i}]"
+            if not isinstance(r, dict):
+                raise SpecError(f"must be an object, got {r!r}", file=str(p), field=where)
             for k in ("model_config", "hardware", "tensor_parallel", "max_num_seqs", "max_num_batched_tokens",
                       "workload", "observed_ms"):
                 if k not in r:
@@ -469,6 +507,10 @@ def external_cases(paths, *, hardware=None, seed: int = 0, runs=None) -> list[di
     return out
 
 
+#: the suites of :func:`validate` (``bayeslat validate --suite``)
+SUITES = ("replay", "aggregate", "all", "loro", "lomo", "lowo", "external")
+
+
 def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed: int = 0,
              fit_kwargs: dict | None = None, n_per_run_kind: int = 40, log=None,
              fit_dir=None, external=None, hardware=None) -> tuple[pd.DataFrame, dict]:
@@ -479,12 +521,18 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
     experiment directories that name none)."""
     from bayeslat import model
 
+    if suite not in SUITES:
+        raise SpecError(f"unknown suite {suite!r} (one of {', '.join(SUITES)})", field="suite")
+    if int(draws) < 1:
+        raise SpecError(f"must be >= 1, got {draws}", field="draws")
     log = log or (lambda *a: None)
     rows = []
     if suite in ("loro", "lomo", "lowo"):
         from bayeslat import design
 
         cases = _replay_cases(runs)
+        if not cases:
+            raise SpecError(f"no bundled run matches {runs}", field="runs")
         # reconstructed once, and only if a fold is not cached; each fold is a subset
         full = functools.cache(lambda: design.bundled_obs(seed=seed))
         for held, group in _cv_groups(cases, suite).items():
@@ -503,7 +551,10 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
         if suite == "external" or external:
             cases += external_cases(external or [], hardware=hardware, seed=seed, runs=runs)
         if not cases:
-            raise ValueError(f"no runs selected for suite {suite!r} (runs={runs})")
+            if suite == "external" and not external:
+                raise SpecError("suite 'external' needs the runs to validate (--external PATH ...)", field="external")
+            raise SpecError(f"no run of suite {suite!r} matches {runs}" if runs else f"suite {suite!r} has no runs",
+                            field="runs")
         for c in cases:
             t0 = time.time()
             rows.append(compare(c, predict_case(c, idata, draws, seed)))
@@ -531,6 +582,7 @@ def cli_validate(args) -> int:
                            hardware=getattr(args, "hardware", None))
     report = {"suite": suite, "summary": summary, "runs": json.loads(df.to_json(orient="records"))}
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
     if args.json:

@@ -204,7 +204,7 @@ def from_csv(path, *, timeout_s: float | None = None) -> Workload:
     p = Path(path)
     if not p.exists():
         raise SpecError("no such file", file=str(p))
-    return _from_table(pd.read_csv(p), str(p), timeout_s)
+    return _from_table(_read_frame(pd.read_csv, p, "CSV"), str(p), timeout_s)
 
 
 def from_parquet(path, *, timeout_s: float | None = None) -> Workload:
@@ -212,7 +212,17 @@ def from_parquet(path, *, timeout_s: float | None = None) -> Workload:
     p = Path(path)
     if not p.exists():
         raise SpecError("no such file", file=str(p))
-    return _from_table(pd.read_parquet(p), str(p), timeout_s)
+    return _from_table(_read_frame(pd.read_parquet, p, "Parquet"), str(p), timeout_s)
+
+
+def _read_frame(reader, p: Path, what: str) -> pd.DataFrame:
+    """``reader(p)``; a file the reader cannot parse (binary, empty, a directory, a corrupt
+    Parquet) is a SpecError naming it (pandas / pyarrow raise OSError or ValueError subclasses)."""
+    try:
+        return reader(p)
+    except (OSError, ValueError) as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SpecError(f"not a readable {what} file ({msg})", file=str(p)) from None
 
 
 def from_file(path, *, timeout_s: float | None = None) -> Workload:
