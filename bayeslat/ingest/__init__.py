@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from bayeslat.errors import IngestError
 
 from . import tables
-from ._io import detect_kind
+from ._io import UNREADABLE, detect_kind, head_bytes
 from .experiment import experiments_row, load_experiment
 from .inference_perf import lifecycle_aggregates, load_json, parse_replay, replay_frame
 from .kvevents import KvState
@@ -126,7 +126,7 @@ def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines,
     for p in map(str, paths):
         try:
             kinds[p] = detect_kind(p)
-        except (OSError, EOFError) as e:
+        except UNREADABLE as e:
             report.error(p, f"unreadable: {e}")
     gts = {_stem(p): p for p, k in kinds.items() if k == "ground_truth"}
     used_gt = set()
@@ -140,10 +140,10 @@ def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines,
                 kv.parse_file(p, r)
             elif k == "replay":
                 gt = gts.get(_gt_partner(p))
-                if gt:
-                    used_gt.add(gt)
                 frames.append(parse_replay(p, report, ground_truth=gt, run=run,
                                            profile=(exp or {}).get("workload")))
+                if gt:  # (a replay file that cannot be read leaves its ground truth to the check below)
+                    used_gt.add(gt)
             elif k == "lifecycle":
                 report.file_kind[p] = "lifecycle"
                 report.aggregates[p] = lifecycle_aggregates(load_json(p))
@@ -153,15 +153,19 @@ def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines,
             else:
                 report.file_kind[p] = "unknown"
                 report.skip(p, 1, "file", "unknown_record", "not an OTLP trace, KV event stream or inference-perf file")
-        except (OSError, EOFError) as e:
+        except UNREADABLE as e:  # (an OTLP or KV file keeps the records of the lines read before)
             report.error(p, f"unreadable: {e}")
+        except IngestError as e:  # a whole-document file of the wrong layout (lifecycle)
+            report.file_kind[p] = k
+            report.skip(p, 1, "file", "bad_value", e.reason, e.field)
         except (ValueError, KeyError, TypeError) as e:  # a whole-document file that does not parse
             report.file_kind[p] = k
             report.skip(p, 1, "file", "invalid_json", f"{e!r}")
     for p in gts.values():
         if p not in used_gt:
             report.file_kind[p] = "ground_truth"
-            report.skip(p, 1, "file", "unknown_record", "ground truth without its replay file (<exp>.json.gz)")
+            report.skip(p, 1, "file", "unknown_record", "ground truth without its replay file (<exp>.json.gz), or that file "
+                        "could not be read")
 
     n_trace = otlp.finish_journey()
     kv.finish(sinks["kv_steps"], block_bytes)
@@ -217,12 +221,23 @@ def _write_requests(path: Path, trace_tables, replay: pd.DataFrame | None) -> in
 
 def cli_ingest(args) -> int:
     """``bayeslat ingest PATHS --experiment YAML --out DIR [--json]``: 0 when every file was
-    read (skipped records are reported, not fatal), 2 on unreadable input."""
+    read (skipped records are reported, not fatal), 2 on unreadable input or a file of no kind
+    ingest reads (one line each on stderr; the report is printed and written all the same)."""
     try:
         res = ingest(args.paths, experiment=args.experiment, out=args.out)
     except IngestError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"bayeslat ingest: error: {e}", file=sys.stderr)
         return 2
     rep = res.report
     print(rep.to_json() if getattr(args, "json", False) else rep.format())
-    return 0 if rep.ok else 2
+    # a file named on the command line that gave nothing is an error, not only a skip count in the
+    # report; an experiment YAML among the paths (a shell glob of a run directory) and an empty
+    # file (a run without KV events) are not
+    unknown = [f for f, k in rep.file_kind.items()
+               if k == "unknown" and head_bytes(f, 64).strip() and detect_kind(f) != "experiment"]
+    for e in rep.errors:
+        print(f"bayeslat ingest: error: {e}", file=sys.stderr)
+    for f in unknown:
+        print(f"bayeslat ingest: error: {f}: not an OTLP trace, KV event stream or inference-perf file (nothing read "
+              "from it)", file=sys.stderr)
+    return 0 if rep.ok and not unknown else 2

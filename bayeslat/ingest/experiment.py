@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bayeslat.errors import IngestError
+from bayeslat.errors import IngestError, yaml_error
 
 from . import tables as T
 
@@ -41,13 +41,23 @@ _SERVER_KEYS = ("tensor_parallel", "max_num_batched_tokens", "max_num_seqs", "ma
                 "gpu_memory_utilization", "kv_blocks", "cpu_offload_gb", "prefix_caching", "chunked_prefill")
 
 
+def _read_yaml(path: Path):
+    """The YAML document in ``path``; an unreadable, binary or malformed file is an IngestError
+    naming it (and the line, for malformed YAML)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise IngestError("cannot read experiment YAML: not a text file (binary content)", file=str(path)) from None
+    except OSError as e:
+        raise IngestError(f"cannot read experiment YAML: {e.strerror or e}", file=str(path)) from None
+    except yaml.YAMLError as e:
+        raise yaml_error(e, str(path), cls=IngestError) from None
+
+
 def load_experiment(path: str | Path) -> dict:
     """Parse and normalise an experiment YAML; raises ``IngestError`` (file, field) when bad."""
     path = Path(path)
-    try:
-        d = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise IngestError(f"cannot read experiment YAML: {e}", file=str(path)) from e
+    d = _read_yaml(path)
     if not isinstance(d, dict):
         raise IngestError("experiment YAML is not a mapping", file=str(path))
     server = d.get("server")
@@ -60,7 +70,7 @@ def load_experiment(path: str | Path) -> dict:
         raise IngestError("missing key", file=str(path), field="model")
     workload = d.get("workload")
     if workload is None and (path.parent / "profile.yaml").exists():
-        workload = yaml.safe_load((path.parent / "profile.yaml").read_text())
+        workload = _read_yaml(path.parent / "profile.yaml")
     name = d.get("name") or d.get("run") or (path.parent.name if path.name == "exp-config.yaml" else path.stem)
     return {"name": str(name), "model": str(d["model"]), "hardware": d.get("hardware"), "server": server,
             "workload": workload or {}, "source": str(path)}

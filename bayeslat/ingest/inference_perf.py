@@ -24,16 +24,20 @@ it for ``requests`` rows and :func:`bayeslat.datasets.build_bundle` for the bund
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bayeslat.errors import IngestError
+
 from . import tables as T
-from ._io import _loads, open_binary
+from ._io import UNREADABLE, _loads, open_binary
 from .report import IngestReport
 
 REQUIRED = ("index", "arrival_time_us", "input_tokens", "output_tokens", "has_error")
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def load_json(path: str | Path):
@@ -69,7 +73,8 @@ def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_le
         req = req.merge(gt, on="index", how="left", suffixes=("_client", ""))
         if strict and (req["has_error"].isna().any() or (req["has_error_client"] != req["has_error"]).any()):
             raise ValueError(f"{run}: has_error differs between the request and ground-truth files (or a request lacks ground truth)")
-        req["has_error"] = req["has_error"].fillna(req["has_error_client"]).astype(bool)
+        h = req["has_error"].to_numpy(object)  # null in the ground truth: the request file's flag
+        req["has_error"] = np.where(pd.isna(h), req["has_error_client"].to_numpy(object), h).astype(bool)
     else:
         req["ttft_s"] = np.nan
         req["e2e_s"] = np.nan
@@ -105,47 +110,161 @@ def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_le
 def lifecycle_aggregates(d: dict) -> dict:
     """``*_lifecycle_metrics.json`` -> ``{"n_success", "n_failure", "<metric>_ms": {stat: ms}}``.
     Caution (data README): ``time_per_output_token`` counts ~two stream events per token; the
-    comparable ITL is (E2E - TTFT)/(output_tokens - 1) with the repaired count."""
-    s = d.get("successes") or {}
-    out = {"n_success": s.get("count"), "n_failure": (d.get("failures") or {}).get("count")}
-    for k, v in (s.get("latency") or {}).items():
+    comparable ITL is (E2E - TTFT)/(output_tokens - 1) with the repaired count. Raises
+    :class:`~bayeslat.errors.IngestError` (with the field) when the document does not have that
+    layout or a statistic is a number that is not a finite time in seconds."""
+    def obj(v, field):
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise IngestError(f"{field}={v!r:.60} is not an object", field=field)
+        return v
+
+    if not isinstance(d, dict):
+        raise IngestError(f"not an object but {type(d).__name__}")
+    s = obj(d.get("successes"), "successes")
+    out = {"n_success": s.get("count"), "n_failure": obj(d.get("failures"), "failures").get("count")}
+    for k, v in obj(s.get("latency"), "successes.latency").items():
         if isinstance(v, dict):
-            out[f"{k}_ms"] = {q: (x * 1e3 if isinstance(x, (int, float)) else x) for q, x in v.items()}
+            stats = out[f"{k}_ms"] = {}
+            for q, x in v.items():
+                if isinstance(x, (int, float)) and not isinstance(x, bool):
+                    try:
+                        x = float(x) * 1e3
+                    except OverflowError:
+                        x = math.inf
+                    if math.isinf(x):
+                        raise IngestError(f"{x} ms is not a finite time", field=f"successes.latency.{k}.{q}")
+                stats[q] = x
     return out
+
+
+def _integral(v, lo: int = I64_MIN, hi: int = I64_MAX) -> bool:
+    """``v`` is an integer (or an integral float) in [lo, hi] (bools are not)."""
+    if isinstance(v, float) and v.is_integer():
+        return lo <= v < hi + 1
+    return type(v) is int and lo <= v <= hi
+
+
+def _seconds(v) -> bool:
+    """``v`` is null, NaN or a number of seconds (below 1e300 in magnitude)."""
+    return v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and (math.isnan(v) or abs(v) < 1e300)
+
+
+def _bad_request(r) -> tuple[str, str, str] | None:
+    """(reason, field, message) of a replay request that cannot be a row, None when it can."""
+    if not isinstance(r, dict):
+        return "bad_value", None, f"{r!r:.60} is not an object"
+    miss = [k for k in REQUIRED if r.get(k) is None]
+    if miss:
+        return "missing_attribute", miss[0], f"lacks {miss}"
+    for k in ("index", "input_tokens", "output_tokens"):
+        if not _integral(r[k]):
+            return "bad_value", k, f"{k}={r[k]!r:.40} is not an integer in the int64 range"
+    a = r["arrival_time_us"]
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and a < 0:
+        return "negative_timestamp", "arrival_time_us", f"arrival_time_us={a}"
+    if not _integral(a, 0, I64_MAX // 1000):  # arrival_ns = 1000 x arrival_time_us is an int64
+        return "bad_value", "arrival_time_us", f"arrival_time_us={a!r:.40} is not an integer number of us in the int64 ns range"
+    if not isinstance(r["has_error"], bool):
+        return "bad_value", "has_error", f"has_error={r['has_error']!r:.40} is not true/false"
+    return None
+
+
+def _bad_truth(g, arrival_us: dict) -> tuple[str, str, str] | None:
+    """(reason, field, message) of a ground-truth entry that cannot be merged into the row of its
+    request (``arrival_us``: index -> arrival of the kept requests), None when it can."""
+    if not isinstance(g, dict):
+        return "bad_value", None, f"{g!r:.60} is not an object"
+    i = g.get("index")
+    if i is None:
+        return "missing_attribute", "index", "lacks 'index'"
+    if not _integral(i):
+        return "bad_value", "index", f"index={i!r:.40} is not an integer in the int64 range"
+    if i not in arrival_us:
+        return "unknown_record", "index", f"index={i}: no such request in the replay file (or it was skipped)"
+    for k in ("ttft_s", "e2e_s"):
+        if not _seconds(g.get(k)):
+            return "bad_value", k, f"{k}={g.get(k)!r:.40} is not null or a finite number of seconds"
+    e2e = g.get("e2e_s")
+    if e2e is not None and not math.isnan(e2e) and not abs(arrival_us[i] * 1000 + e2e * 1e9) < 2 ** 62:
+        return "bad_value", "e2e_s", f"e2e_s={e2e}: the departure is outside the int64 ns range"
+    if g.get("has_error") is not None and not isinstance(g["has_error"], bool):
+        return "bad_value", "has_error", f"has_error={g['has_error']!r:.40} is not true/false"
+    return None
 
 
 def parse_replay(path: str | Path, report: IngestReport, *, ground_truth: str | Path | None = None,
                  run: str | None = None, profile: dict | None = None, file: str | None = None) -> pd.DataFrame:
-    """Validate and convert one replay file (+ ground truth). Requests missing a required field
-    or with a negative arrival are skipped with a reason; the rest are kept."""
+    """Validate and convert one replay file (+ ground truth). Every request is a row or skipped
+    with a reason (missing or mistyped field, negative arrival, a repeated index); so is every
+    ground-truth entry (it is merged into the row of its request, or skipped: mistyped, no such
+    request, a repeated index). A ground-truth file that does not parse is skipped as a whole
+    (the requests keep NaN latencies). Raises ``ValueError`` / ``OSError`` only when the replay
+    file itself cannot be read as JSON (ingest then skips it, and its ground truth, as files)."""
     file = file or str(path)
     report.file_kind[file] = "replay"
     d = load_json(path)
     report.lines[file] = 1
-    run = run or d.get("experiment") or Path(file).name.split(".")[0]
-    reqs = d.get("requests")
+    reqs = d.get("requests") if isinstance(d, dict) else None
     if not isinstance(reqs, list):
         report.skip(file, 1, "line", "missing_attribute", "no requests list", "requests")
+        if ground_truth is not None:  # each entry: no such request
+            _ground_truth(str(ground_truth), report, {})
         return T.empty("requests")
-    good = []
+    exp = d.get("experiment")
+    run = run or (exp if isinstance(exp, str) and exp else None) or Path(file).name.split(".")[0]
+    good, arrival = [], {}
     for i, r in enumerate(reqs):
-        miss = [k for k in REQUIRED if not isinstance(r, dict) or r.get(k) is None]
-        if miss:
-            report.skip(file, 1, "request", "missing_attribute", f"requests[{i}] lacks {miss}", miss[0])
-        elif r["arrival_time_us"] < 0:
-            report.skip(file, 1, "request", "negative_timestamp", f"requests[{i}].arrival_time_us={r['arrival_time_us']}")
-        else:
-            good.append(r)
+        bad = _bad_request(r)
+        if bad is None and r["index"] in arrival:
+            bad = "duplicate", "index", f"index={r['index']} repeated"
+        if bad is not None:
+            reason, field, msg = bad
+            report.skip(file, 1, "request", reason, f"requests[{i}]: {msg}", field)
+            continue
+        r = {k: r[k] if k == "has_error" else int(r[k]) for k in REQUIRED}  # integral floats -> int
+        arrival[r["index"]] = r["arrival_time_us"]
+        good.append(r)
     report.keep(file, "request", len(good))
     gt = None
     if ground_truth is not None:
-        gfile = str(ground_truth)
-        report.file_kind[gfile] = "ground_truth"
-        gt = load_json(ground_truth)
-        report.lines[gfile] = 1
-        report.keep(gfile, "request", len(gt))
+        gt = _ground_truth(str(ground_truth), report, arrival)
+    if not good:
+        return T.empty("requests")
     out_len, ign, stages = profile_info(profile)
     if out_len is None or not ign:
         report.note(f"{file}: output_tokens NOT repaired (profile output_len / ignore_eos unknown): client counts")
     df = replay_frame({"requests": good}, gt, run=run, output_len=out_len, ignore_eos=ign, stages=stages)
     return df
+
+
+def _ground_truth(gfile: str, report: IngestReport, arrival_us: dict) -> list | None:
+    """The usable entries of a ground-truth file (None when there are none), the others
+    skipped with a reason; ``arrival_us``: index -> arrival of the kept requests."""
+    report.file_kind[gfile] = "ground_truth"
+    try:
+        gt = load_json(gfile)
+    except ValueError as e:
+        report.skip(gfile, 1, "file", "invalid_json", str(e))
+        return None
+    except UNREADABLE as e:
+        report.error(gfile, f"unreadable: {e}")
+        return None
+    report.lines[gfile] = 1
+    if not isinstance(gt, list):
+        report.skip(gfile, 1, "line", "unknown_record", f"not a list of per-request records but {type(gt).__name__}")
+        return None
+    keep, seen = [], set()
+    for j, g in enumerate(gt):
+        bad = _bad_truth(g, arrival_us)
+        if bad is None and g["index"] in seen:
+            bad = "duplicate", "index", f"index={g['index']} repeated"
+        if bad is not None:
+            reason, field, msg = bad
+            report.skip(gfile, 1, "request", reason, f"[{j}]: {msg}", field)
+            continue
+        seen.add(g["index"])
+        keep.append({"index": int(g["index"]), "ttft_s": g.get("ttft_s"), "e2e_s": g.get("e2e_s"), "has_error": g.get("has_error")})
+    report.keep(gfile, "request", len(keep))
+    return keep or None

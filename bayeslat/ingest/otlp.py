@@ -38,8 +38,9 @@ streaming, so memory does not grow with the file size (policy):
   only when the api and core spans of a request are further apart than that, e.g. separate api /
   core files longer than ``idle_lines``; memory is then O(unjoined requests));
 - the ``parentSpanId`` of each ``llm_core`` span is remembered for ``idle_lines`` lines to skip a
-  second core span of the same request (``duplicate``), and the spanId of each joined
-  ``llm_request`` span to ignore a re-export of it (expiry is checked every 1024 lines);
+  second core span of the same request (``duplicate``), and the spanId of each written
+  ``llm_request`` span to skip a re-export of it (``duplicate``; so is a second span with the
+  spanId of one still held) (expiry is checked every 1024 lines);
 - ``requests`` rows are in the order the requests completed (joined or expired), journey rows
   first, then upstream rows; ``arrival_us`` is filled in at the end from the run's first arrival
   (the rows are spilled to a temporary Arrow file next to the output meanwhile).
@@ -53,6 +54,11 @@ integral ``doubleValue`` in an integer column), a time that is not a finite numb
 range, a non-string ``request.phase`` or a non-numeric ``kv.usage_gpu_ratio`` /
 ``gen_ai.latency.*`` is a ``bad_value`` of that field (file, line, field): the event (the span,
 for a span attribute) is skipped like one with any other invalid value, the records around it kept.
+So is a malformed structure: an attribute list that is not a list of ``{"key": str, "value":
+{...}}`` (field ``attributes``), an event that is not an object or ``events`` that is not a list
+(``events``), a span name, ``spanId`` or ``parentSpanId`` that is not a string. Whatever skips a
+span is checked before any of it is counted, whatever skips an event before the event is: every
+span and event counted as kept is in the tables.
 
 ``steps.cycle_time_us`` is the true step time: next start - this start where ``step.id + 1`` of
 the same file was sampled (the computation is done per file, after the file is read: the step
@@ -96,7 +102,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import tables as T
-from ._io import Prepared, _fast_loads, iter_raw_lines, json_records, open_binary
+from ._io import UNREADABLE, Prepared, _fast_loads, iter_raw_lines, json_records, open_binary
 from .report import IngestReport
 
 IDLE_LINES = 50_000  # a journey span without its partner is written unjoined after this many lines
@@ -277,15 +283,20 @@ I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1  # the range of the tables' integer
 
 def attrs(lst) -> dict:
     """OTLP attribute list -> dict (intValue -> int, doubleValue -> float). A value that does not
-    convert (an unparsable intValue or doubleValue, an intValue outside the int64 range) stays as
-    given (an out-of-range integer as its decimal string), so that every use of it as a number
-    (:func:`_int`, ...) reports it as a bad value of its field instead of crashing the ingest when
-    the rows are converted to Arrow."""
+    convert (an unparsable intValue or doubleValue, an integer outside the int64 range in any
+    value form) stays as given (an out-of-range integer as its decimal string), so that every use
+    of it as a number (:func:`_int`, ...) reports it as a bad value of its field instead of
+    crashing the ingest when the rows are converted to Arrow. A list that is not of ``{"key": str, "value": {...}}``
+    entries is a :class:`Bad` value of the field ``attributes``."""
     d = {}
     if not lst:
         return d
+    if type(lst) is not list:
+        raise Bad("bad_value", f"attributes {lst!r:.60} is not a list", "attributes")
     for a in lst:
-        v = a["value"]
+        v = a.get("value") if type(a) is dict else None
+        if type(v) is not dict or type(a.get("key")) is not str:
+            raise Bad("bad_value", f"attribute {a!r:.60} is not a {{key, value}} object", "attributes")
         if "intValue" in v:
             x = v["intValue"]
             try:
@@ -295,18 +306,31 @@ def attrs(lst) -> dict:
             else:
                 d[a["key"]] = i if I64_MIN <= i <= I64_MAX else (x if type(x) is str else str(i))
         elif "stringValue" in v:
-            d[a["key"]] = v["stringValue"]
+            x = v["stringValue"]  # (a JSON integer outside int64 here too: as its text)
+            d[a["key"]] = str(x) if type(x) is int and not I64_MIN <= x <= I64_MAX else x
         elif "doubleValue" in v:
             x = v["doubleValue"]
             try:
                 d[a["key"]] = float(x)
+            except OverflowError:  # an integer beyond the float range: inf, as a float literal beyond it reads
+                d[a["key"]] = math.inf if x > 0 else -math.inf
             except (TypeError, ValueError):
                 d[a["key"]] = x
         elif "boolValue" in v:
             d[a["key"]] = bool(v["boolValue"])
         else:
-            d[a["key"]] = next(iter(v.values()), None)
+            x = next(iter(v.values()), None)
+            d[a["key"]] = str(x) if type(x) is int and not I64_MIN <= x <= I64_MAX else x
     return d
+
+
+def _events(span: dict) -> list:
+    """The ``events`` list of a span (empty when absent); :class:`Bad` when it is not a list, so
+    that the span is skipped as a whole before any of it is counted."""
+    evs = span.get("events") or []
+    if type(evs) is not list:
+        raise Bad("bad_value", f"events {evs!r:.60} is not a list", "events")
+    return evs
 
 
 def _out_of_range(v) -> bool:
@@ -389,7 +413,7 @@ class OtlpState:
         self._wait_parent: dict = {}  # (run, parentSpanId) -> seq of the held core waiting for it
         self._wait_rid: dict = {}    # (run, core id up to its last -0-) -> [seq, ...] held cores
         self.core_parents: dict = {}  # (run, parentSpanId) -> tick (duplicate detection, expires)
-        self.joined_api: dict = {}   # (run, spanId) of joined api spans -> tick (a repeat is ignored, expires)
+        self.joined_api: dict = {}   # (run, spanId) of written api spans -> tick (a repeat is a duplicate, expires)
         self._seq = 0
         self.n_core = self.n_api = self.n_fallback = self.n_core_only = self.n_api_only = 0
         self.first_arrival: dict = {}  # (run, source) -> smallest arrival_ns (for arrival_us)
@@ -432,8 +456,11 @@ class OtlpState:
         snaps = self.sinks["step_requests"]
         nw = n_workers(path, self.workers)
         raw = _parallel_lines(path, nw, note=lambda m: rep.note(f"{file}: {m}")) if nw else iter_raw_lines(path)
+        unreadable = None
         try:
             self._parse_lines(file, run, json_records(path, rep, file, raw), snaps)
+        except UNREADABLE as e:  # the lines read before stay counted: their step rows are written too
+            unreadable = e
         finally:
             # at once, also when an exception escapes: ends the worker processes (a generator
             # left to the garbage collector would end them at an arbitrary later time)
@@ -441,6 +468,8 @@ class OtlpState:
         self._sum_buf.flush()
         self._snap_buf.flush()
         self._finish_steps(file)
+        if unreadable is not None:
+            raise unreadable
 
     def _parse_lines(self, file, run, records, snaps) -> None:
         rep = self.report
@@ -478,6 +507,9 @@ class OtlpState:
                             rep.skip(file, lineno, "span", "bad_value", f"a span is not an object: {span!r:.60}", field="spans")
                             continue
                         name = span.get("name", "?")
+                        if type(name) is not str:
+                            rep.skip(file, lineno, "span", "bad_value", f"span name {name!r:.60} is not a string", field="name")
+                            continue
                         try:
                             if scope == "vllm.scheduler.step" and name.startswith("scheduler_steps"):
                                 self._steps_span(span, file, lineno, run, snaps)
@@ -502,6 +534,7 @@ class OtlpState:
         one of the expected keys, once, in its expected form (``intValue`` / a lone
         ``stringValue`` / a lone ``doubleValue``) and the event is valid; it gives exactly the
         row of the general path (:meth:`_step_event`), which handles everything else."""
+        evs = _events(span)
         self._keep(file, "scheduler_steps")
         if self._steps_span_bulk(span, file, run, snaps):
             return
@@ -509,7 +542,10 @@ class OtlpState:
         c_sum = c_snap = None  # the report's kept/skipped counters of the two event kinds
         layout = self._layout
         sbuf, rbuf = self._sum_buf, self._snap_buf
-        for ev in span.get("events") or ():
+        for ev in evs:
+            if type(ev) is not dict:
+                self.report.skip(file, lineno, "event", "bad_value", f"an event is not an object: {ev!r:.60}", "events")
+                continue
             en = ev.get("name")
             if en == "step.BATCH_SUMMARY":
                 try:
@@ -816,24 +852,34 @@ class OtlpState:
         self._steps_tmp = self._sum_buf = None
 
     # ---------------------------------------------------------------------------------------
-    # Journey spans: one loop over the events per span kind. The first part of an event checks
-    # its name and time (a failing check skips the event with its reason, see Bad); an exception
-    # of the second part (what the event means for the request) drops the rest of the span, the
-    # events before it staying counted.
+    # Journey spans: one loop over the events per span kind. Everything that can make a span
+    # invalid is checked before the span is counted (a Bad skips the whole span), everything that
+    # can make an event invalid (name, time, the values it contributes) before the event is
+    # counted (a Bad skips that event only): a counted span or event is always in the tables.
     def _api_span(self, span, file, lineno, run) -> None:
         a = attrs(span.get("attributes"))
         rid = a.get("gen_ai.request.id")
         if rid is None:
             raise Bad("missing_attribute", "llm_request without gen_ai.request.id", "gen_ai.request.id")
+        sid = span.get("spanId")
+        if sid is not None and type(sid) is not str:
+            raise Bad("bad_value", f"spanId={sid!r:.60} is not a string", "spanId")
+        key = (run, sid or f"@{file}:{lineno}:{rid}")
+        if key in self.joined_api or key in self.api:  # a re-export: the request has (or is waiting for) its row
+            raise Bad("duplicate", f"second llm_request span {key[1]}", "spanId")
         rec = {"rid": str(rid), "prompt": _int(a, "gen_ai.usage.prompt_tokens"), "max_tokens": _int(a, "gen_ai.request.max_tokens"),
                "aborted": False, "file": file, "line": lineno}
+        evs = _events(span)
         self._keep(file, "llm_request")
         last = None
-        for ev in span.get("events") or ():
+        for ev in evs:
+            if type(ev) is not dict:
+                self.report.skip(file, lineno, "event", "bad_value", f"an event is not an object: {ev!r:.60}", "events")
+                continue
             en = ev.get("name")
             try:
                 ea = attrs(ev.get("attributes"))
-                if en not in API_EVENTS:
+                if type(en) is not str or en not in API_EVENTS:
                     raise Bad("unknown_event", f"event {en!r} in span llm_request")
                 v = ea.get("event.ts.monotonic")
                 if v is None:
@@ -844,14 +890,11 @@ class OtlpState:
             except Bad as b:
                 self.report.skip(file, lineno, str(en), b.reason, b.message, b.field)
                 continue
-            key = API_EVENTS[en]
-            if key == "aborted_at":
+            what = API_EVENTS[en]
+            if what == "aborted_at":
                 rec["aborted"] = True
-            rec.setdefault(key, t)
-        key = (run, span.get("spanId") or f"@{file}:{lineno}:{rid}")
+            rec.setdefault(what, t)
         self.n_api += 1
-        if key in self.joined_api:  # the same span again (re-export) after its request was written
-            return
         rec["key"], rec["tick"] = key, self.tick
         # the earliest held core that joins it: by parentSpanId, or (no parent) by request-id prefix
         best = self._wait_parent.get(key)
@@ -864,8 +907,6 @@ class OtlpState:
             c = self.core[best]
             self._join(c, rec, fallback=c["parent"] is None or (run, c["parent"]) != key)
             return
-        if key in self.api:  # a repeated spanId replaces the held record (as a later span would)
-            del self.api[key]
         self.api[key] = rec
         self.api_by_rid[(run, rec["rid"])] = key
 
@@ -875,8 +916,11 @@ class OtlpState:
         parent = span.get("parentSpanId") or None
         if rid is None and parent is None:
             raise Bad("missing_attribute", "llm_core without gen_ai.request.id and parentSpanId", "gen_ai.request.id")
+        if parent is not None and type(parent) is not str:
+            raise Bad("bad_value", f"parentSpanId={parent!r:.60} is not a string", "parentSpanId")
         if parent is not None and (run, parent) in self.core_parents:
             raise Bad("duplicate", f"second llm_core span for parent {parent}")
+        evs = _events(span)
         if parent is not None:
             self.core_parents[(run, parent)] = self.tick
         self._keep(file, "llm_core")
@@ -884,7 +928,10 @@ class OtlpState:
         rec = {"run": run, "rid": None if rid is None else str(rid), "parent": parent, "n_pre_events": 0, "n_pre": None,
                "rows": rows, "file": file, "line": lineno}
         last = None
-        for ev in span.get("events") or ():
+        for ev in evs:
+            if type(ev) is not dict:
+                self.report.skip(file, lineno, "event", "bad_value", f"an event is not an object: {ev!r:.60}", "events")
+                continue
             en = ev.get("name")
             try:
                 ea = attrs(ev.get("attributes"))
@@ -901,40 +948,49 @@ class OtlpState:
                     t = _seconds_ns(v, "ts.monotonic")
                 else:
                     raise Bad("missing_attribute", "attributes ts.monotonic_ns and ts.monotonic are missing", "ts.monotonic_ns")
-                last = _event_ts(en, t, last)
-                self._keep(file, en)
+                t = _event_ts(en, t, last)
+                # the integer values the event contributes (_int raises for the first bad one)
+                get = ea.get
+                out = _int(ea, "decode.done_tokens") if en == "journey.FINISHED" else None
+                iv = None
+                if en == "journey.SCHEDULED" or en == "journey.PREEMPTED":
+                    iv = tuple(map(get, _ROW_INTS))
+                    if not set(map(type, iv)) <= _INT_OR_NONE:
+                        iv = tuple(_int(ea, k) for k in _ROW_INTS)
+                prompt = get("prefill.total_tokens") if rec.get("prompt") is None else None
+                if prompt is not None and type(prompt) is not int:
+                    prompt = _int(ea, "prefill.total_tokens")
+                mx = get("decode.max_tokens") if rec.get("max_tokens") is None else None
+                if mx is not None and type(mx) is not int:
+                    mx = _int(ea, "decode.max_tokens")
             except Bad as b:
                 self.report.skip(file, lineno, str(en), b.reason, b.message, b.field)
                 continue
-            get = ea.get
+            last = t
+            self._keep(file, en)
             if en == "journey.QUEUED":
                 rec.setdefault("queued", t)
             elif en == "journey.FIRST_TOKEN":
                 rec.setdefault("first_token", t)
             elif en == "journey.FINISHED":
                 rec.setdefault("finished", t)
-                rec["output"] = _int(ea, "decode.done_tokens")
+                rec["output"] = out
                 rec["status"] = get("finish.status")
-            elif en == "journey.SCHEDULED" or en == "journey.PREEMPTED":
+            elif iv is not None:
                 if en == "journey.SCHEDULED":
                     rec.setdefault("first_sched", t)
                     kind = "resumed" if str(get("schedule.kind", "FIRST")).upper() == "RESUME" else "scheduled"
                 else:
                     kind = "preempted"
                     rec["n_pre_events"] += 1
-                iv = tuple(map(get, _ROW_INTS))
-                if not set(map(type, iv)) <= _INT_OR_NONE:  # _int raises for the first bad one
-                    iv = tuple(_int(ea, k) for k in _ROW_INTS)
                 rows.append((kind, t, iv[0], get("phase")) + iv[1:])
             np_ = get("num_preemptions")
             if type(np_) is int:
                 rec["n_pre"] = np_ if rec["n_pre"] is None else max(rec["n_pre"], np_)
-            v = get("prefill.total_tokens")
-            if v is not None and rec.get("prompt") is None:
-                rec["prompt"] = v if type(v) is int else _int(ea, "prefill.total_tokens")
-            v = get("decode.max_tokens")
-            if v is not None and rec.get("max_tokens") is None:
-                rec["max_tokens"] = v if type(v) is int else _int(ea, "decode.max_tokens")
+            if prompt is not None:
+                rec["prompt"] = prompt
+            if mx is not None:
+                rec["max_tokens"] = mx
         self.n_core += 1
         self._seq += 1
         rec["seq"], rec["tick"] = self._seq, self.tick
@@ -1093,6 +1149,7 @@ class OtlpState:
             self.n_fallback += 1
             self._emit(c, api)
         else:
+            self.joined_api[api["key"]] = self.tick
             self._emit(None, api)
 
     def _sweep(self, final: bool = False) -> None:

@@ -12,7 +12,7 @@ Record kinds are per file: ``line`` (a physical line / JSON document), span name
   the same span, or a step ends before it starts;
 - ``unknown_event`` / ``unknown_span`` / ``unknown_scope`` / ``unknown_record``;
 - ``duplicate``: a repeated transfer event (same kind + transfer id), a second ``llm_core`` span
-  for the same request.
+  for the same request, a second ``llm_request`` span with the same spanId (a re-export).
 
 Each skip is an :class:`bayeslat.errors.IngestError` (``file:line: field: message``); the first
 ``MAX_EXAMPLES`` per reason are kept as examples. ``notes`` holds facts that are not skips
