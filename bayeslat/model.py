@@ -1008,7 +1008,10 @@ def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
                             if "sample_stats" in spread_idata.groups() and "diverging" in spread_idata.sample_stats else None)}
     if not carried:
         # the spread fit's sample stats are not kept: what diagnose checks of them is recorded here
+        # (its divergences over every draw too: the stats it keeps are thinned)
         meta |= sampler_health(spread_idata)
+        if spread_idata.attrs.get("divergences_all_draws") is not None:
+            meta["divergences_all_draws"] = int(spread_idata.attrs["divergences_all_draws"])
     idata.attrs["deployment_spread"] = json.dumps(meta | (info or {}))
     return idata
 
