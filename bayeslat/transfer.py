@@ -349,10 +349,10 @@ def _canonical_raw(ctx, max_model_len):
 
 
 def _server_max_len(s: dict) -> int:
-    L = getattr(s["server"], "max_model_len", None)
-    if not L:
-        L = getattr(s["model"], "max_position_embeddings", None) or 4096
-    return int(L)
+    """The configuration's max_model_len, read as a training deployment's is (design.spec_record)."""
+    from bayeslat import design
+
+    return design.spec_record(s["model"], s["hardware"], s["server"])["max_model_len"]
 
 
 def config_distance(ctx, max_model_len: int, train: dict) -> dict:
@@ -826,19 +826,13 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
             if c not in df.columns:
                 raise SpecError("missing column (need arrival_time_us, input_tokens, output_tokens, ttft_ms, e2e_ms)",
                                 file=path, field=c)
-        # a row's line in a CSV (after the header); a Parquet row is named by its index + 2 as well
+        from bayeslat.workload import numeric_column
+
         for c in ("arrival_us", "input_tokens", "output_tokens", "ttft_ms", "e2e_ms"):
-            v = pd.to_numeric(df[c], errors="coerce")
+            tokens = c in ("input_tokens", "output_tokens")
             # a failed request has no ttft / e2e (empty cell): that is not bad input
-            bad = (v.isna() & df[c].notna()) if c in ("ttft_ms", "e2e_ms") else v.isna()
-            if c in ("input_tokens", "output_tokens"):
-                bad |= (v < 1) | (v.notna() & (v != np.floor(v)))
-            if bad.any():
-                i = int(np.flatnonzero(bad.to_numpy())[0])
-                what = "a whole number >= 1" if c in ("input_tokens", "output_tokens") else "a number"
-                raise SpecError(f"not {what}: {df[c].iloc[i]!r}", file=path, line=i + 2,
-                                field="arrival_time_us" if c == "arrival_us" and renamed else c)
-            df[c] = v
+            df[c] = numeric_column(df, c, path, field="arrival_time_us" if c == "arrival_us" and renamed else c,
+                                   missing_ok=c in ("ttft_ms", "e2e_ms"), min_value=1 if tokens else None, whole=tokens)
         if "has_error" not in df.columns:
             df["has_error"] = ~(np.isfinite(df["ttft_ms"]) & np.isfinite(df["e2e_ms"]))
         if "index" not in df.columns:
@@ -1159,16 +1153,14 @@ def probe_level_error(idata, obs, *, seed: int = 0, calibration="auto") -> dict:
         calibration = auto_calibration(idata, n_req, seed=seed, design=obs.meta.get("probe_design", "first"), spread=False)
     kinds = (calibration or {}).get("kinds", {})
     ss = slice_spread(idata, seed=seed)
-    return {kind: _level_prior(kinds, ss, kind) for kind in ss}
-
-
-def _level_prior(cal_kinds: dict, ss: dict, kind: str) -> tuple[float, float]:
-    """(mu, tau) of a probe's slice error of ``kind``: the calibration's where it has the kind, else
-    :data:`PROBE_LEVEL_DEFAULT` with its SD floored at the between-run spread ``ss[kind]``."""
-    if kind in cal_kinds:
-        return float(cal_kinds[kind]["mu"]), float(cal_kinds[kind]["tau"])
-    mu0, tau0 = PROBE_LEVEL_DEFAULT.get(kind, (0.0, 0.0))
-    return mu0, max(tau0, float(ss[kind]))
+    out = {}
+    for kind, sd in ss.items():
+        if kind in kinds:
+            out[kind] = (float(kinds[kind]["mu"]), float(kinds[kind]["tau"]))
+        else:
+            mu0, tau0 = PROBE_LEVEL_DEFAULT.get(kind, (0.0, 0.0))
+            out[kind] = (mu0, max(tau0, float(sd)))
+    return out
 
 
 def score_rows(idata, obs, *, draws: int = 400, seed: int = 0, new_run: bool = True, calibration="auto") -> dict:
@@ -2014,7 +2006,7 @@ def update_deployment(idata, probe_obs_table, *, seed: int = 0, newton_steps: in
         sig = (np.maximum(sig[0], float(fsd.get("step", 0.0))), np.maximum(sig[1], float(fsd.get("cpu", 0.0))))
     ss = slice_spread(idata, seed=seed)
     # kinds without a calibration: no offset and the between-run spread. Scoring uses the wider
-    # PROBE_LEVEL_DEFAULT there (_level_prior); conditioning on it here moved a uniformly 1.6x slow
+    # PROBE_LEVEL_DEFAULT there (probe_level_error); conditioning on it here moved a uniformly 1.6x slow
     # probe's step factor from 1.35-1.9 to 1.31 on a two-run fit (the TTFT offset absorbs the slowdown)
     tau = np.array([cal[M.KINDS[kk]]["tau"] if M.KINDS[kk] in cal else ss[M.KINDS[kk]] for kk in kinds])
     off = np.array([cal[M.KINDS[kk]]["mu"] if M.KINDS[kk] in cal else 0.0 for kk in kinds])

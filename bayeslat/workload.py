@@ -166,24 +166,36 @@ def from_run(run: str, *, timeout_s: float | None = None, with_prefix: bool = Tr
 # ---------------------------------------------------------------------------------------------
 # (b) CSV / Parquet files
 # ---------------------------------------------------------------------------------------------
+def numeric_column(df: pd.DataFrame, column: str, path: str, *, field: str | None = None, missing_ok: bool = False,
+                   min_value: float | None = None, whole: bool = False) -> pd.Series:
+    """``df[column]`` as numbers; SpecError naming ``path``, the row's line in a CSV (its position
+    + 2: after the header) and ``field`` (default ``column``) at the first value that is not a
+    number (an empty cell is one unless ``missing_ok``), below ``min_value``, or (``whole``) not a
+    whole number."""
+    v = pd.to_numeric(df[column], errors="coerce")
+    checks = [((v.isna() & df[column].notna()) if missing_ok else v.isna(), "not a number")]
+    if min_value is not None:
+        checks.append((v < min_value, f"must be >= {min_value:g}"))
+    if whole:
+        checks.append((v.notna() & (v != np.floor(v)), "must be a whole number"))
+    for bad, what in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise SpecError(f"{what}, got {df[column].iloc[i]!r}", file=path, line=i + 2, field=field or column)
+    return v
+
+
 def _from_table(df: pd.DataFrame, path: str, timeout_s) -> Workload:
     need = ("arrival_time_us", "input_tokens", "output_tokens")
     for c in need:
         if c not in df.columns:
             raise SpecError(f"missing column (need {', '.join(need)}; optional prefix_group, prefix_length, timeout_us)",
                             file=path, field=c)
-    for c in list(need) + [c for c in ("prefix_group", "prefix_length", "timeout_us") if c in df.columns]:
-        v = pd.to_numeric(df[c], errors="coerce")
-        bad = v.isna() & ~(c in ("prefix_group", "prefix_length", "timeout_us"))
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise SpecError(f"not a number: {df[c].iloc[i]!r}", file=path, line=i + 2, field=c)
-        df[c] = v
-    for c in ("input_tokens", "output_tokens"):
-        bad = df[c] < 1
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise SpecError(f"must be >= 1, got {df[c].iloc[i]}", file=path, line=i + 2, field=c)
+    for c in need:
+        df[c] = numeric_column(df, c, path, min_value=1 if c != "arrival_time_us" else None)
+    for c in ("prefix_group", "prefix_length", "timeout_us"):
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     n = len(df)
     grp = df["prefix_group"].fillna(-1).to_numpy().astype(np.int64) if "prefix_group" in df.columns else np.full(n, -1)
     plen = df["prefix_length"].fillna(0).to_numpy().astype(np.int64) if "prefix_length" in df.columns else np.zeros(n)

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayeslat import cli, design
+from bayeslat import cli
 from bayeslat import features as F
 from bayeslat import model as M
 from bayeslat.ingest import ingest
 
+from conftest import FitCalled
 from synthrun import _run
 from test_obs_from_tables import write_experiment, write_replay
 
@@ -40,18 +41,9 @@ def test_sampler_seed_does_not_change_the_rows(replay_dir):
     assert M.data_hash(_obs(base + ["--seed", "0", "--data-seed", "7"])) != h0
 
 
-def test_cli_fit_records_both_seeds(replay_dir, tmp_path, monkeypatch):
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_fit(obs, **kw):
-        seen.update(kw)
-        raise Stop
-
-    monkeypatch.setattr(M, "fit", fake_fit)
-    with pytest.raises(Stop):
+def test_cli_fit_records_both_seeds(replay_dir, tmp_path, fit_calls):
+    seen = fit_calls
+    with pytest.raises(FitCalled):
         cli.main(["fit", "--data", str(replay_dir), "--out", str(tmp_path / "f.nc"), "--seed", "3", "--data-seed", "5",
                   "--rows-per-run-kind", "15"])
     assert seen["seed"] == 3

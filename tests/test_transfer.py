@@ -15,6 +15,8 @@ from bayeslat import transfer as T
 from bayeslat import workload as W
 from bayeslat.errors import IngestError, SpecError
 
+from conftest import FitCalled
+
 RUN = "llama-2-7b-tp1-codegen"
 # a run of the trained 7B TP1 deployment (same model, GPU and server) that the fit never saw:
 # another workload. A probe of it is out of sample; a probe of RUN is of the training data.
@@ -1161,24 +1163,15 @@ def test_probe_rows_are_scored_as_a_new_run(fitted):
     assert T.decide(T.score_rows(idata, slow, draws=400, seed=0))[0] == "refit"
 
 
-def test_update_refit_keeps_the_fits_priors(fitted, monkeypatch):
+def test_update_refit_keeps_the_fits_priors(fitted, fit_calls):
     """`update --refit` refits with the original fit's stored priors (a user's own included), the
     deployment level off only where the spread is carried over."""
     idata = fitted[0].copy()
     own = M._merge_priors({"beta_scale": 0.7, "no_class_deviation": ["context_overhead", "step_overhead"]})
     idata.attrs["priors"] = json.dumps(own)
     pobs, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
-    seen = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake_fit(obs, **kw):
-        seen.update(kw)
-        raise Stop
-
-    monkeypatch.setattr(M, "fit", fake_fit)
-    with pytest.raises(Stop):
+    seen = fit_calls
+    with pytest.raises(FitCalled):
         T.update(idata, pobs, mode="refit", when="always")
     expected = own | ({"deployment_level": "off"} if "deployment_spread" in idata.groups() else {})
     assert seen["priors"] == expected

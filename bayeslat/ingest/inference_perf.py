@@ -214,18 +214,9 @@ def parse_replay(path: str | Path, report: IngestReport, *, ground_truth: str | 
         return T.empty("requests")
     exp = d.get("experiment")
     run = run or (exp if isinstance(exp, str) and exp else None) or Path(file).name.split(".")[0]
-    good, arrival = [], {}
-    for i, r in enumerate(reqs):
-        bad = _bad_request(r)
-        if bad is None and r["index"] in arrival:
-            bad = "duplicate", "index", f"index={r['index']} repeated"
-        if bad is not None:
-            reason, field, msg = bad
-            report.skip(file, 1, "request", reason, f"requests[{i}]: {msg}", field)
-            continue
-        r = {k: r[k] if k == "has_error" else int(r[k]) for k in REQUIRED}  # integral floats -> int
-        arrival[r["index"]] = r["arrival_time_us"]
-        good.append(r)
+    good = [{k: r[k] if k == "has_error" else int(r[k]) for k in REQUIRED}  # integral floats -> int
+            for r in _valid_entries(reqs, _bad_request, report, file, "requests[{}]")]
+    arrival = {r["index"]: r["arrival_time_us"] for r in good}
     report.keep(file, "request", len(good))
     gt = None
     if ground_truth is not None:
@@ -255,16 +246,24 @@ def _ground_truth(gfile: str, report: IngestReport, arrival_us: dict) -> list | 
     if not isinstance(gt, list):
         report.skip(gfile, 1, "line", "unknown_record", f"not a list of per-request records but {type(gt).__name__}")
         return None
-    keep, seen = [], set()
-    for j, g in enumerate(gt):
-        bad = _bad_truth(g, arrival_us)
-        if bad is None and g["index"] in seen:
-            bad = "duplicate", "index", f"index={g['index']} repeated"
-        if bad is not None:
-            reason, field, msg = bad
-            report.skip(gfile, 1, "request", reason, f"[{j}]: {msg}", field)
-            continue
-        seen.add(g["index"])
-        keep.append({"index": int(g["index"]), "ttft_s": g.get("ttft_s"), "e2e_s": g.get("e2e_s"), "has_error": g.get("has_error")})
+    keep = [{"index": int(g["index"]), "ttft_s": g.get("ttft_s"), "e2e_s": g.get("e2e_s"), "has_error": g.get("has_error")}
+            for g in _valid_entries(gt, lambda g: _bad_truth(g, arrival_us), report, gfile, "[{}]")]
     report.keep(gfile, "request", len(keep))
     return keep or None
+
+
+def _valid_entries(entries: list, bad_of, report: IngestReport, file: str, where: str):
+    """The per-request entries of a whole-document file that ``bad_of`` accepts (it returns None, or
+    (reason, field, message)) and whose index is new; each other entry is skipped with its reason
+    (``where``: its position, e.g. "requests[{}]")."""
+    seen = set()
+    for i, e in enumerate(entries):
+        bad = bad_of(e)
+        if bad is None and e["index"] in seen:
+            bad = "duplicate", "index", f"index={e['index']} repeated"
+        if bad is not None:
+            reason, field, msg = bad
+            report.skip(file, 1, "request", reason, f"{where.format(i)}: {msg}", field)
+            continue
+        seen.add(e["index"])
+        yield e
