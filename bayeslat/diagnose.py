@@ -236,6 +236,8 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
     ``passed`` is True when every check of every sampled stage holds."""
     import arviz as az
 
+    from bayeslat.model import sampler_health
+
     th = dict(THRESHOLDS, **(thresholds or {}))
     names = diagnostic_vars(idata)
     out: dict = {"variables": names}
@@ -251,21 +253,15 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
     out["divergences"] = max(counts) if counts else None
     if not counts:
         reasons["divergences"] = "no sample_stats.diverging and no attrs divergences_all_draws"
-    out["min_bfmi"] = float("nan")
-    if ss is not None and "energy" in ss:
-        out["min_bfmi"] = float(np.min(az.bfmi(idata)))
-        if not np.isfinite(out["min_bfmi"]):
-            reasons["min_bfmi"] = "BFMI is not finite (constant or non-finite energy)"
-    else:
+    health = sampler_health(idata)
+    out["min_bfmi"] = health.get("min_bfmi", float("nan"))
+    if "min_bfmi" not in health:
         reasons["min_bfmi"] = "no sample_stats.energy"
-    sat = float("nan")
-    for key in ("maxdepth_reached", "reached_max_treedepth"):
-        if ss is not None and key in ss:
-            sat = float(np.mean(ss[key].values))
-            break
-    else:
+    elif not np.isfinite(out["min_bfmi"]):
+        reasons["min_bfmi"] = "BFMI is not finite (constant or non-finite energy)"
+    out["tree_depth_saturation"] = health.get("tree_depth_saturation", float("nan"))
+    if "tree_depth_saturation" not in health:
         reasons["tree_depth_saturation"] = "no sample_stats.maxdepth_reached / reached_max_treedepth"
-    out["tree_depth_saturation"] = sat
     out["max_pareto_k"] = float("nan")
     out["loo"] = None
     if "log_likelihood" in idata.groups():

@@ -52,6 +52,10 @@ BLIS_NOTES = (
 )
 
 
+#: model classes of ``specs.ModelSpec.model_class``
+MODEL_CLASSES = ("dense", "moe")
+
+
 def _parse_group(group) -> tuple[str, str]:
     """(hardware, model_class) of 'hardware/model_class[/regime]' or a tuple; the class must be one
     the features know and the regime (exports cover every regime) one of ``features.REGIMES``."""
@@ -67,10 +71,6 @@ def _parse_group(group) -> tuple[str, str]:
     if cls not in MODEL_CLASSES:
         raise SpecError(f"unknown model class {cls!r} in group {group!r}; known: {', '.join(MODEL_CLASSES)}", field="group")
     return hw, cls
-
-
-#: model classes of ``specs.ModelSpec.model_class``
-MODEL_CLASSES = ("dense", "moe")
 
 
 def group_notes(idata, group) -> list[str]:
@@ -311,8 +311,6 @@ def _target_tp(args, idata, group) -> int:
     is at TP > 1 (b4 and a0 hold TP-dependent terms) or the fit keeps no rows to tell."""
     tp = getattr(args, "tp", None)
     server = getattr(args, "server", None)
-    if tp is not None and tp < 1:
-        raise SpecError(f"must be >= 1, got {tp}", field="tp")
     if server is not None:
         from bayeslat.specs import load_server
 

@@ -1017,9 +1017,9 @@ def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
 
 
 def sampler_health(idata) -> dict:
-    """``min_bfmi`` (the smallest per-chain energy BFMI) and ``tree_depth_saturation`` (the share
-    of draws at the maximum tree depth) of a fit's sample stats; a value the stats cannot give is
-    left out (diagnose reports it as missing)."""
+    """``min_bfmi`` (the smallest per-chain energy BFMI; NaN for a constant or non-finite energy)
+    and ``tree_depth_saturation`` (the share of draws at the maximum tree depth) of a fit's sample
+    stats; a value the stats have nothing for is left out (diagnose reports it as missing)."""
     import arviz as az
 
     out = {}
@@ -1029,8 +1029,7 @@ def sampler_health(idata) -> dict:
     if "energy" in ss:
         with np.errstate(all="ignore"):
             b = np.asarray(az.bfmi(idata), dtype=float)
-        if b.size and np.all(np.isfinite(b)):
-            out["min_bfmi"] = float(b.min())
+        out["min_bfmi"] = float(b.min()) if b.size else float("nan")
     for key in ("maxdepth_reached", "reached_max_treedepth"):
         if key in ss:
             out["tree_depth_saturation"] = float(np.mean(ss[key].values))
