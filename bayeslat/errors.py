@@ -31,3 +31,27 @@ def yaml_error(err: Exception, file: str, cls: type[BayeslatError] = SpecError, 
     context = getattr(err, "context", None)
     msg = f"invalid YAML: {problem}" + (f" ({context})" if context else "") + (f", column {mark.column + 1}" if mark else "")
     return cls(msg, file=file, line=mark.line + 1 if mark else None, field=field)
+
+
+def read_text(path, cls: type[BayeslatError] = SpecError, prefix: str = "") -> str:
+    """The text of an input file; a binary or unreadable file is a ``cls`` error naming it (the
+    message after ``prefix``, e.g. "cannot read experiment YAML: ")."""
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text()
+    except UnicodeDecodeError:
+        raise cls(f"{prefix}not a text file (binary content)", file=str(path)) from None
+    except OSError as e:
+        raise cls(f"{prefix or 'unreadable: '}{e.strerror or e}", file=str(path)) from None
+
+
+def read_yaml(path, cls: type[BayeslatError] = SpecError, prefix: str = ""):
+    """The YAML document of an input file (:func:`read_text`); malformed YAML is :func:`yaml_error`."""
+    import yaml
+
+    text = read_text(path, cls, prefix)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise yaml_error(e, str(path), cls=cls) from None

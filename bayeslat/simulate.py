@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslat import features as F
-from bayeslat.errors import SpecError, yaml_error
+from bayeslat.errors import SpecError, read_yaml
 from bayeslat.model import DEFAULT_MODEL  # noqa: F401  (re-exported: the shipped default fit)
 
 N_BETA = F.N_BETA
@@ -834,8 +834,6 @@ def _resolve_rel(value, base: Path):
 def load_spec(path, require_workload: bool = True) -> dict:
     """Read and validate a predict SPEC.yaml; returns {model, hardware, server (ServerConfig),
     workload (Workload), ctx, kv_blocks, cpu_kv_blocks, spec_path}."""
-    import yaml
-
     from bayeslat import specs as S
     from bayeslat import workload as W
 
@@ -845,14 +843,7 @@ def load_spec(path, require_workload: bool = True) -> dict:
         raise SpecError("no such file", file=file)
     if not path.is_file():
         raise SpecError("is a directory, not a SPEC.yaml file", file=file)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise SpecError("not a text file (binary content)", file=file) from None
-    except OSError as e:
-        raise SpecError(f"unreadable: {e.strerror or e}", file=file) from None
-    except yaml.YAMLError as e:
-        raise yaml_error(e, file) from None
+    spec = read_yaml(path)
     if not isinstance(spec, dict):
         raise SpecError("SPEC must be a mapping with model, hardware, server, workload", file=file)
     for k in ("model", "hardware", "workload") if require_workload else ("model", "hardware"):

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bayeslat.errors import SpecError, yaml_error
+from bayeslat.errors import SpecError, read_text, read_yaml
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "bfloat16": 2.0, "float16": 2.0, "half": 2.0,
@@ -48,19 +48,9 @@ def specs_dir() -> Path:
     return Path(str(resources.files("bayeslat") / "data" / "specs"))
 
 
-def _read_text(p: Path) -> str:
-    """The text of spec file ``p``; an unreadable or binary file is a SpecError naming it."""
-    try:
-        return p.read_text()
-    except UnicodeDecodeError:
-        raise SpecError("not a text file (binary content)", file=str(p)) from None
-    except OSError as e:
-        raise SpecError(f"unreadable: {e.strerror or e}", file=str(p)) from None
-
-
 def _read_json(p: Path, field: str):
     try:
-        return json.loads(_read_text(p))
+        return json.loads(read_text(p))
     except json.JSONDecodeError as e:
         raise SpecError(f"invalid JSON: {e.msg}", file=str(p), line=e.lineno, field=field) from None
 
@@ -679,12 +669,7 @@ def load_server(path_or_dict: str | Path | Mapping | None) -> ServerConfig:
     if path_or_dict is None or isinstance(path_or_dict, Mapping):
         return server_from_dict(path_or_dict or {})
     p = _resolve(path_or_dict, "servers", None, (".yaml", ".yml"))
-    import yaml
-
-    try:
-        d = yaml.safe_load(_read_text(p))
-    except yaml.YAMLError as e:
-        raise yaml_error(e, str(p)) from None
+    d = read_yaml(p)
     if d is not None and not isinstance(d, Mapping):
         raise SpecError("server config must be a mapping", file=str(p))
     return server_from_dict(d, file=str(p))

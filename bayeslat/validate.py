@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayeslat.errors import SpecError, yaml_error
+from bayeslat.errors import SpecError, read_yaml
 
 METRICS = ("ttft", "itl", "e2e")
 
@@ -363,8 +363,6 @@ def _experiment_case(d, hardware, seed: int):
     ``results/summary_lifecycle_metrics.json``, the layout of the shared ``experiments/``)."""
     from pathlib import Path
 
-    import yaml
-
     from bayeslat import specs, workload
     from bayeslat.design import _resolve_model
 
@@ -374,18 +372,13 @@ def _experiment_case(d, hardware, seed: int):
         if not f.is_file():
             raise SpecError("missing: an experiment directory needs exp-config.yaml, profile.yaml and "
                             "results/summary_lifecycle_metrics.json", file=str(f))
-    def read_yaml(f):
-        try:
-            doc = yaml.safe_load(f.read_text()) or {}
-        except UnicodeDecodeError:
-            raise SpecError("not a text file (binary content)", file=str(f)) from None
-        except yaml.YAMLError as e:
-            raise yaml_error(e, str(f)) from None
+    def mapping(f):
+        doc = read_yaml(f) or {}
         if not isinstance(doc, dict):
             raise SpecError("must be a mapping", file=str(f))
         return doc
 
-    cfg, prof = read_yaml(cfg_f), read_yaml(prof_f)
+    cfg, prof = mapping(cfg_f), mapping(prof_f)
     hw = cfg.get("hardware") or hardware
     if not hw:
         raise SpecError("no hardware: add `hardware:` (e.g. H100, A100-80, L40S or a datasheet path) or pass "

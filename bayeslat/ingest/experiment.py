@@ -30,9 +30,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from bayeslat.errors import IngestError, yaml_error
+from bayeslat.errors import IngestError, read_yaml
 
 from . import tables as T
 
@@ -44,14 +43,7 @@ _SERVER_KEYS = ("tensor_parallel", "max_num_batched_tokens", "max_num_seqs", "ma
 def _read_yaml(path: Path):
     """The YAML document in ``path``; an unreadable, binary or malformed file is an IngestError
     naming it (and the line, for malformed YAML)."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise IngestError("cannot read experiment YAML: not a text file (binary content)", file=str(path)) from None
-    except OSError as e:
-        raise IngestError(f"cannot read experiment YAML: {e.strerror or e}", file=str(path)) from None
-    except yaml.YAMLError as e:
-        raise yaml_error(e, str(path), cls=IngestError) from None
+    return read_yaml(path, IngestError, "cannot read experiment YAML: ")
 
 
 def load_experiment(path: str | Path) -> dict:
