@@ -288,8 +288,7 @@ def feature_context(model, hw, server) -> FeatureContext:
 
     Raises SpecError (naming ``tensor_parallel``) when TP cannot shard the model.
     """
-    from bayeslat import specs as _s
-
+    from bayeslat.config import specs as _s
     _s.validate_deployment(model, server)
     tp, ep = server.tensor_parallel, server.ep_size
     w = _s.weight_bytes_per_gpu(model, tp, ep)
@@ -319,6 +318,5 @@ def feature_context(model, hw, server) -> FeatureContext:
 def deployment_context(model, hw, server):
     """``(feature_context(model, hw, server), kv_blocks)``: the kernel constants and the GPU
     KV-cache capacity in blocks (``specs.kv_blocks``)."""
-    from bayeslat import specs as _s
-
+    from bayeslat.config import specs as _s
     return feature_context(model, hw, server), _s.kv_blocks(model, hw, server)

@@ -38,10 +38,10 @@ def main(argv=None):
     import arviz as az
 
     from bayeslat import model as M
-    from bayeslat.diagnose import diagnostic_vars
+    from bayeslat.model.diagnose import diagnostic_vars
 
     if args.data == "bundled":
-        from bayeslat.design import bundled_obs, subsample
+        from bayeslat.data.design import bundled_obs, subsample
 
         obs = subsample(bundled_obs(seed=0), args.rows_per_run_kind, seed=0)
     else:

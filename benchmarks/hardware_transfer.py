@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayeslat import datasets
+from bayeslat.data import datasets
 from bayeslat import features as F
 from bayeslat import model as M
 from bayeslat import simulate as S
-from bayeslat import specs as SP
-
+from bayeslat.config import specs as SP
 HERE = Path(__file__).resolve().parent
 METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
 DEPLOYMENTS = {  # model spec, TP: the four trained deployments

@@ -4,13 +4,13 @@
 
 Each size runs in a fresh subprocess (so ``ru_maxrss`` is that run's peak RSS): generate the trace
 in a temp dir (exact instrumented-vLLM format, integers as strings), ingest it to Parquet with
-``bayeslat.ingest.ingest(..., out=...)``, report events/s, MB/s and peak RSS. Peak RSS that does
+``bayeslat.data.ingest.ingest(..., out=...)``, report events/s, MB/s and peak RSS. Peak RSS that does
 not grow with the file size shows the streaming bound (every table streams to Parquet in chunks;
-journey requests are written as soon as both spans are read, see ``bayeslat.ingest.otlp``).
+journey requests are written as soon as both spans are read, see ``bayeslat.data.ingest.otlp``).
 ``events_per_cpu_s`` uses the CPU time of the process and its worker processes: on shared cores
 the wall-clock rate also measures the neighbours. ``--workers``: ``auto`` (ingest's default:
 worker processes for the step lines when >= 3 CPUs are usable, see
-``bayeslat.ingest.otlp.n_workers``) and/or fixed counts (0 = all in one process); one run per
+``bayeslat.data.ingest.otlp.n_workers``) and/or fixed counts (0 = all in one process); one run per
 (size, workers). ``peak_rss_mb`` is the main process's, ``peak_rss_worker_mb`` the largest
 worker's.
 """
@@ -88,14 +88,14 @@ def generate(path: Path, size_mb: float) -> int:
 
 
 def _parser() -> str:
-    from bayeslat.ingest import _io
+    from bayeslat.data.ingest import _io
 
     return "orjson" if getattr(_io, "_fast_loads", None) is not None else "json"
 
 
 def child(size_mb: float, workers: str = "auto", trace: str | None = None) -> dict:
-    from bayeslat.ingest import ingest
-    from bayeslat.ingest.otlp import n_workers
+    from bayeslat.data.ingest import ingest
+    from bayeslat.data.ingest.otlp import n_workers
 
     with tempfile.TemporaryDirectory(prefix="bayeslat-bench-") as d:
         p = Path(trace) if trace else Path(d) / "trace.jsonl"

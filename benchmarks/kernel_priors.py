@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayeslat import specs
-
+from bayeslat.config import specs
 HERE = Path(__file__).resolve().parent
 
 

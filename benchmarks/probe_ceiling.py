@@ -48,7 +48,11 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     import functools
 
-    from bayeslat import design, transfer, validate
+    from bayeslat import transfer
+
+    from bayeslat.data import design
+
+    from bayeslat import evaluate as validate
     from bayeslat import model as M
 
     t_start = time.time()
@@ -97,7 +101,7 @@ def main(argv=None) -> int:
 def summarize(rows) -> dict:
     from scipy.stats import wilcoxon
 
-    from bayeslat.validate import interval_score
+    from bayeslat.evaluate import interval_score
 
     out = {"runs": len(rows), "metrics": {}, "ttft_level": {}}
     for m in ("e2e", "ttft", "itl"):

@@ -33,8 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="default: benchmarks/out/<result stem>_gate.json")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from bayeslat import design, transfer, validate
-
+    from bayeslat import transfer
+    from bayeslat.data import design
+    from bayeslat import evaluate as validate
     rep = json.loads(Path(a.result).read_text())
     cfg = rep["config"]
     rows = {r["run"]: r for r in rep["rows"]}
@@ -86,8 +87,7 @@ def summarize(rows) -> dict:
     before) of |error| and of the interval score."""
     from scipy.stats import wilcoxon
 
-    from bayeslat import validate
-
+    from bayeslat import evaluate as validate
     dec = [r["decision"] for r in rows]
     out = {"runs": len(rows), "decisions": {d: dec.count(d) for d in sorted(set(dec))}}
     for m in ("e2e", "ttft", "itl"):

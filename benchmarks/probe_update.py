@@ -110,7 +110,9 @@ def main(argv=None) -> int:
     if a.attach_to and not a.oos_calibration:
         ap.error("--attach-to needs --oos-calibration (it stores the out-of-sample slice errors)")
     warnings.filterwarnings("ignore")
-    from bayeslat import design, transfer, validate
+    from bayeslat import transfer
+    from bayeslat.data import design
+    from bayeslat import evaluate as validate
     from bayeslat import model as M
 
     if a.step_factors is not None:
@@ -211,8 +213,11 @@ def case_spec(c: dict, as_new_gpu: str | None = None, datasheet: str | None = No
         return c, transfer.spec_for_run(c["run"], workload=c["workload_obj"])
     from dataclasses import replace
 
-    from bayeslat import datasets, specs, validate
+    from bayeslat.data import datasets
 
+    from bayeslat.config import specs
+
+    from bayeslat import evaluate as validate
     dep = c["deployment"]
     hw = replace(specs.load_hardware(datasheet or dep.hardware_spec), name=as_new_gpu)
     if datasheet:  # the features (dep.ctx) from the other datasheet, the run's own KV capacity
@@ -226,8 +231,7 @@ def case_spec(c: dict, as_new_gpu: str | None = None, datasheet: str | None = No
 def summarize(rows) -> dict:
     """Medians before / after, runs improved, 90% coverage, widths and interval scores
     (``validate.interval_score``: width plus the miss, a proper score of the interval)."""
-    from bayeslat import validate
-
+    from bayeslat import evaluate as validate
     out = {"runs": len(rows)}
     for m in ("e2e", "ttft", "itl"):
         b = np.array([abs(r[m]["before_pct"]) for r in rows])

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bayeslat import datasets
-from bayeslat import design as D
-from bayeslat import reconstruct as R
-
+from bayeslat.data import datasets
+from bayeslat.data import design as D
+from bayeslat.data import reconstruct as R
 PAIRS = (("batch.decode_tokens", "n_decode"), ("batch.prefill_tokens", "prefill_tokens"),
          ("queue.running_depth", "running_depth"), ("queue.waiting_depth", "waiting_depth"))
 

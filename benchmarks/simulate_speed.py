@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayeslat import datasets
+from bayeslat.data import datasets
 from bayeslat import features as F
 from bayeslat import simulate as S
-from bayeslat import workload as W
-from bayeslat.specs import load_hardware, load_model, load_server
+from bayeslat.data import workload as W
+from bayeslat.config.specs import load_hardware, load_model, load_server
 
 # Llama-2-7B TP1 on H100 SXM, derived from the bundled specs (the real feature constants)
 CTX = F.feature_context(load_model("llama-2-7b-hf"), load_hardware("h100-sxm"), load_server({"tensor_parallel": 1}))

@@ -31,7 +31,7 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/out/time_split_accuracy.json")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from bayeslat import design
+    from bayeslat.data import design
     from bayeslat import model as M
 
     obs = design.bundled_obs(seed=args.seed)

@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayeslat import datasets, design, transfer, validate
+from bayeslat import transfer
 
+from bayeslat.data import datasets, design
+
+from bayeslat import evaluate as validate
 ERR_THRESHOLD = 15.0
 
 

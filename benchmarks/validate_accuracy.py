@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bayeslat import validate
-
-
+from bayeslat import evaluate as validate
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--suites", nargs="+", default=["replay", "aggregate"])

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslat import design as D
+from bayeslat.data import design as D
 from bayeslat import model as M
-from bayeslat import specs as S
+from bayeslat.config import specs as S
 from bayeslat import transfer as T
-from bayeslat import workload as W
-from bayeslat.ingest import ingest
+from bayeslat.data import workload as W
+from bayeslat.data.ingest import ingest
 
 from synthrun import BUDGET, MAX_SEQS, _run, write_trace
 

@@ -91,7 +91,7 @@ def bad(tmp_path_factory):
     (ext / "exp-config.yaml").write_text("model: [1,\n")
     (ext / "profile.yaml").write_text(yaml.safe_dump(_PROFILE))
     (ext / "results" / "summary_lifecycle_metrics.json").write_text('{"successes": {"latency": {}}}')
-    from bayeslat.ingest import ingest
+    from bayeslat.data.ingest import ingest
 
     # ingested tables of a run whose experiment names a model bayeslat cannot resolve
     ingest([JOURNEY], experiment={"name": "unk", "model": "nosuchmodel", "hardware": "H100 SXM",
@@ -251,6 +251,5 @@ def test_bad_input_is_one_line_exit_2(bad, capsys, argv, names):
 
 
 def test_validate_suites_match_the_parser():
-    from bayeslat import validate
-
+    from bayeslat import evaluate as validate
     assert cli.VALIDATE_SUITES == validate.SUITES

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bayeslat import design as D
+from bayeslat.data import design as D
 from bayeslat import features as F
-from bayeslat import reconstruct as R
+from bayeslat.data import reconstruct as R
 from bayeslat.errors import SpecError
 from tests.test_reconstruct import simulate
 

@@ -1,4 +1,4 @@
-"""bayeslat.diagnose: a diagnostic that cannot be computed fails with its reason, and the
+"""bayeslat.model.diagnose: a diagnostic that cannot be computed fails with its reason, and the
 deployment-spread fit (group ``deployment_spread``) is diagnosed like the coefficient fit.
 
 The fits here are built from seeded arrays (no sampling): well-mixed chains, or chains moved
@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from bayeslat import cli
-from bayeslat import diagnose as D
+from bayeslat.model import diagnose as D
 from bayeslat import features as F
 from bayeslat import model as M
 

@@ -10,8 +10,7 @@ from bayeslat import cli
 from bayeslat import export as E
 from bayeslat import features as F
 from bayeslat import model as M
-from bayeslat import specs as S
-
+from bayeslat.config import specs as S
 GROUP = "H100 SXM/dense"  # the shipped fit's dense rows: Llama-2-7B TP 1, CodeLlama-34B TP 2, Llama-2-70B TP 4
 
 
@@ -109,7 +108,7 @@ def test_missing_datasheet_is_said_on_stderr(fit_path, capsys):
 
 def test_datasheet_is_read_from_the_package_spec_resolver(default, tmp_path, monkeypatch):
     """Before: export read ``specs/hardware`` next to the source tree, so an installed wheel lost
-    the b3 rescale silently. Now it asks ``bayeslat.specs`` (package data) like every spec read."""
+    the b3 rescale silently. Now it asks ``bayeslat.config.specs`` (package data) like every spec read."""
     b = E.blis_coefficients(default, GROUP, tp=1)
     assert b["hbm_over_link"] == pytest.approx(3.35e12 / 900e9)
     # a spec directory whose H100 datasheet says half the NVLink bandwidth

@@ -3,9 +3,7 @@ import numpy as np
 import pytest
 
 from bayeslat import features as F
-from bayeslat import specs as S
-
-
+from bayeslat.config import specs as S
 @pytest.fixture(scope="module")
 def llama7b():
     m, hw = S.load_model("llama-2-7b-hf"), S.load_hardware("h100-sxm")

@@ -11,7 +11,7 @@ import pytest
 from bayeslat import cli
 from bayeslat import features as F
 from bayeslat import model as M
-from bayeslat.ingest import ingest
+from bayeslat.data.ingest import ingest
 
 from conftest import FitCalled
 from synthrun import _run
@@ -74,8 +74,7 @@ def test_shipped_default_is_the_fit_of_the_current_bundled_design():
         v = json.loads(a.get(key) or "null")
         if v:
             argv += [flag, *v]
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     assert a["bundled_data_hash"] == datasets.data_hash(), "the bundled tables changed since the default was fit"
     obs = _obs(argv)
     if M.data_hash(obs) == a["data_hash"]:

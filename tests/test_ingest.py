@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bayeslat.errors import IngestError
-from bayeslat.ingest import check_schema, cli_ingest, detect_kind, ingest, read_table, tables
+from bayeslat.data.ingest import check_schema, cli_ingest, detect_kind, ingest, read_table, tables
 
 TR = Path(__file__).parent / "data" / "traces"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -173,8 +173,8 @@ def test_real_replay_run(tmp_path):
     assert agg["time_to_first_token_ms"]["mean"] == pytest.approx(1000 * summ["latency"]["time_to_first_token"]["mean"])
     e = r["experiments"].iloc[0]
     assert e.run == exp.name and e.tensor_parallel == 1 and e.max_num_batched_tokens == 2048
-    # consistent with the bundled dataset built by bayeslat.datasets
-    from bayeslat import datasets
+    # consistent with the bundled dataset built by bayeslat.data.datasets
+    from bayeslat.data import datasets
     b = datasets.requests(exp.name)
     np.testing.assert_allclose(q.ttft_ms.to_numpy(), b.ttft_ms.to_numpy())
     assert (q.input_tokens.to_numpy() == b.input_tokens.to_numpy()).all()
@@ -245,7 +245,7 @@ def test_step_fast_path_matches_general_path(tmp_path):
 def test_step_fast_paths_exact_for_odd_integers(tmp_path, monkeypatch, value):
     # one odd intValue in a summary and in a snapshot: the fast paths (whole span, event by
     # event) give the general path's rows and report, whatever the value
-    from bayeslat.ingest import otlp
+    from bayeslat.data.ingest import otlp
     d = json.loads((TR / "steps.jsonl").read_text().splitlines()[0])
     events = d["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["events"]
     lines = [json.dumps(d)]
@@ -266,7 +266,7 @@ def test_step_fast_paths_exact_for_odd_integers(tmp_path, monkeypatch, value):
 
 
 def test_stdlib_json_fallback_same_result(monkeypatch, res):
-    from bayeslat.ingest import _io, otlp
+    from bayeslat.data.ingest import _io, otlp
     monkeypatch.setattr(_io, "_fast_loads", None)
     monkeypatch.setattr(otlp, "_fast_loads", None)
     r = ingest([TR / "journey.jsonl", TR / "steps.jsonl", TR / "kv_events.jsonl"], experiment=TR / "experiment.yaml")
@@ -283,7 +283,7 @@ def test_failed_replay_requests_agree_with_bundle():
     exp = SHARED / "experiments" / REASONING.name.replace(".json.gz", "")
     r = ingest([REASONING, Path(str(REASONING).replace(".json.gz", "_ground_truth.json.gz"))], experiment=exp / "exp-config.yaml")
     q = r["requests"]
-    from bayeslat import datasets
+    from bayeslat.data import datasets
     b = datasets.requests(exp.name)
     err = q.has_error.to_numpy(bool)
     assert err.sum() > 1000 and (err == b.has_error.to_numpy()).all()
@@ -298,7 +298,7 @@ def test_failed_replay_requests_agree_with_bundle():
 def test_worker_processes_same_tables_and_report(tmp_path, monkeypatch):
     """Step lines parsed by worker processes (small blocks, so many are in flight) give exactly
     the tables and report of the in-process parse, also around bad lines and journey spans."""
-    from bayeslat.ingest import otlp
+    from bayeslat.data.ingest import otlp
     from tests.test_obs_from_tables import _run, write_trace
 
     if otlp.n_workers(TR / "steps.jsonl", 2) != 2:
@@ -371,7 +371,7 @@ def test_out_of_range_and_mistyped_values_reported_not_fatal(tmp_path, monkeypat
     non-string request.phase (or a non-numeric ratio) skip their event as a bad value of that field (file, line, field);
     the records around them are kept. The fast paths (bulk span, event by event), the general
     path and worker processes give the same tables and report."""
-    from bayeslat.ingest import otlp
+    from bayeslat.data.ingest import otlp
 
     p = _bad_values_trace(tmp_path)
     fast = ingest([p])
@@ -430,7 +430,7 @@ def test_out_of_range_span_values_reported(tmp_path, source, field):
 _WORKER_SCRIPT = r'''
 import json, multiprocessing, os, sys
 from pathlib import Path
-from bayeslat.ingest import ingest, otlp, tables
+from bayeslat.data.ingest import ingest, otlp, tables
 
 p = Path(sys.argv[1])
 otlp.BLOCK_BYTES = 4096  # a block per line: many blocks in flight
@@ -483,7 +483,7 @@ def test_worker_failures_surface_without_hanging(tmp_path):
     with a timeout so that a hang fails the test."""
     import subprocess
     import sys
-    from bayeslat.ingest import otlp
+    from bayeslat.data.ingest import otlp
 
     if otlp.n_workers(TR / "steps.jsonl", 2) != 2:
         pytest.skip("workers need orjson and fork")

@@ -36,9 +36,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import bayeslat.ingest as ingest_pkg
-from bayeslat.ingest import check_schema, ingest, tables
-from bayeslat.ingest.report import IngestReport
+import bayeslat.data.ingest as ingest_pkg
+from bayeslat.data.ingest import check_schema, ingest, tables
+from bayeslat.data.ingest.report import IngestReport
 from tests.synthrun import _run, write_trace
 
 TR = Path(__file__).parent / "data" / "traces"
@@ -614,7 +614,7 @@ def test_inference_perf_lifecycle_one_record(doc, raw_op):
 def test_step_fast_paths_match_general_path(data):
     """The step fast paths (bulk span, event by event) give the general path's rows and report
     for any mutated step line."""
-    from bayeslat.ingest import otlp
+    from bayeslat.data.ingest import otlp
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "steps.jsonl"
         p.write_bytes(data)
@@ -631,8 +631,8 @@ def test_step_fast_paths_match_general_path(data):
 def test_stdlib_json_gives_the_same_result(data):
     """orjson and the stdlib parser (the fallback when orjson is absent) give the same tables and
     report for any input without an integer literal beyond 64 bits (the one difference, see the
-    module docstring of bayeslat.ingest._io)."""
-    from bayeslat.ingest import _io, otlp
+    module docstring of bayeslat.data.ingest._io)."""
+    from bayeslat.data.ingest import _io, otlp
     assume(not _BEYOND_64_BITS.search(data))
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "t.jsonl"
@@ -956,7 +956,7 @@ def test_unpaired_surrogate_is_an_invalid_line(tmp_path, raw):
     p = tmp_path / "t.jsonl"
     p.write_bytes(data)
     for fast in (True, False):
-        from bayeslat.ingest import _io
+        from bayeslat.data.ingest import _io
         with mock.patch.object(_io, "_fast_loads", _io._fast_loads if fast else None):
             res = ingest([p])
         assert res.report.to_dict()["files"][str(p)]["records"]["line"] == {"kept": 1, "skipped": 1}

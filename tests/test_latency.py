@@ -6,7 +6,7 @@ import pytest
 from bayeslat import export as E
 from bayeslat import features as F
 from bayeslat import model as M
-from bayeslat.latency import LatencyModel
+from bayeslat.export.latency import LatencyModel
 from fakefit import fake_idata
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from bayeslat import features as F
 from bayeslat import model as M
-from bayeslat.diagnose import diagnose, diagnostic_vars
+from bayeslat.model.diagnose import diagnose, diagnostic_vars
 from bayeslat.errors import SpecError
 from fakefit import fake_idata
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from bayeslat import cli
-from bayeslat import design as D
+from bayeslat.data import design as D
 from bayeslat import features as F
-from bayeslat import reconstruct as R
+from bayeslat.data import reconstruct as R
 from bayeslat.errors import IngestError, SpecError
-from bayeslat.ingest import ingest
+from bayeslat.data.ingest import ingest
 
 from synthrun import BUDGET, MAX_SEQS, STREAM_NS, T0_NS, _run, write_trace
 
@@ -194,8 +194,8 @@ def test_ingested_real_run_matches_bundled_obs():
     """`bayeslat ingest` of a real run's replay files (+ its real step records, as a ``steps``
     table) -> obs_from_tables gives exactly bundled_obs of that run: the same reconstruction,
     estimated clock offset, step windows, subsample."""
-    from bayeslat import datasets
-    from bayeslat.ingest import tables as T
+    from bayeslat.data import datasets
+    from bayeslat.data.ingest import tables as T
 
     res = ingest([SHARED / "replay" / f"{RUN}.json.gz", SHARED / "replay" / f"{RUN}_ground_truth.json.gz"],
                  experiment=SHARED / "experiments" / RUN / "exp-config.yaml")
@@ -214,9 +214,8 @@ def test_ingested_real_run_matches_bundled_obs():
 
 def test_overloaded_run_is_skipped_with_its_cause():
     """The Llama-2-7B reasoning run exhausted its KV cache: the reconstruction says so, and the
-    run is skipped with that reason (bayeslat.reconstruct, "Where it fails")."""
-    from bayeslat import datasets
-
+    run is skipped with that reason (bayeslat.data.reconstruct, "Where it fails")."""
+    from bayeslat.data import datasets
     run = next(r for r in datasets.runs()["run"] if "llama-2-7b-tp1-reasoning" in r)
     rec = D.reconstruct_run(run)
     assert rec.info["resid_steps_mad"] > 100 and rec.info["kv_demand_ratio_p95"] > 1.5 and rec.info["failed_frac"] > 0.8

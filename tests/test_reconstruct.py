@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from bayeslat import features as F
-from bayeslat import reconstruct as R
+from bayeslat.data import reconstruct as R
 from bayeslat.errors import IngestError
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bayeslat import features as F
 from bayeslat import simulate as S
-from bayeslat import workload as W
+from bayeslat.data import workload as W
 from bayeslat.errors import SpecError
 
 # Llama-2-7B on one H100 SXM (hand-built constants)
@@ -337,8 +337,7 @@ def test_posterior_predictive_sim_discrepancy():
 
 
 def test_discrepancy_sd_recovers_extra_error():
-    from bayeslat import validate as V
-
+    from bayeslat import evaluate as V
     rng = np.random.default_rng(3)
     w = rng.uniform(0.01, 0.03, 4000)
     e = rng.normal(0, np.sqrt(0.04 ** 2 + w ** 2))
@@ -412,8 +411,7 @@ def test_example_specs_load(path):
     that deployment (derived, or the SPEC's override) and the profile's rate x duration requests."""
     import yaml
 
-    from bayeslat import specs
-
+    from bayeslat.config import specs
     spec = S.load_spec(path)
     raw = yaml.safe_load(path.read_text())
     stages = raw["workload"]["inference_perf"]["load"]["stages"]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bayeslat import specs as S
+from bayeslat.config import specs as S
 from bayeslat.cli import main
 from bayeslat.errors import SpecError
 
@@ -90,8 +90,7 @@ def test_kv_blocks_in_sample_match_vllm(server_key, model_key, reported):
 def _aggregate_kv_cases():
     """The distinct deployments of the 15 trainval runs (datasets.aggregate_runs, from
     shared/data/trainval15.json) with the GPU KV blocks vLLM reported, less the calibration ones."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     calibration = {(m, S.load_server(k).tensor_parallel) for k, m, _ in DEPLOYMENTS}
     cases = {}
     for r in datasets.aggregate_runs():

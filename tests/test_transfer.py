@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslat import cli, datasets
+from bayeslat import cli
+
+from bayeslat.data import datasets
 from bayeslat import model as M
 from bayeslat import transfer as T
-from bayeslat import workload as W
+from bayeslat.data import workload as W
 from bayeslat.errors import IngestError, SpecError
 
 from conftest import FitCalled
@@ -25,8 +27,7 @@ HELD_OUT = "llama-2-7b-tp1-general"
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    from bayeslat import design
-
+    from bayeslat.data import design
     obs = design.bundled_obs(runs=[RUN, "mixtral-8x7b-v0-1-tp2-codegen"], n_per_run_kind=40, step_rows=False)
     idata = M.fit(obs, draws=100, tune=150, chains=1, seed=0, progressbar=False)
     path = M.save(idata, tmp_path_factory.mktemp("fit") / "tiny.nc")
@@ -503,8 +504,7 @@ def test_probe_slice_error_is_zero_for_a_probe_of_the_whole_run(fitted, monkeypa
     whose windows run 10% long has window error log 1.1."""
     from dataclasses import replace
 
-    from bayeslat import design
-
+    from bayeslat.data import design
     idata = fitted[0]
     pobs, _ = T.probe_obs(T.spec_for_run(RUN), [f"bundled:{RUN}:200"])
     monkeypatch.setattr(design, "bundled_obs", lambda **k: pobs)
@@ -519,8 +519,7 @@ def test_probe_slice_error_is_zero_for_a_probe_of_the_whole_run(fitted, monkeypa
 def test_sim_discrepancy_replays_the_fits_training_runs(fitted):
     """validate.sim_discrepancy replays exactly the fit's training runs in-sample and records each
     run's log error and predictive log-SD per metric; fewer than 3 runs give no sigma (not a guess)."""
-    from bayeslat import validate as V
-
+    from bayeslat import evaluate as V
     idata = fitted[0]
     res = V.sim_discrepancy(idata, draws=4)
     train = set(np.asarray(fitted[2].run).astype(str))
@@ -603,8 +602,7 @@ def test_update_gate_keeps_a_trained_deployment_on_an_agreeing_probe(fitted, tmp
     with pytest.raises(SpecError, match="when must be one of"):
         T.update_gate(idata, pobs, "sometimes")
     # a probe of two deployments is refused whatever `when` says (before the gate scores it)
-    from bayeslat import design
-
+    from bayeslat.data import design
     both = design.concat([pobs, oobs])
     for when in T.UPDATE_WHEN:
         with pytest.raises(SpecError, match="one deployment"):
@@ -637,7 +635,7 @@ def test_run_factor_error_recovers_a_known_slowdown(fitted, monkeypatch):
     the step factor by log 1.2 (flat prior, no slice error); runs the reconstruction skips give {}."""
     from dataclasses import replace
 
-    from bayeslat import design
+    from bayeslat.data import design
     from bayeslat.errors import SpecError
 
     idata = fitted[0]
@@ -652,8 +650,7 @@ def test_run_factor_error_recovers_a_known_slowdown(fitted, monkeypatch):
     # on a GPU the fit has not seen, too: the factors carry the whole slowdown. The draws are not
     # reweighted here: with a new level that would absorb part of it into the level's deviation
     # (held-out Mixtral, a new class: step +0.007 reweighted, +0.056 not)
-    from bayeslat import specs as S
-
+    from bayeslat.config import specs as S
     seen = []
     orig = T.update_deployment
     monkeypatch.setattr(T, "update_deployment", lambda *a, **k: seen.append(k.get("reweight")) or orig(*a, **k))
@@ -736,7 +733,7 @@ def test_probe_on_an_unseen_gpu_pins_its_deviation(fitted, monkeypatch):
     from dataclasses import replace
 
     from bayeslat import features as F
-    from bayeslat import specs as S
+    from bayeslat.config import specs as S
     from bayeslat.errors import SpecError
 
     idata = fitted[0]
@@ -810,7 +807,7 @@ def test_probe_of_a_trained_deployment_is_read_as_a_run_unless_it_is_far(fitted)
     from dataclasses import replace
 
     from bayeslat import features as F
-    from bayeslat import specs as S
+    from bayeslat.config import specs as S
     from bayeslat.errors import SpecError
 
     idata = fitted[0]
@@ -948,8 +945,8 @@ def test_trace_probe_rows_are_exact(synth_traces, tmp_path):
     requests given as per-request CSV, and it adds step rows (exact snapshotted steps and sampled
     step pairs) and alpha delays (journey QUEUED - ARRIVED + FIRST_RESPONSE - FIRST_TOKEN), each
     equal to the generating truth. The same from an ingest directory."""
-    from bayeslat import design as D
-    from bayeslat.ingest import ingest
+    from bayeslat.data import design as D
+    from bayeslat.data.ingest import ingest
 
     s = synth_traces[1.0]
     spec = _synth_spec()

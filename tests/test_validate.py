@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslat import validate as V
+from bayeslat import evaluate as V
 from bayeslat.errors import SpecError
 
 
@@ -140,7 +140,7 @@ def test_external_trainval_json(tmp_path):
     import json
     import shutil
 
-    from bayeslat import specs
+    from bayeslat.config import specs
     from bayeslat.errors import SpecError
 
     (tmp_path / "cfg").mkdir()
@@ -172,8 +172,7 @@ def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
     """A cached fold fit is reused only by the same held-out set, sampler settings, rows, seed,
     feature spec, priors and fit code."""
     from bayeslat import model as M
-    from bayeslat import validate as V
-
+    from bayeslat import evaluate as V
     p = V.cv_fit_path("d", {"b", "a"})
     assert p == V.cv_fit_path("d", ["a", "b"]) and p.startswith("d/heldout-") and p != V.cv_fit_path("d", {"a"})
     # the default sampler, however it is spelled; fewer draws or tuning steps are another fit

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslat import datasets
-from bayeslat import workload as W
+from bayeslat.data import datasets
+from bayeslat.data import workload as W
 from bayeslat.errors import SpecError
 
 PROFILE = {"data": {"shared_prefix": {"system_prompt_len": 100, "question_len": 447, "output_len": 248,
@@ -129,7 +129,7 @@ def test_from_requests_bundled_run():
     assert (w.timeout_us == 300_000_000).all()
     assert w.info["n_error_recorded"] == int(q["has_error"].sum()) > 0
     # no prompt identity in per-request data: equal prompt length stands for the same prompt,
-    # cacheable whole (as in bayeslat.reconstruct)
+    # cacheable whole (as in bayeslat.data.reconstruct)
     assert (w.prefix_group == w.input_tokens).all() and (w.prefix_length == w.input_tokens).all()
     w2 = W.from_requests(q, timeout_s=None)
     assert (w2.prefix_group == -1).all() and (w2.timeout_us == -1).all()

@@ -110,8 +110,7 @@ PROBE_WARMUP = 20  # requests skipped at the start of a bundled run for a "bundl
 def make_spec(model, hardware, server=None, workload=None, name: str = "") -> dict:
     """A resolved spec (the dict of :func:`bayeslat.simulate.load_spec`) from spec keys / paths /
     objects. ``server``: dict, path, key or ServerConfig; ``workload``: a Workload (or None)."""
-    from bayeslat import specs as S
-
+    from bayeslat.config import specs as S
     m = S.load_model(model) if isinstance(model, (str, Path)) else model
     hw = S.load_hardware(hardware) if isinstance(hardware, (str, Path)) else hardware
     srv = server if isinstance(server, S.ServerConfig) else S.load_server(server)
@@ -123,9 +122,8 @@ def make_spec(model, hardware, server=None, workload=None, name: str = "") -> di
 def spec_for_run(run: str, *, hardware=None, model=None, server_overrides: dict | None = None, workload=None) -> dict:
     """The resolved spec of a bundled run (its model, GPU, server with the recorded KV capacity and
     its replayed workload), optionally with the hardware / model / server fields replaced."""
-    from bayeslat import datasets
-    from bayeslat import workload as W
-
+    from bayeslat.data import datasets
+    from bayeslat.data import workload as W
     info = datasets.run_info(run)
     srv = dict(info["server"])
     if hardware is not None or model is not None:
@@ -175,10 +173,9 @@ def _levels(idata):
 
 
 def obs_from_idata(idata):
-    """The training rows of a fit as a :class:`bayeslat.design.ObsTable` (``t_frac`` is not stored:
+    """The training rows of a fit as a :class:`bayeslat.data.design.ObsTable` (``t_frac`` is not stored:
     0)."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     cd = idata.constant_data
     n = cd.sizes["obs_id"]
     hl, cl = _levels(idata)
@@ -204,13 +201,13 @@ def _group_rows(idata):
 
 @functools.lru_cache(maxsize=64)
 def _run_deployment(run: str):
-    from bayeslat import datasets, validate
-
+    from bayeslat.data import datasets
+    from bayeslat import evaluate as validate
     info = datasets.run_info(run)
     return validate.deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
 
 
-#: ``idata.attrs`` key of the training runs' specs (:func:`bayeslat.design.training_specs_json`;
+#: ``idata.attrs`` key of the training runs' specs (:func:`bayeslat.data.design.training_specs_json`;
 #: written by ``model.fit`` from ``ObsTable.meta["specs"]``, added to a fit by :func:`attach_training_specs`)
 TRAINING_SPECS_ATTR = "training_deployments"
 _NO_SPEC = "no spec stored with the fit (attrs 'training_deployments') and not a bundled run"
@@ -227,8 +224,7 @@ def _training_runs(idata) -> list | None:
 def _is_bundled(run: str) -> bool:
     """Whether ``run`` is the full id of a bundled run (``datasets.run_info`` also matches a
     suffix, which would take an ingested run named e.g. "codegen" for a bundled one)."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     try:
         return datasets.run_info(run)["run"] == run
     except KeyError:
@@ -237,19 +233,17 @@ def _is_bundled(run: str) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _bundled_spec(run: str) -> dict:
-    from bayeslat import design
-
+    from bayeslat.data import design
     return design.bundled_spec(run)
 
 
 def training_specs(idata) -> tuple[dict, dict]:
     """The specs of a fit's training runs: ``({run: design.spec_record}, {run: why it is
     unknown})``. From the fit's attrs ``training_deployments`` (``model.fit`` stores them from the
-    ObsTable's ``meta["specs"]``, which :func:`bayeslat.design.bundled_obs` and
-    :func:`bayeslat.design.obs_from_tables` fill; :func:`attach_training_specs` adds them to an
+    ObsTable's ``meta["specs"]``, which :func:`bayeslat.data.design.bundled_obs` and
+    :func:`bayeslat.data.design.obs_from_tables` fill; :func:`attach_training_specs` adds them to an
     older fit), else, for a bundled run, from the bundled data."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     runs = _training_runs(idata)
     if runs is None:
         return {}, {"(every row)": "the fit stores no run ids"}
@@ -307,8 +301,7 @@ def attach_training_specs(idata, source=None) -> dict:
     dict ``{run: design.spec_record(...)}`` or None; runs it lacks keep the specs the fit already
     stores, else a bundled run's. Returns {"stored": [runs], "unknown": {run: why}}; modifies and
     keeps ``idata``."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     given = (getattr(source, "meta", None) or {}).get("specs") if source is not None and not isinstance(source, dict) else source
     have, _ = training_specs(idata)
     runs = _training_runs(idata) or []
@@ -350,8 +343,7 @@ def _canonical_raw(ctx, max_model_len):
 
 def _server_max_len(s: dict) -> int:
     """The configuration's max_model_len, read as a training deployment's is (design.spec_record)."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     return design.spec_record(s["model"], s["hardware"], s["server"])["max_model_len"]
 
 
@@ -432,10 +424,10 @@ def training_reference_steps(idata, *, max_requests: int = 3000, seed: int = 0) 
     the training rows' per-step averages (``X.sum(regime) / n_steps``, smoothed over the steps a
     window spans) when a training run is not a bundled run (its arrivals are not stored with the
     fit, and a reference of the other runs alone would miss its steps). Returns (features, source)."""
-    from bayeslat import datasets, simulate
+    from bayeslat import simulate
+    from bayeslat.data import datasets
     from bayeslat import model as M
-    from bayeslat import workload as W
-
+    from bayeslat.data import workload as W
     runs = _training_runs(idata)
     if not runs or not all(_is_bundled(r) for r in runs):
         return None, "training rows"
@@ -757,7 +749,7 @@ def score_of(report: dict) -> float:
 # Probe
 # ---------------------------------------------------------------------------------------------
 def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
-    """Per-request probe data as the columns :func:`bayeslat.reconstruct.reconstruct_lifecycle`
+    """Per-request probe data as the columns :func:`bayeslat.data.reconstruct.reconstruct_lifecycle`
     needs, plus info. ``path``: CSV / Parquet (arrival_time_us or arrival_us, input_tokens,
     output_tokens, ttft_ms, e2e_ms; optional has_error) or ``bundled:<run>[:first_n[:stage]]`` (the
     first ``first_n`` requests after ``PROBE_WARMUP`` warm-up requests of a bundled run; with
@@ -769,8 +761,7 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
     longer run; a standalone probe run loses only its drain). Rows ending later are dropped by
     :func:`probe_obs`. The frame's ``context_only`` requests (a bundled probe's warm-up) occupy the
     reconstructed batches but give no rows."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     path = str(path)
     info = {"source": path, "system_prompt_len": 0}
     if path.startswith("bundled:"):
@@ -826,7 +817,7 @@ def read_probe(path: str) -> tuple[pd.DataFrame, dict]:
             if c not in df.columns:
                 raise SpecError("missing column (need arrival_time_us, input_tokens, output_tokens, ttft_ms, e2e_ms)",
                                 file=path, field=c)
-        from bayeslat.workload import numeric_column
+        from bayeslat.data.workload import numeric_column
 
         for c in ("arrival_us", "input_tokens", "output_tokens", "ttft_ms", "e2e_ms"):
             tokens = c in ("input_tokens", "output_tokens")
@@ -856,8 +847,7 @@ def bundled_probe(run: str, n_requests: int, design: str = "first") -> list[str]
     requests (a short run at the workload's first load). ``"stages"``: the same split evenly over
     the load stages of the run's profile, the first n / k requests after each stage's own warm-up
     (a short run at each load the prediction is for; one stage: the same as "first")."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     if design not in PROBE_DESIGNS:
         raise SpecError(f"probe design must be one of {PROBE_DESIGNS}, got {design!r}", field="design")
     run = datasets.run_info(run)["run"]
@@ -875,7 +865,7 @@ def probe_design_of(probe_paths) -> str:
     return "stages" if any(str(p).startswith("bundled:") and len(str(p).split(":")) > 3 for p in paths) else "first"
 
 
-#: ``bayeslat.ingest`` file kinds (:func:`bayeslat.ingest._io.detect_kind`) a probe may be given as:
+#: ``bayeslat.data.ingest`` file kinds (:func:`bayeslat.data.ingest._io.detect_kind`) a probe may be given as:
 #: vLLM's OTLP journey / step traces, its KV event stream, inference-perf replay (+ ground truth) files
 PROBE_TRACE_KINDS = ("otlp", "kv_events", "replay", "ground_truth")
 
@@ -885,7 +875,7 @@ def _probe_inputs(probe_paths) -> list[tuple[str, object]]:
     file (:func:`read_probe`), ("tables", dir) for a ``bayeslat ingest --out`` directory (one probe
     per run in it), ("traces", [paths]) for every trace file (:data:`PROBE_TRACE_KINDS`), ingested
     together as one probe run (journey and step traces of one run come as separate files)."""
-    from bayeslat.ingest._io import detect_kind
+    from bayeslat.data.ingest._io import detect_kind
 
     out, traces = [], []
     for pth in probe_paths:
@@ -914,7 +904,7 @@ def _probe_inputs(probe_paths) -> list[tuple[str, object]]:
 
 
 def _probe_experiment(s: dict, name: str) -> dict:
-    """The experiment dict :func:`bayeslat.ingest.ingest` tags a trace probe's tables with: the
+    """The experiment dict :func:`bayeslat.data.ingest.ingest` tags a trace probe's tables with: the
     SPEC's model, GPU and server (the traces carry none of them)."""
     from dataclasses import asdict
 
@@ -944,12 +934,11 @@ def _trace_probe(tb: dict, run: str, s: dict, source: str, report: dict | None):
     """One probe run of ingested tables ``tb``: (per-request frame for the lifecycle rows or None,
     info, [extra ObsTables], sampled step pairs or None). The extra rows need no reconstruction, so
     no cut applies to them: exact one-step rows from step snapshots (``step.REQUEST_SNAPSHOT``, kind
-    "step": :func:`bayeslat.design.exact_step_rows`) and alpha rows from journey requests (kind
-    "alpha": :func:`bayeslat.design.journey_alpha_rows`). The sampled step pairs (records, the
+    "step": :func:`bayeslat.data.design.exact_step_rows`) and alpha rows from journey requests (kind
+    "alpha": :func:`bayeslat.data.design.journey_alpha_rows`). The sampled step pairs (records, the
     journey clock's offset, the exact rows' ids, the journey's idle gaps) are mapped onto the
     reconstruction by :func:`probe_obs`; without journey requests they are counted as unused."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     req = tb["requests"][tb["requests"]["run"] == run]
     steps = tb["steps"][tb["steps"]["run"] == run].sort_values("step.id", kind="stable")
     sreq = tb["step_requests"][tb["step_requests"]["run"] == run]
@@ -1027,8 +1016,7 @@ PROBE_STEP_MAX_GAP = 32
 def _probe_units(probe_paths, s):
     """[(per-request frame or None, info, [extra ObsTables], sampled step pairs or None)] of every
     probe run in ``probe_paths``."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     units = []
     for kind, src in _probe_inputs(probe_paths):
         if kind == "requests":
@@ -1038,7 +1026,7 @@ def _probe_units(probe_paths, s):
         if kind == "tables":
             sets = [(design.read_tables(d), str(d), _ingest_report_file(Path(d) / "report.json")) for d in design.table_dirs(src)]
         else:
-            from bayeslat.ingest import ingest
+            from bayeslat.data.ingest import ingest
 
             res = ingest(src, experiment=_probe_experiment(s, "probe-" + Path(src[0]).name.split(".")[0]))
             if res.report.errors:  # already "file: message"
@@ -1064,12 +1052,11 @@ def probe_obs(spec, probe_paths, *, hardware_levels=None, class_levels=None):
     the step trace has request snapshots (a probe of steps needs nothing else), and the other
     sampled step pairs (id gap <= ``PROBE_STEP_MAX_GAP``) mapped onto the reconstruction on the
     journey clock, cut like the request rows, step rows spanning a journey idle gap dropped
-    (:func:`bayeslat.design.idle_overlap`). It also gets the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
+    (:func:`bayeslat.data.design.idle_overlap`). It also gets the alpha (CPU) delays of journey requests. ``info["ingest"]`` counts what ingestion
     skipped and why; ``info["trace_rows"]`` the rows built (and journey requests without an alpha
     row). A probe without per-request TTFT / E2E (a step trace alone) has no ``observed`` means."""
-    from bayeslat import design
-    from bayeslat import reconstruct as R
-
+    from bayeslat.data import design
+    from bayeslat.data import reconstruct as R
     s = resolve_spec(spec)
     if isinstance(probe_paths, (str, Path)):
         probe_paths = [probe_paths]
@@ -1230,8 +1217,7 @@ def score_probe(spec, idata, probe_paths, *, draws: int = 400, seed: int = 0) ->
 # Update
 # ---------------------------------------------------------------------------------------------
 def _workload_of(infos):
-    from bayeslat import workload as W
-
+    from bayeslat.data import workload as W
     frames = [i["frame"] for i in infos if i.get("frame") is not None]
     if not frames:
         return None, None
@@ -1268,7 +1254,7 @@ def update(idata, probe_obs_table, spec=None, *, draws: int | None = None, tune:
     median relative 90% width and |% error| before / after and, when ``spec`` and
     ``probe_infos`` are given, the predicted mean TTFT / E2E of the probe's requests before / after
     vs observed."""
-    from bayeslat import design
+    from bayeslat.data import design
     from bayeslat import model as M
 
     if mode not in ("deployment", "refit"):
@@ -1438,10 +1424,9 @@ def probe_calibration(idata, n_requests: int, *, draws: int = 100, seed: int = 0
     error to its draws, one draw shared by the fixed and load parts (their errors are
     anti-correlated; independent noise on each made saturating draws). Without it the updated
     intervals hold only the Laplace width, and 90% coverage of the whole-run means fell to 50-69%."""
-    from bayeslat import datasets
+    from bayeslat.data import datasets
     from bayeslat import model as M
-    from bayeslat import validate as V
-
+    from bayeslat import evaluate as V
     train_runs = set(np.asarray(obs_from_idata(idata).run).astype(str).tolist())
     runs = sorted(train_runs & set(datasets.runs()["run"].astype(str)))
     if len(runs) < min_runs:
@@ -1507,8 +1492,7 @@ def probe_slice_error(idata, run: str, n_requests: int, *, workload=None, draws:
 def _whole_run_rows(runs: list, *, n_per_run_kind: int | None, seed: int = 0):
     """The bundled rows (no step rows) of exactly ``runs`` (full run ids), ``n_per_run_kind`` per
     run and kind (None: all); None when the reconstruction skips them all (``design.bundled_obs``)."""
-    from bayeslat import design
-
+    from bayeslat.data import design
     try:
         whole = design.bundled_obs(runs=runs, n_per_run_kind=n_per_run_kind, seed=seed, step_rows=False)
     except SpecError:
@@ -1847,7 +1831,7 @@ def pool_rows(obs, kinds, level_mu=None):
     and n_steps summed (the mean's sufficient information about a common factor, without the
     rows' pattern). ``level_mu`` (the rows' predicted means, (n,)): the pooled row's y is instead
     ``exp(median log(y / mu)) * sum mu``, the rows' median level (:data:`PROBE_TTFT_LEVEL`)."""
-    from bayeslat import design
+    from bayeslat.data import design
     from bayeslat import model as M
 
     idx = [M.KINDS.index(k) for k in kinds]

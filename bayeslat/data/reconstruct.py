@@ -68,7 +68,7 @@ Two paths:
    record of when: the batches' composition is unknown. Fitting the clock
    on the unpreempted requests alone (ITL < 31 ms) brings the residual to 3.1 steps, but the
    rebuilt batches would still lack the preempted and failed requests that filled the cache, so
-   rows from them would bias beta: :func:`bayeslat.design.bundled_obs` / ``obs_from_tables``
+   rows from them would bias beta: :func:`bayeslat.data.design.bundled_obs` / ``obs_from_tables``
    skip such runs (``info["kv_demand_ratio_p95"]`` says why). Using them needs the step
    records (``step.BATCH_SUMMARY``) or journey events of such a run.
 
@@ -261,7 +261,7 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
                           kv_capacity_tokens: float | None = None) -> Reconstruction:
     """Rebuild the step sequence of one run from per-request lifecycle data.
 
-    ``req`` columns (as :func:`bayeslat.datasets.requests`): index, arrival_us, input_tokens,
+    ``req`` columns (as :func:`bayeslat.data.datasets.requests`): index, arrival_us, input_tokens,
     output_tokens, has_error, ttft_ms, e2e_ms. See the module docstring for the method.
 
     ``kv_capacity_tokens`` (GPU KV blocks x block size; optional) only adds a diagnostic of the
@@ -511,7 +511,7 @@ def trace_step_windows(rec: Reconstruction, trace: pd.DataFrame, offset_us: floa
     ``n_steps = d``; ``max_gap=1`` is the contract's single-step row = ``cycle_time_us``).
     Reconstructed index ``k = step.id - id0`` with ``id0`` the median of ``step.id - K(ts)``
     (estimated if not given). ``skip_ids``: step ids whose one-step pair (gap 1) is left out
-    (they have exact rows from step snapshots, see :func:`bayeslat.design.exact_step_rows`)."""
+    (they have exact rows from step snapshots, see :func:`bayeslat.data.design.exact_step_rows`)."""
     tr = trace.sort_values("step.id")
     ids = tr["step.id"].to_numpy(np.int64)
     ts_us = tr["step.ts_start_ns"].to_numpy(np.float64) / 1e3 - offset_us

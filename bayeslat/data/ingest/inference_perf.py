@@ -19,7 +19,7 @@ recorded. TTFT / E2E stay NaN, so no latency is attributed to them. They record
 a positive prompt length (``input_imputed``).
 
 :func:`replay_frame` is THE per-request builder (a pure function of the parsed JSON): ingest uses
-it for ``requests`` rows and :func:`bayeslat.datasets.build_bundle` for the bundled
+it for ``requests`` rows and :func:`bayeslat.data.datasets.build_bundle` for the bundled
 ``requests.parquet`` (which keeps compact numpy dtypes of the same values).
 """
 from __future__ import annotations

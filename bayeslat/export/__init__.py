@@ -1,6 +1,6 @@
 """Export posterior coefficients of one group: bayeslat json / yaml, or BLIS trained-physics flags.
 
-bayeslat format (``FORMAT``, read by :mod:`bayeslat.latency`): per regime and feature the
+bayeslat format (``FORMAT``, read by :mod:`bayeslat.export.latency`): per regime and feature the
 posterior mean, sd and 90% interval (q05, q95) of the coefficient in ms per scaled unit, the
 feature definitions (name, unit, scale, doc), the spec version, the group (with the levels that
 were not in the fit and were drawn from the population distribution) and the fit's attributes.
@@ -164,11 +164,10 @@ def _group_rows(idata, hw: str, cls: str):
 
 
 def hardware_datasheet(hw: str):
-    """The bundled datasheet (:class:`bayeslat.specs.HardwareSpec`) of a hardware level name, found
-    as every spec is (:func:`bayeslat.specs.load_hardware`: package data, so an installed wheel
+    """The bundled datasheet (:class:`bayeslat.config.specs.HardwareSpec`) of a hardware level name, found
+    as every spec is (:func:`bayeslat.config.specs.load_hardware`: package data, so an installed wheel
     finds it too), or None when no bundled datasheet has that name."""
-    from bayeslat import specs as S
-
+    from bayeslat.config import specs as S
     key = S._hardware_key(hw)
     return None if key is None else S.load_hardware(key)
 
@@ -312,7 +311,7 @@ def _target_tp(args, idata, group) -> int:
     tp = getattr(args, "tp", None)
     server = getattr(args, "server", None)
     if server is not None:
-        from bayeslat.specs import load_server
+        from bayeslat.config.specs import load_server
 
         s_tp = int(load_server(server).tensor_parallel)
         if tp is not None and tp != s_tp:

@@ -1,5 +1,5 @@
 """Trace ingestion: vLLM OTLP journey/step traces, KV event streams and inference-perf data ->
-validated tables (see :mod:`bayeslat.ingest.tables` for the schemas).
+validated tables (see :mod:`bayeslat.data.ingest.tables` for the schemas).
 
 ``ingest(paths, experiment=None, out=None) -> IngestResult`` detects each file's kind by content
 (:func:`detect_kind`), parses it streaming (gzip by magic bytes), counts every record as kept or

@@ -10,7 +10,7 @@ A :class:`Workload` is a struct of equal-length arrays (one entry per request, s
 - ``prefix_length`` int64: leading prompt tokens shared by every request of the group (cacheable)
 - ``timeout_us`` int64: client timeout after arrival (-1: none)
 
-Calibration against the bundled real runs (``bayeslat.datasets``, measured when this module was
+Calibration against the bundled real runs (``bayeslat.data.datasets``, measured when this module was
 written; see ``tests/test_workload.py``):
 
 - **Arrivals.** inference-perf's ``load.type: constant`` did *not* produce evenly spaced arrivals
@@ -137,7 +137,7 @@ def from_requests(df: pd.DataFrame, *, timeout_s: float | None = DEFAULT_TIMEOUT
         # inference-perf shared_prefix cycles a fixed set of (system prompt x user) prompts, so a
         # repeated prompt is a prefix-cache hit on all its full blocks (real step traces: median
         # 2-3.5 prefill tokens per request). The per-request data has no prompt identity: equal
-        # prompt length stands for the same prompt (as in bayeslat.reconstruct).
+        # prompt length stands for the same prompt (as in bayeslat.data.reconstruct).
         _shared_prefix(profile)
         inp = df["input_tokens"].to_numpy().astype(np.int64)
         grp = inp.copy()
@@ -154,8 +154,7 @@ def from_requests(df: pd.DataFrame, *, timeout_s: float | None = DEFAULT_TIMEOUT
 def from_run(run: str, *, timeout_s: float | None = None, with_prefix: bool = True) -> Workload:
     """Workload of a bundled real run (``datasets.requests(run)``) with its client timeout and,
     by default, prefix groups from its profile."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     info = datasets.run_info(run)
     w = from_requests(datasets.requests(run), timeout_s=info.get("client_timeout_s", DEFAULT_TIMEOUT_S)
                       if timeout_s is None else timeout_s, profile=info["profile"] if with_prefix else None)

@@ -9,7 +9,7 @@ CLOCK_MONOTONIC as the instrumented vLLM build records it in ``ts.monotonic_ns``
 replay data, relative to the run's first request).
 
 Columns of the step tables keep the OTLP attribute names (``step.id``, ``batch.prefill_tokens``,
-...) so that an ingested ``steps`` table has the same columns as :func:`bayeslat.datasets.steps`.
+...) so that an ingested ``steps`` table has the same columns as :func:`bayeslat.data.datasets.steps`.
 
 ``SCHEMAS[name]`` maps column -> (dtype, unit, meaning); :func:`check_schema` raises
 ``IngestError`` when a frame does not match. :class:`TableSink` accumulates rows in bounded

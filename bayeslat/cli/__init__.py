@@ -79,13 +79,13 @@ def out_dir(text: str) -> str:
     return text
 
 COMMANDS = {
-    "specs": "bayeslat.specs",
-    "ingest": "bayeslat.ingest",
+    "specs": "bayeslat.config.specs",
+    "ingest": "bayeslat.data.ingest",
     "fit": "bayeslat.model",
-    "diagnose": "bayeslat.diagnose",
+    "diagnose": "bayeslat.model.diagnose",
     "export": "bayeslat.export",
     "predict": "bayeslat.simulate",
-    "validate": "bayeslat.validate",
+    "validate": "bayeslat.evaluate",
     "check": "bayeslat.transfer",
     "update": "bayeslat.transfer",
 }

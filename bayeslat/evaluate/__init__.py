@@ -14,7 +14,7 @@ Suites
 
 Metric definitions (say which): TTFT and E2E are means over successful requests; ITL is the
 per-request ``(E2E - TTFT) / (output_tokens - 1)`` with the server's output count (repaired,
-see :mod:`bayeslat.datasets`), averaged over requests. For aggregate-only runs the observed
+see :mod:`bayeslat.data.datasets`), averaged over requests. For aggregate-only runs the observed
 ``itl_mean`` was computed by the source with the client's re-tokenised counts, which inflates it
 (e.g. 10.58 ms recorded vs 8.35 ms true on Llama-2-7B codegen); it is reported but flagged
 ``itl_definition = "client"`` and left out of the ITL medians.
@@ -53,8 +53,8 @@ class Deployment:
 def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> Deployment:
     """Build a :class:`Deployment` from spec keys (or paths) and a server dict; ``server['kv_blocks']``
     overrides the derived KV capacity."""
-    from bayeslat import features, specs
-
+    from bayeslat import features
+    from bayeslat.config import specs
     model = specs.load_model(model_spec)
     hw = specs.load_hardware(hardware_spec)
     srv = specs.load_server(server)
@@ -73,8 +73,7 @@ def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = ""
 
 
 def _replay_cases(runs: list[str] | None):
-    from bayeslat import datasets, workload
-
+    from bayeslat.data import datasets, workload
     out = []
     for info in datasets.runs().to_dict("records"):
         if runs and not any(r in info["run"] for r in runs):
@@ -92,8 +91,7 @@ def _replay_cases(runs: list[str] | None):
 def _aggregate_cases(runs: list[str] | None, seed: int = 0, records: list[dict] | None = None):
     """Cases of aggregate-only runs: the bundled trainval runs, or ``records`` in the same format
     (:func:`external_cases`; ``model_spec`` / ``hardware_spec`` resolved)."""
-    from bayeslat import datasets, workload
-
+    from bayeslat.data import datasets, workload
     out = []
     for r in datasets.aggregate_runs() if records is None else records:
         if r.get("in_per_request_data") or not r.get("observed_ms"):
@@ -156,7 +154,8 @@ def sim_discrepancy(idata, *, draws: int = SIM_DISCREPANCY_DRAWS, seed: int = 0,
     dominates it (default fit, TTFT: Mixtral general's -0.43 is most of the 0.11). ``runs``: full
     run ids. Returns ``{"sigma": {key: sd}, "runs": [{run, e_<key>, w_<key>}], "draws": n,
     "run_spread_config": ...}`` ({"sigma": {}} when fewer than 3 training runs have per-request data)."""
-    from bayeslat import datasets, model, simulate
+    from bayeslat import model, simulate
+    from bayeslat.data import datasets
     from bayeslat.transfer import obs_from_idata
 
     train = set(np.asarray(obs_from_idata(idata).run).astype(str).tolist())
@@ -304,7 +303,9 @@ def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None, *, n_per_
     import json
     from pathlib import Path
 
-    from bayeslat import design, model
+    from bayeslat import model
+
+    from bayeslat.data import design
     from bayeslat import features as F
 
     src = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (model, F, design))).hexdigest()[:16]
@@ -324,8 +325,9 @@ def cv_fit(full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_k
     present, else written), so that the cross-validation suites and the benchmarks share their refits."""
     from pathlib import Path
 
-    from bayeslat import design, model
+    from bayeslat import model
 
+    from bayeslat.data import design
     path = None if fit_dir is None else cv_fit_path(fit_dir, exclude_runs, fit_kwargs, n_per_run_kind=n_per_run_kind, seed=seed)
     if path is not None and Path(path).exists():
         idata = model.load(path)
@@ -363,8 +365,10 @@ def _experiment_case(d, hardware, seed: int):
     ``results/summary_lifecycle_metrics.json``, the layout of the shared ``experiments/``)."""
     from pathlib import Path
 
-    from bayeslat import specs, workload
-    from bayeslat.design import _resolve_model
+    from bayeslat.config import specs
+
+    from bayeslat.data import workload
+    from bayeslat.data.design import _resolve_model
 
     d = Path(d)
     cfg_f, prof_f, sum_f = d / "exp-config.yaml", d / "profile.yaml", d / "results" / "summary_lifecycle_metrics.json"
@@ -453,8 +457,8 @@ def external_cases(paths, *, hardware=None, seed: int = 0, runs=None) -> list[di
     A run that cannot be built raises :class:`bayeslat.errors.SpecError` naming its file and field."""
     from pathlib import Path
 
-    from bayeslat import specs
-    from bayeslat.design import _resolve_model
+    from bayeslat.config import specs
+    from bayeslat.data.design import _resolve_model
 
     out = []
     for p in map(Path, paths):
@@ -521,8 +525,7 @@ def validate(suite: str = "replay", idata=None, draws: int = 8, runs=None, seed:
     log = log or (lambda *a: None)
     rows = []
     if suite in ("loro", "lomo", "lowo"):
-        from bayeslat import design
-
+        from bayeslat.data import design
         cases = _replay_cases(runs)
         if not cases:
             raise SpecError(f"no bundled run matches {runs}", field="runs")

@@ -1,13 +1,13 @@
 """Reconstruction + FeatureContext -> :class:`ObsTable`, the model's design arrays.
 
 Every observation row is a weighted window of steps of one run (see
-:mod:`bayeslat.reconstruct`): ``X[r, g, :] = sum_k w_k * f_k * [regime_k == g]`` with ``f_k``
+:mod:`bayeslat.data.reconstruct`): ``X[r, g, :] = sum_k w_k * f_k * [regime_k == g]`` with ``f_k``
 the scaled beta features of step k (:func:`bayeslat.features.step_features`), computed exactly
 from per-run cumulative sums per regime. TTFT rows add alpha features
 (:func:`bayeslat.features.alpha_features` of prompt tokens and queue depth at arrival, and
 whether the deployment runs multi-process workers).
 
-Sources: :func:`bundled_obs` (the real runs bundled in :mod:`bayeslat.datasets`) and
+Sources: :func:`bundled_obs` (the real runs bundled in :mod:`bayeslat.data.datasets`) and
 :func:`obs_from_tables` (the Parquet tables of ``bayeslat ingest ... --out DIR``; what
 ``bayeslat fit --data DIR`` reads), which run the same per-run pipeline (lifecycle
 reconstruction -> :func:`build_obs`) and add, where the traces carry them, exact one-step rows
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslat import features as F
-from bayeslat import reconstruct as R
+from bayeslat.data import reconstruct as R
 from bayeslat.errors import SpecError
 
 KINDS = ("step", "window", "ttft", "alpha")
@@ -108,7 +108,7 @@ class ObsTable:
 def build_obs(recon: R.Reconstruction, ctx, hardware: str, model_class: str, *, trace_rows: pd.DataFrame | None = None,
               include_warmup: bool = False, hardware_levels=None, class_levels=None) -> ObsTable:
     """ObsTable of one run: decode windows, TTFT rows and (optionally) traced step rows
-    (``trace_rows`` from :func:`bayeslat.reconstruct.trace_step_windows`)."""
+    (``trace_rows`` from :func:`bayeslat.data.reconstruct.trace_step_windows`)."""
     win = R.observation_windows(recon, include_warmup=include_warmup)
     if trace_rows is not None and len(trace_rows):
         win = pd.concat([trace_rows, win], ignore_index=True)
@@ -217,8 +217,8 @@ def spec_record(model, hw, server) -> dict:
 
 def bundled_spec(run: str) -> dict:
     """:func:`spec_record` of a bundled run (its model, GPU and recorded server config)."""
-    from bayeslat import datasets
-    from bayeslat.specs import load_hardware, load_model, load_server
+    from bayeslat.data import datasets
+    from bayeslat.config.specs import load_hardware, load_model, load_server
 
     info = datasets.run_info(run)
     return spec_record(load_model(info["model_spec"]), load_hardware(info["hardware_spec"]), load_server(info["server"]))
@@ -271,8 +271,7 @@ def training_specs_from_json(text) -> tuple[dict, dict]:
     import json
     from dataclasses import fields as dc_fields
 
-    from bayeslat import specs as S
-
+    from bayeslat.config import specs as S
     if not text:
         return {}, {}
     try:
@@ -311,8 +310,7 @@ def model_class_of(model_spec) -> str:
 
 def reconstruct_run(run: str):
     """Lifecycle reconstruction of one bundled run with its server config."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     info = datasets.run_info(run)
     srv = info["server"]
     sp = info["profile"]["data"].get("shared_prefix", {})
@@ -328,7 +326,7 @@ def skip_reason(rec, max_resid_steps: float = 2.0) -> str | None:
     """Why a run's lifecycle reconstruction is not used (None: it is): its step clock does not
     fit the decode windows (median ``|K(fin) - K(ft) - (n - 1)|`` above ``max_resid_steps``),
     with the likely cause from the reconstruction's diagnostics (see
-    :mod:`bayeslat.reconstruct`, "Where it fails")."""
+    :mod:`bayeslat.data.reconstruct`, "Where it fails")."""
     i = rec.info
     if i["resid_steps_mad"] <= max_resid_steps:
         return None
@@ -345,7 +343,7 @@ def skip_reason(rec, max_resid_steps: float = 2.0) -> str | None:
 
 def _context_for(info: dict):
     from bayeslat import features
-    from bayeslat.specs import load_hardware, load_model, load_server  # lazy: concurrent module
+    from bayeslat.config.specs import load_hardware, load_model, load_server  # lazy: concurrent module
 
     model = load_model(info["model_spec"])
     hw = load_hardware(info["hardware_spec"])
@@ -357,12 +355,12 @@ def bundled_obs(runs=None, exclude=None, seed: int = 0, n_per_run_kind: int | No
                 max_gap: int = 32, contexts: dict | None = None, max_resid_steps: float = 2.0) -> ObsTable:
     """ObsTable of the bundled real runs (all 16 by default), subsampled per (run, kind).
 
-    ``contexts``: optional {run: (FeatureContext, model_class)} (else from bayeslat.specs).
+    ``contexts``: optional {run: (FeatureContext, model_class)} (else from bayeslat.config.specs).
     Step rows (kind 0) come from the 3 traced runs after the clock offset. Runs whose step clock
     does not fit (median |K(fin) - K(ft) - (n - 1)| > ``max_resid_steps``) are skipped and listed
     in ``meta["skipped"]``, with :func:`skip_reason` in ``meta["skip_reasons"]``: currently the
     overloaded Llama-2-7B reasoning run (KV cache exhausted: preemptions, 85% failed requests;
-    see :mod:`bayeslat.reconstruct`, "Where it fails").
+    see :mod:`bayeslat.data.reconstruct`, "Where it fails").
 
     ``max_gap`` (default 32): a step row spans the ``d <= max_gap`` steps between two consecutive
     sampled records (``n_steps = d``; y = server-clock time between their starts). The
@@ -370,8 +368,7 @@ def bundled_obs(runs=None, exclude=None, seed: int = 0, n_per_run_kind: int | No
     vs ~20 ms per token on Llama-2-70B) while the multi-step gaps agree with it and with the
     reconstruction to 1-2 % MAPE (benchmarks/reconstruct_agreement.py); use ``max_gap=1`` only
     for the contract's literal one-step rows."""
-    from bayeslat import datasets
-
+    from bayeslat.data import datasets
     all_runs = list(datasets.runs()["run"])
     sel = [r for r in all_runs if runs is None or any(r == x or r.endswith(x) or x in r for x in runs)]
     sel = [r for r in sel if not exclude or not any(r == x or x in r for x in exclude)]
@@ -429,12 +426,12 @@ def table_dirs(path) -> list[Path]:
 
 def read_tables(path) -> dict:
     """{name: DataFrame} of one ingest output directory, each checked against its schema
-    (:data:`bayeslat.ingest.tables.SCHEMAS`). A missing or unreadable table, or one lacking a
+    (:data:`bayeslat.data.ingest.tables.SCHEMAS`). A missing or unreadable table, or one lacking a
     schema column, raises ``IngestError`` naming the file (and the column)."""
     import pyarrow.parquet as pq
 
     from bayeslat.errors import IngestError
-    from bayeslat.ingest import tables as T
+    from bayeslat.data.ingest import tables as T
 
     p = Path(path)
     out = {}
@@ -456,8 +453,8 @@ def read_tables(path) -> dict:
 
 
 def _resolve_model(name: str):
-    from bayeslat.datasets import MODEL_SPEC
-    from bayeslat.specs import load_model
+    from bayeslat.data.datasets import MODEL_SPEC
+    from bayeslat.config.specs import load_model
 
     cands = [name, name.rsplit("/", 1)[-1], name.rsplit("/", 1)[-1].lower()]
     cands += [MODEL_SPEC[c] for c in list(cands) if c in MODEL_SPEC]
@@ -471,8 +468,8 @@ def _resolve_model(name: str):
 
 
 def _resolve_hardware(name: str):
-    from bayeslat.datasets import HARDWARE_SPEC
-    from bayeslat.specs import load_hardware
+    from bayeslat.data.datasets import HARDWARE_SPEC
+    from bayeslat.config.specs import load_hardware
 
     cands = [name, HARDWARE_SPEC.get(name, name), name.strip().lower().replace(" ", "-")]
     err = None
@@ -488,7 +485,7 @@ def experiment_context(exp: dict, *, model=None, hardware=None, server=None, fil
     """Specs of one ``experiments`` row (a dict of its columns): model / hardware resolved as a
     path, a bundled spec key, a HuggingFace id (``org/Name`` -> ``name``) or a datasheet name
     (``"H100 SXM"``); the server dict of ``server_json`` (keys that are not
-    :class:`bayeslat.specs.ServerConfig` fields, e.g. ``kv_block_bytes``, are ignored).
+    :class:`bayeslat.config.specs.ServerConfig` fields, e.g. ``kv_block_bytes``, are ignored).
     ``model`` / ``hardware`` / ``server`` override the row (e.g. the shared data's
     ``exp-config.yaml`` names no hardware). Returns {ctx, model_class, hardware (level name),
     model, hw, server, workload}."""
@@ -496,8 +493,7 @@ def experiment_context(exp: dict, *, model=None, hardware=None, server=None, fil
     from dataclasses import fields as dc_fields
 
     from bayeslat import features
-    from bayeslat import specs as S
-
+    from bayeslat.config import specs as S
     def val(k):
         v = exp.get(k)
         return None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else v
@@ -539,7 +535,7 @@ def experiment_context(exp: dict, *, model=None, hardware=None, server=None, fil
 
 
 def _lifecycle_frame(req: pd.DataFrame) -> tuple[pd.DataFrame, str | None, dict]:
-    """The per-request columns :func:`bayeslat.reconstruct.reconstruct_lifecycle` needs, from the
+    """The per-request columns :func:`bayeslat.data.reconstruct.reconstruct_lifecycle` needs, from the
     ``requests`` rows of one run: the preferred source (:data:`SOURCE_PREFERENCE`) with at least
     one successful request with a TTFT and an E2E. Rows without arrival or token counts are
     dropped (counted)."""
@@ -579,7 +575,7 @@ def _per_regime(stats: np.ndarray, ctx) -> np.ndarray:
 def exact_step_rows(steps: pd.DataFrame, step_requests: pd.DataFrame, kv_steps: pd.DataFrame | None = None,
                     block_size: int = 16) -> tuple[pd.DataFrame, dict]:
     """Exact one-step rows of one run from ``step.REQUEST_SNAPSHOT`` records (rich step tracing):
-    the step's STATS from its per-request snapshots (:func:`bayeslat.reconstruct.from_step_requests`),
+    the step's STATS from its per-request snapshots (:func:`bayeslat.data.reconstruct.from_step_requests`),
     ``offload_tokens`` from ``kv_steps`` (blocks offloaded + loaded in that scheduler step x
     ``block_size``), ``n_preempted`` from ``batch.num_preempted``; y = ``cycle_time_us`` (the next
     sampled step's start - this start). Kept: steps whose successor was sampled and whose
@@ -752,16 +748,16 @@ def run_obs(tables: dict, run: str, spec: dict, *, seed: int = 0, step_rows: boo
             timeout_s: float = 300.0) -> tuple[ObsTable | None, dict]:
     """Observation rows of one ingested run (``spec`` from :func:`experiment_context`):
 
-    1. lifecycle reconstruction (:func:`bayeslat.reconstruct.reconstruct_lifecycle`, as
+    1. lifecycle reconstruction (:func:`bayeslat.data.reconstruct.reconstruct_lifecycle`, as
        :func:`bundled_obs` does for the bundled runs) of the run's per-request rows
        (:data:`SOURCE_PREFERENCE`) -> decode windows (kind 1) and TTFT rows (kind 2) via
        :func:`build_obs`; skipped when the step clock does not fit (median ``|resid_steps| >
        max_resid_steps``, see :func:`bundled_obs`);
     2. step rows (kind 0): exact one-step rows where step snapshots exist
        (:func:`exact_step_rows`), and the other sampled step pairs (gap <= ``max_gap``) mapped onto
-       the reconstruction (:func:`bayeslat.reconstruct.trace_step_windows`) with the clock offset:
+       the reconstruction (:func:`bayeslat.data.reconstruct.trace_step_windows`) with the clock offset:
        exact for journey requests (the same monotonic clock as the step records), else estimated
-       (:func:`bayeslat.reconstruct.estimate_offset`);
+       (:func:`bayeslat.data.reconstruct.estimate_offset`);
     3. alpha-only rows (kind 3) from journey requests (:func:`journey_alpha_rows`).
 
     ``request`` of a row: the replay ``index`` (inference-perf), else the position of the request

@@ -190,7 +190,7 @@ FIELDS = ("kind", "y", "X", "A", "n_steps", "hw", "cls", "run", "request", "hard
 
 
 # ---------------------------------------------------------------------------------------------
-# Input handling (an ObsTable: bayeslat.design.ObsTable, or any object with its fields)
+# Input handling (an ObsTable: bayeslat.data.design.ObsTable, or any object with its fields)
 # ---------------------------------------------------------------------------------------------
 def check_obs(obs) -> dict:
     """Validate an ObsTable-like object; return its arrays as a dict of numpy arrays."""
@@ -671,7 +671,7 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
     constant_data, and ``attrs`` with the format, feature names / units / scales, spec version,
     levels, seed, sampler config, backend, package version, priors and the data hash, and (where
     ``obs.meta["specs"]`` has them) ``training_deployments``: each training run's model config,
-    datasheet and server config (:func:`bayeslat.design.training_specs_json`), what
+    datasheet and server config (:func:`bayeslat.data.design.training_specs_json`), what
     ``bayeslat check`` compares a configuration with. Extra
     ``attrs`` (e.g. ``{"bundled_data_hash": datasets.data_hash()}``) are stored too.
     """
@@ -764,8 +764,7 @@ def fit(obs, *, backend: str | None = None, draws: int | None = None, tune: int 
     # that `bayeslat check` can compare a configuration with the training deployments of any fit,
     # bundled or not (transfer.training_deployments)
     specs = (getattr(obs, "meta", None) or {}).get("specs")
-    from bayeslat import design
-
+    from bayeslat.data import design
     txt = design.training_specs_json(specs, runs=set(d["run"].tolist())) if specs else None
     if txt:
         info["training_deployments"] = txt
@@ -827,7 +826,7 @@ def load(path):
     return idata
 
 
-DEFAULT_MODEL = Path(__file__).parent / "data" / "models" / "default.nc"
+DEFAULT_MODEL = Path(__file__).parent.parent / "data" / "models" / "default.nc"
 
 
 def load_default():
@@ -1564,7 +1563,7 @@ def simulate_obs(rows: dict | None = None, *, seed: int = 0, dev_sd=(0.15, 0.15,
             cols["cls"].append(cls_levels.index(c))
             cols["run"].append(run)
             cols["request"].append(i if k >= 2 else -1)
-    from bayeslat.design import ObsTable
+    from bayeslat.data.design import ObsTable
 
     n_rows = len(cols["y"])
     obs = ObsTable(
@@ -1591,8 +1590,7 @@ def _data_seed(args) -> int:
 def _load_obs(args):
     import inspect
 
-    from bayeslat import design
-
+    from bayeslat.data import design
     extra = {}
     if args.data == "bundled":
         fn = design.bundled_obs
@@ -1616,8 +1614,7 @@ def cli_fit(args) -> int:
     obs = _load_obs(args)
     attrs = {"data_source": str(args.data), "runs": json.dumps(args.runs), "exclude": json.dumps(args.exclude)}
     if args.data == "bundled":
-        from bayeslat import datasets
-
+        from bayeslat.data import datasets
         if hasattr(datasets, "data_hash"):
             attrs["bundled_data_hash"] = datasets.data_hash()
     seed = 0 if args.seed is None else args.seed
@@ -1627,8 +1624,7 @@ def cli_fit(args) -> int:
                 progressbar=not args.no_progress, attrs=attrs, target_accept=getattr(args, "target_accept", None))
     if args.data == "bundled":
         # the simulator's run-level discrepancy on the training runs (replayed in-sample, seconds)
-        from bayeslat import validate
-
+        from bayeslat import evaluate as validate
         validate.attach_sim_discrepancy(idata, seed=seed)
     path = save(idata, args.out)
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else -1

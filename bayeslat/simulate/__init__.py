@@ -653,7 +653,7 @@ def _metric_arrays(prep, out):
 
 def simulate(workload, ctx, server, beta, alpha, *, step_noise: float = 0.0, seed: int = 0,
              record_steps: bool = False) -> SimResult:
-    """Simulate ``workload`` (:class:`bayeslat.workload.Workload`) on one vLLM instance.
+    """Simulate ``workload`` (:class:`bayeslat.data.workload.Workload`) on one vLLM instance.
 
     ``ctx``: FeatureContext (or its array); ``server``: dict or ServerConfig-like with
     max_num_seqs, max_num_batched_tokens, block_size, kv_blocks (required), cpu_kv_blocks,
@@ -736,7 +736,7 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
     [per-draw values], "sim_sd": the discrepancy SD of the mean}, "requests": n, "n_failed": mean failed
     per draw, "draws": n_draws, "wall_s": s}``.
 
-    ``draws.sim_sd`` (optional, ``{"ttft"|"itl"|"e2e"[_p90|_p99]: sd}``, :func:`bayeslat.validate.attach_sim_discrepancy`):
+    ``draws.sim_sd`` (optional, ``{"ttft"|"itl"|"e2e"[_p90|_p99]: sd}``, :func:`bayeslat.evaluate.attach_sim_discrepancy`):
     the simulator's own run-level error, a log-normal factor ``exp(sd z)`` on each draw's workload
     statistics. The intervals are quantiles of that mixture (each draw crossed with a fixed grid of
     ``z``); the point (the median across draws) is the draws' own, not perturbed.
@@ -834,9 +834,8 @@ def _resolve_rel(value, base: Path):
 def load_spec(path, require_workload: bool = True) -> dict:
     """Read and validate a predict SPEC.yaml; returns {model, hardware, server (ServerConfig),
     workload (Workload), ctx, kv_blocks, cpu_kv_blocks, spec_path}."""
-    from bayeslat import specs as S
-    from bayeslat import workload as W
-
+    from bayeslat.config import specs as S
+    from bayeslat.data import workload as W
     path = Path(path)
     file = str(path)
     if not path.exists():

@@ -1,4 +1,4 @@
-"""Experiment YAML -> one ``experiments`` row (independent of :mod:`bayeslat.specs`).
+"""Experiment YAML -> one ``experiments`` row (independent of :mod:`bayeslat.config.specs`).
 
 Schema::
 

@@ -36,11 +36,11 @@ Requests with ``has_error`` timed out on the client after 300 s (all in the over
 run's median successful prompt length (``input_imputed`` marks them), TTFT / E2E are NaN and
 ``output_tokens`` is the profile's ``output_len`` (what the server was asked to generate under
 ``ignore_eos``; the count produced before the client gave up is not recorded). The per-request
-rows are built by :func:`bayeslat.ingest.inference_perf.replay_frame`, the same function
+rows are built by :func:`bayeslat.data.ingest.inference_perf.replay_frame`, the same function
 ``bayeslat ingest`` uses, so the two agree on every column (this module only narrows dtypes).
 
 The bundle is rebuilt from ``shared/data`` with :func:`build_bundle` (``python -m
-bayeslat.datasets SHARED_DATA_DIR``).
+bayeslat.data.datasets SHARED_DATA_DIR``).
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ HARDWARE_SPEC = {"H100 SXM": "h100-sxm", "A100 SXM": "a100-sxm-80gb", "L40S": "l
 def _path(name: str) -> Path:
     p = DATA_DIR / name
     if not p.exists():
-        raise FileNotFoundError(f"bundled data file {p} is missing; rebuild with `python -m bayeslat.datasets SHARED_DATA_DIR`")
+        raise FileNotFoundError(f"bundled data file {p} is missing; rebuild with `python -m bayeslat.data.datasets SHARED_DATA_DIR`")
     return p
 
 
@@ -154,7 +154,7 @@ def _aggregates(df: pd.DataFrame) -> dict:
 
 def build_bundle(shared: str | Path, out: str | Path = DATA_DIR) -> None:
     """Rebuild the bundled tables from a ``shared/data`` checkout."""
-    from bayeslat.ingest.inference_perf import profile_info, replay_frame
+    from bayeslat.data.ingest.inference_perf import profile_info, replay_frame
     shared, out = Path(shared), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tv = json.loads((shared / "trainval15.json").read_text())

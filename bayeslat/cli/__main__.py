@@ -1,0 +1,4 @@
+"""``python -m bayeslat.cli``: the command line."""
+from bayeslat.cli import main
+
+raise SystemExit(main())

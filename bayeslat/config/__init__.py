@@ -1,0 +1,1 @@
+"""Model config, GPU datasheet and vLLM server config: loaders and derived quantities."""
