@@ -7,7 +7,7 @@ imported lazily: ``import bayeslat`` is cheap.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from bayeslat._version import __version__
 
 
 def __getattr__(name):  # lazy public API

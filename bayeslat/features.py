@@ -313,10 +313,3 @@ def feature_context(model, hw, server) -> FeatureContext:
         num_moe_layers=float(model.num_moe_layers),
         workers=float(tp),
     )
-
-
-def deployment_context(model, hw, server):
-    """``(feature_context(model, hw, server), kv_blocks)``: the kernel constants and the GPU
-    KV-cache capacity in blocks (``specs.kv_blocks``)."""
-    from bayeslat.config import specs as _s
-    return feature_context(model, hw, server), _s.kv_blocks(model, hw, server)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from bayeslat.deployment import resolve
 from bayeslat import features as F
 from bayeslat.config import specs as S
 @pytest.fixture(scope="module")
@@ -55,8 +56,8 @@ def test_fp8_and_kv_dtype():
 
 def test_deployment_context(llama7b):
     m, hw, ctx = llama7b
-    c2, blocks = F.deployment_context(m, hw, S.load_server("llama-2-7b-tp1"))
-    assert c2 == ctx and abs(blocks - 7462) / 7462 < 0.03
+    dep = resolve(m, hw, "llama-2-7b-tp1")
+    assert dep.ctx == ctx and abs(dep.kv_blocks - 7462) / 7462 < 0.03
 
 
 def test_kernel_hand_computed(llama7b):

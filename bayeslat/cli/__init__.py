@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from bayeslat import __version__
+        from bayeslat._version import __version__
 
         print(__version__)
         return 0
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[args.command])
     try:
-        return int(getattr(module, f"cli_{args.command}")(args) or 0)
+        # a command module under bayeslat.cli defines run(args); the others still cli_<command>
+        run = getattr(module, "run", None) or getattr(module, f"cli_{args.command}")
+        return int(run(args) or 0)
     except (BayeslatError, FileNotFoundError) as err:
         # one line whatever the message holds (an error text quoted from a parser may span several)
         msg = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -940,16 +940,14 @@ def cpu_kv_blocks(model: ModelSpec, server: ServerConfig) -> int:
     return max(0, int((server.cpu_offload_gb * GiB - 1) // block))
 
 
-def derived(model: ModelSpec, hw: HardwareSpec, server: ServerConfig) -> dict[str, Any]:
-    """Every derived quantity of a deployment as a JSON-able dict (what ``bayeslat specs`` prints)."""
+def derived_quantities(model: ModelSpec, hw: HardwareSpec, server: ServerConfig) -> dict[str, Any]:
+    """The derived quantities of a deployment as a JSON-able dict (params, bytes, FLOPs, KV capacity);
+    :func:`bayeslat.deployment.derived` adds the kernel constants."""
     validate_deployment(model, server)
     tp, ep = server.tensor_parallel, server.ep_size
     p = param_counts(model)
     w = weight_bytes_per_gpu(model, tp, ep)
     kvb = kv_dtype_bytes(model, server)
-    from bayeslat.features import feature_context
-
-    ctx = feature_context(model, hw, server)
     return {
         "model": model.name, "model_class": model.model_class, "hardware": hw.name,
         "tensor_parallel": tp, "data_parallel": server.data_parallel, "expert_parallel": server.expert_parallel,
@@ -961,7 +959,6 @@ def derived(model: ModelSpec, hw: HardwareSpec, server: ServerConfig) -> dict[st
         "kv_blocks": kv_blocks(model, hw, server), "cpu_kv_blocks": cpu_kv_blocks(model, server),
         "block_size": server.block_size,
         "peak_flops": hw.peak_flops(model.weight_bytes), "hbm_bandwidth": hw.hbm_bandwidth,
-        "feature_context": ctx.to_dict(),
     }
 
 
@@ -976,6 +973,8 @@ def cli_specs(args) -> int:
             if args.tp < 1:
                 raise SpecError(f"must be >= 1, got {args.tp}", field="--tp")
             server = replace(server, tensor_parallel=int(args.tp))
+        from bayeslat.deployment import derived
+
         out = derived(model, hw, server)
     except SpecError as e:
         print(f"bayeslat specs: error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from bayeslat import features as F
 from bayeslat.data import reconstruct as R
+from bayeslat.deployment import resolve, served_max_model_len
 from bayeslat.errors import SpecError
 
 KINDS = ("step", "window", "ttft", "alpha")
@@ -211,8 +212,7 @@ def spec_record(model, hw, server) -> dict:
     HardwareSpec, "server": ServerConfig, "max_model_len": int}. A server without
     ``max_model_len`` serves the model's ``max_position_embeddings`` (4096 if unknown), the
     reading ``bayeslat check`` gives the configuration it checks."""
-    L = getattr(server, "max_model_len", None) or getattr(model, "max_position_embeddings", 0) or 4096
-    return {"model": model, "hardware": hw, "server": server, "max_model_len": int(L)}
+    return {"model": model, "hardware": hw, "server": server, "max_model_len": served_max_model_len(model, server)}
 
 
 def bundled_spec(run: str) -> dict:
@@ -255,7 +255,7 @@ def training_specs_json(specs: dict, runs=None) -> str | None:
     for run in sel:
         rec = specs[run]
         try:
-            key = F.deployment_key(F.feature_context(rec["model"], rec["hardware"], rec["server"]), rec["hardware"].name)
+            key = resolve(rec["model"], rec["hardware"], rec["server"], kv="optional").key
         except SpecError:
             key = None
         out[run] = {"model": _ref(models, _spec_fields(rec["model"])), "hardware": _ref(hws, _spec_fields(rec["hardware"])),
@@ -342,13 +342,8 @@ def skip_reason(rec, max_resid_steps: float = 2.0) -> str | None:
 
 
 def _context_for(info: dict):
-    from bayeslat import features
-    from bayeslat.config.specs import load_hardware, load_model, load_server  # lazy: concurrent module
-
-    model = load_model(info["model_spec"])
-    hw = load_hardware(info["hardware_spec"])
-    server = load_server(info["server"])
-    return features.feature_context(model, hw, server), model_class_of(model)
+    dep = resolve(info["model_spec"], info["hardware_spec"], info["server"], kv="optional")
+    return dep.ctx, model_class_of(dep.model)
 
 
 def bundled_obs(runs=None, exclude=None, seed: int = 0, n_per_run_kind: int | None = 300, step_rows: bool = True,
@@ -492,7 +487,6 @@ def experiment_context(exp: dict, *, model=None, hardware=None, server=None, fil
     import json
     from dataclasses import fields as dc_fields
 
-    from bayeslat import features
     from bayeslat.config import specs as S
     def val(k):
         v = exp.get(k)
@@ -526,11 +520,9 @@ def experiment_context(exp: dict, *, model=None, hardware=None, server=None, fil
     else:
         srv = server
     wl = json.loads(val("workload_json") or "{}")
-    try:
-        kv_tokens = float(srv.kv_blocks if srv.kv_blocks else S.kv_blocks(m, hw, srv)) * srv.block_size
-    except (SpecError, ValueError, ZeroDivisionError):
-        kv_tokens = None
-    return {"ctx": features.feature_context(m, hw, srv), "model_class": model_class_of(m), "hardware": hw.name,
+    dep = resolve(m, hw, srv, kv="optional")
+    kv_tokens = float(dep.kv_blocks) * srv.block_size if dep.kv_blocks is not None else None
+    return {"ctx": dep.ctx, "model_class": model_class_of(m), "hardware": hw.name,
             "model": m, "hw": hw, "server": srv, "workload": wl, "kv_capacity_tokens": kv_tokens}
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bayeslat.deployment import resolve
 from bayeslat.errors import SpecError, read_yaml
 
 METRICS = ("ttft", "itl", "e2e")
@@ -52,24 +53,11 @@ class Deployment:
 
 def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> Deployment:
     """Build a :class:`Deployment` from spec keys (or paths) and a server dict; ``server['kv_blocks']``
-    overrides the derived KV capacity."""
-    from bayeslat import features
-    from bayeslat.config import specs
-    model = specs.load_model(model_spec)
-    hw = specs.load_hardware(hardware_spec)
-    srv = specs.load_server(server)
-    ctx = features.feature_context(model, hw, srv)
-    kv = int(server.get("kv_blocks") or specs.require_kv_blocks(model, hw, srv, file=name or None))
-    sim_server = dict(
-        max_num_seqs=srv.max_num_seqs,
-        max_num_batched_tokens=srv.max_num_batched_tokens,
-        block_size=srv.block_size,
-        kv_blocks=kv,
-        cpu_kv_blocks=int(server.get("cpu_kv_blocks") or 0),
-        chunked_prefill=srv.chunked_prefill,
-        prefix_caching=srv.prefix_caching,
-    )
-    return Deployment(name or model_spec, model_spec, hardware_spec, hw.name, model.model_class, sim_server, ctx, kv)
+    and ``server['cpu_kv_blocks']`` are the capacities vLLM reported for the run."""
+    dep = resolve(model_spec, hardware_spec, server, name=name, kv_blocks=server.get("kv_blocks"),
+                  cpu_kv_blocks=int(server.get("cpu_kv_blocks") or 0), file=name or None)
+    return Deployment(name or model_spec, model_spec, hardware_spec, dep.hardware.name, dep.model_class,
+                      dep.sim_server(max_model_len=False), dep.ctx, int(dep.kv_blocks))
 
 
 def _replay_cases(runs: list[str] | None):

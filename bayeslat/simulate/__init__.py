@@ -52,15 +52,15 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numba
 import numpy as np
 import pandas as pd
 
 from bayeslat import features as F
-from bayeslat.errors import SpecError, read_yaml
+from bayeslat.errors import SpecError
 from bayeslat.model import DEFAULT_MODEL  # noqa: F401  (re-exported: the shipped default fit)
+from bayeslat.simulate.spec import load_spec, sim_server, spec_from_dict  # noqa: F401
 
 N_BETA = F.N_BETA
 _WORKERS = F.C["workers"]  # index of FeatureContext.workers in the context array (read by the kernel)
@@ -819,119 +819,6 @@ def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = Non
 # ---------------------------------------------------------------------------------------------
 # bayeslat predict SPEC.yaml
 # ---------------------------------------------------------------------------------------------
-
-
-def _resolve_rel(value, base: Path):
-    """A path relative to the SPEC file if it exists there, else the value as given (spec key)."""
-    if value is None:
-        return None
-    p = Path(str(value))
-    if not p.is_absolute() and (base / p).exists():
-        return base / p
-    return p if p.exists() else value
-
-
-def load_spec(path, require_workload: bool = True) -> dict:
-    """Read and validate a predict SPEC.yaml; returns {model, hardware, server (ServerConfig),
-    workload (Workload), ctx, kv_blocks, cpu_kv_blocks, spec_path}."""
-    from bayeslat.config import specs as S
-    from bayeslat.data import workload as W
-    path = Path(path)
-    file = str(path)
-    if not path.exists():
-        raise SpecError("no such file", file=file)
-    if not path.is_file():
-        raise SpecError("is a directory, not a SPEC.yaml file", file=file)
-    spec = read_yaml(path)
-    if not isinstance(spec, dict):
-        raise SpecError("SPEC must be a mapping with model, hardware, server, workload", file=file)
-    for k in ("model", "hardware", "workload") if require_workload else ("model", "hardware"):
-        if k not in spec:
-            raise SpecError("missing key (need model, hardware, server, workload)", file=file, field=k)
-    for k in ("model", "hardware"):
-        if not isinstance(spec[k], str) or not spec[k].strip():
-            raise SpecError(f"must be a file path or a bundled key (a string), got {spec[k]!r}", file=file, field=k)
-    base = path.parent
-
-    def named_here(load, key, field):
-        # a reference that resolves to nothing is an error of this SPEC's field; an error inside a
-        # file it names stays that file's
-        ref = _resolve_rel(spec[key], base)
-        try:
-            return load(ref)
-        except SpecError as e:
-            if e.file != str(ref):
-                raise
-            raise SpecError(f"{spec[key]!r}: {e.reason}", file=file, field=field) from None
-
-    def in_server(e: SpecError) -> SpecError:
-        # errors of an inline server mapping come back as file '<dict>': they are this SPEC's
-        return SpecError(e.reason, file=file, field=f"server.{e.field}" if e.field else "server") if e.file == "<dict>" else e
-
-    model = named_here(S.load_model, "model", "model")
-    hw = named_here(S.load_hardware, "hardware", "hardware")
-    srv_in = spec.get("server") or {}
-    if isinstance(srv_in, (str, Path)):
-        server = named_here(S.load_server, "server", "server")
-    elif isinstance(srv_in, dict):
-        try:
-            server = S.load_server(dict(srv_in))
-        except SpecError as e:
-            raise in_server(e) from None
-    else:
-        raise SpecError(f"must be a mapping of server settings or a server YAML path, got {srv_in!r}", file=file,
-                        field="server")
-    try:
-        ctx = F.feature_context(model, hw, server)
-    except SpecError as e:
-        raise in_server(e) from None
-    kvb = S.require_kv_blocks(model, hw, server, file=file)
-    cpub = S.cpu_kv_blocks(model, server)
-    wl = spec.get("workload")
-    if wl is None:  # only when not require_workload (check / update: the probe is the workload)
-        return {"model": model, "hardware": hw, "server": server, "workload": None, "ctx": ctx,
-                "kv_blocks": kvb, "cpu_kv_blocks": cpub, "spec_path": file}
-    if not isinstance(wl, dict):
-        raise SpecError("workload must be a mapping with `requests:` or `inference_perf:`", file=file, field="workload")
-    seed = wl.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(f"must be a non-negative integer, got {seed!r}", file=file, field="workload.seed")
-    timeout = wl.get("timeout_s", W.DEFAULT_TIMEOUT_S)
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
-        raise SpecError(f"must be a number > 0 (or null: no timeout), got {timeout!r}", file=file, field="workload.timeout_s")
-    n_req = wl.get("num_requests")
-    if n_req is not None and (isinstance(n_req, bool) or not isinstance(n_req, int) or n_req < 1):
-        raise SpecError(f"must be an integer >= 1, got {n_req!r}", file=file, field="workload.num_requests")
-    if "requests" in wl:
-        wpath = _resolve_rel(wl["requests"], base)
-        if not Path(str(wpath)).exists():
-            raise SpecError(f"no such file {wl['requests']!r}", file=str(path), field="workload.requests")
-        workload = W.from_file(wpath, timeout_s=timeout)
-    elif "inference_perf" in wl:
-        prof = wl["inference_perf"]
-        if not isinstance(prof, dict):
-            raise SpecError("must be a mapping (data, load)", file=str(path), field="workload.inference_perf")
-        if "data" not in prof and "shared_prefix" in prof:
-            prof = {"data": {"shared_prefix": prof["shared_prefix"]}, "load": {"stages": prof.get("stages", [])}}
-        try:
-            workload = W.from_inference_perf(prof, seed=seed, num_requests=wl.get("num_requests"),
-                                             arrivals=wl.get("arrivals", "poisson"), timeout_s=timeout)
-        except SpecError as e:
-            fld = "workload.arrivals" if e.field in ("arrivals", "inference_perf.arrivals") else \
-                f"workload.inference_perf.{e.field}" if e.field else "workload.inference_perf"
-            raise SpecError(e.reason, file=file, field=fld) from None
-    else:
-        raise SpecError("need `requests:` (CSV/Parquet) or `inference_perf:` (profile)", file=str(path), field="workload")
-    return {"model": model, "hardware": hw, "server": server, "workload": workload, "ctx": ctx,
-            "kv_blocks": kvb, "cpu_kv_blocks": cpub, "spec_path": str(path)}
-
-
-def sim_server(server, kv_blocks: int, cpu_kv_blocks: int = 0) -> dict:
-    """The simulator's server dict from a ServerConfig and derived capacities."""
-    return {"max_num_seqs": server.max_num_seqs, "max_num_batched_tokens": server.max_num_batched_tokens,
-            "block_size": server.block_size, "kv_blocks": int(kv_blocks), "cpu_kv_blocks": int(cpu_kv_blocks),
-            "chunked_prefill": server.chunked_prefill, "prefix_caching": server.prefix_caching,
-            "max_model_len": server.max_model_len}
 
 
 # Draws a prediction with a new level (an unseen GPU or class) needs before its median and 90%

@@ -69,7 +69,6 @@ import functools
 import json
 import math
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -78,7 +77,9 @@ import numpy as np
 import pandas as pd
 
 from bayeslat import features as F
+from bayeslat.deployment import resolve
 from bayeslat.errors import IngestError, SpecError
+from bayeslat.simulate.spec import make_spec, resolve_spec, spec_for_run, spec_sim_server  # noqa: F401
 
 VERDICTS = ("in-distribution", "extrapolating", "out-of-distribution")
 DECISIONS = ("transfer-ok", "update", "refit")
@@ -107,63 +108,6 @@ PROBE_WARMUP = 20  # requests skipped at the start of a bundled run for a "bundl
 # ---------------------------------------------------------------------------------------------
 # Specs
 # ---------------------------------------------------------------------------------------------
-def make_spec(model, hardware, server=None, workload=None, name: str = "") -> dict:
-    """A resolved spec (the dict of :func:`bayeslat.simulate.load_spec`) from spec keys / paths /
-    objects. ``server``: dict, path, key or ServerConfig; ``workload``: a Workload (or None)."""
-    from bayeslat.config import specs as S
-    m = S.load_model(model) if isinstance(model, (str, Path)) else model
-    hw = S.load_hardware(hardware) if isinstance(hardware, (str, Path)) else hardware
-    srv = server if isinstance(server, S.ServerConfig) else S.load_server(server)
-    return {"model": m, "hardware": hw, "server": srv, "workload": workload, "ctx": F.feature_context(m, hw, srv),
-            "kv_blocks": S.kv_blocks(m, hw, srv), "cpu_kv_blocks": S.cpu_kv_blocks(m, srv),
-            "spec_path": name or f"{m.name}@{hw.name}"}
-
-
-def spec_for_run(run: str, *, hardware=None, model=None, server_overrides: dict | None = None, workload=None) -> dict:
-    """The resolved spec of a bundled run (its model, GPU, server with the recorded KV capacity and
-    its replayed workload), optionally with the hardware / model / server fields replaced."""
-    from bayeslat.data import datasets
-    from bayeslat.data import workload as W
-    info = datasets.run_info(run)
-    srv = dict(info["server"])
-    if hardware is not None or model is not None:
-        srv.pop("kv_blocks", None)  # the recorded capacity belongs to the recorded deployment
-    srv.update(server_overrides or {})
-    wl = workload if workload is not None else W.from_run(info["run"])
-    return make_spec(model or info["model_spec"], hardware or info["hardware_spec"], srv, wl, name=info["run"])
-
-
-def resolve_spec(spec) -> dict:
-    """SPEC.yaml path, resolved dict (has ``ctx``) or raw dict in the SPEC.yaml format."""
-    from bayeslat import simulate
-
-    if isinstance(spec, (str, Path)):
-        # the workload is optional here: a check without one reports the configuration-level
-        # distances and step intervals; an update takes its workload from the probe
-        return simulate.load_spec(spec, require_workload=False)
-    if not isinstance(spec, dict):
-        raise SpecError("spec must be a SPEC.yaml path or a dict", field="spec")
-    if "ctx" in spec:
-        return spec
-    wl = spec.get("workload")
-    if wl is not None and not isinstance(wl, dict):  # a Workload object
-        return make_spec(spec["model"], spec["hardware"], spec.get("server"), wl)
-    import yaml
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "SPEC.yaml"
-        p.write_text(yaml.safe_dump(spec))
-        out = simulate.load_spec(p)
-    out["spec_path"] = "<dict>"
-    return out
-
-
-def _sim_server(s: dict) -> dict:
-    from bayeslat import simulate
-
-    return simulate.sim_server(s["server"], s["kv_blocks"], s.get("cpu_kv_blocks") or 0)
-
-
 # ---------------------------------------------------------------------------------------------
 # Training data back from an InferenceData
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +222,7 @@ def _training(idata) -> tuple[dict, dict]:
     out = {}
     for run, rec in specs.items():
         try:
-            ctx = F.feature_context(rec["model"], rec["hardware"], rec["server"])
+            ctx = resolve(rec["model"], rec["hardware"], rec["server"], kv="optional").ctx
         except SpecError as e:
             missing[run] = f"its spec gives no feature context ({e})"
             continue
@@ -637,7 +581,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
     # (b) simulate the workload with the posterior-mean coefficients: regimes, per-step features
     wd, regimes = {}, {}
     wl = s.get("workload")
-    srv = _sim_server(s)
+    srv = spec_sim_server(s)
     if wl is not None and len(wl):
         res = simulate.simulate(wl, s["ctx"], srv, cd.beta.mean(axis=0), cd.alpha.mean(axis=0), seed=seed, record_steps=True)
         tr = res.trace
@@ -2135,7 +2079,7 @@ def predict_before_after(spec, old, new, probe_infos, *, draws: int = 20, seed: 
         if idt is None:
             out[tag] = out["before"]
             continue
-        pp = simulate.posterior_predictive(wl, s["ctx"], _sim_server(s), _coef_draws(idt, s, draws, seed), seed=seed)
+        pp = simulate.posterior_predictive(wl, s["ctx"], spec_sim_server(s), _coef_draws(idt, s, draws, seed), seed=seed)
         out[tag] = {m: {"mean": pp[m]["mean"], "interval90": pp[m]["mean_interval90"],
                         "err_pct": 100 * (pp[m]["mean"] - obs[m]) / obs[m]} for m in ("ttft_ms", "e2e_ms")}
     out["observed"] = obs
