@@ -7,6 +7,7 @@ memory, ``max_model_len`` and the simulator's server settings. Every place that 
 FeatureContext from a spec goes through here, so prediction, validation, checks, probes and the
 training-deployment records agree on what a deployment is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,10 +68,15 @@ class Deployment:
     def sim_server(self, *, max_model_len: bool = True) -> dict:
         """The simulator's server settings (``max_model_len`` left out with ``max_model_len=False``)."""
         s = self.server
-        out = {"max_num_seqs": s.max_num_seqs, "max_num_batched_tokens": s.max_num_batched_tokens,
-               "block_size": s.block_size, "kv_blocks": int(self.kv_blocks or 0),
-               "cpu_kv_blocks": int(self.cpu_kv_blocks), "chunked_prefill": s.chunked_prefill,
-               "prefix_caching": s.prefix_caching}
+        out = {
+            "max_num_seqs": s.max_num_seqs,
+            "max_num_batched_tokens": s.max_num_batched_tokens,
+            "block_size": s.block_size,
+            "kv_blocks": int(self.kv_blocks or 0),
+            "cpu_kv_blocks": int(self.cpu_kv_blocks),
+            "chunked_prefill": s.chunked_prefill,
+            "prefix_caching": s.prefix_caching,
+        }
         if max_model_len:
             # only a configured limit rejects requests in the simulator
             out["max_model_len"] = s.max_model_len
@@ -79,9 +85,16 @@ class Deployment:
     def spec(self, workload=None, spec_path: str | None = None) -> dict:
         """The resolved-spec dict that ``predict``, ``check`` and ``update`` pass around: {model,
         hardware, server, workload, ctx, kv_blocks, cpu_kv_blocks, spec_path}."""
-        return {"model": self.model, "hardware": self.hardware, "server": self.server, "workload": workload,
-                "ctx": self.ctx, "kv_blocks": self.kv_blocks, "cpu_kv_blocks": self.cpu_kv_blocks,
-                "spec_path": spec_path if spec_path is not None else self.name}
+        return {
+            "model": self.model,
+            "hardware": self.hardware,
+            "server": self.server,
+            "workload": workload,
+            "ctx": self.ctx,
+            "kv_blocks": self.kv_blocks,
+            "cpu_kv_blocks": self.cpu_kv_blocks,
+            "spec_path": spec_path if spec_path is not None else self.name,
+        }
 
 
 def served_max_model_len(model, server) -> int:
@@ -95,8 +108,17 @@ def _load(value, loader, cls):
     return value if isinstance(value, cls) else loader(value)
 
 
-def resolve(model, hardware, server=None, *, name: str = "", kv: str = "require", kv_blocks: int | None = None,
-            cpu_kv_blocks: int | None = None, file: str | None = None) -> Deployment:
+def resolve(
+    model,
+    hardware,
+    server=None,
+    *,
+    name: str = "",
+    kv: str = "require",
+    kv_blocks: int | None = None,
+    cpu_kv_blocks: int | None = None,
+    file: str | None = None,
+) -> Deployment:
     """Resolve a deployment.
 
     Parameters

@@ -1,4 +1,5 @@
 """Errors raised on bad input. Each names the file, the line (where there is one) and the field."""
+
 from __future__ import annotations
 
 

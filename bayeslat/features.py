@@ -13,12 +13,16 @@ Units: raw time-like features are microseconds of roofline time; the model sees
 are in milliseconds of step time per scaled unit (dimensionless efficiency multipliers for the
 roofline terms).
 """
+
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, fields
 
 import numba
 import numpy as np
+
+from bayeslat import config as _s
 
 SPEC_VERSION = "bayeslat-features/3"  # /2: context_overhead (15 beta features); /3: alpha multiproc, ctx workers
 
@@ -26,14 +30,14 @@ SPEC_VERSION = "bayeslat-features/3"  # /2: context_overhead (15 beta features);
 # Batch statistics of one step (float64 vector, in this order)
 # ---------------------------------------------------------------------------------------------
 STATS = (
-    "n_prefill",           # requests with a prefill chunk in the step
-    "n_decode",            # requests decoding one token in the step
-    "prefill_tokens",      # sum_i t_i, new prompt tokens computed this step
+    "n_prefill",  # requests with a prefill chunk in the step
+    "n_decode",  # requests decoding one token in the step
+    "prefill_tokens",  # sum_i t_i, new prompt tokens computed this step
     "prefill_attn_pairs",  # sum_i t_i * (c_i + (t_i + 1) / 2): causal query-key pairs of prefill chunks
     "prefill_ctx_tokens",  # sum_i (c_i + t_i): KV tokens touched (read + written) by prefill attention
-    "decode_ctx_tokens",   # sum_j (c_j + 1): KV tokens read by decode attention (= query-key pairs)
-    "offload_tokens",      # KV tokens moved between GPU and CPU this step (loads + stores)
-    "n_preempted",         # requests preempted (recompute) this step
+    "decode_ctx_tokens",  # sum_j (c_j + 1): KV tokens read by decode attention (= query-key pairs)
+    "offload_tokens",  # KV tokens moved between GPU and CPU this step (loads + stores)
+    "n_preempted",  # requests preempted (recompute) this step
 )
 S = {name: i for i, name in enumerate(STATS)}
 N_STATS = len(STATS)
@@ -56,8 +60,18 @@ BETA_FEATURES = (
     ("moe_layer_overhead", "layers", 100.0, "number of MoE layers (router, permute, grouped-GEMM launch)"),
     ("step_overhead", "steps", 1.0, "constant per step (scheduler, CUDA graph replay, sync)"),
     ("prefill_overhead", "requests", 10.0, "requests with a prefill chunk (varlen attention metadata, chunk bookkeeping)"),
-    ("tp_sync_overhead", "collectives", 100.0, "TP all-reduce calls per step (2 per layer at TP > 1): per-collective launch + synchronisation latency"),
-    ("context_overhead", "tokens", 1e5, "KV tokens held by the batch's requests (prefill + decode contexts): per-token work that is not HBM traffic (block tables, slot mapping, attention metadata, paged-attention split overhead)"),
+    (
+        "tp_sync_overhead",
+        "collectives",
+        100.0,
+        "TP all-reduce calls per step (2 per layer at TP > 1): per-collective launch + synchronisation latency",
+    ),
+    (
+        "context_overhead",
+        "tokens",
+        1e5,
+        "KV tokens held by the batch's requests (prefill + decode contexts): per-token work that is not HBM traffic (block tables, slot mapping, attention metadata, paged-attention split overhead)",
+    ),
 )
 BETA_NAMES = tuple(f[0] for f in BETA_FEATURES)
 BETA_UNITS = tuple(f[1] for f in BETA_FEATURES)
@@ -80,8 +94,13 @@ ALPHA_FEATURES = (
     ("const", "1", 1.0, "constant API / ingest overhead"),
     ("prompt_tokens", "tokens", 1000.0, "prompt length (tokenisation, request validation)"),
     ("queue_depth", "requests", 100.0, "running + waiting requests at arrival (API server contention)"),
-    ("multiproc", "requests", 1.0, "1 when the engine drives multi-process GPU workers (TP > 1): per-request "
-     "executor time a single in-process worker does not pay (new-request broadcast to the workers, output gather)"),
+    (
+        "multiproc",
+        "requests",
+        1.0,
+        "1 when the engine drives multi-process GPU workers (TP > 1): per-request "
+        "executor time a single in-process worker does not pay (new-request broadcast to the workers, output gather)",
+    ),
 )
 ALPHA_NAMES = tuple(f[0] for f in ALPHA_FEATURES)
 ALPHA_UNITS = tuple(f[1] for f in ALPHA_FEATURES)
@@ -105,23 +124,23 @@ class FeatureContext:
     Built from specs by :func:`feature_context`. All quantities are per GPU after sharding.
     """
 
-    peak_flops_per_us: float          # dense tensor-core FLOP per microsecond (FP8 peak for 1-byte weights)
-    hbm_bytes_per_us: float           # HBM bandwidth, bytes / us
-    link_bytes_per_us: float          # GPU-GPU interconnect (NVLink, else PCIe), bytes / us
-    pcie_bytes_per_us: float          # host link, bytes / us
-    linear_flops_per_token: float     # FLOPs of all linear layers for one token (active MoE experts), per GPU
-    attn_flops_per_pair: float        # FLOPs per query-key pair summed over layers (QK^T + PV), per GPU
-    lm_head_flops_per_seq: float      # FLOPs of the lm_head for one sampled sequence, per GPU
-    dense_weight_bytes: float         # non-expert weight bytes per GPU read every step
-    expert_weight_bytes: float        # bytes of all routed-expert weights held per GPU
-    num_experts: float                # routed experts per MoE layer (0 for dense)
-    experts_per_token: float          # top-k
-    kv_bytes_per_token: float         # KV-cache bytes of one token over all layers, per GPU
+    peak_flops_per_us: float  # dense tensor-core FLOP per microsecond (FP8 peak for 1-byte weights)
+    hbm_bytes_per_us: float  # HBM bandwidth, bytes / us
+    link_bytes_per_us: float  # GPU-GPU interconnect (NVLink, else PCIe), bytes / us
+    pcie_bytes_per_us: float  # host link, bytes / us
+    linear_flops_per_token: float  # FLOPs of all linear layers for one token (active MoE experts), per GPU
+    attn_flops_per_pair: float  # FLOPs per query-key pair summed over layers (QK^T + PV), per GPU
+    lm_head_flops_per_seq: float  # FLOPs of the lm_head for one sampled sequence, per GPU
+    dense_weight_bytes: float  # non-expert weight bytes per GPU read every step
+    expert_weight_bytes: float  # bytes of all routed-expert weights held per GPU
+    num_experts: float  # routed experts per MoE layer (0 for dense)
+    experts_per_token: float  # top-k
+    kv_bytes_per_token: float  # KV-cache bytes of one token over all layers, per GPU
     allreduce_bytes_per_token: float  # TP all-reduce bytes per token over all layers, per GPU (0 at TP=1)
-    dispatch_bytes_per_token: float   # EP all-to-all bytes per token over all MoE layers, per GPU (0 w/o EP)
+    dispatch_bytes_per_token: float  # EP all-to-all bytes per token over all MoE layers, per GPU (0 w/o EP)
     num_layers: float
     num_moe_layers: float
-    workers: float = 1.0              # GPU worker processes of one engine (TP degree); > 1: multi-process executor
+    workers: float = 1.0  # GPU worker processes of one engine (TP degree); > 1: multi-process executor
 
     def to_array(self) -> np.ndarray:
         return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
@@ -138,10 +157,10 @@ def deployment_key(ctx: FeatureContext, hardware: str) -> str:
     level: the hardware name and a short hash of the feature context (every per-GPU constant the
     features use, rounded to 6 significant digits). Two runs with equal keys have the same
     physics; a key the fit has not seen is a new deployment."""
-    import hashlib
-
     arr = np.array([float(f"{v:.6g}") for v in ctx.to_array()])
     return f"{hardware}|{hashlib.sha256(arr.tobytes()).hexdigest()[:10]}"
+
+
 C = {name: i for i, name in enumerate(CONTEXT_FIELDS)}
 
 
@@ -265,11 +284,11 @@ def batch_stats(new_tokens, context_before, is_prefill, offload_tokens=0.0, n_pr
 
 
 # ---------------------------------------------------------------------------------------------
-# Deployment constants from specs (issue 2)
+# Deployment constants from specs
 # ---------------------------------------------------------------------------------------------
 def feature_context(model, hw, server) -> FeatureContext:
-    """The :class:`FeatureContext` of a deployment (``specs.ModelSpec`` x ``specs.HardwareSpec`` x
-    ``specs.ServerConfig``), per GPU after TP / EP sharding, in the units the kernel uses:
+    """The :class:`FeatureContext` of a deployment (``config.ModelSpec`` x ``config.HardwareSpec`` x
+    ``config.ServerConfig``), per GPU after TP / EP sharding, in the units the kernel uses:
 
     - ``peak_flops_per_us``: dense tensor-core FLOP/us; the FP8 peak when linear weights are 1 byte.
     - ``hbm_bytes_per_us``, ``pcie_bytes_per_us``: datasheet bandwidths in bytes/us;
@@ -288,7 +307,6 @@ def feature_context(model, hw, server) -> FeatureContext:
 
     Raises SpecError (naming ``tensor_parallel``) when TP cannot shard the model.
     """
-    from bayeslat.config import specs as _s
     _s.validate_deployment(model, server)
     tp, ep = server.tensor_parallel, server.ep_size
     w = _s.weight_bytes_per_gpu(model, tp, ep)

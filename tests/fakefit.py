@@ -23,6 +23,7 @@ had landed on ``truth`` (``model.simulate_obs``'s known coefficients) with a sma
   ``observed_data`` as ``fit`` stores them. No ``run_spread`` group (``model.attach_run_spread``
   adds it where a test needs new-run factors).
 """
+
 from __future__ import annotations
 
 import json
@@ -52,18 +53,18 @@ def _decompose(logb: dict, H: int, C: int, use_hw: bool, use_cls: bool, nf: int)
     for i, (h, c) in enumerate(groups):
         D[i, 0] = 1.0
         if use_hw:
-            D[i, 1:1 + n_hw] = Qh[h]
+            D[i, 1 : 1 + n_hw] = Qh[h]
         if use_cls:
-            D[i, 1 + n_hw + h * (C - 1):1 + n_hw + (h + 1) * (C - 1)] = Qc[c]
+            D[i, 1 + n_hw + h * (C - 1) : 1 + n_hw + (h + 1) * (C - 1)] = Qc[c]
     Y = np.array([logb[g] for g in groups])
     sol = np.linalg.lstsq(D, Y, rcond=None)[0]
     assert np.allclose(D @ sol, Y, atol=1e-9), "truth not representable in the model's form"
     pop = sol[0]
-    dh = Qh @ sol[1:1 + n_hw] if use_hw else np.zeros((H, nf))
+    dh = Qh @ sol[1 : 1 + n_hw] if use_hw else np.zeros((H, nf))
     dc = np.zeros((H, C, nf))
     if use_cls:
         for h in range(H):
-            dc[h] = Qc @ sol[1 + n_hw + h * (C - 1):1 + n_hw + (h + 1) * (C - 1)]
+            dc[h] = Qc @ sol[1 + n_hw + h * (C - 1) : 1 + n_hw + (h + 1) * (C - 1)]
     return pop, dh, dc
 
 
@@ -83,18 +84,25 @@ def fake_idata(obs, truth, chains=2, draws=200, seed=0, rel_sd=0.05, diverging=N
     use_hw, use_cls = bool(st["use_hw"]), bool(st["use_cls"])
     hwl, clsl = list(obs.hardware_levels), list(obs.class_levels)
     H, C, R = len(hwl), len(clsl), len(F.REGIMES)
-    groups = {(hwl.index(h), clsl.index(c)): (np.asarray(b, float), np.asarray(truth["alpha"][(h, c)], float))
-              for (h, c), b in truth["beta"].items() if st["group_rows"][hwl.index(h)][clsl.index(c)] > 0}
+    groups = {
+        (hwl.index(h), clsl.index(c)): (np.asarray(b, float), np.asarray(truth["alpha"][(h, c)], float))
+        for (h, c), b in truth["beta"].items()
+        if st["group_rows"][hwl.index(h)][clsl.index(c)] > 0
+    }
     # regime factors relative to the model's reference regime (decode where it has the rows):
     # the same for every group and feature in the truth
     ref = M._centred_cells(d)["regime_ref"]
     B = np.stack([b for b, _ in groups.values()])  # (G, R, F)
     pos = (B > 0).all(axis=1)  # (G, F): coefficients present in every regime
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.log(B / B[:, ref:ref + 1]).transpose(0, 2, 1)[pos]  # (n, R)
+        rel = np.log(B / B[:, ref : ref + 1]).transpose(0, 2, 1)[pos]  # (n, R)
     dr = np.median(rel, axis=0)
-    np.testing.assert_allclose(rel, np.broadcast_to(dr, rel.shape), atol=1e-9,
-                               err_msg="truth has per-group or per-feature regime factors: not the model's form")
+    np.testing.assert_allclose(
+        rel,
+        np.broadcast_to(dr, rel.shape),
+        atol=1e-9,
+        err_msg="truth has per-group or per-feature regime factors: not the model's form",
+    )
     zero = ~(B[:, ref] > 0).any(axis=0)  # (F,) truly zero in every group: a pruned coefficient
     logb = {g: np.where(zero, 0.0, np.log(np.where(b[ref] > 0, b[ref], 1.0))) for g, (b, _) in groups.items()}
     lpop, dh, dc = _decompose(logb, H, C, use_hw, use_cls, F.N_BETA)
@@ -129,8 +137,13 @@ def fake_idata(obs, truth, chains=2, draws=200, seed=0, rel_sd=0.05, diverging=N
     def scale(m, s):
         return np.abs(m + s * rng.standard_normal(sh))
 
-    post |= {"sigma_hw": scale(0.2, 0.02), "sigma_cls": scale(0.2, 0.02), "sigma_regime": scale(0.1, 0.02),
-             "sigma_alpha_hw": scale(0.2, 0.02), "sigma_alpha_cls": scale(0.2, 0.02)}
+    post |= {
+        "sigma_hw": scale(0.2, 0.02),
+        "sigma_cls": scale(0.2, 0.02),
+        "sigma_regime": scale(0.1, 0.02),
+        "sigma_alpha_hw": scale(0.2, 0.02),
+        "sigma_alpha_cls": scale(0.2, 0.02),
+    }
     K = len(M.KINDS)
     post["s_abs"] = np.abs(0.1 + 0.01 * rng.standard_normal(sh + (K,)))
     post["s_rel"] = np.abs(0.05 + 0.005 * rng.standard_normal(sh + (K,)))
@@ -139,33 +152,72 @@ def fake_idata(obs, truth, chains=2, draws=200, seed=0, rel_sd=0.05, diverging=N
     post["nu"] = 2.0 + post["nu_m2"]
 
     bdims = ["hardware", "model_class", "regime", "feature"]
-    dims = {"beta_pop": ["feature"], "alpha_pop": ["alpha_feature"], "dev_regime": ["regime"],
-            "dev_hw": ["hardware", "feature"], "dev_alpha_hw": ["hardware", "alpha_feature"],
-            "dev_cls": ["hardware", "model_class", "feature"], "dev_alpha_cls": ["hardware", "model_class", "alpha_feature"],
-            "beta": bdims, "alpha": ["hardware", "model_class", "alpha_feature"],
-            "s_abs": ["kind"], "s_rel": ["kind"], "nu_m2": ["kind"], "nu": ["kind"], "s_sys": ["sys_kind"]}
-    coords = {"hardware": hwl, "model_class": clsl, "regime": list(F.REGIMES), "feature": list(F.BETA_NAMES),
-              "alpha_feature": list(F.ALPHA_NAMES), "kind": list(M.KINDS), "sys_kind": list(M.SYS_KINDS)}
+    dims = {
+        "beta_pop": ["feature"],
+        "alpha_pop": ["alpha_feature"],
+        "dev_regime": ["regime"],
+        "dev_hw": ["hardware", "feature"],
+        "dev_alpha_hw": ["hardware", "alpha_feature"],
+        "dev_cls": ["hardware", "model_class", "feature"],
+        "dev_alpha_cls": ["hardware", "model_class", "alpha_feature"],
+        "beta": bdims,
+        "alpha": ["hardware", "model_class", "alpha_feature"],
+        "s_abs": ["kind"],
+        "s_rel": ["kind"],
+        "nu_m2": ["kind"],
+        "nu": ["kind"],
+        "s_sys": ["sys_kind"],
+    }
+    coords = {
+        "hardware": hwl,
+        "model_class": clsl,
+        "regime": list(F.REGIMES),
+        "feature": list(F.BETA_NAMES),
+        "alpha_feature": list(F.ALPHA_NAMES),
+        "kind": list(M.KINDS),
+        "sys_kind": list(M.SYS_KINDS),
+    }
     div = np.zeros(sh, dtype=bool) if diverging is None else diverging
-    idata = az.from_dict(posterior=post, dims={k: v for k, v in dims.items() if k in post}, coords=coords,
-                         sample_stats={"energy": rng.standard_normal(sh), "diverging": div,
-                                       "maxdepth_reached": np.zeros(sh, bool)})
+    idata = az.from_dict(
+        posterior=post,
+        dims={k: v for k, v in dims.items() if k in post},
+        coords=coords,
+        sample_stats={"energy": rng.standard_normal(sh), "diverging": div, "maxdepth_reached": np.zeros(sh, bool)},
+    )
     n = len(d["y"])
     oid = np.arange(n)
     idata.add_groups(
         observed_data=xr.Dataset({"y": ("obs_id", d["y"])}, coords={"obs_id": oid}),
-        constant_data=xr.Dataset({
-            "X": (("obs_id", "regime", "feature"), d["X"]), "A": (("obs_id", "alpha_feature"), d["A"]),
-            "kind": ("obs_id", d["kind"]), "n_steps": ("obs_id", d["n_steps"]), "hw": ("obs_id", d["hw"]),
-            "cls": ("obs_id", d["cls"]), "run": ("obs_id", d["run"].astype("U")),
-            "deployment": ("obs_id", d["deployment"].astype("U")), "request": ("obs_id", d["request"])},
-            coords={"obs_id": oid}))
+        constant_data=xr.Dataset(
+            {
+                "X": (("obs_id", "regime", "feature"), d["X"]),
+                "A": (("obs_id", "alpha_feature"), d["A"]),
+                "kind": ("obs_id", d["kind"]),
+                "n_steps": ("obs_id", d["n_steps"]),
+                "hw": ("obs_id", d["hw"]),
+                "cls": ("obs_id", d["cls"]),
+                "run": ("obs_id", d["run"].astype("U")),
+                "deployment": ("obs_id", d["deployment"].astype("U")),
+                "request": ("obs_id", d["request"]),
+            },
+            coords={"obs_id": oid},
+        ),
+    )
     present = np.abs(d["X"]).sum(axis=(0, 1)) > 0
-    idata.attrs.update({"format": M.FORMAT, "spec_version": F.SPEC_VERSION, "group_rows": json.dumps(st["group_rows"]),
-                        "use_hw": st["use_hw"], "use_cls": st["use_cls"],
-                        "priors": json.dumps(M._merge_priors(FAKE_PRIORS)),
-                        "feature_present": json.dumps([F.BETA_NAMES[i] for i in np.flatnonzero(present)]),
-                        "hardware_levels": json.dumps(hwl), "class_levels": json.dumps(clsl),
-                        "deployments": json.dumps(sorted(set(d["deployment"].tolist()))),
-                        "backend": "fake", "seed": seed})
+    idata.attrs.update(
+        {
+            "format": M.FORMAT,
+            "spec_version": F.SPEC_VERSION,
+            "group_rows": json.dumps(st["group_rows"]),
+            "use_hw": st["use_hw"],
+            "use_cls": st["use_cls"],
+            "priors": json.dumps(M._merge_priors(FAKE_PRIORS)),
+            "feature_present": json.dumps([F.BETA_NAMES[i] for i in np.flatnonzero(present)]),
+            "hardware_levels": json.dumps(hwl),
+            "class_levels": json.dumps(clsl),
+            "deployments": json.dumps(sorted(set(d["deployment"].tolist()))),
+            "backend": "fake",
+            "seed": seed,
+        }
+    )
     return idata

@@ -5,6 +5,7 @@ extrapolating, and the continuous score agrees with the verdict.
 
 One tiny real fit (module fixture) on the exact toy server's run (tests/synthrun.py), ingested
 from OTLP traces as a new user's would be; the shipped default fit for comparison."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthrun import BUDGET, MAX_SEQS, _run, write_trace
 
-from bayeslat.data import design as D
+from bayeslat import config as S
 from bayeslat import model as M
-from bayeslat.config import specs as S
 from bayeslat import transfer as T
+from bayeslat.cli import check as CC
+from bayeslat.data import design as D
 from bayeslat.data import workload as W
 from bayeslat.data.ingest import ingest
-
-from synthrun import BUDGET, MAX_SEQS, _run, write_trace
+from bayeslat.model import training as MT
+from bayeslat.simulate import spec as SP
 
 RUN = "synth-tp1"
 SERVER = {"max_num_batched_tokens": BUDGET, "max_num_seqs": MAX_SEQS, "prefix_caching": False}
@@ -38,15 +41,18 @@ def synth(tmp_path_factory):
     d = tmp_path_factory.mktemp("ingested_fit")
     req, steps = _run()
     write_trace(d / "trace.jsonl", req, steps)
-    (d / "exp.yaml").write_text(f"name: {RUN}\nmodel: llama-2-7b-hf\nhardware: H100 SXM\nserver:\n  tensor_parallel: 1\n"
-                                f"  max_num_batched_tokens: {BUDGET}\n  max_num_seqs: {MAX_SEQS}\n  block_size: 16\n"
-                                "  prefix_caching: false\n")
+    (d / "exp.yaml").write_text(
+        f"name: {RUN}\nmodel: llama-2-7b-hf\nhardware: H100 SXM\nserver:\n  tensor_parallel: 1\n"
+        f"  max_num_batched_tokens: {BUDGET}\n  max_num_seqs: {MAX_SEQS}\n  block_size: 16\n"
+        "  prefix_caching: false\n"
+    )
     ingest([d / "trace.jsonl"], experiment=d / "exp.yaml", out=d / "tables")
     obs = D.obs_from_tables(d / "tables")
     idata = M.fit(obs, draws=50, tune=50, chains=1, seed=0, progressbar=False)
     path = M.save(idata, d / "fit.nc")
-    wl = W.from_requests(pd.DataFrame({"arrival_us": req["arrival"] / 1e3, "input_tokens": req["prompt"],
-                                       "output_tokens": req["nout"]}))
+    wl = W.from_requests(
+        pd.DataFrame({"arrival_us": req["arrival"] / 1e3, "input_tokens": req["prompt"], "output_tokens": req["nout"]})
+    )
     return {"idata": idata, "path": path, "obs": obs, "wl": wl}
 
 
@@ -56,7 +62,7 @@ def default():
 
 
 def _spec(tp=1, hardware="h100-sxm", workload=None):
-    return T.make_spec("llama-2-7b-hf", hardware, SERVER | {"tensor_parallel": tp}, workload)
+    return SP.make_spec("llama-2-7b-hf", hardware, SERVER | {"tensor_parallel": tp}, workload)
 
 
 def _rules(rep) -> set:
@@ -83,11 +89,15 @@ def test_fit_stores_each_training_runs_specs(synth):
     r = stored["runs"][RUN]
     assert r["model"] == "llama-2-7b-hf" and r["hardware"] == "H100 SXM" and r["server"]["tensor_parallel"] == 1
     assert r["deployment"] == str(idata.constant_data["deployment"].values[0])
-    train = T.training_deployments(idata)
+    train = MT.training_deployments(idata)
     assert list(train) == [RUN]
     assert train[RUN].tensor_parallel == 1 and train[RUN].max_model_len == 4096
-    assert train[RUN].ctx == D.experiment_context({"run": RUN, "model": "llama-2-7b-hf", "hardware": "H100 SXM",
-                                                   "server_json": json.dumps(SERVER)})["ctx"]
+    assert (
+        train[RUN].ctx
+        == D.experiment_context(
+            {"run": RUN, "model": "llama-2-7b-hf", "hardware": "H100 SXM", "server_json": json.dumps(SERVER)}
+        )["ctx"]
+    )
     # the ObsTable's own specs round-trip through its npz file
     assert set(D.ObsTable.load(obs.save(Path(synth["path"]).parent / "obs.npz")).meta["specs"]) == {RUN}
 
@@ -98,7 +108,7 @@ def test_ingested_fit_reports_the_default_fits_rule_set(synth, default):
     training rows never had are said to be so, not "1000000.0x the largest trained value". A TP8
     configuration against the shipped default fit fires the same kinds of rule."""
     rep = T.check(_spec(2, workload=synth["wl"]), synth["idata"], draws=4)
-    text = T.format_check(T._jsonable(rep))
+    text = CC.format_check(CC._jsonable(rep))
     assert rep["verdict"] != "in-distribution"
     assert rep["level_flags"]["tensor_parallel"] and rep["level_flags"]["deployment"]
     assert any(r.startswith("tensor-parallel degree 2 was not in the fit (trained: 1)") for r in rep["reasons"])
@@ -133,7 +143,7 @@ def test_fit_without_specs_names_its_runs_and_attach_restores_them(synth):
     assert any(RUN in r and "not checked" in r for r in rep["reasons"])
     assert not rep["feature_distance"]["config"]["per_feature"]
     h = old.attrs["data_hash"]
-    out = T.attach_training_specs(old, synth["obs"])
+    out = MT.attach_training_specs(old, synth["obs"])
     assert out == {"stored": [RUN], "unknown": {}}
     assert old.attrs["data_hash"] == h and old.attrs["training_deployments"] == synth["idata"].attrs["training_deployments"]
     assert T.check(_spec(1), old, draws=2)["verdict"] == "in-distribution"
@@ -141,17 +151,17 @@ def test_fit_without_specs_names_its_runs_and_attach_restores_them(synth):
     renamed = synth["idata"].copy()
     del renamed.attrs["training_deployments"]
     renamed.constant_data["run"] = ("obs_id", np.full(renamed.constant_data.sizes["obs_id"], "llama-2-7b-tp1-codegen"))
-    specs, unknown = T.training_specs(renamed)
+    specs, unknown = MT.training_specs(renamed)
     assert specs == {} and list(unknown) == ["llama-2-7b-tp1-codegen"]
 
 
 def test_bundled_fit_without_specs_uses_the_bundled_data_and_attach_keeps_its_checks(default, tmp_path):
-    specs, unknown = T.training_specs(default)
+    specs, unknown = MT.training_specs(default)
     assert unknown == {} and len(specs) == len(set(default.constant_data["run"].values.astype(str).tolist()))
     fit = M.load_or_default(None)
     fit.attrs.pop("training_deployments", None)
     h = fit.attrs["data_hash"]
-    assert T.attach_training_specs(fit)["unknown"] == {}
+    assert MT.attach_training_specs(fit)["unknown"] == {}
     p = M.save(fit, tmp_path / "default_with_specs.nc")
     back = M.load(p)
     assert back.attrs["data_hash"] == h
@@ -179,9 +189,14 @@ def test_new_deployment_on_trained_gpu_class_and_tp_is_extrapolating(synth, defa
         _score_agrees(base)
 
 
-@pytest.mark.parametrize("name, verdict", [("llama-2-7b-h100-codegen", "in-distribution"),
-                                           ("llama-2-7b-a100-codegen", "extrapolating"),
-                                           ("llama-3.1-8b-random-l40s", "extrapolating")])
+@pytest.mark.parametrize(
+    "name, verdict",
+    [
+        ("llama-2-7b-h100-codegen", "in-distribution"),
+        ("llama-2-7b-a100-codegen", "extrapolating"),
+        ("llama-3.1-8b-random-l40s", "extrapolating"),
+    ],
+)
 def test_shipped_examples_keep_their_verdicts(default, name, verdict):
     rep = T.check(EXAMPLES / f"{name}.yaml", default)
     assert rep["verdict"] == verdict, rep["reasons"]

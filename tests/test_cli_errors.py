@@ -5,6 +5,7 @@ One table of cases, each run through ``bayeslat.cli.main``. Argparse's own usage
 the parser rejects) print the usage too; the contract there is the same single ``error:`` line
 naming the option. Sampling is stubbed out: a ``fit`` case must fail before it starts.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,17 +23,29 @@ TRACES = ROOT / "tests" / "data" / "traces"
 EXP = str(TRACES / "experiment.yaml")
 JOURNEY = str(TRACES / "journey.jsonl")
 
-_SERVER = {"tensor_parallel": 1, "max_num_batched_tokens": 2048, "max_num_seqs": 128, "max_model_len": 4096,
-           "kv_blocks": 7462}
-_PROFILE = {"data": {"type": "shared_prefix",
-                     "shared_prefix": {"num_unique_system_prompts": 2, "num_users_per_system_prompt": 2,
-                                       "system_prompt_len": 100, "question_len": 200, "output_len": 50}},
-            "load": {"type": "constant", "stages": [{"rate": 2, "duration": 5}]}}
+_SERVER = {"tensor_parallel": 1, "max_num_batched_tokens": 2048, "max_num_seqs": 128, "max_model_len": 4096, "kv_blocks": 7462}
+_PROFILE = {
+    "data": {
+        "type": "shared_prefix",
+        "shared_prefix": {
+            "num_unique_system_prompts": 2,
+            "num_users_per_system_prompt": 2,
+            "system_prompt_len": 100,
+            "question_len": 200,
+            "output_len": 50,
+        },
+    },
+    "load": {"type": "constant", "stages": [{"rate": 2, "duration": 5}]},
+}
 
 
 def _spec(**over):
-    d = {"model": "llama-2-7b-hf", "hardware": "h100-sxm", "server": dict(_SERVER),
-         "workload": {"inference_perf": _PROFILE, "seed": 0}}
+    d = {
+        "model": "llama-2-7b-hf",
+        "hardware": "h100-sxm",
+        "server": dict(_SERVER),
+        "workload": {"inference_perf": _PROFILE, "seed": 0},
+    }
     for k, v in over.items():
         if v is None:
             d.pop(k)
@@ -75,9 +88,11 @@ def bad(tmp_path_factory):
         "spec_numreq.yaml": _spec(workload={"num_requests": -3}),
         "spec_wltype.yaml": _spec(workload={"inference_perf": {**_PROFILE, "data": {"type": "nonsense"}}}),
         "spec_reqs.yaml": _spec(workload={"inference_perf": None, "requests": "reqs.csv"}).replace(
-            "  inference_perf: null\n", ""),
+            "  inference_perf: null\n", ""
+        ),
         "spec_reqsbin.yaml": _spec(workload={"inference_perf": None, "requests": "bin.csv"}).replace(
-            "  inference_perf: null\n", ""),
+            "  inference_perf: null\n", ""
+        ),
     }
     for name, text in files.items():
         (d / name).write_text(text)
@@ -94,9 +109,18 @@ def bad(tmp_path_factory):
     from bayeslat.data.ingest import ingest
 
     # ingested tables of a run whose experiment names a model bayeslat cannot resolve
-    ingest([JOURNEY], experiment={"name": "unk", "model": "nosuchmodel", "hardware": "H100 SXM",
-                                  "server": {"tensor_parallel": 1}, "workload": {}, "source": "test"},
-           out=d / "tables_unk")
+    ingest(
+        [JOURNEY],
+        experiment={
+            "name": "unk",
+            "model": "nosuchmodel",
+            "hardware": "H100 SXM",
+            "server": {"tensor_parallel": 1},
+            "workload": {},
+            "source": "test",
+        },
+        out=d / "tables_unk",
+    )
     return d
 
 
@@ -117,29 +141,54 @@ CASES = [
     # specs
     ("specs-unknown-model-key", ["specs", "--model", "nosuchmodel", "--hardware", "h100-sxm"], ["nosuchmodel", "models key"]),
     ("specs-model-dir", ["specs", "--model", "{d}", "--hardware", "h100-sxm"], ["{d}", "no such file"]),
-    ("specs-model-bad-json", ["specs", "--model", "{d}/badjson.json", "--hardware", "h100-sxm"],
-     ["badjson.json:1", "config.json", "invalid JSON"]),
-    ("specs-model-missing-field", ["specs", "--model", "{d}/cfg_missing.json", "--hardware", "h100-sxm"],
-     ["cfg_missing.json", "hidden_size", "missing"]),
+    (
+        "specs-model-bad-json",
+        ["specs", "--model", "{d}/badjson.json", "--hardware", "h100-sxm"],
+        ["badjson.json:1", "config.json", "invalid JSON"],
+    ),
+    (
+        "specs-model-missing-field",
+        ["specs", "--model", "{d}/cfg_missing.json", "--hardware", "h100-sxm"],
+        ["cfg_missing.json", "hidden_size", "missing"],
+    ),
     ("specs-model-binary", ["specs", "--model", "{d}/bin.json", "--hardware", "h100-sxm"], ["bin.json", "binary"]),
     ("specs-unknown-hardware-key", ["specs", "--model", "llama-2-7b-hf", "--hardware", "nosuchgpu"], ["nosuchgpu", "hardware"]),
-    ("specs-hardware-missing-field", ["specs", "--model", "llama-2-7b-hf", "--hardware", "{d}/hw_missing.json"],
-     ["hw_missing.json", "compute.bf16_tensor_core"]),
-    ("specs-server-bad-yaml", ["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--server", "{d}/bad.yaml"],
-     ["bad.yaml:2", "invalid YAML"]),
-    ("specs-server-wrong-type", ["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--server",
-                                 "{d}/srv_type.yaml"], ["srv_type.yaml", "tensor_parallel", "integer"]),
+    (
+        "specs-hardware-missing-field",
+        ["specs", "--model", "llama-2-7b-hf", "--hardware", "{d}/hw_missing.json"],
+        ["hw_missing.json", "compute.bf16_tensor_core"],
+    ),
+    (
+        "specs-server-bad-yaml",
+        ["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--server", "{d}/bad.yaml"],
+        ["bad.yaml:2", "invalid YAML"],
+    ),
+    (
+        "specs-server-wrong-type",
+        ["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--server", "{d}/srv_type.yaml"],
+        ["srv_type.yaml", "tensor_parallel", "integer"],
+    ),
     ("specs-tp-zero", ["specs", "--model", "llama-2-7b-hf", "--hardware", "h100-sxm", "--tp", "0"], ["--tp"]),
     # ingest
-    ("ingest-missing-file", ["ingest", "{d}/nosuch.jsonl", "--experiment", EXP, "--out", "{d}/o1"], ["nosuch.jsonl", "unreadable"]),
+    (
+        "ingest-missing-file",
+        ["ingest", "{d}/nosuch.jsonl", "--experiment", EXP, "--out", "{d}/o1"],
+        ["nosuch.jsonl", "unreadable"],
+    ),
     ("ingest-directory", ["ingest", "{d}", "--experiment", EXP, "--out", "{d}/o2"], ["{d}", "directory"]),
     ("ingest-unknown-format", ["ingest", "{d}/junk.txt", "--experiment", EXP, "--out", "{d}/o3"], ["junk.txt", "not an OTLP"]),
-    ("ingest-experiment-bad-yaml", ["ingest", JOURNEY, "--experiment", "{d}/bad.yaml", "--out", "{d}/o4"],
-     ["bad.yaml:2", "invalid YAML"]),
+    (
+        "ingest-experiment-bad-yaml",
+        ["ingest", JOURNEY, "--experiment", "{d}/bad.yaml", "--out", "{d}/o4"],
+        ["bad.yaml:2", "invalid YAML"],
+    ),
     ("ingest-experiment-missing", ["ingest", JOURNEY, "--experiment", "{d}/nosuch.yaml", "--out", "{d}/o5"], ["nosuch.yaml"]),
     ("ingest-experiment-binary", ["ingest", JOURNEY, "--experiment", "{d}/bin.yaml", "--out", "{d}/o5"], ["bin.yaml", "binary"]),
-    ("ingest-experiment-no-model", ["ingest", JOURNEY, "--experiment", "{d}/exp_nomodel.yaml", "--out", "{d}/o6"],
-     ["exp_nomodel.yaml", "model"]),
+    (
+        "ingest-experiment-no-model",
+        ["ingest", JOURNEY, "--experiment", "{d}/exp_nomodel.yaml", "--out", "{d}/o6"],
+        ["exp_nomodel.yaml", "model"],
+    ),
     ("ingest-out-is-file", ["ingest", JOURNEY, "--experiment", EXP, "--out", "{d}/junk.txt"], ["--out", "junk.txt"]),
     # fit: refused before sampling
     ("fit-draws-zero", FIT + ["--draws", "0"], ["--draws"]),
@@ -198,8 +247,11 @@ CASES = [
     ("validate-external-bad-json", ["validate", "--external", "{d}/badjson.json"], ["badjson.json", "JSON"]),
     ("validate-external-binary", ["validate", "--external", "{d}/bin.json"], ["bin.json", "binary"]),
     ("validate-external-no-experiments", ["validate", "--external", "{d}/o_none"], ["o_none"]),
-    ("validate-external-bad-exp-config", ["validate", "--external", "{d}/ext_bad", "--hardware", "H100"],
-     ["exp-config.yaml:2", "invalid YAML"]),
+    (
+        "validate-external-bad-exp-config",
+        ["validate", "--external", "{d}/ext_bad", "--hardware", "H100"],
+        ["exp-config.yaml:2", "invalid YAML"],
+    ),
     ("validate-out-is-dir", ["validate", "--out", "{d}"], ["--out", "directory"]),
     ("validate-model-not-netcdf", ["validate", "--model", "{d}/notnc.nc"], ["notnc.nc", "not a netCDF"]),
     # check
@@ -217,17 +269,27 @@ CASES = [
     ("check-probe-binary", ["check", EX, "--probe", "{d}/bin.json"], ["bin.json", "probe"]),
     ("check-model-not-a-fit", ["check", EX, "--model", "{d}/arviz.nc"], ["arviz.nc", "format"]),
     # update
-    ("update-model-missing", ["update", "{d}/nosuch.nc", "--probe", "{d}/reqs.csv", "--spec", EX, "--out", "{d}/u.nc"],
-     ["nosuch.nc"]),
+    (
+        "update-model-missing",
+        ["update", "{d}/nosuch.nc", "--probe", "{d}/reqs.csv", "--spec", EX, "--out", "{d}/u.nc"],
+        ["nosuch.nc"],
+    ),
     ("update-probe-missing", UPD + ["--probe", "{d}/nosuch.csv"], ["nosuch.csv", "no such file"]),
     ("update-probe-columns", UPD + ["--probe", "{d}/reqs.csv"], ["reqs.csv", "arrival_us", "missing column"]),
     ("update-probe-unknown-format", UPD + ["--probe", "{d}/junk.txt"], ["junk.txt"]),
     ("update-probe-binary", UPD + ["--probe", "{d}/bin.csv"], ["bin.csv", "probe"]),
-    ("update-probe-bad-count", UPD + ["--probe", "bundled:llama-2-7b-tp1-codegen:abc"], ["bundled:llama-2-7b-tp1-codegen:abc", "first_n"]),
+    (
+        "update-probe-bad-count",
+        UPD + ["--probe", "bundled:llama-2-7b-tp1-codegen:abc"],
+        ["bundled:llama-2-7b-tp1-codegen:abc", "first_n"],
+    ),
     ("update-probe-unknown-run", UPD + ["--probe", "bundled:nosuchrun"], ["bundled:nosuchrun", "probe"]),
     ("update-probe-no-files", ["update", NC, "--spec", EX, "--out", "{d}/u.nc", "--probe"], ["--probe"]),
-    ("update-spec-bad-yaml", ["update", NC, "--probe", "{d}/reqs.csv", "--spec", "{d}/bad.yaml", "--out", "{d}/u.nc"],
-     ["bad.yaml:2", "invalid YAML"]),
+    (
+        "update-spec-bad-yaml",
+        ["update", NC, "--probe", "{d}/reqs.csv", "--spec", "{d}/bad.yaml", "--out", "{d}/u.nc"],
+        ["bad.yaml:2", "invalid YAML"],
+    ),
     ("update-out-is-dir", ["update", NC, "--probe", "{d}/reqs.csv", "--spec", EX, "--out", "{d}"], ["--out", "directory"]),
     ("update-bad-when", UPD + ["--probe", "{d}/reqs.csv", "--when", "never"], ["--when"]),
 ]
@@ -251,5 +313,6 @@ def test_bad_input_is_one_line_exit_2(bad, capsys, argv, names):
 
 
 def test_validate_suites_match_the_parser():
-    from bayeslat import evaluate as validate
+    from bayeslat.evaluate import suites as validate
+
     assert cli.VALIDATE_SUITES == validate.SUITES

@@ -1,21 +1,35 @@
 """ObsTable construction, validation, persistence, subsampling and splits."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bayeslat.data import design as D
 from bayeslat import features as F
+from bayeslat.data import design as D
 from bayeslat.data import reconstruct as R
+from bayeslat.data import windows as RW
 from bayeslat.errors import SpecError
 from tests.test_reconstruct import simulate
 
 CTX = F.FeatureContext(
-    peak_flops_per_us=989.5e6, hbm_bytes_per_us=3.35e6, link_bytes_per_us=0.9e6, pcie_bytes_per_us=0.128e6,
-    linear_flops_per_token=2 * 6.48e9, attn_flops_per_pair=4 * 32 * 4096, lm_head_flops_per_seq=2 * 4096 * 32000,
-    dense_weight_bytes=13.5e9, expert_weight_bytes=0.0, num_experts=0.0, experts_per_token=0.0,
-    kv_bytes_per_token=524288.0, allreduce_bytes_per_token=0.0, dispatch_bytes_per_token=0.0,
-    num_layers=32.0, num_moe_layers=0.0)
+    peak_flops_per_us=989.5e6,
+    hbm_bytes_per_us=3.35e6,
+    link_bytes_per_us=0.9e6,
+    pcie_bytes_per_us=0.128e6,
+    linear_flops_per_token=2 * 6.48e9,
+    attn_flops_per_pair=4 * 32 * 4096,
+    lm_head_flops_per_seq=2 * 4096 * 32000,
+    dense_weight_bytes=13.5e9,
+    expert_weight_bytes=0.0,
+    num_experts=0.0,
+    experts_per_token=0.0,
+    kv_bytes_per_token=524288.0,
+    allreduce_bytes_per_token=0.0,
+    dispatch_bytes_per_token=0.0,
+    num_layers=32.0,
+    num_moe_layers=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +50,8 @@ def test_build_obs_shapes_and_sums(rec, obs):
     assert np.all(obs.A[obs.kind == 1] == 0) and np.all(obs.A[obs.kind == 2, 0] == 1.0)
     # X summed over regimes == the window sum of the step features; step_overhead column counts steps
     feat, _ = F.step_features(rec.steps[list(F.STATS)].to_numpy(), CTX)
-    w = R.observation_windows(rec)
-    np.testing.assert_allclose(obs.X.sum(axis=1), R.window_sums(feat, w.k0, w.k1, w.w0, w.w1), rtol=1e-9, atol=1e-9)
+    w = RW.observation_windows(rec)
+    np.testing.assert_allclose(obs.X.sum(axis=1), RW.window_sums(feat, w.k0, w.k1, w.w0, w.w1), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(obs.X[:, :, F.B["step_overhead"]].sum(axis=1), obs.n_steps, rtol=1e-9)
     assert obs.X.sum(axis=(0, 2))[F.REGIMES.index("mixed")] > 0
     # multiproc: 0 for one in-process worker (CTX: TP 1), 1 on every TTFT row of a TP > 1 deployment
@@ -79,7 +93,7 @@ def test_concat_subsample_split(rec, obs):
     both = D.concat([obs, other])
     assert len(both) == 2 * len(obs)
     assert both.hardware_levels == ("H100 SXM", "A100 SXM") and both.class_levels == ("dense", "moe")
-    assert set(both.hw[len(obs):]) == {1}
+    assert set(both.hw[len(obs) :]) == {1}
     sub = D.subsample(both, 40, seed=1)
     assert len(sub) == 2 * 40  # one run id, 2 kinds -> (run, kind) groups pooled across tables
     # stratified over the timeline: every time decile represented

@@ -3,6 +3,7 @@ deployment-spread fit (group ``deployment_spread``) is diagnosed like the coeffi
 
 The fits here are built from seeded arrays (no sampling): well-mixed chains, or chains moved
 apart where a test needs R-hat > 1."""
+
 import json
 
 import arviz as az
@@ -11,9 +12,10 @@ import pytest
 import xarray as xr
 
 from bayeslat import cli
-from bayeslat.model import diagnose as D
 from bayeslat import features as F
 from bayeslat import model as M
+from bayeslat.cli.diagnose import format_table
+from bayeslat.model import diagnose as D
 
 DEPS = ["H100 SXM|aaaaaaaaaa", "H100 SXM|bbbbbbbbbb", "H100 SXM|cccccccccc"]
 GOOD_RECORD = {"min_bfmi": 0.9, "tree_depth_saturation": 0.0}  # what attach_deployment_spread does not record
@@ -25,21 +27,36 @@ def _fit(chains=4, draws=500, seed=0, loglik=True, stats=True, deps=DEPS, priors
     rng = np.random.default_rng(seed)
     sh = (chains, draws)
     n = 60
-    post = {"beta_pop": np.exp(np.log(0.5) + 0.05 * rng.standard_normal(sh + (F.N_BETA,))),
-            "sigma_cls": np.abs(0.2 + 0.02 * rng.standard_normal(sh)),
-            "nu": 8.0 + rng.standard_normal(sh)}
+    post = {
+        "beta_pop": np.exp(np.log(0.5) + 0.05 * rng.standard_normal(sh + (F.N_BETA,))),
+        "sigma_cls": np.abs(0.2 + 0.02 * rng.standard_normal(sh)),
+        "nu": 8.0 + rng.standard_normal(sh),
+    }
     kw = {}
     if stats:
-        kw["sample_stats"] = {"energy": rng.standard_normal(sh), "diverging": np.zeros(sh, bool),
-                              "maxdepth_reached": np.zeros(sh, bool)}
+        kw["sample_stats"] = {
+            "energy": rng.standard_normal(sh),
+            "diverging": np.zeros(sh, bool),
+            "maxdepth_reached": np.zeros(sh, bool),
+        }
     if loglik:
         kw["log_likelihood"] = {"y": -1.0 + 0.01 * rng.standard_normal(sh + (n,))}
     idata = az.from_dict(posterior=post, dims={"beta_pop": ["feature"]}, coords={"feature": list(F.BETA_NAMES)}, **kw)
     dep = np.array([deps[i % len(deps)] for i in range(n)])
-    idata.add_groups(constant_data=xr.Dataset({"deployment": ("obs_id", dep), "hw": ("obs_id", np.zeros(n, int)),
-                                               "cls": ("obs_id", np.zeros(n, int))}, coords={"obs_id": np.arange(n)}))
-    idata.attrs.update({"format": M.FORMAT, "spec_version": F.SPEC_VERSION,
-                        "priors": json.dumps(M._merge_priors(priors)), "feature_present": json.dumps(list(F.BETA_NAMES))})
+    idata.add_groups(
+        constant_data=xr.Dataset(
+            {"deployment": ("obs_id", dep), "hw": ("obs_id", np.zeros(n, int)), "cls": ("obs_id", np.zeros(n, int))},
+            coords={"obs_id": np.arange(n)},
+        )
+    )
+    idata.attrs.update(
+        {
+            "format": M.FORMAT,
+            "spec_version": F.SPEC_VERSION,
+            "priors": json.dumps(M._merge_priors(priors)),
+            "feature_present": json.dumps(list(F.BETA_NAMES)),
+        }
+    )
     return idata
 
 
@@ -53,11 +70,16 @@ def _spread(chains=4, draws=500, seed=1, shift=0.0, diverging=0):
     div = np.zeros(sh, bool)
     div[0, :diverging] = True
     return az.from_dict(
-        posterior={"sigma_dep": np.abs(0.06 + 0.01 * rng.standard_normal(sh)),
-                   "sigma_alpha_dep": np.abs(0.14 + 0.02 * rng.standard_normal(sh)),
-                   "dev_dep": 0.02 * rng.standard_normal(sh + (len(DEPS),)), "dev_alpha_dep": dev_a},
-        dims={"dev_dep": ["deployment"], "dev_alpha_dep": ["deployment"]}, coords={"deployment": DEPS},
-        sample_stats={"diverging": div})
+        posterior={
+            "sigma_dep": np.abs(0.06 + 0.01 * rng.standard_normal(sh)),
+            "sigma_alpha_dep": np.abs(0.14 + 0.02 * rng.standard_normal(sh)),
+            "dev_dep": 0.02 * rng.standard_normal(sh + (len(DEPS),)),
+            "dev_alpha_dep": dev_a,
+        },
+        dims={"dev_dep": ["deployment"], "dev_alpha_dep": ["deployment"]},
+        coords={"deployment": DEPS},
+        sample_stats={"diverging": div},
+    )
 
 
 def _with_spread(idata, record=GOOD_RECORD, **kw):
@@ -76,11 +98,14 @@ def test_complete_fit_passes_both_stages():
     assert d["passed"] is True
 
 
-@pytest.mark.parametrize("make, failed, reason", [
-    (lambda: _fit(loglik=False), ["max_pareto_k"], "log_likelihood"),
-    (lambda: _fit(chains=1, draws=800), ["max_rhat"], "2 chains"),
-    (lambda: _fit(stats=False), ["divergences", "min_bfmi", "tree_depth_saturation"], "sample_stats"),
-])
+@pytest.mark.parametrize(
+    "make, failed, reason",
+    [
+        (lambda: _fit(loglik=False), ["max_pareto_k"], "log_likelihood"),
+        (lambda: _fit(chains=1, draws=800), ["max_rhat"], "2 chains"),
+        (lambda: _fit(stats=False), ["divergences", "min_bfmi", "tree_depth_saturation"], "sample_stats"),
+    ],
+)
 def test_missing_diagnostic_fails_with_its_reason(make, failed, reason):
     """Before: a diagnostic that could not be computed was None in ``checks`` and counted as a pass."""
     d = D.diagnose(_with_spread(make()))
@@ -89,7 +114,7 @@ def test_missing_diagnostic_fails_with_its_reason(make, failed, reason):
         assert reason in d["reasons"][key], d["reasons"]
     assert all(v for k, v in d["checks"].items() if k not in failed)
     assert d["passed"] is False
-    table = D.format_table(d)
+    table = format_table(d)
     for key in failed:
         row = next(ln for ln in table.splitlines() if ln.startswith(key))
         assert " NO " in row and reason in row
@@ -105,7 +130,7 @@ def test_unconverged_spread_fit_fails():
     assert "dev_alpha_dep" in sp["reasons"]["max_rhat"]
     assert sp["divergences"] == 3 and sp["checks"]["divergences"] is False
     assert d["passed"] is False
-    assert "deployment-spread fit" in D.format_table(d)
+    assert "deployment-spread fit" in format_table(d)
 
 
 def test_spread_fit_without_sampler_record_fails():
@@ -126,13 +151,13 @@ def test_spread_fit_due_but_absent_fails_and_not_due_is_not_run():
     sp = d["deployment_spread"]
     assert sp["status"] == "missing" and "no deployment_spread group" in sp["reason"]
     assert not any(sp["checks"].values()) and d["passed"] is False
-    assert "MISSING" in D.format_table(d)
+    assert "MISSING" in format_table(d)
     # not due: the deployment level is off, or no group has two deployments
     for idata in (_fit(priors={"deployment_level": "off"}), _fit(deps=DEPS[:1])):
         d = D.diagnose(idata)
         assert d["deployment_spread"]["status"] == "not run" and d["deployment_spread"]["reason"]
         assert d["passed"] is True
-        assert "not run (" in D.format_table(d)
+        assert "not run (" in format_table(d)
 
 
 def test_cli_diagnose_exit_code_and_reasons(tmp_path, capsys):

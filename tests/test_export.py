@@ -3,18 +3,19 @@ import json
 import numpy as np
 import pytest
 import yaml
+from fakefit import fake_idata
 
 from bayeslat import export as E
 from bayeslat import features as F
 from bayeslat import model as M
-from fakefit import fake_idata
 
 
 @pytest.fixture(scope="module")
 def fake():
     # regime factors far apart (log-sd 0.5), so that the load weighting of the BLIS export matters
-    obs, truth = M.simulate_obs(seed=3, rows={("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20},
-                                dev_sd=(0.15, 0.15, 0.5))
+    obs, truth = M.simulate_obs(
+        seed=3, rows={("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20}, dev_sd=(0.15, 0.15, 0.5)
+    )
     return obs, truth, fake_idata(obs, truth, seed=1)
 
 
@@ -72,7 +73,7 @@ def test_unseen_group_is_marked_and_wider(fake):
 def test_blis_export(fake):
     obs, truth, idata = fake
     text = E.export(idata, "H100 SXM/dense", "blis")
-    line = [l for l in text.splitlines() if l.startswith("--alpha-coeffs")][0]
+    line = [ln for ln in text.splitlines() if ln.startswith("--alpha-coeffs")][0]
     parts = line.split()
     alpha = [float(x) for x in parts[1].split(",")]
     beta = [float(x) for x in parts[3].split(",")]
@@ -106,6 +107,7 @@ def test_blis_export(fake):
     assert k > 0
     folded = tb[:, F.B["decode_kv"]] + tb[:, F.B["context_overhead"]] * 1000.0 / 1e5 * k
     assert folded.min() * 0.9 <= beta[9] <= folded.max() * 1.1
+
     # the fold itself: b9 moves linearly with the context_overhead coefficient (0, 1x, 2x), by
     # us per KV token x k, and nothing else moves
     def b9_with(factor):
@@ -114,6 +116,7 @@ def test_blis_export(fake):
         bp[..., F.B["context_overhead"]] *= factor
         c.posterior["beta_pop"] = (c.posterior["beta_pop"].dims, bp)
         return E.blis_coefficients(c, "H100 SXM/dense")["beta"]
+
     b0, b1, b2 = b9_with(0.0), b9_with(1.0), b9_with(2.0)
     step = b1[9] - b0[9]
     assert step > 0 and b2[9] - b1[9] == pytest.approx(step, rel=1e-9)
@@ -137,6 +140,7 @@ def test_blis_export(fake):
 def test_bad_inputs(fake, tmp_path):
     _, _, idata = fake
     from bayeslat.errors import SpecError
+
     with pytest.raises(SpecError, match="format"):
         E.export(idata, "H100 SXM/dense", "toml")
     with pytest.raises(SpecError, match="group"):

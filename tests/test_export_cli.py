@@ -1,5 +1,6 @@
 """``bayeslat export``: the target's TP degree is never assumed silently, BLIS flags alone on
 stdout (``$(bayeslat export ...)``), and GPU datasheets found as package data."""
+
 import json
 import shlex
 
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 
 from bayeslat import cli
+from bayeslat import config as S
 from bayeslat import export as E
 from bayeslat import features as F
 from bayeslat import model as M
-from bayeslat.config import specs as S
+
 GROUP = "H100 SXM/dense"  # the shipped fit's dense rows: Llama-2-7B TP 1, CodeLlama-34B TP 2, Llama-2-70B TP 4
 
 
@@ -116,7 +118,7 @@ def test_datasheet_is_read_from_the_package_spec_resolver(default, tmp_path, mon
     sheet["interconnect"]["nvlink_bandwidth_gb_s"] = 450
     (tmp_path / "hardware").mkdir()
     (tmp_path / "hardware" / "h100-sxm.json").write_text(json.dumps(sheet))
-    monkeypatch.setattr(S, "specs_dir", lambda: tmp_path)
+    monkeypatch.setattr(S.files, "specs_dir", lambda: tmp_path)
     b2 = E.blis_coefficients(default, GROUP, tp=1)
     assert b2["hbm_over_link"] == pytest.approx(3.35e12 / 450e9)
     assert b2["beta"][3] == pytest.approx(2 * b["beta"][3])

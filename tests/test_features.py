@@ -1,10 +1,13 @@
 """feature_context from specs, and the kernel's features on hand-built batches."""
+
 import numpy as np
 import pytest
 
-from bayeslat.deployment import resolve
+from bayeslat import config as S
 from bayeslat import features as F
-from bayeslat.config import specs as S
+from bayeslat.deployment import resolve
+
+
 @pytest.fixture(scope="module")
 def llama7b():
     m, hw = S.load_model("llama-2-7b-hf"), S.load_hardware("h100-sxm")
@@ -36,7 +39,9 @@ def test_context_fields(llama7b, mixtral):
     # workers: the TP degree; multiproc (alpha feature) is 1 only with more than one worker
     assert ctx.workers == 1.0 and F.multiproc(ctx) == 0.0 and F.multiproc(ctx.to_array()) == 0.0
     assert cm.workers == 2.0 and F.multiproc(cm) == 1.0 and F.multiproc(cm.to_array()) == 1.0
-    np.testing.assert_array_equal(F.alpha_features([100, 200], [0, 5], F.multiproc(cm))[:, F.ALPHA_NAMES.index("multiproc")], [1.0, 1.0])
+    np.testing.assert_array_equal(
+        F.alpha_features([100, 200], [0, 5], F.multiproc(cm))[:, F.ALPHA_NAMES.index("multiproc")], [1.0, 1.0]
+    )
     assert cm.expert_weight_bytes == pytest.approx(32 * 8 * 3 * 4096 * 14336 * 2 / 2)
     ep = F.feature_context(mx, S.load_hardware("h100-sxm"), S.load_server({"tensor_parallel": 2, "expert_parallel": True}))
     assert ep.dispatch_bytes_per_token > 0
@@ -70,8 +75,9 @@ def test_kernel_hand_computed(llama7b):
     fl = S.step_flops(m, [1, 10], [99, 0], [False, True])
     peak = 989.5e6
     assert raw[F.B["prefill_compute"]] + raw[F.B["decode_compute"]] == pytest.approx(fl["total"] / peak)
-    assert raw[F.B["prefill_compute"]] == pytest.approx((10 * ctx.linear_flops_per_token + 55 * ctx.attn_flops_per_pair
-                                                        + ctx.lm_head_flops_per_seq) / peak)
+    assert raw[F.B["prefill_compute"]] == pytest.approx(
+        (10 * ctx.linear_flops_per_token + 55 * ctx.attn_flops_per_pair + ctx.lm_head_flops_per_seq) / peak
+    )
     assert raw[F.B["weight_load"]] == pytest.approx(ctx.dense_weight_bytes / 3.35e6)
     assert ctx.dense_weight_bytes == pytest.approx(S.weight_bytes_per_gpu(m)["total"] - 32000 * 4096 * 2)
     assert raw[F.B["decode_kv"]] == pytest.approx(100 * 524_288 / 3.35e6)
@@ -98,8 +104,10 @@ def test_regimes(llama7b):
 
 def test_moe_weight_load_grows_with_tokens(mixtral):
     _, _, ctx = mixtral
-    w = [F.step_features(F.batch_stats([1] * n, [100] * n, [False] * n), ctx, scaled=False)[0][0, F.B["weight_load"]]
-         for n in (1, 2, 8, 64)]
+    w = [
+        F.step_features(F.batch_stats([1] * n, [100] * n, [False] * n), ctx, scaled=False)[0][0, F.B["weight_load"]]
+        for n in (1, 2, 8, 64)
+    ]
     assert all(a < b for a, b in zip(w, w[1:]))
     full = (ctx.dense_weight_bytes + ctx.expert_weight_bytes) / ctx.hbm_bytes_per_us
     assert w[-1] == pytest.approx(full, rel=1e-6)
@@ -107,8 +115,15 @@ def test_moe_weight_load_grows_with_tokens(mixtral):
     assert w[0] == pytest.approx(one)
 
 
-@pytest.mark.parametrize("key,server", [("llama-2-7b-hf", "llama-2-7b-tp1"), ("mixtral-8x7b-v0.1", "mixtral-8x7b-tp2"),
-                                        ("llama-2-70b-hf", "llama-2-70b-tp4"), ("deepseek-v2-lite", None)])
+@pytest.mark.parametrize(
+    "key,server",
+    [
+        ("llama-2-7b-hf", "llama-2-7b-tp1"),
+        ("mixtral-8x7b-v0.1", "mixtral-8x7b-tp2"),
+        ("llama-2-70b-hf", "llama-2-70b-tp4"),
+        ("deepseek-v2-lite", None),
+    ],
+)
 def test_monotone_finite_and_scaled(key, server):
     m, hw = S.load_model(key), S.load_hardware("h100-sxm")
     ctx = F.feature_context(m, hw, S.load_server(server))

@@ -1,5 +1,6 @@
 """The fit command's data path: the rows a fit sees depend on the data seed alone, and the shipped
 default fit is the fit of the current bundled design."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FitCalled
+from synthrun import _run
+from test_obs_from_tables import write_experiment, write_replay
 
 from bayeslat import cli
 from bayeslat import features as F
 from bayeslat import model as M
+from bayeslat.cli import fit as cli_fit
 from bayeslat.data.ingest import ingest
-
-from conftest import FitCalled
-from synthrun import _run
-from test_obs_from_tables import write_experiment, write_replay
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def replay_dir(tmp_path_factory):
 
 
 def _obs(argv):
-    return M._load_obs(cli.build_parser().parse_args(["fit", *argv]))
+    return cli_fit._load_obs(cli.build_parser().parse_args(["fit", *argv]))
 
 
 def test_sampler_seed_does_not_change_the_rows(replay_dir):
@@ -44,8 +45,21 @@ def test_sampler_seed_does_not_change_the_rows(replay_dir):
 def test_cli_fit_records_both_seeds(replay_dir, tmp_path, fit_calls):
     seen = fit_calls
     with pytest.raises(FitCalled):
-        cli.main(["fit", "--data", str(replay_dir), "--out", str(tmp_path / "f.nc"), "--seed", "3", "--data-seed", "5",
-                  "--rows-per-run-kind", "15"])
+        cli.main(
+            [
+                "fit",
+                "--data",
+                str(replay_dir),
+                "--out",
+                str(tmp_path / "f.nc"),
+                "--seed",
+                "3",
+                "--data-seed",
+                "5",
+                "--rows-per-run-kind",
+                "15",
+            ]
+        )
     assert seen["seed"] == 3
     assert seen["attrs"]["data_seed"] == 5
     assert seen["attrs"]["rows_per_run_kind"] == 15
@@ -75,6 +89,7 @@ def test_shipped_default_is_the_fit_of_the_current_bundled_design():
         if v:
             argv += [flag, *v]
     from bayeslat.data import datasets
+
     assert a["bundled_data_hash"] == datasets.data_hash(), "the bundled tables changed since the default was fit"
     obs = _obs(argv)
     if M.data_hash(obs) == a["data_hash"]:
@@ -85,8 +100,9 @@ def test_shipped_default_is_the_fit_of_the_current_bundled_design():
     assert obs.run.tolist() == cd["run"].values.astype(str).tolist(), "other rows: refit the default (bayeslat fit)"
     np.testing.assert_array_equal(obs.kind, cd["kind"].values)
     np.testing.assert_array_equal(obs.request, cd["request"].values)
-    np.testing.assert_allclose(obs.y, idata.observed_data["y"].values, rtol=1e-9,
-                               err_msg="observed y changed: refit the default (bayeslat fit)")
+    np.testing.assert_allclose(
+        obs.y, idata.observed_data["y"].values, rtol=1e-9, err_msg="observed y changed: refit the default (bayeslat fit)"
+    )
     np.testing.assert_allclose(obs.X, cd["X"].values, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(obs.A, cd["A"].values, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(obs.n_steps, cd["n_steps"].values, rtol=1e-9)

@@ -1,4 +1,5 @@
 """Exact parsing of hand-built traces (tests/data/traces) and one real replay run."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bayeslat.cli.ingest import run as cli_ingest
+from bayeslat.data.ingest import check_schema, detect_kind, ingest, read_table, tables
 from bayeslat.errors import IngestError
-from bayeslat.data.ingest import check_schema, cli_ingest, detect_kind, ingest, read_table, tables
 
 TR = Path(__file__).parent / "data" / "traces"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -35,7 +37,12 @@ def test_requests_exact(res):
     assert list(r.index) == ["reqA", "reqB", "reqC"]
     a = r.loc["reqA"]
     assert (a.arrival_ns, a.handoff_ns, a.queued_ns, a.first_scheduled_ns) == (S0, S0 + 1_000_000, S0 + 2_000_000, S0 + 3_000_000)
-    assert (a.first_token_ns, a.first_response_ns, a.finished_ns, a.departed_ns) == (S0 + 150_000_000, S0 + 200_000_000, S0 + 990_000_000, S0 + 1_000_000_000)
+    assert (a.first_token_ns, a.first_response_ns, a.finished_ns, a.departed_ns) == (
+        S0 + 150_000_000,
+        S0 + 200_000_000,
+        S0 + 990_000_000,
+        S0 + 1_000_000_000,
+    )
     assert (a.input_tokens, a.max_tokens, a.output_tokens, a.n_preemptions) == (100, 20, 20, 1)
     assert a.finish_status == "FINISHED_LENGTH_CAPPED" and not a.aborted and a.clock == "monotonic"
     assert a.ttft_ms == pytest.approx(200.0) and a.e2e_ms == pytest.approx(1000.0)
@@ -50,8 +57,12 @@ def test_requests_exact(res):
 
 def test_request_events_preempt_resume_and_chunked(res):
     e = res["request_events"]
-    assert list(zip(e.request_id, e.event, e.step)) == [("reqA", "scheduled", 5), ("reqA", "preempted", 8),
-                                                         ("reqA", "resumed", 10), ("reqC", "scheduled", 20)]
+    assert list(zip(e.request_id, e.event, e.step)) == [
+        ("reqA", "scheduled", 5),
+        ("reqA", "preempted", 8),
+        ("reqA", "resumed", 10),
+        ("reqC", "scheduled", 20),
+    ]
     assert list(e.seq) == [0, 1, 2, 0]
     assert list(e.decode_done_tokens) == [0, 6, 6, 0] and list(e.num_preemptions) == [0, 1, 1, 0]
     assert list(e.prefill_total_tokens) == [100, 100, 106, 3000]
@@ -76,8 +87,8 @@ def test_kv_steps_dedup(res):
     k = res["kv_steps"]
     assert list(k.step) == [5, 6, 7, 8]
     assert list(k.blocks_stored_gpu) == [3, 0, 0, 0]
-    assert list(k.transfers_initiated) == [1, 0, 0, 0]       # the repeat of t1 is not counted
-    assert list(k.blocks_offloaded) == [0, 3, 0, 0]          # ... nor the repeated completion
+    assert list(k.transfers_initiated) == [1, 0, 0, 0]  # the repeat of t1 is not counted
+    assert list(k.blocks_offloaded) == [0, 3, 0, 0]  # ... nor the repeated completion
     assert list(k.blocks_loaded) == [0, 0, 0, 4]
     assert list(k.bytes_offloaded) == [0.0, 3000.0, 0.0, 0.0]  # kv_block_bytes 1000 from the experiment
     assert list(k.blocks_removed_gpu) == [0, 0, 1, 0] and list(k.blocks_evicted) == [0, 0, 2, 0]
@@ -89,25 +100,40 @@ def test_report_counts_and_reasons(res):
     j, st, kv = (str(TR / n) for n in ("journey.jsonl", "steps.jsonl", "kv_events.jsonl"))
     ex = lambda reason: rep.skipped[reason]["examples"]
     assert {k: v["count"] for k, v in rep.skipped.items()} == {
-        "invalid_json": 1, "truncated_line": 1, "missing_attribute": 2, "reversed_timestamp": 2, "unknown_event": 3, "duplicate": 2}
+        "invalid_json": 1,
+        "truncated_line": 1,
+        "missing_attribute": 2,
+        "reversed_timestamp": 2,
+        "unknown_event": 3,
+        "duplicate": 2,
+    }
     assert ex("invalid_json") == [f"{j}:4: invalid_json: Expecting ',' delimiter: line 1 column 38 (char 37)"]
     assert ex("truncated_line")[0].startswith(f"{j}:6: truncated_line")
     assert ex("missing_attribute") == [
         f"{j}:5: ts.monotonic_ns: missing_attribute: attributes ts.monotonic_ns and ts.monotonic are missing",
-        f"{st}:2: step.ts_start_ns: missing_attribute: attribute step.ts_start_ns is missing"]
+        f"{st}:2: step.ts_start_ns: missing_attribute: attribute step.ts_start_ns is missing",
+    ]
     assert ex("reversed_timestamp")[0].startswith(f"{j}:5: ts: reversed_timestamp: journey.PREEMPTED")
     assert ex("reversed_timestamp")[1].startswith(f"{st}:2: step.ts_end_ns: reversed_timestamp: step 30")
-    assert ex("unknown_event") == [f"{j}:5: unknown_event: event 'journey.TELEPORTED' in span llm_core",
-                                   f"{st}:2: unknown_event: event 'step.MYSTERY' in span scheduler_steps_1",
-                                   f"{kv}:3: unknown_event: KV event 'Bogus'"]
-    assert ex("duplicate") == [f"{kv}:2: duplicate: TransferInitiated of transfer t1 repeated",
-                               f"{kv}:3: duplicate: TransferCompleted of transfer t1 repeated"]
+    assert ex("unknown_event") == [
+        f"{j}:5: unknown_event: event 'journey.TELEPORTED' in span llm_core",
+        f"{st}:2: unknown_event: event 'step.MYSTERY' in span scheduler_steps_1",
+        f"{kv}:3: unknown_event: KV event 'Bogus'",
+    ]
+    assert ex("duplicate") == [
+        f"{kv}:2: duplicate: TransferInitiated of transfer t1 repeated",
+        f"{kv}:3: duplicate: TransferCompleted of transfer t1 repeated",
+    ]
     f = rep.to_dict()["files"]
     assert f[j]["records"]["line"] == {"kept": 4, "skipped": 2}
     assert f[st]["records"]["step.BATCH_SUMMARY"] == {"kept": 4, "skipped": 2}
     assert f[kv]["records"]["TransferCompleted"] == {"kept": 2, "skipped": 1}
     # every record accounted for: kept + skipped events of the journey file = events in the file
-    n_events = sum(line.count('"timeUnixNano"') for line in open(j).read().splitlines()[:5] if line.startswith('{"resourceSpans"') and line.endswith("}"))
+    n_events = sum(
+        line.count('"timeUnixNano"')
+        for line in open(j).read().splitlines()[:5]
+        if line.startswith('{"resourceSpans"') and line.endswith("}")
+    )
     jr = f[j]["records"]
     assert sum(v["kept"] + v["skipped"] for k, v in jr.items() if "." in k) == n_events
     assert rep.ok
@@ -115,7 +141,14 @@ def test_report_counts_and_reasons(res):
 
 def test_experiment_row(res):
     e = res["experiments"].iloc[0]
-    assert (e.run, e.model, e.hardware, e.tensor_parallel, e.kv_blocks, e.cpu_offload_gb) == ("toy-run", "llama-2-7b-hf", "H100 SXM", 1, 1000, 4.0)
+    assert (e.run, e.model, e.hardware, e.tensor_parallel, e.kv_blocks, e.cpu_offload_gb) == (
+        "toy-run",
+        "llama-2-7b-hf",
+        "H100 SXM",
+        1,
+        1000,
+        4.0,
+    )
     assert json.loads(e.server_json)["max_num_batched_tokens"] == 2048 and bool(e.prefix_caching)
 
 
@@ -135,8 +168,12 @@ def test_upstream_span_real_line():
 
 
 def test_cli_writes_parquet_and_exit_codes(tmp_path, capsys):
-    args = SimpleNamespace(paths=[str(TR / "journey.jsonl"), str(TR / "steps.jsonl"), str(TR / "kv_events.jsonl")],
-                           experiment=str(TR / "experiment.yaml"), out=str(tmp_path / "o"), json=True)
+    args = SimpleNamespace(
+        paths=[str(TR / "journey.jsonl"), str(TR / "steps.jsonl"), str(TR / "kv_events.jsonl")],
+        experiment=str(TR / "experiment.yaml"),
+        out=str(tmp_path / "o"),
+        json=True,
+    )
     assert cli_ingest(args) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["ok"] and rep["tables"]["steps"] == 4
@@ -175,6 +212,7 @@ def test_real_replay_run(tmp_path):
     assert e.run == exp.name and e.tensor_parallel == 1 and e.max_num_batched_tokens == 2048
     # consistent with the bundled dataset built by bayeslat.data.datasets
     from bayeslat.data import datasets
+
     b = datasets.requests(exp.name)
     np.testing.assert_allclose(q.ttft_ms.to_numpy(), b.ttft_ms.to_numpy())
     assert (q.input_tokens.to_numpy() == b.input_tokens.to_numpy()).all()
@@ -238,14 +276,41 @@ def test_step_fast_path_matches_general_path(tmp_path):
     assert a.report.skipped.keys() == b.report.skipped.keys()
 
 
-@pytest.mark.parametrize("value", ["1e3", "true", "false", "-5", " 7", "1_000", "007", "+5", "-0", "null", "[1]", "1,2", "",
-                                   "abc", "1.5", "9223372036854775807", 7, None, True, 1.5,
-                                   "9223372036854775808", "-9223372036854775809", "18446744073709551615",
-                                   "99999999999999999999", 10**20])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1e3",
+        "true",
+        "false",
+        "-5",
+        " 7",
+        "1_000",
+        "007",
+        "+5",
+        "-0",
+        "null",
+        "[1]",
+        "1,2",
+        "",
+        "abc",
+        "1.5",
+        "9223372036854775807",
+        7,
+        None,
+        True,
+        1.5,
+        "9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551615",
+        "99999999999999999999",
+        10**20,
+    ],
+)
 def test_step_fast_paths_exact_for_odd_integers(tmp_path, monkeypatch, value):
     # one odd intValue in a summary and in a snapshot: the fast paths (whole span, event by
     # event) give the general path's rows and report, whatever the value
-    from bayeslat.data.ingest import otlp
+    from bayeslat.data.ingest import otlp_steps
+
     d = json.loads((TR / "steps.jsonl").read_text().splitlines()[0])
     events = d["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["events"]
     lines = [json.dumps(d)]
@@ -258,7 +323,7 @@ def test_step_fast_paths_exact_for_odd_integers(tmp_path, monkeypatch, value):
     p = tmp_path / "steps.jsonl"
     p.write_text("\n".join(lines) + "\n")
     fast = ingest([p])
-    monkeypatch.setattr(otlp, "_plan", lambda en, keys: False)  # no fast path: every event the general way
+    monkeypatch.setattr(otlp_steps, "_plan", lambda en, keys: False)  # no fast path: every event the general way
     general = ingest([p])
     for name in ("steps", "step_requests"):
         pd.testing.assert_frame_equal(fast[name], general[name])
@@ -266,9 +331,11 @@ def test_step_fast_paths_exact_for_odd_integers(tmp_path, monkeypatch, value):
 
 
 def test_stdlib_json_fallback_same_result(monkeypatch, res):
-    from bayeslat.data.ingest import _io, otlp
+    from bayeslat.data.ingest import _io, otlp_columns, otlp_parallel
+
     monkeypatch.setattr(_io, "_fast_loads", None)
-    monkeypatch.setattr(otlp, "_fast_loads", None)
+    monkeypatch.setattr(otlp_columns, "_fast_loads", None)
+    monkeypatch.setattr(otlp_parallel, "_fast_loads", None)
     r = ingest([TR / "journey.jsonl", TR / "steps.jsonl", TR / "kv_events.jsonl"], experiment=TR / "experiment.yaml")
     for name in tables.TABLES:
         pd.testing.assert_frame_equal(r[name], res[name])
@@ -284,6 +351,7 @@ def test_failed_replay_requests_agree_with_bundle():
     r = ingest([REASONING, Path(str(REASONING).replace(".json.gz", "_ground_truth.json.gz"))], experiment=exp / "exp-config.yaml")
     q = r["requests"]
     from bayeslat.data import datasets
+
     b = datasets.requests(exp.name)
     err = q.has_error.to_numpy(bool)
     assert err.sum() > 1000 and (err == b.has_error.to_numpy()).all()
@@ -298,7 +366,7 @@ def test_failed_replay_requests_agree_with_bundle():
 def test_worker_processes_same_tables_and_report(tmp_path, monkeypatch):
     """Step lines parsed by worker processes (small blocks, so many are in flight) give exactly
     the tables and report of the in-process parse, also around bad lines and journey spans."""
-    from bayeslat.data.ingest import otlp
+    from bayeslat.data.ingest import otlp, otlp_parallel
     from tests.test_obs_from_tables import _run, write_trace
 
     if otlp.n_workers(TR / "steps.jsonl", 2) != 2:
@@ -309,7 +377,7 @@ def test_worker_processes_same_tables_and_report(tmp_path, monkeypatch):
     gen = (tmp_path / "gen.jsonl").read_text().splitlines(keepends=True)
     fx = [(TR / n).read_text() for n in ("steps.jsonl", "journey.jsonl")]
     mixed.write_text("".join(gen[:40]) + fx[0] + "".join(gen[40:]) + fx[1].rstrip("\n") + "\n" + "".join(gen[:5]))
-    monkeypatch.setattr(otlp, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(otlp_parallel, "BLOCK_BYTES", 4096)
     seen = []
     orig = otlp.OtlpState._bulk_commit
     monkeypatch.setattr(otlp.OtlpState, "_bulk_commit", lambda self, *a: (seen.append(1), orig(self, *a))[1])
@@ -320,6 +388,7 @@ def test_worker_processes_same_tables_and_report(tmp_path, monkeypatch):
         for lineno, raw, res in par(*args, **kw):
             by_worker.append(res is not None)
             yield lineno, raw, res
+
     monkeypatch.setattr(otlp, "_parallel_lines", counted)
     a = ingest([mixed], workers=0)
     n_seq = len(seen)
@@ -350,17 +419,19 @@ def _with_value(line: str, event: int | None, key: str, value: dict) -> str:
 def _bad_values_trace(tmp_path):
     steps = (TR / "steps.jsonl").read_text().splitlines()[0]  # events: sum 20, snap 20, sum 21, snap 21, sum 23
     api, core = (TR / "journey.jsonl").read_text().splitlines()[:2]
-    lines = [steps,
-             _with_value(steps, 0, "batch.prefill_tokens", {"intValue": BIG}),
-             _with_value(steps, 2, "batch.decode_tokens", {"doubleValue": 1e20}),            # in an integer column
-             _with_value(steps, 1, "request.phase", {"intValue": "3"}),
-             _with_value(steps, 3, "request.phase", {"boolValue": True}),
-             _with_value(steps, 4, "step.ts_end_ns", {"intValue": "9223372036854775808"}),   # int64 max + 1
-             _with_value(steps, 1, "request.num_output_tokens", {"intValue": "-9223372036854775809"}),
-             _with_value(steps, 2, "kv.usage_gpu_ratio", {"stringValue": "0.5"}),               # not a number
-             _with_value(api, 0, "event.ts.monotonic", {"doubleValue": 1e20}),               # s -> ns beyond int64
-             _with_value(core, 0, "ts.monotonic_ns", {"intValue": BIG}),
-             steps]
+    lines = [
+        steps,
+        _with_value(steps, 0, "batch.prefill_tokens", {"intValue": BIG}),
+        _with_value(steps, 2, "batch.decode_tokens", {"doubleValue": 1e20}),  # in an integer column
+        _with_value(steps, 1, "request.phase", {"intValue": "3"}),
+        _with_value(steps, 3, "request.phase", {"boolValue": True}),
+        _with_value(steps, 4, "step.ts_end_ns", {"intValue": "9223372036854775808"}),  # int64 max + 1
+        _with_value(steps, 1, "request.num_output_tokens", {"intValue": "-9223372036854775809"}),
+        _with_value(steps, 2, "kv.usage_gpu_ratio", {"stringValue": "0.5"}),  # not a number
+        _with_value(api, 0, "event.ts.monotonic", {"doubleValue": 1e20}),  # s -> ns beyond int64
+        _with_value(core, 0, "ts.monotonic_ns", {"intValue": BIG}),
+        steps,
+    ]
     p = tmp_path / "bad_values.jsonl"
     p.write_text("\n".join(lines) + "\n")
     return p
@@ -371,7 +442,7 @@ def test_out_of_range_and_mistyped_values_reported_not_fatal(tmp_path, monkeypat
     non-string request.phase (or a non-numeric ratio) skip their event as a bad value of that field (file, line, field);
     the records around them are kept. The fast paths (bulk span, event by event), the general
     path and worker processes give the same tables and report."""
-    from bayeslat.data.ingest import otlp
+    from bayeslat.data.ingest import otlp, otlp_parallel, otlp_steps
 
     p = _bad_values_trace(tmp_path)
     fast = ingest([p])
@@ -382,7 +453,8 @@ def test_out_of_range_and_mistyped_values_reported_not_fatal(tmp_path, monkeypat
         f"{p}:3: batch.decode_tokens: bad_value: attribute batch.decode_tokens=1e+20 is outside the int64 range",
         f"{p}:4: request.phase: bad_value: attribute request.phase=3 is not a string",
         f"{p}:5: request.phase: bad_value: attribute request.phase=True is not a string",
-        f"{p}:6: step.ts_end_ns: bad_value: attribute step.ts_end_ns='9223372036854775808' is outside the int64 range"]
+        f"{p}:6: step.ts_end_ns: bad_value: attribute step.ts_end_ns='9223372036854775808' is outside the int64 range",
+    ]
     recs = rep.to_dict()["files"][str(p)]["records"]
     assert recs["step.BATCH_SUMMARY"] == {"kept": 9 * 3 - 4, "skipped": 4}
     assert recs["step.REQUEST_SNAPSHOT"] == {"kept": 9 * 2 - 3, "skipped": 3}
@@ -394,9 +466,9 @@ def test_out_of_range_and_mistyped_values_reported_not_fatal(tmp_path, monkeypat
     assert q.departed_ns.iloc[0] == S0 + 1_000_000_000 and q.first_scheduled_ns.iloc[0] == S0 + 3_000_000
     runs = {"fast": fast}
     if otlp.n_workers(p, 2) == 2:
-        monkeypatch.setattr(otlp, "BLOCK_BYTES", 4096)  # a block per line
+        monkeypatch.setattr(otlp_parallel, "BLOCK_BYTES", 4096)  # a block per line
         runs["workers"] = ingest([p], workers=2)
-    monkeypatch.setattr(otlp, "_plan", lambda en, keys: False)  # no fast path: every event the general way
+    monkeypatch.setattr(otlp_steps, "_plan", lambda en, keys: False)  # no fast path: every event the general way
     runs["general"] = ingest([p], workers=0)
     for k, r in runs.items():
         for name in tables.TABLES:
@@ -423,28 +495,29 @@ def test_out_of_range_span_values_reported(tmp_path, source, field):
     r = ingest([p])
     assert r.report.skipped.keys() == {"bad_value"}
     assert r.report.skipped["bad_value"]["examples"] == [
-        f"{p}:1: {field}: bad_value: {'attribute ' if source == 'api' else ''}{field}='{BIG}' is outside the int64 range"]
+        f"{p}:1: {field}: bad_value: {'attribute ' if source == 'api' else ''}{field}='{BIG}' is outside the int64 range"
+    ]
     assert len(r["requests"]) == 0
 
 
-_WORKER_SCRIPT = r'''
+_WORKER_SCRIPT = r"""
 import json, multiprocessing, os, sys
 from pathlib import Path
-from bayeslat.data.ingest import ingest, otlp, tables
+from bayeslat.data.ingest import ingest, otlp, otlp_parallel, tables
 
 p = Path(sys.argv[1])
-otlp.BLOCK_BYTES = 4096  # a block per line: many blocks in flight
+otlp_parallel.BLOCK_BYTES = 4096  # a block per line: many blocks in flight
 ref = ingest([p], workers=0)
 
 # a worker that raises on a block, one that dies: their blocks are parsed in-process, same result
-real = otlp._work_block
+real = otlp_parallel._work_block
 def flaky(raws):
     if any(b"scheduler_steps_boom" in r for r in raws):
         raise RuntimeError("boom in a worker")
     if any(b"scheduler_steps_die" in r for r in raws):
         os._exit(3)
     return real(raws)
-otlp._work_block = flaky
+otlp_parallel._work_block = flaky
 r = ingest([p], workers=2)
 for name in tables.TABLES:
     assert r[name].equals(ref[name]), name
@@ -456,7 +529,7 @@ assert not multiprocessing.active_children()
 print("OK worker failures", flush=True)
 
 # an exception escaping parse_file while the workers run: it surfaces at once, workers reaped
-otlp._work_block = real
+otlp_parallel._work_block = real
 orig, calls = otlp.OtlpState._bulk_commit, [0]
 def failing(self, *a):
     calls[0] += 1
@@ -473,7 +546,7 @@ assert not multiprocessing.active_children()
 print("OK escaping exception", flush=True)
 calls[0] = 0
 ingest([p], workers=2)  # uncaught: the interpreter exits with it (and must not hang)
-'''
+"""
 
 
 def test_worker_failures_surface_without_hanging(tmp_path):
@@ -483,6 +556,7 @@ def test_worker_failures_surface_without_hanging(tmp_path):
     with a timeout so that a hang fails the test."""
     import subprocess
     import sys
+
     from bayeslat.data.ingest import otlp
 
     if otlp.n_workers(TR / "steps.jsonl", 2) != 2:
@@ -494,8 +568,13 @@ def test_worker_failures_surface_without_hanging(tmp_path):
     p = tmp_path / "w.jsonl"
     p.write_text("\n".join([steps] * 10 + [boom] + [steps] * 5 + journey + [bad, die] + [steps] * 10) + "\n")
     try:
-        out = subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, str(p)], capture_output=True, text=True, timeout=180,
-                             cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-c", _WORKER_SCRIPT, str(p)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=Path(__file__).resolve().parents[1],
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"ingest with workers hung: {e.stdout!r} {e.stderr!r}")
     assert out.stdout.split("\n")[:2] == ["OK worker failures", "OK escaping exception"], out.stderr
@@ -507,8 +586,11 @@ def test_malformed_otlp_structure_is_reported_not_raised(tmp_path):
     (they used to raise AttributeError); the good span on the same line is still read."""
     lines = (TR / "journey.jsonl").read_text().splitlines()
     good = json.loads(lines[0])
-    good["resourceSpans"] += ["oops", {"scopeSpans": 5}, {"scopeSpans": [7, {"scope": "x", "spans": []},
-                                                                       {"scope": {"name": "vllm.api"}, "spans": [3]}]}]
+    good["resourceSpans"] += [
+        "oops",
+        {"scopeSpans": 5},
+        {"scopeSpans": [7, {"scope": "x", "spans": []}, {"scope": {"name": "vllm.api"}, "spans": [3]}]},
+    ]
     p = tmp_path / "bad_structure.jsonl"
     p.write_text(json.dumps(good) + "\n" + lines[1] + "\n")
     r = ingest([p])

@@ -19,6 +19,7 @@ the line being read when it was made.
 Examples are bounded and derandomized (no example database) so CI runs are reproducible; the
 plain tests at the end pin the cases the fuzzing found.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,12 +48,28 @@ TR = Path(__file__).parent / "data" / "traces"
 def fuzz(n: int):
     """Hypothesis settings: ``n`` examples, reproducible (derandomized, no example database), no
     deadline (the machine is shared). The budgets keep the whole file under ~30 s on 2 cores."""
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
-REASONS = {"invalid_json", "truncated_line", "missing_attribute", "bad_value", "negative_timestamp",
-           "reversed_timestamp", "unknown_event", "unknown_span", "unknown_scope", "unknown_record", "duplicate"}
+REASONS = {
+    "invalid_json",
+    "truncated_line",
+    "missing_attribute",
+    "bad_value",
+    "negative_timestamp",
+    "reversed_timestamp",
+    "unknown_event",
+    "unknown_span",
+    "unknown_scope",
+    "unknown_record",
+    "duplicate",
+}
 STRUCT_KINDS = ("resourceSpans", "scopeSpans", "span")
 SPAN_KEEP_KINDS = ("scheduler_steps", "llm_request", "llm_core")
 
@@ -172,7 +189,7 @@ def _take_events(recs, i, lineno, names):
     under, any order); returns the next index."""
     want, got, n = Counter(names), Counter(), 0
     while n < len(names):
-        assert i < len(recs) and recs[i].line == lineno, (lineno, names, recs[i:i + 3])
+        assert i < len(recs) and recs[i].line == lineno, (lineno, names, recs[i : i + 3])
         r = recs[i]
         got[str(r.kind)] += r.n
         n += r.n
@@ -216,7 +233,7 @@ def check_otlp(res, file, data: bytes, upto=None):
             continue
         assert r.what == "kept", (lineno, r)
         for sr in _span_records(obj):
-            assert i < len(recs) and recs[i].line == lineno, (lineno, sr, recs[i:i + 2])
+            assert i < len(recs) and recs[i].line == lineno, (lineno, sr, recs[i : i + 2])
             s = recs[i]
             i += 1
             if sr is None:
@@ -240,8 +257,10 @@ def check_otlp(res, file, data: bytes, upto=None):
     assert len(res["request_events"]) == _kept(rep, "journey.SCHEDULED") + _kept(rep, "journey.PREEMPTED")
     q = res["requests"]
     journey = q[q.source == "journey"]
-    m = [re.match(r"journey join: (\d+) joined \(\d+ by request-id prefix\), (\d+) core-only, (\d+) api-only", n)
-         for n in rep.notes]
+    m = [
+        re.match(r"journey join: (\d+) joined \(\d+ by request-id prefix\), (\d+) core-only, (\d+) api-only", n)
+        for n in rep.notes
+    ]
     m = [x for x in m if x]
     joined, core_only, api_only = map(int, m[0].groups()) if m else (0, 0, 0)
     n_core = _kept(rep, "llm_core")
@@ -267,7 +286,7 @@ def check_kv(res, file, data: bytes, upto=None):
         assert ok and _kv_ok_line(obj), (lineno, r)
         kinds = [ev[0] if isinstance(ev, list) and ev and isinstance(ev[0], str) and ev[0] else "event" for ev in obj[1]]
         for k in kinds:  # one record per event, in order
-            assert i < len(recs) and recs[i].line == lineno and recs[i].kind == k and recs[i].n == 1, (lineno, k, recs[i:i + 2])
+            assert i < len(recs) and recs[i].line == lineno and recs[i].kind == k and recs[i].n == 1, (lineno, k, recs[i : i + 2])
             i += 1
     assert i == len(recs), recs[i:]
     assert int(res["kv_steps"]["n_events"].sum()) == sum(r.n for r in recs if r.what == "kept" and r.kind != "line")
@@ -357,13 +376,32 @@ def _synth_lines():
 def _upstream_line(i=0):
     def a(k, v):
         return {"key": k, "value": v}
-    span = {"traceId": "t", "spanId": f"u{i}", "name": "llm_request", "kind": 2,
-            "startTimeUnixNano": "1769021450278127360", "endTimeUnixNano": "1769021453844260888",
-            "attributes": [a("gen_ai.latency.time_to_first_token", {"doubleValue": 0.27}), a("gen_ai.latency.e2e", {"doubleValue": 3.56}),
-                           a("gen_ai.latency.time_in_queue", {"doubleValue": 1.9e-05}), a("gen_ai.usage.prompt_tokens", {"intValue": "1527"}),
-                           a("gen_ai.usage.completion_tokens", {"intValue": "500"}), a("gen_ai.request.id", {"stringValue": f"cmpl-u{i}-0"}),
-                           a("gen_ai.request.max_tokens", {"intValue": "500"})], "status": {}}
-    return json.dumps({"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "vllm.llm_engine"}, "spans": [span]}]}]})
+
+    span = {
+        "traceId": "t",
+        "spanId": f"u{i}",
+        "name": "llm_request",
+        "kind": 2,
+        "startTimeUnixNano": "1769021450278127360",
+        "endTimeUnixNano": "1769021453844260888",
+        "attributes": [
+            a("gen_ai.latency.time_to_first_token", {"doubleValue": 0.27}),
+            a("gen_ai.latency.e2e", {"doubleValue": 3.56}),
+            a("gen_ai.latency.time_in_queue", {"doubleValue": 1.9e-05}),
+            a("gen_ai.usage.prompt_tokens", {"intValue": "1527"}),
+            a("gen_ai.usage.completion_tokens", {"intValue": "500"}),
+            a("gen_ai.request.id", {"stringValue": f"cmpl-u{i}-0"}),
+            a("gen_ai.request.max_tokens", {"intValue": "500"}),
+        ],
+        "status": {},
+    }
+    return json.dumps(
+        {
+            "resourceSpans": [
+                {"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "vllm.llm_engine"}, "spans": [span]}]}
+            ]
+        }
+    )
 
 
 _FIX_J = (TR / "journey.jsonl").read_text().splitlines()
@@ -388,36 +426,71 @@ KV_BASE = [
 
 
 def _replay_doc(n=4):
-    reqs = [{"index": i, "arrival_time_us": 50_000 * i, "input_tokens": 500 + i, "output_tokens": 100 - i,
-             "prefix_group": "", "has_error": i == 2} for i in range(n)]
-    gt = [{"index": i, "has_error": i == 2, "e2e_s": None if i == 2 else 1.5 + i / 10,
-           "ttft_s": None if i == 2 else 0.1 + i / 100} for i in range(n)]
+    reqs = [
+        {
+            "index": i,
+            "arrival_time_us": 50_000 * i,
+            "input_tokens": 500 + i,
+            "output_tokens": 100 - i,
+            "prefix_group": "",
+            "has_error": i == 2,
+        }
+        for i in range(n)
+    ]
+    gt = [
+        {"index": i, "has_error": i == 2, "e2e_s": None if i == 2 else 1.5 + i / 10, "ttft_s": None if i == 2 else 0.1 + i / 100}
+        for i in range(n)
+    ]
     doc = {"experiment": "exp-fuzz", "model_id": "m", "config": {"tp": 1, "block_size": 16}, "model_config": {}, "requests": reqs}
     return doc, gt
 
 
-LIFECYCLE = {"load_summary": {"count": 10, "schedule_delay": {"mean": 0.0004, "p90": 0.001}},
-             "successes": {"count": 9, "latency": {"request_latency": {"mean": 2.08, "min": 1.5, "p90": 2.39, "max": 2.6},
-                                                   "time_to_first_token": {"mean": 0.1, "p99": 0.3}}},
-             "failures": {"count": 1, "latency": {}}}
+LIFECYCLE = {
+    "load_summary": {"count": 10, "schedule_delay": {"mean": 0.0004, "p90": 0.001}},
+    "successes": {
+        "count": 9,
+        "latency": {
+            "request_latency": {"mean": 2.08, "min": 1.5, "p90": 2.39, "max": 2.6},
+            "time_to_first_token": {"mean": 0.1, "p99": 0.3},
+        },
+    },
+    "failures": {"count": 1, "latency": {}},
+}
 
 
 # -------------------------------------------------------------------------------------------------
 # Mutations
 # -------------------------------------------------------------------------------------------------
-HUGE = [2 ** 63, 2 ** 63 - 1, -2 ** 63 - 1, 2 ** 64, -2 ** 64, 10 ** 30, -10 ** 30, 10 ** 400]
-ODD_STR = ["", "abc", "-1", "1e3", "1.5", "NaN", "99999999999999999999", "-9223372036854775809", "9223372036854775808",
-           "\ud800", "\x00", "é"]
+HUGE = [2**63, 2**63 - 1, -(2**63) - 1, 2**64, -(2**64), 10**30, -(10**30), 10**400]
+ODD_STR = [
+    "",
+    "abc",
+    "-1",
+    "1e3",
+    "1.5",
+    "NaN",
+    "99999999999999999999",
+    "-9223372036854775809",
+    "9223372036854775808",
+    "\ud800",
+    "\x00",
+    "é",
+]
 TEXT = st.one_of(st.sampled_from(ODD_STR), st.text(max_size=4), st.characters(categories=["Cs"]))  # lone surrogates too
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.sampled_from(HUGE),
-                    st.floats(allow_nan=True, allow_infinity=True), TEXT)
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.sampled_from(HUGE), st.floats(allow_nan=True, allow_infinity=True), TEXT
+)
 ATTR_VALUES = st.one_of(
-    st.builds(lambda v: {"intValue": v}, st.one_of(st.sampled_from(ODD_STR), st.integers().map(str), st.sampled_from(HUGE).map(str), SCALARS)),
+    st.builds(
+        lambda v: {"intValue": v},
+        st.one_of(st.sampled_from(ODD_STR), st.integers().map(str), st.sampled_from(HUGE).map(str), SCALARS),
+    ),
     st.builds(lambda v: {"doubleValue": v}, SCALARS),
     st.builds(lambda v: {"stringValue": v}, SCALARS),
     st.builds(lambda v: {"boolValue": v}, SCALARS),
     st.dictionaries(st.sampled_from(["intValue", "doubleValue", "stringValue", "boolValue", "arrayValue"]), SCALARS, max_size=3),
-    SCALARS)
+    SCALARS,
+)
 WEIRD = st.one_of(SCALARS, ATTR_VALUES, st.just([]), st.just({}), st.lists(SCALARS, max_size=3))
 
 
@@ -489,13 +562,13 @@ def raw_mutated(draw, raw: bytes):
     replaced, or replaced by random bytes."""
     op = draw(st.sampled_from(["none", "none", "none", "cut", "insert", "byte", "random"]))
     if op == "cut":
-        return raw[:draw(st.integers(0, len(raw)))]
+        return raw[: draw(st.integers(0, len(raw)))]
     if op == "insert":
         k = draw(st.integers(0, len(raw)))
         return raw[:k] + draw(st.sampled_from(BAD_BYTES)) + raw[k:]
     if op == "byte" and raw:
         k = draw(st.integers(0, len(raw) - 1))
-        return raw[:k] + bytes([draw(st.integers(0, 255))]) + raw[k + 1:]
+        return raw[:k] + bytes([draw(st.integers(0, 255))]) + raw[k + 1 :]
     if op == "random":
         return draw(st.binary(max_size=24))
     return raw
@@ -533,7 +606,7 @@ def _write(path: Path, data: bytes, gz_mode: str) -> bytes:
         return data
     z = bytearray(gzip.compress(data, mtime=0))
     if gz_mode == "gz_cut":
-        z = z[:max(len(z) * 2 // 3, 2)]
+        z = z[: max(len(z) * 2 // 3, 2)]
     elif gz_mode == "gz_flip" and len(z) > 20:
         z[len(z) // 2] ^= 0x5A
     path.write_bytes(bytes(z))
@@ -601,7 +674,7 @@ def test_inference_perf_lifecycle_one_record(doc, raw_op):
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "summary_lifecycle_metrics.json"
         raw = json.dumps(doc, indent=1).encode()
-        p.write_bytes(raw[:len(raw) // 2] if raw_op else raw)
+        p.write_bytes(raw[: len(raw) // 2] if raw_op else raw)
         res = run_ingest([p])
         check_file(res, p)
         agg = res.report.aggregates.get(str(p))
@@ -614,12 +687,13 @@ def test_inference_perf_lifecycle_one_record(doc, raw_op):
 def test_step_fast_paths_match_general_path(data):
     """The step fast paths (bulk span, event by event) give the general path's rows and report
     for any mutated step line."""
-    from bayeslat.data.ingest import otlp
+    from bayeslat.data.ingest import otlp_steps
+
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "steps.jsonl"
         p.write_bytes(data)
         fast = ingest([p], workers=0)
-        with mock.patch.object(otlp, "_plan", lambda en, keys: False):
+        with mock.patch.object(otlp_steps, "_plan", lambda en, keys: False):
             general = ingest([p], workers=0)
     for name in ("steps", "step_requests"):
         pd.testing.assert_frame_equal(fast[name], general[name])
@@ -632,13 +706,18 @@ def test_stdlib_json_gives_the_same_result(data):
     """orjson and the stdlib parser (the fallback when orjson is absent) give the same tables and
     report for any input without an integer literal beyond 64 bits (the one difference, see the
     module docstring of bayeslat.data.ingest._io)."""
-    from bayeslat.data.ingest import _io, otlp
+    from bayeslat.data.ingest import _io, otlp_columns, otlp_parallel
+
     assume(not _BEYOND_64_BITS.search(data))
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "t.jsonl"
         p.write_bytes(data)
         fast = ingest([p], workers=0)
-        with mock.patch.object(_io, "_fast_loads", None), mock.patch.object(otlp, "_fast_loads", None):
+        with (
+            mock.patch.object(_io, "_fast_loads", None),
+            mock.patch.object(otlp_columns, "_fast_loads", None),
+            mock.patch.object(otlp_parallel, "_fast_loads", None),
+        ):
             std = ingest([p], workers=0)
     for name in tables.TABLES:
         pd.testing.assert_frame_equal(fast[name], std[name])
@@ -665,8 +744,8 @@ def test_empty_and_blank_files(tmp_path):
 # Regression tests: the cases the fuzzing found, each pinned as a plain test
 # -------------------------------------------------------------------------------------------------
 API, CORE = _FIX_J[0], _FIX_J[1]  # reqA: api span a1, core span (parent a1) with 6 events
-STEPS = _FIX_S[0]                  # steps 20, 21, 23 with snapshots of 20 and 21
-S0 = 1_000_000_000_000             # the fixtures' monotonic clock origin (ns)
+STEPS = _FIX_S[0]  # steps 20, 21, 23 with snapshots of 20 and 21
+S0 = 1_000_000_000_000  # the fixtures' monotonic clock origin (ns)
 
 
 def _span_edit(line: str, edit) -> str:
@@ -699,14 +778,25 @@ def test_reexported_api_span_is_a_duplicate(tmp_path):
     # repeat is skipped as a duplicate; it used to be counted as kept and silently ignored
     p, res, recs = _ingest_text(tmp_path, f"{API}\n{API}\n{CORE}\n{API}")
     assert recs["llm_request"] == {"kept": 1, "skipped": 2}
-    assert res.report.skipped["duplicate"]["examples"] == [f"{p}:2: spanId: duplicate: second llm_request span a1",
-                                                           f"{p}:4: spanId: duplicate: second llm_request span a1"]
+    assert res.report.skipped["duplicate"]["examples"] == [
+        f"{p}:2: spanId: duplicate: second llm_request span a1",
+        f"{p}:4: spanId: duplicate: second llm_request span a1",
+    ]
     assert recs["api.ARRIVED"] == {"kept": 1, "skipped": 0}
     assert list(res["requests"].request_id) == ["reqA"]
 
 
-@pytest.mark.parametrize("case", ["attr_without_key", "attrs_not_list", "event_not_object", "finished_bad_output",
-                                  "scheduled_bad_step", "double_beyond_float"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "attr_without_key",
+        "attrs_not_list",
+        "event_not_object",
+        "finished_bad_output",
+        "scheduled_bad_step",
+        "double_beyond_float",
+    ],
+)
 def test_bad_journey_event_skips_only_that_event(tmp_path, case):
     # a malformed part of one core event (an attribute entry without a key, an attribute list
     # that is not a list, an event that is not an object, a bad integer the event contributes
@@ -726,8 +816,9 @@ def test_bad_journey_event_skips_only_that_event(tmp_path, case):
         elif case == "scheduled_bad_step":
             _attr(evs, "journey.SCHEDULED", "scheduler.step", {"intValue": "99999999999999999999"})
         else:
-            _attr(evs, "journey.FIRST_TOKEN", "ts.monotonic", {"doubleValue": 10 ** 400})
+            _attr(evs, "journey.FIRST_TOKEN", "ts.monotonic", {"doubleValue": 10**400})
             _attr(evs, "journey.FIRST_TOKEN", "ts.monotonic_ns", None)
+
     core = _span_edit(CORE, edit)
     if case == "double_beyond_float":  # ts.monotonic_ns removed: FIRST_TOKEN has only the huge ts.monotonic
         core = core.replace('{"key": "ts.monotonic_ns", "value": null}, ', "")
@@ -739,8 +830,12 @@ def test_bad_journey_event_skips_only_that_event(tmp_path, case):
     assert sum(v["skipped"] for v in ev.values()) == 1
     [(reason, r)] = res.report.skipped.items()
     assert reason == "bad_value" and r["examples"][0].startswith(f"{p}:2: "), r
-    field = {"finished_bad_output": "decode.done_tokens", "scheduled_bad_step": "scheduler.step",
-             "double_beyond_float": "ts.monotonic", "event_not_object": "events"}.get(case, "attributes")
+    field = {
+        "finished_bad_output": "decode.done_tokens",
+        "scheduled_bad_step": "scheduler.step",
+        "double_beyond_float": "ts.monotonic",
+        "event_not_object": "events",
+    }.get(case, "attributes")
     assert r["examples"][0].startswith(f"{p}:2: {field}: bad_value: "), r
     q = res["requests"]
     assert list(q.request_id) == ["reqA"] and q.queued_ns.iloc[0] == S0 + 2_000_000
@@ -781,15 +876,18 @@ def test_malformed_span_counted_once(tmp_path, case):
     assert len(res["steps"]) == recs["step.BATCH_SUMMARY"]["kept"]
 
 
-@pytest.mark.parametrize("line, field", [
-    ('[1.0, [["AllBlocksCleared"]], true, 5]', "dp_rank"),
-    ('[1.0, [["AllBlocksCleared"]], 0, false]', "scheduler_step"),
-    ('[1.0, [["AllBlocksCleared"]], 9223372036854775808, 5]', "dp_rank"),
-    ('[1.0, [["AllBlocksCleared"]], 0, -9223372036854775809]', "scheduler_step"),
-    ('[NaN, [["AllBlocksCleared"]], 0, 5]', "ts"),
-    ('[Infinity, [["AllBlocksCleared"]], 0, 5]', "ts"),
-    ('[1' + "0" * 400 + ', [["AllBlocksCleared"]], 0, 5]', "ts"),
-])
+@pytest.mark.parametrize(
+    "line, field",
+    [
+        ('[1.0, [["AllBlocksCleared"]], true, 5]', "dp_rank"),
+        ('[1.0, [["AllBlocksCleared"]], 0, false]', "scheduler_step"),
+        ('[1.0, [["AllBlocksCleared"]], 9223372036854775808, 5]', "dp_rank"),
+        ('[1.0, [["AllBlocksCleared"]], 0, -9223372036854775809]', "scheduler_step"),
+        ('[NaN, [["AllBlocksCleared"]], 0, 5]', "ts"),
+        ('[Infinity, [["AllBlocksCleared"]], 0, 5]', "ts"),
+        ("[1" + "0" * 400 + ', [["AllBlocksCleared"]], 0, 5]', "ts"),
+    ],
+)
 def test_kv_line_fields_out_of_range_are_bad_values(tmp_path, line, field):
     # a dp_rank / scheduler_step that is a bool or beyond int64, a timestamp that is not a
     # finite float: the line is a bad value of that field. They used to be kept and crash the
@@ -801,11 +899,14 @@ def test_kv_line_fields_out_of_range_are_bad_values(tmp_path, line, field):
     assert list(res["kv_steps"].step) == [6] and res["kv_steps"].ts_first.tolist() == [2.0]
 
 
-@pytest.mark.parametrize("event, reason", [
-    ('["CacheEviction", "CPU", 2, "lru", 1e30, null]', "bad_value"),           # step beyond int64 (a float)
-    ('["CacheStoreCommitted", "r", "CPU", 1e19, 8]', "bad_value"),             # nblocks beyond int64
-    ('["TransferInitiated", ["t1"], "reqA", "GPU", "CPU", 3, 5]', "bad_value"),  # transfer id not a scalar
-])
+@pytest.mark.parametrize(
+    "event, reason",
+    [
+        ('["CacheEviction", "CPU", 2, "lru", 1e30, null]', "bad_value"),  # step beyond int64 (a float)
+        ('["CacheStoreCommitted", "r", "CPU", 1e19, 8]', "bad_value"),  # nblocks beyond int64
+        ('["TransferInitiated", ["t1"], "reqA", "GPU", "CPU", 3, 5]', "bad_value"),  # transfer id not a scalar
+    ],
+)
 def test_kv_event_values_out_of_range_are_bad_values(tmp_path, event, reason):
     # an event step given as an integral float beyond int64 used to pass (and crash the ingest);
     # a transfer id that is a list was reported as a missing field
@@ -848,15 +949,18 @@ def test_ground_truth_of_a_replay_without_requests_is_reported(tmp_path, doc):
     assert sum(c["skipped"] for c in rp.values()) >= 1
 
 
-@pytest.mark.parametrize("field, value, reason", [
-    ("arrival_time_us", "abc", "bad_value"),
-    ("index", [1], "bad_value"),
-    ("input_tokens", 10 ** 30, "bad_value"),
-    ("output_tokens", 1.5, "bad_value"),
-    ("arrival_time_us", 2 ** 62, "bad_value"),   # x 1000 overflows the ns column
-    ("has_error", "no", "bad_value"),
-    ("index", 0, "duplicate"),
-])
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("arrival_time_us", "abc", "bad_value"),
+        ("index", [1], "bad_value"),
+        ("input_tokens", 10**30, "bad_value"),
+        ("output_tokens", 1.5, "bad_value"),
+        ("arrival_time_us", 2**62, "bad_value"),  # x 1000 overflows the ns column
+        ("has_error", "no", "bad_value"),
+        ("index", 0, "duplicate"),
+    ],
+)
 def test_replay_bad_request_skips_only_that_request(tmp_path, field, value, reason):
     # one request with a mistyped / out-of-range field or a repeated index: that request is
     # skipped with its field; the others are rows. These used to skip the whole file after
@@ -868,7 +972,7 @@ def test_replay_bad_request_skips_only_that_request(tmp_path, field, value, reas
     assert res.report.skipped[reason]["examples"][0].startswith(f"{tmp_path / 'exp-fuzz.json'}:1: {field}: {reason}: requests[1]")
     q = res["requests"]
     assert len(q) == 3 and q.request_id.is_unique
-    assert q.input_tokens.max() < 1000 and q.arrival_ns.max() < 10 ** 12
+    assert q.input_tokens.max() < 1000 and q.arrival_ns.max() < 10**12
     assert rg["request"]["kept"] + rg["request"]["skipped"] == len(gt)
 
 
@@ -881,17 +985,24 @@ def test_ground_truth_entries_each_accounted(tmp_path):
     res, _, rg = _replay_pair(tmp_path, doc, gt)
     assert rg == {"request": {"kept": 3, "skipped": 5}}
     assert {k: v["count"] for k, v in res.report.skipped.items()} == {
-        "duplicate": 1, "unknown_record": 1, "missing_attribute": 1, "bad_value": 2}
+        "duplicate": 1,
+        "unknown_record": 1,
+        "missing_attribute": 1,
+        "bad_value": 2,
+    }
     q = res["requests"].set_index("request_id")
     assert len(q) == 4 and q.e2e_ms["0"] == 1500.0 and np.isnan(q.e2e_ms["3"])
 
 
-@pytest.mark.parametrize("doc, field", [
-    ({"successes": [1]}, "successes"),
-    ({"successes": {"latency": 5}}, "successes.latency"),
-    ({"failures": "x", "successes": {}}, "failures"),
-    ({"successes": {"latency": {"request_latency": {"mean": 10 ** 400}}}}, "successes.latency.request_latency.mean"),
-])
+@pytest.mark.parametrize(
+    "doc, field",
+    [
+        ({"successes": [1]}, "successes"),
+        ({"successes": {"latency": 5}}, "successes.latency"),
+        ({"failures": "x", "successes": {}}, "failures"),
+        ({"successes": {"latency": {"request_latency": {"mean": 10**400}}}}, "successes.latency.request_latency.mean"),
+    ],
+)
 def test_lifecycle_of_the_wrong_layout_is_a_skipped_file(tmp_path, doc, field):
     # a lifecycle document whose parts are not objects, or whose statistic is a number beyond
     # the float range: the file is skipped as a bad value of that field (it used to crash with
@@ -900,9 +1011,9 @@ def test_lifecycle_of_the_wrong_layout_is_a_skipped_file(tmp_path, doc, field):
     p.write_text(json.dumps(doc))
     res = ingest([p])
     assert res.report.to_dict()["files"][str(p)]["records"] == {"file": {"kept": 0, "skipped": 1}}
-    assert res.report.skipped["bad_value"]["examples"] == [
-        res.report.skipped["bad_value"]["examples"][0]] and res.report.skipped["bad_value"]["examples"][0].startswith(
-        f"{p}:1: {field}: bad_value: ")
+    assert res.report.skipped["bad_value"]["examples"] == [res.report.skipped["bad_value"]["examples"][0]] and res.report.skipped[
+        "bad_value"
+    ]["examples"][0].startswith(f"{p}:1: {field}: bad_value: ")
 
 
 @pytest.mark.parametrize("damage", ["cut", "bad_block"])
@@ -911,13 +1022,15 @@ def test_damaged_gzip_trace_is_unreadable_not_a_crash(tmp_path, damage):
     # is reported unreadable (the bad block used to escape as zlib.error); the lines read before
     # the damage stay accounted for, their step rows included (a cut file used to count its
     # steps as kept and write none of them)
-    lines = [STEPS.replace('"scheduler_steps_0"', f'"scheduler_steps_{i}"').replace('"intValue": "2', f'"intValue": "{i}2')
-             for i in range(1, 700)]
+    lines = [
+        STEPS.replace('"scheduler_steps_0"', f'"scheduler_steps_{i}"').replace('"intValue": "2', f'"intValue": "{i}2')
+        for i in range(1, 700)
+    ]
     # two gzip members; the first longer than the read buffer (1 MiB), so lines are read before the second
     text = [("\n".join(lines[:600]) + "\n").encode(), ("\n".join(lines[600:]) + "\n").encode()]
     if damage == "cut":
         z = gzip.compress(b"".join(text), mtime=0)
-        z = z[:len(z) * 2 // 3]
+        z = z[: len(z) * 2 // 3]
     else:
         second = bytearray(gzip.compress(text[1], mtime=0))
         second[10] |= 0b110  # BTYPE 11 of the first deflate block: reserved, invalid
@@ -941,8 +1054,9 @@ def test_kv_step_count_beyond_int64_is_a_bad_value(tmp_path):
     p, res, recs = _ingest_text(tmp_path, line, "kv_events.jsonl")
     assert recs["CacheStoreCommitted"] == {"kept": 1, "skipped": 1}
     assert res.report.skipped["bad_value"]["examples"] == [
-        f"{p}:1: bad_value: store_committed_blocks of step 8 exceeds the int64 range with 5 more"]
-    assert res["kv_steps"].store_committed_blocks.tolist() == [2 ** 63 - 1] and res["kv_steps"].n_events.tolist() == [1]
+        f"{p}:1: bad_value: store_committed_blocks of step 8 exceeds the int64 range with 5 more"
+    ]
+    assert res["kv_steps"].store_committed_blocks.tolist() == [2**63 - 1] and res["kv_steps"].n_events.tolist() == [1]
 
 
 @pytest.mark.parametrize("raw", [b'"\\ud800x"', b'"\\udfff"', b'"\xed\xa0\x80"'])
@@ -957,20 +1071,23 @@ def test_unpaired_surrogate_is_an_invalid_line(tmp_path, raw):
     p.write_bytes(data)
     for fast in (True, False):
         from bayeslat.data.ingest import _io
+
         with mock.patch.object(_io, "_fast_loads", _io._fast_loads if fast else None):
             res = ingest([p])
         assert res.report.to_dict()["files"][str(p)]["records"]["line"] == {"kept": 1, "skipped": 1}
         assert res.report.skipped["invalid_json"]["examples"] == [
-            f"{p}:1: invalid_json: a string holds an unpaired surrogate (\\ud800-\\udfff): not valid Unicode text"]
+            f"{p}:1: invalid_json: a string holds an unpaired surrogate (\\ud800-\\udfff): not valid Unicode text"
+        ]
         assert list(res["requests"].request_id) == ["reqA-0-abc"]  # the core span, unjoined
 
 
-@pytest.mark.parametrize("value", [{"stringValue": 2 ** 63}, {"arrayValue": 2 ** 64 - 1}])
+@pytest.mark.parametrize("value", [{"stringValue": 2**63}, {"arrayValue": 2**64 - 1}])
 def test_integer_beyond_int64_in_any_value_form_is_a_bad_value(tmp_path, value):
     # a JSON integer outside int64 given as a stringValue (or another value form) of an integer
     # step attribute used to pass as an int and crash the ingest when the rows were converted
     def edit(span):
         _attr(span["events"], "step.BATCH_SUMMARY", "step.duration_us", value)
+
     p, res, recs = _ingest_text(tmp_path, _span_edit(STEPS, edit))
     assert recs["step.BATCH_SUMMARY"] == {"kept": 2, "skipped": 1}
     [ex] = res.report.skipped["bad_value"]["examples"]

@@ -2,13 +2,12 @@ import time
 
 import numpy as np
 import pytest
+from fakefit import fake_idata
 
 from bayeslat import export as E
 from bayeslat import features as F
 from bayeslat import model as M
 from bayeslat.export.latency import LatencyModel
-from fakefit import fake_idata
-
 
 OBS, TRUTH = M.simulate_obs(seed=4, rows={("H100 SXM", "dense"): 60, ("H100 SXM", "moe"): 40})
 

@@ -2,12 +2,12 @@ import json
 
 import numpy as np
 import pytest
+from fakefit import fake_idata
 
 from bayeslat import features as F
 from bayeslat import model as M
-from bayeslat.model.diagnose import diagnose, diagnostic_vars
 from bayeslat.errors import SpecError
-from fakefit import fake_idata
+from bayeslat.model.diagnose import diagnose, diagnostic_vars
 
 ZERO = [f for f, v in M.TRUE_BETA_POP.items() if v == 0.0]
 
@@ -88,8 +88,21 @@ def test_alpha_intercept_prior_and_names():
     m3 = M.build_model(obs, priors={"beta_lognormal": bln | {"weight_load": [1.0, 0.3]}})
     assert m3["beta_pop_lognormal"].type.shape == (len(bln) + 1,)
     assert m3["beta_pop_w"].type.shape[0] == m.named_vars["beta_pop_w"].type.shape[0] - 1
-    stats = {"n_steps", "tree_depth", "depth", "diverging", "energy", "step_size", "acceptance_rate",
-             "lp", "logp", "mean_tree_accept", "maxdepth_reached", "energy_error", "index_in_trajectory"}
+    stats = {
+        "n_steps",
+        "tree_depth",
+        "depth",
+        "diverging",
+        "energy",
+        "step_size",
+        "acceptance_rate",
+        "lp",
+        "logp",
+        "mean_tree_accept",
+        "maxdepth_reached",
+        "energy_error",
+        "index_in_trajectory",
+    }
     assert not stats & set(m.named_vars)
 
 
@@ -111,10 +124,15 @@ def test_model_structure_named_dims():
     assert np.isfinite(m.compile_logp()(m.initial_point()))
 
 
-@pytest.mark.parametrize("rows", [{("H100 SXM", "dense"): 40},
-                                  {("H100 SXM", "dense"): 60, ("H100 SXM", "moe"): 40},
-                                  {("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20}],
-                         ids=["one-group", "two-classes", "two-gpus-one-cell-empty"])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        {("H100 SXM", "dense"): 40},
+        {("H100 SXM", "dense"): 60, ("H100 SXM", "moe"): 40},
+        {("H100 SXM", "dense"): 80, ("H100 SXM", "moe"): 60, ("A100 SXM", "dense"): 20},
+    ],
+    ids=["one-group", "two-classes", "two-gpus-one-cell-empty"],
+)
 def test_fake_posterior_has_the_real_models_variables(rows):
     """The fake posterior the export / latency / coefficient-draw tests use (tests/fakefit.py) is
     shaped as a real fit of the same rows: every variable it has, build_model makes with the same
@@ -171,8 +189,9 @@ def test_deployment_level_is_zero_sum_within_group():
     assert abs(dev[:3].sum()) < 1e-9 and dev[3] == 0.0 and np.abs(dev[:3]).max() > 0
     single = M.build_model(replace(obs, meta={}), priors=fit_level)  # every run its own deployment: 4 dense + 1 moe
     assert single["u_dev_dep"].type.shape == (3,)
-    one = M.build_model(replace(obs, meta={"deployments": {r: "dense" if len(r) == 1 else "moe" for r in deps}}),
-                        priors=fit_level)
+    one = M.build_model(
+        replace(obs, meta={"deployments": {r: "dense" if len(r) == 1 else "moe" for r in deps}}), priors=fit_level
+    )
     assert "u_dev_dep" not in one.named_vars and "sigma_dep" in one.named_vars
 
 
@@ -199,7 +218,7 @@ def test_deployment_spread_is_attached_and_used(tmp_path):
     assert np.array_equal(new.draw_index, seen.draw_index)
     spread = np.var(np.log(new.beta[:, 0, f]) - np.log(seen.beta[:, 0, f]))
     sig = back["deployment_spread"]["sigma_dep"].values.ravel()
-    assert spread == pytest.approx(np.mean(sig ** 2), rel=0.5)
+    assert spread == pytest.approx(np.mean(sig**2), rel=0.5)
     off = M.fit(obs, draws=30, tune=30, chains=1, progressbar=False, priors={"deployment_level": "off"})
     assert "deployment_spread" not in off.groups()
     assert not M.coefficient_draws(off, "H100 SXM", "dense", n=50, deployment="Z").new_deployment
@@ -277,8 +296,16 @@ def fitted():
     # deployments; the synthetic design varies the deployment constants, so it is identified here),
     # and every present beta term under the sparsity prior (the truth has tp_sync_overhead = 0,
     # which the default physics prior of that term would not let ARD prune)
-    idata = M.fit(obs, draws=300, tune=300, chains=2, seed=0, progressbar=False, attrs={"bundled_data_hash": "none"},
-                  priors={"exclude_features": [], "beta_lognormal": {}})
+    idata = M.fit(
+        obs,
+        draws=300,
+        tune=300,
+        chains=2,
+        seed=0,
+        progressbar=False,
+        attrs={"bundled_data_hash": "none"},
+        priors={"exclude_features": [], "beta_lognormal": {}},
+    )
     return obs, truth, idata
 
 
@@ -353,7 +380,7 @@ def test_fit_groups_attrs_and_roundtrip(fitted, tmp_path):
     assert M.coefficient_draws(again, "H100 SXM", "dense", n=5).sim_sd == {"e2e": 0.02}
     assert M.coefficient_draws(again, "H100 SXM", "dense", n=5, new_run=False).sim_sd is None
     p.with_name("bad.nc").write_bytes(b"")
-    with pytest.raises(Exception):
+    with pytest.raises(SpecError, match="bad.nc: not a netCDF file of a bayeslat fit"):
         M.load(p.with_name("bad.nc"))
     # a fit of another feature layout is refused, naming the field
     old = idata.copy()
@@ -400,16 +427,25 @@ def test_new_class_keeps_shared_features():
     extra = np.log(b.beta[:, 0, ctx] / a.beta[:, 0, ctx])
     assert 0.15 < extra.std() < 0.25
     # a seen class is unaffected by the setting
-    np.testing.assert_allclose(M.coefficient_draws(shared, "A100 SXM", "dense", n=50, seed=5).beta,
-                               M.coefficient_draws(free, "A100 SXM", "dense", n=50, seed=5).beta, rtol=1e-12)
+    np.testing.assert_allclose(
+        M.coefficient_draws(shared, "A100 SXM", "dense", n=50, seed=5).beta,
+        M.coefficient_draws(free, "A100 SXM", "dense", n=50, seed=5).beta,
+        rtol=1e-12,
+    )
 
 
 def _fake_fit_with_runs(runs_per_group, run_sd, seed=4, n=1200):
     """A fake fit (posterior at the truth, no sampling) of simulated rows dealt to runs with known
     run factors, with what attach_run_spread reads: beta / alpha at the truth exactly, observed y,
     run and deployment."""
-    obs, truth = M.simulate_obs(seed=seed, rows={("H100 SXM", "dense"): n}, runs_per_group=runs_per_group,
-                                run_sd=run_sd, kind_mix=(0.4, 0.2, 0.3, 0.1), noise=(0.02, 0.03))
+    obs, truth = M.simulate_obs(
+        seed=seed,
+        rows={("H100 SXM", "dense"): n},
+        runs_per_group=runs_per_group,
+        run_sd=run_sd,
+        kind_mix=(0.4, 0.2, 0.3, 0.1),
+        noise=(0.02, 0.03),
+    )
     idata = fake_idata(obs, truth, seed=0, draws=100)
     sh = (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"])
     b = np.broadcast_to(truth["beta"][("H100 SXM", "dense")], sh + (1, 1, len(F.REGIMES), F.N_BETA))
@@ -441,14 +477,15 @@ def test_run_spread_recovers_known_run_factors():
     assert np.array_equal(old.draw_index, new.draw_index)
     f = F.B["weight_load"]
     sig = idata["run_spread"]["sigma_run_step"].values.ravel()
-    assert np.var(np.log(new.beta[:, 0, f] / old.beta[:, 0, f])) == pytest.approx(np.mean(sig ** 2), rel=0.25)
+    assert np.var(np.log(new.beta[:, 0, f] / old.beta[:, 0, f])) == pytest.approx(np.mean(sig**2), rel=0.25)
     siga = idata["run_spread"]["sigma_run_alpha"].values.ravel()
-    assert np.var(np.log(new.alpha[:, 0] / old.alpha[:, 0])) == pytest.approx(np.mean(siga ** 2), rel=0.25)
+    assert np.var(np.log(new.alpha[:, 0] / old.alpha[:, 0])) == pytest.approx(np.mean(siga**2), rel=0.25)
     # the export is of the population coefficients: no run factor
     from bayeslat import export
 
-    assert export.coefficients(idata, ("H100 SXM", "dense"))["beta"]["decode"]["weight_load"]["mean"] == \
-        pytest.approx(float(old.beta[:, 0, f].mean()), rel=0.05)
+    assert export.coefficients(idata, ("H100 SXM", "dense"))["beta"]["decode"]["weight_load"]["mean"] == pytest.approx(
+        float(old.beta[:, 0, f].mean()), rel=0.05
+    )
 
 
 def test_run_spread_without_repeat_runs_is_the_prior():

@@ -6,6 +6,7 @@ BATCH_SUMMARY steps with REQUEST_SNAPSHOTs) and as inference-perf replay files; 
 with `bayeslat ingest` to Parquet and turned into observation rows whose values are checked
 against the generating truth.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -15,24 +16,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthrun import BUDGET, MAX_SEQS, STREAM_NS, T0_NS, _run, write_trace
 
 from bayeslat import cli
-from bayeslat.data import design as D
 from bayeslat import features as F
+from bayeslat.data import design as D
 from bayeslat.data import reconstruct as R
-from bayeslat.errors import IngestError, SpecError
 from bayeslat.data.ingest import ingest
-
-from synthrun import BUDGET, MAX_SEQS, STREAM_NS, T0_NS, _run, write_trace
+from bayeslat.errors import IngestError, SpecError
 
 
 def write_replay(d: Path, name: str, req):
     """inference-perf replay + ground-truth files (client clock: us from the first arrival)."""
     n = len(req["arrival"])
-    rq = [{"index": i, "arrival_time_us": int(req["arrival"][i] // 1000), "input_tokens": int(req["prompt"][i]),
-           "output_tokens": int(req["nout"][i]), "has_error": False} for i in range(n)]
-    gt = [{"index": i, "ttft_s": (req["first_response"][i] - req["arrival"][i]) / 1e9,
-           "e2e_s": (req["departed"][i] - req["arrival"][i]) / 1e9, "has_error": False} for i in range(n)]
+    rq = [
+        {
+            "index": i,
+            "arrival_time_us": int(req["arrival"][i] // 1000),
+            "input_tokens": int(req["prompt"][i]),
+            "output_tokens": int(req["nout"][i]),
+            "has_error": False,
+        }
+        for i in range(n)
+    ]
+    gt = [
+        {
+            "index": i,
+            "ttft_s": (req["first_response"][i] - req["arrival"][i]) / 1e9,
+            "e2e_s": (req["departed"][i] - req["arrival"][i]) / 1e9,
+            "has_error": False,
+        }
+        for i in range(n)
+    ]
     p = d / f"{name}.json.gz"
     p.write_bytes(gzip.compress(json.dumps({"experiment": name, "config": {}, "requests": rq}).encode()))
     g = d / f"{name}_ground_truth.json.gz"
@@ -42,8 +57,10 @@ def write_replay(d: Path, name: str, req):
 
 def write_experiment(path: Path, name: str, hardware="H100 SXM"):
     hw = f"hardware: {hardware}\n" if hardware else ""
-    path.write_text(f"name: {name}\nmodel: llama-2-7b-hf\n{hw}server:\n  tensor_parallel: 1\n  max_num_batched_tokens: {BUDGET}\n"
-                    f"  max_num_seqs: {MAX_SEQS}\n  block_size: 16\n  prefix_caching: false\n  kv_block_bytes: 524288\n")
+    path.write_text(
+        f"name: {name}\nmodel: llama-2-7b-hf\n{hw}server:\n  tensor_parallel: 1\n  max_num_batched_tokens: {BUDGET}\n"
+        f"  max_num_seqs: {MAX_SEQS}\n  block_size: 16\n  prefix_caching: false\n  kv_block_bytes: 524288\n"
+    )
     return path
 
 
@@ -59,9 +76,14 @@ def world(tmp_path_factory):
 
 
 def _ctx():
-    spec = D.experiment_context({"run": "x", "model": "llama-2-7b-hf", "hardware": "H100 SXM",
-                                 "server_json": json.dumps({"max_num_batched_tokens": BUDGET, "max_num_seqs": MAX_SEQS,
-                                                            "kv_block_bytes": 1})})
+    spec = D.experiment_context(
+        {
+            "run": "x",
+            "model": "llama-2-7b-hf",
+            "hardware": "H100 SXM",
+            "server_json": json.dumps({"max_num_batched_tokens": BUDGET, "max_num_seqs": MAX_SEQS, "kv_block_bytes": 1}),
+        }
+    )
     return spec["ctx"]
 
 
@@ -137,8 +159,10 @@ def test_replay_tables_to_obs_and_subsample(world):
     only = D.obs_from_tables(world["dir"], runs=["replay"])
     assert set(only.run) == {"synth-replay"}
     # the in-memory tables of ingest(...) without out= give the same rows
-    mem = ingest([world["dir"] / "synth-replay.json.gz", world["dir"] / "synth-replay_ground_truth.json.gz"],
-                 experiment=world["dir"] / "exp_replay.yaml")
+    mem = ingest(
+        [world["dir"] / "synth-replay.json.gz", world["dir"] / "synth-replay_ground_truth.json.gz"],
+        experiment=world["dir"] / "exp_replay.yaml",
+    )
     m = D.obs_from_tables(mem.tables, n_per_run_kind=None)
     np.testing.assert_array_equal(m.y, obs.y)
     np.testing.assert_array_equal(m.X, obs.X)
@@ -156,8 +180,11 @@ def test_bad_table_dirs_name_the_file(world, tmp_path):
         D.obs_from_tables(tmp_path / "nowhere")
     # no hardware in the experiment: a clear error, or the override
     d = world["dir"]
-    ingest([d / "synth-replay.json.gz", d / "synth-replay_ground_truth.json.gz"],
-           experiment=write_experiment(tmp_path / "nohw.yaml", "nohw", hardware=None), out=tmp_path / "nohw")
+    ingest(
+        [d / "synth-replay.json.gz", d / "synth-replay_ground_truth.json.gz"],
+        experiment=write_experiment(tmp_path / "nohw.yaml", "nohw", hardware=None),
+        out=tmp_path / "nohw",
+    )
     with pytest.raises(SpecError, match="hardware"):
         D.obs_from_tables(tmp_path / "nohw")
     assert D.obs_from_tables(tmp_path / "nohw", hardware="h100-sxm").hardware_levels == ("H100 SXM",)
@@ -174,8 +201,22 @@ def test_cli_fit_data_dir(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "requests.parquet" in err and "missing table" in err
     out = tmp_path / "fit.nc"
-    rc = cli.main(["fit", "--data", str(world["dir"] / "trace_tables"), "--out", str(out), "--draws", "20", "--tune", "20",
-                   "--chains", "1", "--no-progress"])
+    rc = cli.main(
+        [
+            "fit",
+            "--data",
+            str(world["dir"] / "trace_tables"),
+            "--out",
+            str(out),
+            "--draws",
+            "20",
+            "--tune",
+            "20",
+            "--chains",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and out.exists(), capsys.readouterr().err
     assert "rows" in capsys.readouterr().out
     import arviz as az
@@ -197,8 +238,10 @@ def test_ingested_real_run_matches_bundled_obs():
     from bayeslat.data import datasets
     from bayeslat.data.ingest import tables as T
 
-    res = ingest([SHARED / "replay" / f"{RUN}.json.gz", SHARED / "replay" / f"{RUN}_ground_truth.json.gz"],
-                 experiment=SHARED / "experiments" / RUN / "exp-config.yaml")
+    res = ingest(
+        [SHARED / "replay" / f"{RUN}.json.gz", SHARED / "replay" / f"{RUN}_ground_truth.json.gz"],
+        experiment=SHARED / "experiments" / RUN / "exp-config.yaml",
+    )
     tb = dict(res.tables)
     st = datasets.steps()
     st = st[st["experiment_id"] == RUN].rename(columns={"experiment_id": "run"})
@@ -216,6 +259,7 @@ def test_overloaded_run_is_skipped_with_its_cause():
     """The Llama-2-7B reasoning run exhausted its KV cache: the reconstruction says so, and the
     run is skipped with that reason (bayeslat.data.reconstruct, "Where it fails")."""
     from bayeslat.data import datasets
+
     run = next(r for r in datasets.runs()["run"] if "llama-2-7b-tp1-reasoning" in r)
     rec = D.reconstruct_run(run)
     assert rec.info["resid_steps_mad"] > 100 and rec.info["kv_demand_ratio_p95"] > 1.5 and rec.info["failed_frac"] > 0.8

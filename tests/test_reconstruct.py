@@ -1,4 +1,5 @@
 """Lifecycle reconstruction on a synthetic run from a tiny exact vLLM-like scheduler."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -9,6 +10,7 @@ import pytest
 
 from bayeslat import features as F
 from bayeslat.data import reconstruct as R
+from bayeslat.data import windows as RW
 from bayeslat.errors import IngestError
 
 
@@ -54,9 +56,19 @@ def simulate(n=500, rate=25.0, budget=512, max_seqs=64, seed=0):
         tokens = budget - left
         dt = 8000.0 + 4.0 * tokens
         ctx = [prompt[r] + gen[r] - 1 for r in dec]
-        steps.append({"k": k, "t_start_us": t, "dt_us": dt, "n_decode": len(dec), "n_prefill": len(chunks),
-                      "prefill_tokens": sum(c for _, c, _ in chunks), "running": len(running),
-                      "waiting": len(waiting), "decode_ctx_tokens": sum(c + 1 for c in ctx)})
+        steps.append(
+            {
+                "k": k,
+                "t_start_us": t,
+                "dt_us": dt,
+                "n_decode": len(dec),
+                "n_prefill": len(chunks),
+                "prefill_tokens": sum(c for _, c, _ in chunks),
+                "running": len(running),
+                "waiting": len(waiting),
+                "decode_ctx_tokens": sum(c + 1 for c in ctx),
+            }
+        )
         t += dt
         for r, c, _ in chunks:
             done_pf[r] += c
@@ -70,8 +82,17 @@ def simulate(n=500, rate=25.0, budget=512, max_seqs=64, seed=0):
                 fin[r] = t
                 running.remove(r)
         k += 1
-    req = pd.DataFrame({"index": np.arange(n), "arrival_us": arr.astype(np.int64), "input_tokens": prompt,
-                        "output_tokens": nout, "has_error": False, "ttft_ms": (ft - arr) / 1e3, "e2e_ms": (fin - arr) / 1e3})
+    req = pd.DataFrame(
+        {
+            "index": np.arange(n),
+            "arrival_us": arr.astype(np.int64),
+            "input_tokens": prompt,
+            "output_tokens": nout,
+            "has_error": False,
+            "ttft_ms": (ft - arr) / 1e3,
+            "e2e_ms": (fin - arr) / 1e3,
+        }
+    )
     return req, pd.DataFrame(steps)
 
 
@@ -108,7 +129,7 @@ def test_step_times(synth):
 
 def test_windows_exact(synth):
     req, _, rec = synth
-    w = R.observation_windows(rec)
+    w = RW.observation_windows(rec)
     dw = w[w.kind == R.KIND_WINDOW]
     n = req.set_index("index").loc[dw["request"], "output_tokens"].to_numpy()
     assert np.all(dw["n_steps"].to_numpy() == n - 1)
@@ -127,7 +148,7 @@ def test_windows_exact(synth):
     assert np.all(tt.k0.to_numpy() == np.maximum(r.loc[tt["request"], "k_start"].to_numpy() - 1, 0))
     # window sums through cumsums == brute force
     vals = rec.steps[list(F.STATS)].to_numpy()
-    s = R.window_sums(vals, w.k0, w.k1, w.w0, w.w1)
+    s = RW.window_sums(vals, w.k0, w.k1, w.w0, w.w1)
     for i in np.random.default_rng(0).choice(len(w), 50, replace=False):
         r = w.iloc[i]
         wt = np.ones(int(r.k1 - r.k0 + 1))
@@ -135,9 +156,9 @@ def test_windows_exact(synth):
             wt[0] = r.w0 + r.w1 - 1
         else:
             wt[0], wt[-1] = r.w0, r.w1
-        np.testing.assert_allclose(s[i], wt @ vals[int(r.k0): int(r.k1) + 1], rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(s[i], wt @ vals[int(r.k0) : int(r.k1) + 1], rtol=1e-9, atol=1e-6)
     # predicted decode-window durations from the true step-time law (8 ms + 4 us/token) ~ y
-    tok = R.window_sums((rec.steps["n_decode"] + rec.steps["prefill_tokens"]).to_numpy(), dw.k0, dw.k1, dw.w0, dw.w1)
+    tok = RW.window_sums((rec.steps["n_decode"] + rec.steps["prefill_tokens"]).to_numpy(), dw.k0, dw.k1, dw.w0, dw.w1)
     pred = (8000.0 * dw["n_steps"] + 4.0 * tok) / 1e3
     assert np.median(np.abs(pred / dw["y_ms"] - 1)) < 0.03
 
@@ -147,25 +168,33 @@ def test_offset_recovers_shift(synth):
     shift_us = 123_456_789.0
     rng = np.random.default_rng(1)
     tr = true.iloc[np.sort(rng.choice(len(true), len(true) // 4, replace=False))]
-    trace = pd.DataFrame({"step.id": tr["k"] + 7, "step.ts_start_ns": ((tr["t_start_us"] + shift_us) * 1e3).astype(np.int64),
-                          "batch.decode_tokens": tr["n_decode"], "queue.running_depth": tr["running"],
-                          "batch.prefill_tokens": tr["prefill_tokens"]})
-    off = R.estimate_offset(rec, trace, coarse_range_s=5.0, n_boot=20)
+    trace = pd.DataFrame(
+        {
+            "step.id": tr["k"] + 7,
+            "step.ts_start_ns": ((tr["t_start_us"] + shift_us) * 1e3).astype(np.int64),
+            "batch.decode_tokens": tr["n_decode"],
+            "queue.running_depth": tr["running"],
+            "batch.prefill_tokens": tr["prefill_tokens"],
+        }
+    )
+    off = RW.estimate_offset(rec, trace, coarse_range_s=5.0, n_boot=20)
     assert abs(off["offset_us"] - shift_us) < 15_000  # within ~1.5 steps
     assert off["sd_us"] < 50_000
-    rows = R.trace_step_windows(rec, trace, off["offset_us"], max_gap=1)
+    rows = RW.trace_step_windows(rec, trace, off["offset_us"], max_gap=1)
     assert len(rows) > 0 and np.all(rows.kind == R.KIND_STEP) and np.all(rows.n_steps == 1)
 
 
 def test_exact_trace_path():
-    sr = pd.DataFrame({
-        "step_id": [1, 1, 1, 2, 2],
-        "request_id": ["a", "b", "c", "a", "b"],
-        "phase": ["DECODE", "PREFILL", "WAITING", "decode", "PREFILL"],
-        "num_computed_tokens": [100, 0, 0, 101, 64],
-        "scheduled_tokens_this_step": [1, 64, 0, 1, 36],
-        "num_prompt_tokens": [50, 100, 30, 50, 100],
-    })
+    sr = pd.DataFrame(
+        {
+            "step_id": [1, 1, 1, 2, 2],
+            "request_id": ["a", "b", "c", "a", "b"],
+            "phase": ["DECODE", "PREFILL", "WAITING", "decode", "PREFILL"],
+            "num_computed_tokens": [100, 0, 0, 101, 64],
+            "scheduled_tokens_this_step": [1, 64, 0, 1, 36],
+            "num_prompt_tokens": [50, 100, 30, 50, 100],
+        }
+    )
     steps = pd.DataFrame({"step_id": [1, 2], "ts_start_ns": [1_000_000, 13_000_000]})
     out = R.from_step_requests(sr, steps)
     np.testing.assert_allclose(out.loc[0, list(F.STATS)].to_numpy(), F.batch_stats([1, 64], [100, 0], [False, True]))

@@ -1,5 +1,6 @@
 """The discrete-event simulator: invariants on random workloads, exact constant-step timing,
 preemption / prefix caching / offload / timeouts, posterior predictive and `bayeslat predict`."""
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,23 @@ from bayeslat.errors import SpecError
 
 # Llama-2-7B on one H100 SXM (hand-built constants)
 CTX = F.FeatureContext(
-    peak_flops_per_us=989.5e6, hbm_bytes_per_us=3.35e6, link_bytes_per_us=0.9e6, pcie_bytes_per_us=0.128e6,
-    linear_flops_per_token=2 * 6.48e9, attn_flops_per_pair=4 * 32 * 4096 * 32, lm_head_flops_per_seq=2 * 4096 * 32000,
-    dense_weight_bytes=2 * 6.74e9, expert_weight_bytes=0.0, num_experts=0.0, experts_per_token=0.0,
-    kv_bytes_per_token=2 * 32 * 4096 * 2, allreduce_bytes_per_token=0.0, dispatch_bytes_per_token=0.0,
-    num_layers=32.0, num_moe_layers=0.0)
+    peak_flops_per_us=989.5e6,
+    hbm_bytes_per_us=3.35e6,
+    link_bytes_per_us=0.9e6,
+    pcie_bytes_per_us=0.128e6,
+    linear_flops_per_token=2 * 6.48e9,
+    attn_flops_per_pair=4 * 32 * 4096 * 32,
+    lm_head_flops_per_seq=2 * 4096 * 32000,
+    dense_weight_bytes=2 * 6.74e9,
+    expert_weight_bytes=0.0,
+    num_experts=0.0,
+    experts_per_token=0.0,
+    kv_bytes_per_token=2 * 32 * 4096 * 2,
+    allreduce_bytes_per_token=0.0,
+    dispatch_bytes_per_token=0.0,
+    num_layers=32.0,
+    num_moe_layers=0.0,
+)
 
 
 def make_beta(step_overhead=5.0, **terms):
@@ -31,14 +44,22 @@ def make_beta(step_overhead=5.0, **terms):
     return b
 
 
-BETA = make_beta(5.0, prefill_compute=1.5, decode_compute=1.5, weight_load=1.1, decode_kv=1.2, prefill_kv=1.0,
-                 request_overhead=0.5)
+BETA = make_beta(
+    5.0, prefill_compute=1.5, decode_compute=1.5, weight_load=1.1, decode_kv=1.2, prefill_kv=1.0, request_overhead=0.5
+)
 ALPHA = np.array([3.0, 1.0, 2.0, 4.0])  # ms: const, per 1000 prompt tokens, per 100 queued, multi-process
 
 
 def server(**kw):
-    s = dict(max_num_seqs=32, max_num_batched_tokens=1024, block_size=16, kv_blocks=4000, cpu_kv_blocks=0,
-             chunked_prefill=True, prefix_caching=True)
+    s = dict(
+        max_num_seqs=32,
+        max_num_batched_tokens=1024,
+        block_size=16,
+        kv_blocks=4000,
+        cpu_kv_blocks=0,
+        chunked_prefill=True,
+        prefix_caching=True,
+    )
     s.update(kw)
     return s
 
@@ -47,9 +68,14 @@ def random_workload(n=300, rate=20.0, seed=0, groups=4, prefix=100, pmin=20, pma
     rng = np.random.default_rng(seed)
     arr = np.cumsum(rng.exponential(1e6 / rate, n)).astype(np.int64)
     grp = rng.integers(-1, groups, n) if groups else np.full(n, -1)
-    return W.Workload(arrival_us=arr - arr[0], input_tokens=rng.integers(pmin, pmax, n),
-                      output_tokens=rng.integers(omin, omax, n), prefix_group=grp,
-                      prefix_length=np.full(n, prefix), timeout_us=-1 if timeout_s is None else int(timeout_s * 1e6))
+    return W.Workload(
+        arrival_us=arr - arr[0],
+        input_tokens=rng.integers(pmin, pmax, n),
+        output_tokens=rng.integers(omin, omax, n),
+        prefix_group=grp,
+        prefix_length=np.full(n, prefix),
+        timeout_us=-1 if timeout_s is None else int(timeout_s * 1e6),
+    )
 
 
 def check_invariants(w, srv, res):
@@ -69,8 +95,9 @@ def check_invariants(w, srv, res):
     assert (d.loc[multi, "ttft_ms"] < d.loc[multi, "e2e_ms"]).all()
     assert (d["ttft_ms"] <= d["e2e_ms"]).all()
     # token conservation: computed + cached + loaded = prompt + output - 1 (+ recomputed, only with preemption)
-    extra = (d["computed_tokens"] + d["cached_tokens"] + d["loaded_tokens"]
-             - (d["input_tokens"] + d["output_tokens"] - 1)).to_numpy()
+    extra = (
+        d["computed_tokens"] + d["cached_tokens"] + d["loaded_tokens"] - (d["input_tokens"] + d["output_tokens"] - 1)
+    ).to_numpy()
     assert (extra >= 0).all()
     assert (extra[d["preemptions"].to_numpy() == 0] == 0).all()
     assert df["computed_tokens"].sum() == c["prefill_tokens"] + c["decode_tokens"]
@@ -87,19 +114,24 @@ def check_invariants(w, srv, res):
     # KV holds what the scheduled requests' contexts need (used blocks >= tokens / block_size;
     # with prefix caching shared blocks are counted once, so only without it)
     if not srv["prefix_caching"] or (w.prefix_group < 0).all():
-        assert (tr["kv_used"] * srv["block_size"] >= tr["decode_ctx_tokens"] + tr["prefill_ctx_tokens"]
-            - srv["block_size"] * (tr["n_prefill"] + tr["n_decode"])).all()
+        assert (
+            tr["kv_used"] * srv["block_size"]
+            >= tr["decode_ctx_tokens"] + tr["prefill_ctx_tokens"] - srv["block_size"] * (tr["n_prefill"] + tr["n_decode"])
+        ).all()
     assert c["kv_used_end"] == 0  # everything freed at the end
     assert (np.diff(tr["t_us"]) > 0).all()
 
 
-@pytest.mark.parametrize("srv", [
-    server(),
-    server(chunked_prefill=False, max_num_batched_tokens=2048),
-    server(prefix_caching=False, max_num_seqs=8),
-    server(kv_blocks=150, max_num_seqs=64),                   # tiny KV: preemptions
-    server(kv_blocks=150, max_num_seqs=64, cpu_kv_blocks=300),  # with CPU offload
-])
+@pytest.mark.parametrize(
+    "srv",
+    [
+        server(),
+        server(chunked_prefill=False, max_num_batched_tokens=2048),
+        server(prefix_caching=False, max_num_seqs=8),
+        server(kv_blocks=150, max_num_seqs=64),  # tiny KV: preemptions
+        server(kv_blocks=150, max_num_seqs=64, cpu_kv_blocks=300),  # with CPU offload
+    ],
+)
 def test_invariants_random(srv):
     w = random_workload(n=250, rate=25.0, seed=srv["kv_blocks"] + srv["max_num_seqs"])
     res = S.simulate(w, CTX, srv, BETA, ALPHA, step_noise=0.1, seed=1, record_steps=True)
@@ -145,8 +177,9 @@ def test_constant_step_time_exact():
     wait = d["ttft_ms"] - d["alpha_ms"] - c
     assert (wait >= -1e-9).all() and (wait < c + 1e-9).all()
     # a lone request: TTFT = alpha delay + c exactly; E2E = TTFT + (n-1) c
-    one = W.Workload(arrival_us=[1000], input_tokens=[300], output_tokens=[10], prefix_group=[-1],
-                     prefix_length=[0], timeout_us=[-1])
+    one = W.Workload(
+        arrival_us=[1000], input_tokens=[300], output_tokens=[10], prefix_group=[-1], prefix_length=[0], timeout_us=[-1]
+    )
     r = S.simulate(one, CTX, server(), beta, alpha).requests.iloc[0]
     delay = alpha[0] + alpha[1] * 300 / 1000
     assert r["ttft_ms"] == pytest.approx(delay + c, abs=1e-9)
@@ -158,8 +191,14 @@ def test_wait_for_step_in_flight():
     c = 10.0
     beta = make_beta(c)
     alpha = np.array([1.0, 0.0, 0.0, 0.0])
-    w = W.Workload(arrival_us=[0, 4000], input_tokens=[100, 100], output_tokens=[50, 5], prefix_group=[-1, -1],
-                   prefix_length=[0, 0], timeout_us=[-1, -1])
+    w = W.Workload(
+        arrival_us=[0, 4000],
+        input_tokens=[100, 100],
+        output_tokens=[50, 5],
+        prefix_group=[-1, -1],
+        prefix_length=[0, 0],
+        timeout_us=[-1, -1],
+    )
     d = S.simulate(w, CTX, server(), beta, alpha).requests
     # steps start at 1 ms, 11 ms, ...; request 2 queued at 5 ms -> admitted at 11 ms -> first token 21 ms
     assert d["ttft_ms"].iloc[0] == pytest.approx(1.0 + c)
@@ -169,8 +208,7 @@ def test_wait_for_step_in_flight():
 
 def test_chunked_prefill_splits_long_prompt():
     c = 5.0
-    w = W.Workload(arrival_us=[0], input_tokens=[1000], output_tokens=[3], prefix_group=[-1], prefix_length=[0],
-                   timeout_us=[-1])
+    w = W.Workload(arrival_us=[0], input_tokens=[1000], output_tokens=[3], prefix_group=[-1], prefix_length=[0], timeout_us=[-1])
     res = S.simulate(w, CTX, server(max_num_batched_tokens=256), make_beta(c), np.zeros(F.N_ALPHA), record_steps=True)
     tr = res.trace
     assert list(tr["prefill_tokens"][:4]) == [256, 256, 256, 232]
@@ -228,9 +266,14 @@ def test_prompt_equal_to_cached_prefix_recomputes_only_its_last_block():
     # vLLM v1 caps a prefix-cache hit at prompt - 1 tokens: a repeated prompt of exactly 12 full
     # blocks hits 11 of them and computes 16 tokens (the simulator used to compute all 192)
     n = 40
-    w = W.Workload(arrival_us=np.arange(n, dtype=np.int64) * 200_000, input_tokens=np.full(n, 192),
-                   output_tokens=np.full(n, 8), prefix_group=np.zeros(n, dtype=np.int64),
-                   prefix_length=np.full(n, 192), timeout_us=-1)
+    w = W.Workload(
+        arrival_us=np.arange(n, dtype=np.int64) * 200_000,
+        input_tokens=np.full(n, 192),
+        output_tokens=np.full(n, 8),
+        prefix_group=np.zeros(n, dtype=np.int64),
+        prefix_length=np.full(n, 192),
+        timeout_us=-1,
+    )
     srv = server()
     res = S.simulate(w, CTX, srv, BETA, ALPHA, record_steps=True)
     check_invariants(w, srv, res)
@@ -266,8 +309,14 @@ def test_timeouts_fail_and_free():
 
 
 def test_oversized_request_rejected():
-    w = W.Workload(arrival_us=[0, 10], input_tokens=[5000, 100], output_tokens=[10, 10], prefix_group=[-1, -1],
-                   prefix_length=[0, 0], timeout_us=[-1, -1])
+    w = W.Workload(
+        arrival_us=[0, 10],
+        input_tokens=[5000, 100],
+        output_tokens=[10, 10],
+        prefix_group=[-1, -1],
+        prefix_length=[0, 0],
+        timeout_us=[-1, -1],
+    )
     d = S.simulate(w, CTX, server(kv_blocks=100), BETA, ALPHA).requests
     assert list(d["failed"]) == [True, False]
 
@@ -337,10 +386,11 @@ def test_posterior_predictive_sim_discrepancy():
 
 
 def test_discrepancy_sd_recovers_extra_error():
-    from bayeslat import evaluate as V
+    from bayeslat.simulate import discrepancy as V
+
     rng = np.random.default_rng(3)
     w = rng.uniform(0.01, 0.03, 4000)
-    e = rng.normal(0, np.sqrt(0.04 ** 2 + w ** 2))
+    e = rng.normal(0, np.sqrt(0.04**2 + w**2))
     assert V.discrepancy_sd(e, w) == pytest.approx(0.04, rel=0.05)
     # errors the predictive spread explains leave no discrepancy
     assert V.discrepancy_sd(rng.normal(0, 0.5 * w), w) == 0.0
@@ -357,7 +407,8 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
         "workload:\n  seed: 1\n  inference_perf:\n"
         "    data: {shared_prefix: {system_prompt_len: 100, question_len: 300, output_len: 50,"
         " num_unique_system_prompts: 3, num_users_per_system_prompt: 2, enable_multi_turn_chat: true}}\n"
-        "    load: {type: constant, stages: [{rate: 5, duration: 20}]}\n")
+        "    load: {type: constant, stages: [{rate: 5, duration: 20}]}\n"
+    )
     # no default fit shipped / missing file: a clear error naming the file
     assert cli.main(["predict", str(spec), "--model", str(tmp_path / "missing.nc")]) == 2
     err = capsys.readouterr().err
@@ -365,7 +416,7 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
     fake = tmp_path / "fit.nc"
     fake.write_bytes(b"")
     seen = {}
-    monkeypatch.setattr(M, "load", lambda p: "IDATA")
+    monkeypatch.setattr(M.io, "load", lambda p: "IDATA")
 
     def cd(idata, hardware, model_class, n=None, seed=0, deployment=None):
         seen.update(hardware=hardware, model_class=model_class, n=n, deployment=deployment)
@@ -391,8 +442,11 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
     got = capsys.readouterr()
     assert "ttft_ms" in got.out and "--draws" not in got.err  # a trained group: no advice on draws
     # a new level (an unseen GPU): few draws get a note on stderr, the JSON on stdout stays clean
-    monkeypatch.setattr(M, "coefficient_draws", lambda *a, n=None, **k: types.SimpleNamespace(
-        **dict(vars(fake_draws(D=n)), new_levels=["hardware"])))
+    monkeypatch.setattr(
+        M,
+        "coefficient_draws",
+        lambda *a, n=None, **k: types.SimpleNamespace(**dict(vars(fake_draws(D=n)), new_levels=["hardware"])),
+    )
     assert cli.main(["predict", str(spec2), "--model", str(fake), "--draws", "2", "--json"]) == 0
     got = capsys.readouterr()
     assert json.loads(got.out)["requests"] == 2 and f"--draws {S.NEW_LEVEL_DRAWS}" in got.err
@@ -404,14 +458,16 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
         S.load_spec(bad)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "specs" / "examples").glob("*.yaml")),
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parent.parent / "specs" / "examples").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_example_specs_load(path):
     """Every shipped example SPEC resolves: model, GPU (by key or name), server, the KV capacity of
     that deployment (derived, or the SPEC's override) and the profile's rate x duration requests."""
     import yaml
 
-    from bayeslat.config import specs
+    from bayeslat import config as specs
+
     spec = S.load_spec(path)
     raw = yaml.safe_load(path.read_text())
     stages = raw["workload"]["inference_perf"]["load"]["stages"]

@@ -1,9 +1,10 @@
 """Spec loaders, validation errors, derived quantities and the `bayeslat specs` CLI."""
+
 import json
 
 import pytest
 
-from bayeslat.config import specs as S
+from bayeslat import config as S
 from bayeslat.cli import main
 from bayeslat.errors import SpecError
 
@@ -91,6 +92,7 @@ def _aggregate_kv_cases():
     """The distinct deployments of the 15 trainval runs (datasets.aggregate_runs, from
     shared/data/trainval15.json) with the GPU KV blocks vLLM reported, less the calibration ones."""
     from bayeslat.data import datasets
+
     calibration = {(m, S.load_server(k).tensor_parallel) for k, m, _ in DEPLOYMENTS}
     cases = {}
     for r in datasets.aggregate_runs():
@@ -98,10 +100,16 @@ def _aggregate_kv_cases():
         if (r["model_spec"], r["tensor_parallel"]) in calibration and r["max_num_batched_tokens"] == 2048:
             continue
         cases.setdefault(key, r["gpu_kv_blocks"])
-    marks = {"llama-4-scout-17b-16e-instruct-fp8-dynamic": pytest.mark.xfail(strict=True, reason=(
-        "Llama-4-Scout FP8 at TP2: derived 10,488 GPU KV blocks against vLLM's 8,253 (+27%, ~3.3 GiB per GPU "
-        "that specs.kv_memory_bytes does not account for; cause not identified: this multimodal MoE checkpoint's "
-        "profiling pass is not modelled). Not tuned away: the constants stay calibrated on the four runs above"))}
+    marks = {
+        "llama-4-scout-17b-16e-instruct-fp8-dynamic": pytest.mark.xfail(
+            strict=True,
+            reason=(
+                "Llama-4-Scout FP8 at TP2: derived 10,488 GPU KV blocks against vLLM's 8,253 (+27%, ~3.3 GiB per GPU "
+                "that specs.kv_memory_bytes does not account for; cause not identified: this multimodal MoE checkpoint's "
+                "profiling pass is not modelled). Not tuned away: the constants stay calibrated on the four runs above"
+            ),
+        )
+    }
     return [pytest.param(*k, v, marks=marks.get(k[0], ()), id=f"{k[0]}-tp{k[1]}-{k[2]}") for k, v in sorted(cases.items())]
 
 
@@ -153,7 +161,7 @@ def test_tp_not_dividing_heads(tmp_path):
 
 def test_malformed_config(tmp_path):
     f = tmp_path / "config.json"
-    f.write_text("{\"hidden_size\": 4096,")
+    f.write_text('{"hidden_size": 4096,')
     with pytest.raises(SpecError) as e:
         S.load_model(f)
     assert str(f) in str(e.value) and "invalid JSON" in str(e.value)
@@ -227,10 +235,21 @@ def test_cli_specs_error(capsys, tmp_path):
     assert rc == 2
 
 
-@pytest.mark.parametrize("name,expect", [
-    ("H100", "H100 SXM"), ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("H100 SXM", "H100 SXM"), ("h100-sxm", "H100 SXM"),
-    ("A100-80", "A100 SXM 80GB"), ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"), ("L40S", "L40S"),
-    ("NVIDIA L40S", "L40S"), ("H200", "H200 SXM"), ("H100 NVL", "H100 NVL")])
+@pytest.mark.parametrize(
+    "name,expect",
+    [
+        ("H100", "H100 SXM"),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+        ("H100 SXM", "H100 SXM"),
+        ("h100-sxm", "H100 SXM"),
+        ("A100-80", "A100 SXM 80GB"),
+        ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"),
+        ("L40S", "L40S"),
+        ("NVIDIA L40S", "L40S"),
+        ("H200", "H200 SXM"),
+        ("H100 NVL", "H100 NVL"),
+    ],
+)
 def test_gpu_names_resolve_to_bundled_datasheets(name, expect):
     assert S.load_hardware(name).name == expect
 
@@ -247,9 +266,15 @@ def test_blis_hardware_config(tmp_path):
     """BLIS's hardware_config.json entries load; a GPU matching a bundled datasheet takes its name
     (the fitted level) and interconnect, any other GPU gets PCIe with a warning."""
     f = tmp_path / "hardware_config.json"
-    f.write_text(json.dumps({"H100": {"TFlopsPeak": 989.5, "TFlopsFP8": 1979.0, "BwPeakTBs": 3.35, "MemoryGiB": 80},
-                             "A100-80": {"TFlopsPeak": 312, "BwPeakTBs": 2.0, "MemoryGiB": 80},
-                             "X1": {"TFlopsPeak": 100, "BwPeakTBs": 1.0, "MemoryGiB": 32}}))
+    f.write_text(
+        json.dumps(
+            {
+                "H100": {"TFlopsPeak": 989.5, "TFlopsFP8": 1979.0, "BwPeakTBs": 3.35, "MemoryGiB": 80},
+                "A100-80": {"TFlopsPeak": 312, "BwPeakTBs": 2.0, "MemoryGiB": 80},
+                "X1": {"TFlopsPeak": 100, "BwPeakTBs": 1.0, "MemoryGiB": 32},
+            }
+        )
+    )
     ref = S.load_hardware("h100-sxm")
     h = S.load_hardware(f"{f}#H100")
     assert h.name == "H100 SXM" and h.nvlink_bandwidth == ref.nvlink_bandwidth

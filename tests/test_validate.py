@@ -1,5 +1,6 @@
 """validate.compare / summarize on hand-built cases: signed errors, interval containment, the
 median-across-draws point next to the mean across draws, stress runs out of the typical medians."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,8 +13,15 @@ def _case(run, stress=False, itl_def="server", ttft=50.0, itl=10.0, e2e=2000.0):
     obs = {}
     for m, v in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):
         obs |= {f"{m}_mean": v, f"{m}_p90": 1.5 * v, f"{m}_p99": 2.0 * v}
-    return {"run": run, "model": "m", "workload": "w", "kind": "replay", "itl_definition": itl_def,
-            "stress": stress, "observed": obs}
+    return {
+        "run": run,
+        "model": "m",
+        "workload": "w",
+        "kind": "replay",
+        "itl_definition": itl_def,
+        "stress": stress,
+        "observed": obs,
+    }
 
 
 def _pred(draws: dict):
@@ -35,8 +43,9 @@ def _pred(draws: dict):
 
 def test_compare_signed_errors_intervals_and_draw_mean():
     # TTFT: 4 draws near 55 ms and one runaway queue at 5 s; the median is the point, the mean is kept
-    row = V.compare(_case("a"), _pred({"ttft": [54, 55, 55, 56, 5000], "itl": [9, 9, 9, 9, 9],
-                                       "e2e": [2100, 2100, 2100, 2100, 2100]}))
+    row = V.compare(
+        _case("a"), _pred({"ttft": [54, 55, 55, 56, 5000], "itl": [9, 9, 9, 9, 9], "e2e": [2100, 2100, 2100, 2100, 2100]})
+    )
     assert row["ttft_mean_pred"] == 55.0 and row["ttft_mean_err_pct"] == pytest.approx(10.0)
     assert row["ttft_mean_pred_draw_mean"] == pytest.approx(1044.0)
     assert row["ttft_mean_err_pct_draw_mean"] == pytest.approx(100 * (1044.0 - 50) / 50)
@@ -59,16 +68,19 @@ def test_interval_score_is_width_plus_the_scaled_miss():
     assert V.interval_score(101.0, 105.0, 100.0) > V.interval_score(90.0, 110.0, 100.0)
     with pytest.raises(SpecError, match="hi >= lo"):
         V.interval_score(110.0, 90.0, 100.0)
-    row = V.compare(_case("a"), _pred({"ttft": [54, 55, 55, 56, 5000], "itl": [9, 9, 9, 9, 9],
-                                       "e2e": [2100, 2100, 2100, 2100, 2100]}))
+    row = V.compare(
+        _case("a"), _pred({"ttft": [54, 55, 55, 56, 5000], "itl": [9, 9, 9, 9, 9], "e2e": [2100, 2100, 2100, 2100, 2100]})
+    )
     assert row["itl_mean_iscore90"] == pytest.approx(V.interval_score(row["itl_mean_lo90"], row["itl_mean_hi90"], 10.0))
 
 
 def test_summarize_typical_excludes_stress_and_client_itl():
-    rows = [V.compare(_case("a"), _pred({"ttft": [60] * 3, "itl": [11] * 3, "e2e": [2100] * 3})),   # +20 / +10 / +5
-            V.compare(_case("b"), _pred({"ttft": [45] * 3, "itl": [9.8] * 3, "e2e": [1960] * 3})),  # -10 / -2 / -2
-            V.compare(_case("c", stress=True), _pred({"ttft": [100] * 3, "itl": [20] * 3, "e2e": [4000] * 3})),
-            V.compare(_case("d", itl_def="client"), _pred({"ttft": [50] * 3, "itl": [30] * 3, "e2e": [2000] * 3}))]
+    rows = [
+        V.compare(_case("a"), _pred({"ttft": [60] * 3, "itl": [11] * 3, "e2e": [2100] * 3})),  # +20 / +10 / +5
+        V.compare(_case("b"), _pred({"ttft": [45] * 3, "itl": [9.8] * 3, "e2e": [1960] * 3})),  # -10 / -2 / -2
+        V.compare(_case("c", stress=True), _pred({"ttft": [100] * 3, "itl": [20] * 3, "e2e": [4000] * 3})),
+        V.compare(_case("d", itl_def="client"), _pred({"ttft": [50] * 3, "itl": [30] * 3, "e2e": [2000] * 3})),
+    ]
     s = V.summarize(pd.DataFrame(rows))
     assert s["all"]["runs"] == 4 and s["typical"]["runs"] == 3
     # typical: runs a, b, d -> |TTFT| 20, 10, 0 -> 10; ITL only the server-defined a, b -> 10, 2 -> 6
@@ -85,17 +97,42 @@ def _experiment_dir(root, name="exp1", hardware=None, results=True):
 
     d = root / name
     (d / "results").mkdir(parents=True)
-    cfg = "model: meta-llama/Llama-2-7b-hf\ntensor_parallelism: 1\nmax_model_len: 4096\n" \
-          "max_num_batched_tokens: 2048\nmax_num_seqs: 128\n" + (f"hardware: {hardware}\n" if hardware else "")
+    cfg = (
+        "model: meta-llama/Llama-2-7b-hf\ntensor_parallelism: 1\nmax_model_len: 4096\n"
+        "max_num_batched_tokens: 2048\nmax_num_seqs: 128\n" + (f"hardware: {hardware}\n" if hardware else "")
+    )
     (d / "exp-config.yaml").write_text(cfg)
-    (d / "profile.yaml").write_text(json.dumps({
-        "data": {"type": "shared_prefix", "shared_prefix": {"system_prompt_len": 100, "question_len": 200, "output_len": 51,
-                                                            "num_unique_system_prompts": 2, "num_users_per_system_prompt": 2}},
-        "load": {"type": "constant", "stages": [{"rate": 2, "duration": 20}]}, "server": {"ignore_eos": True}}))
+    (d / "profile.yaml").write_text(
+        json.dumps(
+            {
+                "data": {
+                    "type": "shared_prefix",
+                    "shared_prefix": {
+                        "system_prompt_len": 100,
+                        "question_len": 200,
+                        "output_len": 51,
+                        "num_unique_system_prompts": 2,
+                        "num_users_per_system_prompt": 2,
+                    },
+                },
+                "load": {"type": "constant", "stages": [{"rate": 2, "duration": 20}]},
+                "server": {"ignore_eos": True},
+            }
+        )
+    )
     if results:
-        (d / "results" / "summary_lifecycle_metrics.json").write_text(json.dumps({"successes": {"latency": {
-            "time_to_first_token": {"mean": 0.03, "p90": 0.04, "p99": 0.05},
-            "request_latency": {"mean": 0.53, "p90": 0.6, "p99": 0.7}}}}))
+        (d / "results" / "summary_lifecycle_metrics.json").write_text(
+            json.dumps(
+                {
+                    "successes": {
+                        "latency": {
+                            "time_to_first_token": {"mean": 0.03, "p90": 0.04, "p99": 0.05},
+                            "request_latency": {"mean": 0.53, "p90": 0.6, "p99": 0.7},
+                        }
+                    }
+                }
+            )
+        )
     return d
 
 
@@ -140,26 +177,45 @@ def test_external_trainval_json(tmp_path):
     import json
     import shutil
 
-    from bayeslat.config import specs
+    from bayeslat import config as specs
     from bayeslat.errors import SpecError
 
     (tmp_path / "cfg").mkdir()
     shutil.copy(specs.specs_dir() / "models" / "qwen2.5-7b-instruct" / "config.json", tmp_path / "cfg" / "config.json")
-    run = {"id": "x1", "name": "x1-qwen-a100", "model_config": "cfg/config.json", "hardware": "A100-80",
-           "tensor_parallel": 1, "max_num_seqs": 128, "max_num_batched_tokens": 2048, "gpu_kv_blocks": None,
-           "workload": {"inference_perf": {"shared_prefix": {"system_prompt_len": 100, "question_len": 200,
-                                                             "output_len": 50, "num_unique_system_prompts": 2,
-                                                             "num_users_per_system_prompt": 2},
-                                           "stages": [{"rate": 2, "duration": 10}]}, "seed": 1},
-           "observed_ms": {"all": {"ttft_mean": 40.0, "e2e_mean": 900.0, "itl_mean": 17.0}}}
+    run = {
+        "id": "x1",
+        "name": "x1-qwen-a100",
+        "model_config": "cfg/config.json",
+        "hardware": "A100-80",
+        "tensor_parallel": 1,
+        "max_num_seqs": 128,
+        "max_num_batched_tokens": 2048,
+        "gpu_kv_blocks": None,
+        "workload": {
+            "inference_perf": {
+                "shared_prefix": {
+                    "system_prompt_len": 100,
+                    "question_len": 200,
+                    "output_len": 50,
+                    "num_unique_system_prompts": 2,
+                    "num_users_per_system_prompt": 2,
+                },
+                "stages": [{"rate": 2, "duration": 10}],
+            },
+            "seed": 1,
+        },
+        "observed_ms": {"all": {"ttft_mean": 40.0, "e2e_mean": 900.0, "itl_mean": 17.0}},
+    }
     f = tmp_path / "new_runs.json"
     f.write_text(json.dumps({"runs": [run]}))
     (c,) = V.external_cases([f])
     # no gpu_kv_blocks given: derived from the A100's memory for this model and server
     assert c["deployment"].hardware == "A100 SXM 80GB"
     assert c["deployment"].kv_blocks == specs.kv_blocks(
-        specs.load_model(tmp_path / "cfg" / "config.json"), specs.load_hardware("a100-sxm-80gb"),
-        specs.load_server({"tensor_parallel": 1, "max_num_seqs": 128, "max_num_batched_tokens": 2048}))
+        specs.load_model(tmp_path / "cfg" / "config.json"),
+        specs.load_hardware("a100-sxm-80gb"),
+        specs.load_server({"tensor_parallel": 1, "max_num_seqs": 128, "max_num_batched_tokens": 2048}),
+    )
     assert c["itl_definition"] == "client" and c["observed"]["e2e_mean"] == 900.0 and len(c["workload_obj"]) == 20
     del run["observed_ms"]
     f.write_text(json.dumps({"runs": [run]}))
@@ -171,8 +227,9 @@ def test_external_trainval_json(tmp_path):
 def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
     """A cached fold fit is reused only by the same held-out set, sampler settings, rows, seed,
     feature spec, priors and fit code."""
-    from bayeslat import model as M
     from bayeslat import evaluate as V
+    from bayeslat import model as M
+
     p = V.cv_fit_path("d", {"b", "a"})
     assert p == V.cv_fit_path("d", ["a", "b"]) and p.startswith("d/heldout-") and p != V.cv_fit_path("d", {"a"})
     # the default sampler, however it is spelled; fewer draws or tuning steps are another fit

@@ -1,19 +1,20 @@
 """The ``bayeslat`` command line: a thin argparse front end.
 
-Every sub-command's arguments are declared here; the work is done by ``cli_<command>(args)``
-in the domain module named in ``COMMANDS`` (imported lazily, so ``bayeslat specs`` never
-imports PyMC). Each returns the process exit code.
+Every sub-command's arguments are declared here; ``bayeslat/cli/<command>.py`` runs it (``run(args)``,
+imported only for that command, so ``bayeslat specs`` never imports PyMC), calling the domain code and
+printing what it returns. Each returns the process exit code.
 """
+
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-#: ``transfer.UPDATE_WHEN`` (kept here so building the parser imports no domain module; a test
+#: ``probe.UPDATE_WHEN`` (kept here so building the parser imports no domain module; a test
 #: asserts the two agree)
 UPDATE_WHEN_CHOICES = ("auto", "always", "needed")
-#: ``validate.SUITES`` (same reason, same test)
+#: ``evaluate.SUITES`` (same reason, same test)
 VALIDATE_SUITES = ("replay", "aggregate", "all", "loro", "lomo", "lowo", "external")
 
 
@@ -78,16 +79,18 @@ def out_dir(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{where}{a} is a file, not a directory")
     return text
 
+
 COMMANDS = {
-    "specs": "bayeslat.config.specs",
-    "ingest": "bayeslat.data.ingest",
-    "fit": "bayeslat.model",
-    "diagnose": "bayeslat.model.diagnose",
-    "export": "bayeslat.export",
-    "predict": "bayeslat.simulate",
-    "validate": "bayeslat.evaluate",
-    "check": "bayeslat.transfer",
-    "update": "bayeslat.transfer",
+    "specs": "bayeslat.cli.specs",
+    "ingest": "bayeslat.cli.ingest",
+    "fit": "bayeslat.cli.fit",
+    "calibrate": "bayeslat.cli.calibrate",
+    "diagnose": "bayeslat.cli.diagnose",
+    "export": "bayeslat.cli.export",
+    "predict": "bayeslat.cli.predict",
+    "validate": "bayeslat.cli.validate",
+    "check": "bayeslat.cli.check",
+    "update": "bayeslat.cli.update",
 }
 
 
@@ -104,13 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
 
     s = sub.add_parser("ingest", help="parse vLLM traces / lifecycle data into validated tables")
-    s.add_argument("paths", nargs="+", help="trace files (OTLP JSON lines, kv_events.jsonl, inference-perf per-request JSON; .gz ok)")
+    s.add_argument(
+        "paths", nargs="+", help="trace files (OTLP JSON lines, kv_events.jsonl, inference-perf per-request JSON; .gz ok)"
+    )
     s.add_argument("--experiment", required=True, help="experiment YAML (server config + model + hardware + workload)")
     s.add_argument("--out", required=True, type=out_dir, help="output directory for the Parquet tables and report.json")
     s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
 
     s = sub.add_parser("fit", help="fit the hierarchical model with NUTS and write netCDF")
-    s.add_argument("--data", default="bundled", help="'bundled' (real data shipped with bayeslat) or a directory of ingested tables")
+    s.add_argument(
+        "--data", default="bundled", help="'bundled' (real data shipped with bayeslat) or a directory of ingested tables"
+    )
     s.add_argument("--runs", nargs="*", default=None, help="restrict to these run ids (substring match)")
     s.add_argument("--exclude", nargs="*", default=None, help="exclude these run ids (substring match)")
     s.add_argument("--out", default="models/default.nc", type=out_file, help="netCDF output path")
@@ -119,13 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tune", type=nonneg_int, default=None)
     s.add_argument("--chains", type=positive_int, default=None)
     s.add_argument("--seed", type=int, default=None, help="seed of the sampler (default 0)")
-    s.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the rows the fit sees: reconstruction offsets and the stratified subsample (default 0; "
-                        "independent of --seed)")
-    s.add_argument("--rows-per-run-kind", type=nonneg_int, default=40,
-                   help="stratified subsample: rows per (run, kind) the likelihood sees (0 = all; default 40)")
+    s.add_argument(
+        "--data-seed",
+        type=int,
+        default=0,
+        help="seed of the rows the fit sees: reconstruction offsets and the stratified subsample (default 0; "
+        "independent of --seed)",
+    )
+    s.add_argument(
+        "--rows-per-run-kind",
+        type=nonneg_int,
+        default=40,
+        help="stratified subsample: rows per (run, kind) the likelihood sees (0 = all; default 40)",
+    )
     s.add_argument("--target-accept", type=probability, default=None, help="NUTS target acceptance (default 0.99)")
     s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser(
+        "calibrate",
+        help="attach the out-of-sample probe calibration (leave-one-model-out refits) "
+        "that `bayeslat update` weighs probes with: the last stage of the default fit",
+    )
+    s.add_argument("model", help="fitted netCDF of the bundled runs (`bayeslat fit`)")
+    s.add_argument("--out", type=out_file, default=None, help="netCDF output path (default: overwrite MODEL)")
+    s.add_argument("--probe-n", type=positive_int, default=200, help="requests per probe (default 200)")
+    s.add_argument(
+        "--probe-design",
+        default="first",
+        choices=["first", "stages"],
+        help="probe: the first requests after warm-up, or spread over the run's load stages",
+    )
+    s.add_argument("--fit-dir", type=out_dir, default=None, help="cache directory of the fold refits")
+    s.add_argument("--draws", type=positive_int, default=None, help="NUTS draws of the fold refits (default: the fit's)")
+    s.add_argument("--tune", type=nonneg_int, default=None, help="NUTS tuning steps of the fold refits")
+    s.add_argument("--seed", type=int, default=0, help="seed of the fold refits' rows and the probe replays")
 
     s = sub.add_parser("diagnose", help="R-hat, ESS, divergences, BFMI, tree depth, PSIS-LOO, ARD")
     s.add_argument("model", help="fitted netCDF")
@@ -135,12 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="fitted netCDF")
     s.add_argument("--group", default=None, help="hardware/model_class[/regime], e.g. 'H100 SXM/dense'")
     s.add_argument("--format", default="json", choices=["json", "yaml", "blis"])
-    s.add_argument("--tp", type=positive_int, default=None,
-                   help="TP degree of the target deployment (blis: TP sync folded into b4, multi-process executor into "
-                        "a0); required, or --server, when the group's fit rows include TP > 1")
+    s.add_argument(
+        "--tp",
+        type=positive_int,
+        default=None,
+        help="TP degree of the target deployment (blis: TP sync folded into b4, multi-process executor into "
+        "a0); required, or --server, when the group's fit rows include TP > 1",
+    )
     s.add_argument("--server", default=None, help="server config YAML of the target (its tensor_parallel, for --tp)")
-    s.add_argument("--out", type=out_file, default=None,
-                   help="write to this file instead of stdout (blis: the flags alone, as on stdout; comments on stderr)")
+    s.add_argument(
+        "--out",
+        type=out_file,
+        default=None,
+        help="write to this file instead of stdout (blis: the flags alone, as on stdout; comments on stderr)",
+    )
 
     s = sub.add_parser("predict", help="posterior predictive TTFT / ITL / E2E of a workload")
     s.add_argument("spec", help="SPEC.yaml naming model, hardware, server and workload")
@@ -150,13 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("validate", help="predict every real run and compare with the observed aggregates")
-    s.add_argument("--suite", default="replay", choices=VALIDATE_SUITES,
-                   help="replay (default) | aggregate | all | loro | lomo | lowo (cross-validation: refits) | external")
-    s.add_argument("--external", nargs="+", default=None, metavar="PATH",
-                   help="real runs not bundled: a trainval-format JSON ({'runs': [...]}) or inference-perf experiment "
-                        "directories (exp-config.yaml, profile.yaml, results/); alone, the suite is 'external'")
-    s.add_argument("--hardware", default=None,
-                   help="GPU of experiment directories whose exp-config.yaml names none (e.g. H100, A100-80, L40S)")
+    s.add_argument(
+        "--suite",
+        default="replay",
+        choices=VALIDATE_SUITES,
+        help="replay (default) | aggregate | all | loro | lomo | lowo (cross-validation: refits) | external",
+    )
+    s.add_argument(
+        "--external",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="real runs not bundled: a trainval-format JSON ({'runs': [...]}) or inference-perf experiment "
+        "directories (exp-config.yaml, profile.yaml, results/); alone, the suite is 'external'",
+    )
+    s.add_argument(
+        "--hardware",
+        default=None,
+        help="GPU of experiment directories whose exp-config.yaml names none (e.g. H100, A100-80, L40S)",
+    )
     s.add_argument("--model", default=None, help="fitted netCDF (default: shipped default; CV modes refit)")
     s.add_argument("--draws", type=positive_int, default=8)
     s.add_argument("--runs", nargs="*", default=None, help="restrict to these runs (substring match)")
@@ -175,15 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probe", nargs="+", required=True)
     s.add_argument("--spec", required=True, help="SPEC.yaml of the probed configuration")
     s.add_argument("--out", required=True, type=out_file, help="netCDF of the updated fit")
-    s.add_argument("--refit", action="store_true",
-                   help="refit every level on training + probe rows (minutes) instead of conditioning the "
-                        "probe's deployment level on it (seconds; the default)")
-    s.add_argument("--when", default="auto", choices=UPDATE_WHEN_CHOICES,
-                   help="auto (default): update a deployment the fit has not seen always, a trained one only where "
-                        "the probe's check is not transfer-ok (updating trained deployments on agreeing probes "
-                        "made held-out workloads' predictions worse: benchmarks/probe_gate.py); needed: only where "
-                        "the check is not transfer-ok; always: every probe. Not updated: --out is the fit unchanged "
-                        "(with --refit too)")
+    s.add_argument(
+        "--refit",
+        action="store_true",
+        help="refit every level on training + probe rows (minutes) instead of conditioning the "
+        "probe's deployment level on it (seconds; the default)",
+    )
+    s.add_argument(
+        "--when",
+        default="auto",
+        choices=UPDATE_WHEN_CHOICES,
+        help="auto (default): update a deployment the fit has not seen always, a trained one only where "
+        "the probe's check is not transfer-ok (updating trained deployments on agreeing probes "
+        "made held-out workloads' predictions worse: benchmarks/probe_gate.py); needed: only where "
+        "the check is not transfer-ok; always: every probe. Not updated: --out is the fit unchanged "
+        "(with --refit too)",
+    )
     s.add_argument("--json", action="store_true")
     return p
 
@@ -203,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[args.command])
     try:
-        # a command module under bayeslat.cli defines run(args); the others still cli_<command>
-        run = getattr(module, "run", None) or getattr(module, f"cli_{args.command}")
-        return int(run(args) or 0)
+        return int(module.run(args) or 0)
     except (BayeslatError, FileNotFoundError) as err:
         # one line whatever the message holds (an error text quoted from a parser may span several)
         msg = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -1,4 +1,5 @@
 """``python -m bayeslat.cli``: the command line."""
+
 from bayeslat.cli import main
 
 raise SystemExit(main())

@@ -42,6 +42,7 @@ rows are built by :func:`bayeslat.data.ingest.inference_perf.replay_frame`, the 
 The bundle is rebuilt from ``shared/data`` with :func:`build_bundle` (``python -m
 bayeslat.data.datasets SHARED_DATA_DIR``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,6 +55,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+
+from bayeslat.data.ingest.inference_perf import profile_info, replay_frame
 
 DATA_DIR = Path(str(resources.files("bayeslat") / "data"))
 CLIENT_TIMEOUT_S = 300.0
@@ -67,18 +71,25 @@ MODEL_SPEC = {
     "mixtral-8x7b-v0-1": "mixtral-8x7b-v0.1",
     "mixtral-8x7b": "mixtral-8x7b-v0.1",
 }
-HARDWARE_SPEC = {"H100 SXM": "h100-sxm", "A100 SXM": "a100-sxm-80gb", "L40S": "l40s",
-                 "H100 NVL": "h100-nvl", "H200 SXM": "h200-sxm"}
+HARDWARE_SPEC = {
+    "H100 SXM": "h100-sxm",
+    "A100 SXM": "a100-sxm-80gb",
+    "L40S": "l40s",
+    "H100 NVL": "h100-nvl",
+    "H200 SXM": "h200-sxm",
+}
 
 
 def _path(name: str) -> Path:
     p = DATA_DIR / name
     if not p.exists():
-        raise FileNotFoundError(f"bundled data file {p} is missing; rebuild with `python -m bayeslat.data.datasets SHARED_DATA_DIR`")
+        raise FileNotFoundError(
+            f"bundled data file {p} is missing; rebuild with `python -m bayeslat.data.datasets SHARED_DATA_DIR`"
+        )
     return p
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _runs_json() -> list[dict]:
     return json.loads(_path("runs.json").read_text())
 
@@ -97,7 +108,7 @@ def run_info(run: str) -> dict:
     raise KeyError(f"unknown run {run!r}; known: {[r['run'] for r in _runs_json()]}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _requests() -> pd.DataFrame:
     return pd.read_parquet(_path("requests.parquet"))
 
@@ -154,7 +165,6 @@ def _aggregates(df: pd.DataFrame) -> dict:
 
 def build_bundle(shared: str | Path, out: str | Path = DATA_DIR) -> None:
     """Rebuild the bundled tables from a ``shared/data`` checkout."""
-    from bayeslat.data.ingest.inference_perf import profile_info, replay_frame
     shared, out = Path(shared), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tv = json.loads((shared / "trainval15.json").read_text())
@@ -168,64 +178,67 @@ def build_bundle(shared: str | Path, out: str | Path = DATA_DIR) -> None:
         exp = d["experiment"]
         expdir = shared / "experiments" / exp
         profile = json.loads((expdir / "profile.yaml").read_text())
-        import yaml
-
         expcfg = yaml.safe_load((expdir / "exp-config.yaml").read_text())
         sp = profile["data"]["shared_prefix"]
         out_len, ignore_eos, stages = profile_info(profile)
         q = replay_frame(d, gt, run=exp, output_len=out_len, ignore_eos=ignore_eos, stages=stages, strict=True)
-        df = pd.DataFrame({  # compact dtypes of the ingest `requests` columns (no nulls here)
-            "run": exp,
-            "index": q["index"].to_numpy(np.int32),
-            "arrival_us": q["arrival_us"].to_numpy(np.int64),
-            "input_tokens": q["input_tokens"].to_numpy(np.int32),
-            "input_imputed": q["input_imputed"].to_numpy(bool),
-            "output_tokens": q["output_tokens"].to_numpy(np.int32),
-            "output_tokens_client": q["output_tokens_client"].to_numpy(np.int32),
-            "has_error": q["has_error"].to_numpy(bool),
-            "ttft_ms": q["ttft_ms"].to_numpy(np.float64),
-            "e2e_ms": q["e2e_ms"].to_numpy(np.float64),
-            "stage": q["stage"].to_numpy(np.int8),
-        })
+        df = pd.DataFrame(
+            {  # compact dtypes of the ingest `requests` columns (no nulls here)
+                "run": exp,
+                "index": q["index"].to_numpy(np.int32),
+                "arrival_us": q["arrival_us"].to_numpy(np.int64),
+                "input_tokens": q["input_tokens"].to_numpy(np.int32),
+                "input_imputed": q["input_imputed"].to_numpy(bool),
+                "output_tokens": q["output_tokens"].to_numpy(np.int32),
+                "output_tokens_client": q["output_tokens_client"].to_numpy(np.int32),
+                "has_error": q["has_error"].to_numpy(bool),
+                "ttft_ms": q["ttft_ms"].to_numpy(np.float64),
+                "e2e_ms": q["e2e_ms"].to_numpy(np.float64),
+                "stage": q["stage"].to_numpy(np.int8),
+            }
+        )
         frames.append(df)
         short = d["model_short"]
         ts = exp[:15]
         summary = json.loads((expdir / "results" / "summary_lifecycle_metrics.json").read_text())
         lat = summary["successes"]["latency"]
-        meta.append({
-            "run": exp,
-            "model": short,
-            "model_id": d["model_id"],
-            "model_spec": MODEL_SPEC[short],
-            "hardware": "H100 SXM",
-            "hardware_spec": "h100-sxm",
-            "workload": d["profile"],
-            "server": {
-                "tensor_parallel": int(expcfg["tensor_parallelism"]),
-                "data_parallel": 1,
-                "expert_parallel": False,
-                "max_num_batched_tokens": int(expcfg["max_num_batched_tokens"]),
-                "max_num_seqs": int(expcfg["max_num_seqs"]),
-                "max_model_len": int(expcfg["max_model_len"]),
-                "block_size": int(d["config"]["block_size"]),
-                "gpu_memory_utilization": 0.9,
-                "kv_blocks": int(d["config"]["kv_blocks_total_gpu"]),
-                "prefix_caching": True,
-                "chunked_prefill": True,
-            },
-            "profile": {"data": profile["data"], "load": profile["load"]},
-            "output_len": int(sp["output_len"]),
-            "client_timeout_s": CLIENT_TIMEOUT_S,
-            "in_trainval15": ts in tv_ids,
-            "observed": {
-                "all": _aggregates(df),
-                **{f"stage_{k}": _aggregates(g) for k, g in df.groupby("stage")},
-                "inference_perf_summary_s": {
-                    k: {q: lat[k][q] for q in ("mean", "p90", "p99")}
-                    for k in ("time_to_first_token", "request_latency") if k in lat
+        meta.append(
+            {
+                "run": exp,
+                "model": short,
+                "model_id": d["model_id"],
+                "model_spec": MODEL_SPEC[short],
+                "hardware": "H100 SXM",
+                "hardware_spec": "h100-sxm",
+                "workload": d["profile"],
+                "server": {
+                    "tensor_parallel": int(expcfg["tensor_parallelism"]),
+                    "data_parallel": 1,
+                    "expert_parallel": False,
+                    "max_num_batched_tokens": int(expcfg["max_num_batched_tokens"]),
+                    "max_num_seqs": int(expcfg["max_num_seqs"]),
+                    "max_model_len": int(expcfg["max_model_len"]),
+                    "block_size": int(d["config"]["block_size"]),
+                    "gpu_memory_utilization": 0.9,
+                    "kv_blocks": int(d["config"]["kv_blocks_total_gpu"]),
+                    "prefix_caching": True,
+                    "chunked_prefill": True,
                 },
-            },
-        })
+                "profile": {"data": profile["data"], "load": profile["load"]},
+                "output_len": int(sp["output_len"]),
+                "client_timeout_s": CLIENT_TIMEOUT_S,
+                "in_trainval15": ts in tv_ids,
+                "observed": {
+                    "all": _aggregates(df),
+                    **{f"stage_{k}": _aggregates(g) for k, g in df.groupby("stage")},
+                    "inference_perf_summary_s": {
+                        k: {q: lat[k][q] for q in ("mean", "p90", "p99")}
+                        for k in ("time_to_first_token", "request_latency")
+                        if k in lat
+                    },
+                },
+            }
+        )
     reqs = pd.concat(frames, ignore_index=True)
     reqs["run"] = reqs["run"].astype("category")
     reqs.to_parquet(out / "requests.parquet", index=False, compression="zstd")

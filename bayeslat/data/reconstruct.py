@@ -83,6 +83,7 @@ request; ``t_client_us = ts_ns / 1000 - offset_us``. Estimated by matching the t
 count / running depth / prefill presence with the reconstruction (coarse grid, then fine grid);
 the uncertainty is the bootstrap spread of the argmin over sampled steps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -95,8 +96,14 @@ from scipy.sparse.linalg import lsqr
 from bayeslat import features as F
 from bayeslat.errors import IngestError
 
-STEP_REQUESTS_COLUMNS = ("step_id", "request_id", "phase", "num_computed_tokens",
-                         "scheduled_tokens_this_step", "num_prompt_tokens")
+STEP_REQUESTS_COLUMNS = (
+    "step_id",
+    "request_id",
+    "phase",
+    "num_computed_tokens",
+    "scheduled_tokens_this_step",
+    "num_prompt_tokens",
+)
 STEPS_COLUMNS = ("step_id", "ts_start_ns", "cycle_time_us")
 KIND_STEP, KIND_WINDOW, KIND_TTFT, KIND_ALPHA = 0, 1, 2, 3
 
@@ -179,8 +186,8 @@ class Reconstruction:
     steps: pd.DataFrame
     requests: pd.DataFrame
     info: dict = field(default_factory=dict)
-    grid_t: np.ndarray | None = None   # bin edges (us)
-    grid_K: np.ndarray | None = None   # K at the bin edges
+    grid_t: np.ndarray | None = None  # bin edges (us)
+    grid_K: np.ndarray | None = None  # K at the bin edges
 
     def K(self, t_us) -> np.ndarray:
         """Step clock: steps started by client time t (fractional)."""
@@ -214,8 +221,13 @@ def _solve_rate(ft, fin, nsteps, t_end, bin_us, smooth, active, iter_lim=300):
     na = len(act)
     if na >= 3:
         i = np.arange(na - 2)
-        D = sp.csr_matrix((np.concatenate([np.ones(na - 2), -2 * np.ones(na - 2), np.ones(na - 2)]) * smooth,
-                           (np.tile(i, 3), np.concatenate([i, i + 1, i + 2]))), shape=(na - 2, na))
+        D = sp.csr_matrix(
+            (
+                np.concatenate([np.ones(na - 2), -2 * np.ones(na - 2), np.ones(na - 2)]) * smooth,
+                (np.tile(i, 3), np.concatenate([i, i + 1, i + 2])),
+            ),
+            shape=(na - 2, na),
+        )
         M = sp.vstack([A, D]).tocsr()
         rhs = np.concatenate([nsteps * wrow, np.zeros(na - 2)])
     else:
@@ -254,11 +266,22 @@ def _uncached(prompt, arrival_order, mode, block, system_len):
     raise ValueError(f"prefix_cache must be 'repeat', 'system' or 'none', got {mode!r}")
 
 
-def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 2048, max_num_seqs: int = 128,
-                          block_size: int = 16, prefix_cache: str = "repeat", system_prompt_len: int = 0,
-                          bin_us: float = 20_000.0, smooth: float = 3.0, timeout_s: float = 300.0,
-                          n_warmup_max: int = 20, iter_lim: int = 300,
-                          kv_capacity_tokens: float | None = None) -> Reconstruction:
+def reconstruct_lifecycle(
+    req: pd.DataFrame,
+    *,
+    run: str = "",
+    budget: int = 2048,
+    max_num_seqs: int = 128,
+    block_size: int = 16,
+    prefix_cache: str = "repeat",
+    system_prompt_len: int = 0,
+    bin_us: float = 20_000.0,
+    smooth: float = 3.0,
+    timeout_s: float = 300.0,
+    n_warmup_max: int = 20,
+    iter_lim: int = 300,
+    kv_capacity_tokens: float | None = None,
+) -> Reconstruction:
     """Rebuild the step sequence of one run from per-request lifecycle data.
 
     ``req`` columns (as :func:`bayeslat.data.datasets.requests`): index, arrival_us, input_tokens,
@@ -285,7 +308,7 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
     invalid = ~err & ~(np.isfinite(ttft) & np.isfinite(e2e) & (ttft >= 0) & (e2e >= ttft) & (prompt > 0))
     status[invalid] = "invalid"
     status[~err & ~invalid & (n_out < 2)] = "no_decode"
-    served = (status == "ok") | (status == "no_decode")   # occupy steps
+    served = (status == "ok") | (status == "no_decode")  # occupy steps
     ok = status == "ok"
     if ok.sum() < 1:
         raise IngestError("no successful request with >= 2 output tokens", file=run or "requests", field="output_tokens")
@@ -314,7 +337,7 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
     for it in (iter_lim,):
         edges, rho = _solve_rate(ft[ok], fin[ok], nsteps, t_end, bin_us, smooth, active, iter_lim=it)
         Kedge = np.concatenate([[0.0], np.cumsum(rho)])
-        Kf = lambda t: np.interp(t, edges, Kedge)  # noqa: E731
+        Kf = lambda t: np.interp(t, edges, Kedge)  # noqa: E731, B023 (the loop runs once)
         resid = np.full(n_req, np.nan)
         resid[ok] = Kf(fin[ok]) - Kf(ft[ok]) - nsteps
 
@@ -338,7 +361,7 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
     sv = np.flatnonzero(served & (nd > 0))
     np.add.at(cnt, k_first[sv] + 1, 1)
     np.add.at(cnt, np.minimum(k_last[sv] + 1, nK + 1), -1)
-    base = (prompt[sv] - k_first[sv]).astype(np.float64)   # decode ctx at step k = prompt + k - k_first
+    base = (prompt[sv] - k_first[sv]).astype(np.float64)  # decode ctx at step k = prompt + k - k_first
     np.add.at(ctxsum, k_first[sv] + 1, base)
     np.add.at(ctxsum, np.minimum(k_last[sv] + 1, nK + 1), -base)
     n_dec = np.cumsum(cnt)[:nK]
@@ -349,10 +372,10 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
     unc = np.zeros(n_req, dtype=np.int64)
     unc[served] = _uncached(prompt[served], np.argsort(a[served], kind="stable"), prefix_cache, block_size, system_prompt_len)
     cached = prompt - unc
-    k_arr = np.searchsorted(t_start, a, side="right") - 1     # step in flight at arrival
+    k_arr = np.searchsorted(t_start, a, side="right") - 1  # step in flight at arrival
     cap = budget - n_dec
     seqcap = max_num_seqs - n_dec
-    pf_stats = np.zeros((nK, 5))   # n_prefill, tokens, attn_pairs, ctx_tokens
+    pf_stats = np.zeros((nK, 5))  # n_prefill, tokens, attn_pairs, ctx_tokens
     k_start = np.full(n_req, -1, dtype=np.int64)
     overflow = 0
     for i in sorted(np.flatnonzero(served), key=lambda j: (k_first[j], a[j])):
@@ -426,19 +449,37 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
     kq = np.clip(k_arr, 0, nK - 1)
     w_arr = np.where(k_arr >= 0, np.clip((t_start[kq] + dt[kq] - a) / np.maximum(dt[kq], 1e-9), 0.0, 1.0), 0.0)
     qd = np.where(k_arr >= 0, running[kq] + waiting[kq], 0.0)
-    reqs = pd.DataFrame({
-        "index": req["index"].to_numpy() if "index" in req.columns else np.arange(n_req),
-        "status": status.astype(str), "warmup": warm, "arrival_us": a, "ft_us": ft, "fin_us": fin,
-        "n_out": n_out, "prompt": prompt, "uncached": np.where(served, unc, 0),
-        "k_arrival": k_arr, "w_arrival": w_arr, "k_start": k_start, "k_first": k_first, "k_last": k_last,
-        "queue_depth": qd, "resid_steps": resid,
-    })
+    reqs = pd.DataFrame(
+        {
+            "index": req["index"].to_numpy() if "index" in req.columns else np.arange(n_req),
+            "status": status.astype(str),
+            "warmup": warm,
+            "arrival_us": a,
+            "ft_us": ft,
+            "fin_us": fin,
+            "n_out": n_out,
+            "prompt": prompt,
+            "uncached": np.where(served, unc, 0),
+            "k_arrival": k_arr,
+            "w_arrival": w_arr,
+            "k_start": k_start,
+            "k_first": k_first,
+            "k_last": k_last,
+            "queue_depth": qd,
+            "resid_steps": resid,
+        }
+    )
     info = {
-        "run": run, "n_requests": int(n_req), "n_steps": int(nK),
+        "run": run,
+        "n_requests": int(n_req),
+        "n_steps": int(nK),
         "counts": {s: int((status == s).sum()) for s in ("ok", "aborted", "no_decode", "invalid")},
-        "n_warmup": int(warm.sum()), "prefill_overflow": int(overflow),
+        "n_warmup": int(warm.sum()),
+        "prefill_overflow": int(overflow),
         "resid_steps_mad": float(np.nanmedian(np.abs(resid[ok]))),
-        "bin_us": bin_us, "prefix_cache": prefix_cache, "budget": budget,
+        "bin_us": bin_us,
+        "prefix_cache": prefix_cache,
+        "budget": budget,
         "failed_frac": float(err.mean()) if n_req else 0.0,
     }
     kv_demand = stats[:, F.S["decode_ctx_tokens"]] + stats[:, F.S["prefill_ctx_tokens"]]
@@ -446,160 +487,3 @@ def reconstruct_lifecycle(req: pd.DataFrame, *, run: str = "", budget: int = 204
     if kv_capacity_tokens:
         info["kv_demand_ratio_p95"] = info["kv_demand_p95_tokens"] / float(kv_capacity_tokens)
     return Reconstruction(run, steps, reqs, info, edges, Kedge)
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. observation windows
-# ---------------------------------------------------------------------------------------------
-WINDOW_COLUMNS = ("kind", "request", "y_ms", "k0", "k1", "w0", "w1", "n_steps", "prompt", "queue_depth", "t_us")
-
-
-def observation_windows(rec: Reconstruction, *, include_warmup: bool = False) -> pd.DataFrame:
-    """Decode-window (kind 1) and TTFT (kind 2) rows of a reconstruction (see module docstring).
-
-    Rows touching a step with an unknown duration (``idle_after``) are dropped, except that the
-    TTFT row of a request arriving in an idle gap starts at the next step with weight 0 on the
-    gap."""
-    r = rec.requests
-    st = rec.steps
-    nK = len(st)
-    idle = st["idle_after"].to_numpy()
-    idle_cum = np.concatenate([[0], np.cumsum(idle)])
-    use = (r["status"] == "ok") & (include_warmup | ~r["warmup"])
-    r = r[use]
-    kf, kl = r["k_first"].to_numpy(), r["k_last"].to_numpy()
-    rows = []
-    # decode windows: steps k_first+1 .. k_last
-    k0, k1 = kf + 1, np.minimum(kl, nK - 1)
-    ok = (k1 >= k0) & (idle_cum[k1] - idle_cum[np.minimum(k0, k1)] == 0)
-    dw = pd.DataFrame({"kind": KIND_WINDOW, "request": r["index"].to_numpy(), "y_ms": (r["fin_us"] - r["ft_us"]).to_numpy() / 1e3,
-                       "k0": k0, "k1": k1, "w0": 1.0, "w1": 1.0, "n_steps": (k1 - k0 + 1).astype(float),
-                       "prompt": r["prompt"].to_numpy(), "queue_depth": r["queue_depth"].to_numpy(),
-                       "t_us": r["ft_us"].to_numpy()})[ok]
-    rows.append(dw)
-    # TTFT rows follow the simulator's generative model: TTFT = alpha (arrival -> queued, incl.
-    # API and streaming overheads) + the wait for the step in flight when the request is queued
-    # (expected half a step: weight 0.5 on step k_start - 1) + its prefill steps k_start..k_first.
-    # Only requests that arrived with an empty waiting queue: under load, queueing delay is the
-    # simulator's job and must not be absorbed by alpha. (Spanning arrival -> first token with
-    # steps instead leaves alpha unidentified: y = sum of steps by construction of the step clock.)
-    ka = r["k_arrival"].to_numpy()
-    ks = r["k_start"].to_numpy()
-    waiting = st["waiting_depth"].to_numpy()
-    no_queue = (ka >= 0) & (waiting[np.clip(ka, 0, nK - 1)] == 0)
-    k1 = np.minimum(kf, nK - 1)
-    k0 = np.maximum(ks - 1, 0)
-    w0 = np.where(ks >= 1, 0.5, 1.0)
-    w1 = np.ones(len(r))
-    n_steps = w0 + (k1 - k0)
-    ok = no_queue & (ks >= 0) & (k1 >= k0) & (k0 < nK) & (idle_cum[k1] - idle_cum[np.clip(k0, 0, nK)] == 0)
-    tw = pd.DataFrame({"kind": KIND_TTFT, "request": r["index"].to_numpy(), "y_ms": (r["ft_us"] - r["arrival_us"]).to_numpy() / 1e3,
-                       "k0": k0, "k1": k1, "w0": w0, "w1": w1,
-                       "n_steps": n_steps, "prompt": r["prompt"].to_numpy(), "queue_depth": r["queue_depth"].to_numpy(),
-                       "t_us": r["arrival_us"].to_numpy()})[ok]
-    rows.append(tw)
-    out = pd.concat(rows, ignore_index=True)
-    return out[list(WINDOW_COLUMNS)]
-
-
-def trace_step_windows(rec: Reconstruction, trace: pd.DataFrame, offset_us: float, *, max_gap: int = 1,
-                       id0: float | None = None, skip_ids=None) -> pd.DataFrame:
-    """Step rows (kind 0) from sampled real step records, mapped onto the reconstruction.
-
-    ``trace``: step.id, step.ts_start_ns (one run). Consecutive sampled records with id gap
-    ``d <= max_gap`` give the exact server-clock time of steps id..id+d-1 (``y = dts``;
-    ``n_steps = d``; ``max_gap=1`` is the contract's single-step row = ``cycle_time_us``).
-    Reconstructed index ``k = step.id - id0`` with ``id0`` the median of ``step.id - K(ts)``
-    (estimated if not given). ``skip_ids``: step ids whose one-step pair (gap 1) is left out
-    (they have exact rows from step snapshots, see :func:`bayeslat.data.design.exact_step_rows`)."""
-    tr = trace.sort_values("step.id")
-    ids = tr["step.id"].to_numpy(np.int64)
-    ts_us = tr["step.ts_start_ns"].to_numpy(np.float64) / 1e3 - offset_us
-    if id0 is None:
-        id0 = float(np.median(ids - np.floor(rec.K(ts_us))))
-    gap = np.diff(ids)
-    y = np.diff(ts_us) / 1e3
-    sel = (gap >= 1) & (gap <= max_gap)
-    if skip_ids is not None and len(skip_ids):
-        sel &= ~((gap == 1) & np.isin(ids[:-1], np.asarray(skip_ids, dtype=np.int64)))
-    k0 = ids[:-1][sel] - int(round(id0))
-    k1 = k0 + gap[sel] - 1
-    nK = len(rec.steps)
-    ok = (k0 >= 0) & (k1 < nK)
-    idle_cum = np.concatenate([[0], np.cumsum(rec.steps["idle_after"].to_numpy())])
-    ok[ok] &= idle_cum[k1[ok] + 1] - idle_cum[k0[ok]] == 0
-    return pd.DataFrame({"kind": KIND_STEP, "request": -1, "y_ms": y[sel][ok], "k0": k0[ok], "k1": k1[ok],
-                         "w0": 1.0, "w1": 1.0, "n_steps": gap[sel][ok].astype(float), "prompt": 0,
-                         "queue_depth": 0.0, "t_us": ts_us[:-1][sel][ok]})[list(WINDOW_COLUMNS)]
-
-
-def window_sums(values: np.ndarray, k0, k1, w0, w1) -> np.ndarray:
-    """Exact weighted sums of per-step rows ``values`` (n_steps, ...) over windows, via cumsums."""
-    v = np.asarray(values, dtype=np.float64)
-    k0, k1 = np.asarray(k0, np.int64), np.asarray(k1, np.int64)
-    w0 = np.asarray(w0, np.float64)
-    w1 = np.asarray(w1, np.float64)
-    cs = np.concatenate([np.zeros((1,) + v.shape[1:]), np.cumsum(v, axis=0)])
-    ex = (slice(None),) + (None,) * (v.ndim - 1)
-    full = cs[k1 + 1] - cs[k0]                                   # weight 1 on k0..k1
-    out = full + (w0 - 1.0)[ex] * v[k0] + (w1 - 1.0)[ex] * v[k1]
-    same = k0 == k1
-    if same.any():                                              # k0 == k1: weight w0 + w1 - 1
-        out[same] = ((w0 + w1 - 1.0)[same])[ex] * v[k0[same]]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. clock offset
-# ---------------------------------------------------------------------------------------------
-def _recon_at(rec: Reconstruction, t_us: np.ndarray):
-    k = rec.step_at(t_us)
-    k = np.clip(k, 0, len(rec.steps) - 1)
-    st = rec.steps
-    return (st["n_decode"].to_numpy()[k], st["running_depth"].to_numpy()[k], st["prefill_tokens"].to_numpy()[k] > 0)
-
-
-def _offset_scores(rec, ts_us, dec, run, pf, offsets):
-    sc = np.empty((len(offsets), len(ts_us)))
-    scale = max(np.median(dec), 1.0)
-    for i, o in enumerate(offsets):
-        d, r, p = _recon_at(rec, ts_us - o)
-        sc[i] = np.abs(d - dec) / scale + np.abs(r - run) / scale + 0.5 * (p != pf)
-    return sc
-
-
-def estimate_offset(rec: Reconstruction, trace: pd.DataFrame, *, coarse_range_s: float = 60.0,
-                    coarse_step_ms: float = 50.0, fine_range_ms: float = 200.0, fine_step_ms: float = 1.0,
-                    n_boot: int = 100, seed: int = 0, max_points: int = 4000) -> dict:
-    """Clock offset (us) with ``t_client = ts_ns / 1000 - offset``.
-
-    Start: the first traced step vs the reconstruction's step of the same id-rank. Coarse grid
-    (+-``coarse_range_s``) then fine grid (+-``fine_range_ms``) minimising the mean mismatch of
-    decode count, running depth (relative) and prefill presence at the sampled steps. Returns
-    offset_us, sd_us (bootstrap over sampled steps), score, n."""
-    tr = trace.sort_values("step.id")
-    rng = np.random.default_rng(seed)
-    if len(tr) > max_points:
-        tr = tr.iloc[np.sort(rng.choice(len(tr), max_points, replace=False))]
-    ts = tr["step.ts_start_ns"].to_numpy(np.float64) / 1e3
-    dec = tr["batch.decode_tokens"].to_numpy(np.float64)
-    run = tr["queue.running_depth"].to_numpy(np.float64)
-    pf = tr["batch.prefill_tokens"].to_numpy(np.float64) > 0
-    ids = tr["step.id"].to_numpy(np.float64)
-    t_rec = rec.steps["t_start_us"].to_numpy()
-    # initial guess: median over sampled steps of ts - t_rec[id] (step ids start near 0)
-    kk = np.clip(ids.astype(np.int64), 0, len(t_rec) - 1)
-    o0 = float(np.median(ts - t_rec[kk]))
-    coarse = o0 + np.arange(-coarse_range_s * 1e6, coarse_range_s * 1e6 + 1, coarse_step_ms * 1e3)
-    sc = _offset_scores(rec, ts, dec, run, pf, coarse).mean(axis=1)
-    oc = coarse[int(np.argmin(sc))]
-    fine = oc + np.arange(-fine_range_ms * 1e3, fine_range_ms * 1e3 + 1, fine_step_ms * 1e3)
-    S = _offset_scores(rec, ts, dec, run, pf, fine)
-    m = S.mean(axis=1)
-    best = fine[int(np.argmin(m))]
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = rng.integers(0, S.shape[1], S.shape[1])
-        boots[b] = fine[int(np.argmin(S[:, idx].mean(axis=1)))]
-    return {"offset_us": float(best), "sd_us": float(np.std(boots)), "score": float(m.min()),
-            "coarse_offset_us": float(oc), "initial_offset_us": o0, "n": int(len(ts))}

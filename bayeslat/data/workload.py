@@ -35,6 +35,7 @@ written; see ``tests/test_workload.py``):
 - **Outputs.** ``ignore_eos``: every request generates exactly ``output_len`` tokens.
 - **Timeout.** The real client gave up after 300 s (``datasets.CLIENT_TIMEOUT_S``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,11 +44,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bayeslat.data import datasets
 from bayeslat.errors import SpecError
 
-TEMPLATE_OVERHEAD = 3.2    # tokens
-TEMPLATE_RATIO = 1.042     # real tokens per profile token
-TEMPLATE_REL_SD = 0.009    # per-request relative sd of the prompt length
+TEMPLATE_OVERHEAD = 3.2  # tokens
+TEMPLATE_RATIO = 1.042  # real tokens per profile token
+TEMPLATE_REL_SD = 0.009  # per-request relative sd of the prompt length
 DEFAULT_TIMEOUT_S = 300.0
 
 _FIELDS = ("arrival_us", "input_tokens", "output_tokens", "prefix_group", "prefix_length", "timeout_us")
@@ -88,7 +90,7 @@ class Workload:
     def __len__(self) -> int:
         return len(self.arrival_us)
 
-    def head(self, n: int) -> "Workload":
+    def head(self, n: int) -> Workload:
         return Workload(**{k: getattr(self, k)[:n] for k in _FIELDS}, info=dict(self.info))
 
     def to_frame(self) -> pd.DataFrame:
@@ -97,10 +99,14 @@ class Workload:
     def summary(self) -> dict:
         n = len(self)
         span = (self.arrival_us[-1] - self.arrival_us[0]) / 1e6 if n > 1 else 0.0
-        return {"requests": n, "span_s": span, "rate_per_s": (n - 1) / span if span > 0 else float("nan"),
-                "input_mean": float(self.input_tokens.mean()) if n else 0.0,
-                "output_mean": float(self.output_tokens.mean()) if n else 0.0,
-                "prefix_groups": int(len(np.unique(self.prefix_group[self.prefix_group >= 0])))}
+        return {
+            "requests": n,
+            "span_s": span,
+            "rate_per_s": (n - 1) / span if span > 0 else float("nan"),
+            "input_mean": float(self.input_tokens.mean()) if n else 0.0,
+            "output_mean": float(self.output_tokens.mean()) if n else 0.0,
+            "prefix_groups": int(len(np.unique(self.prefix_group[self.prefix_group >= 0]))),
+        }
 
 
 def _timeout(n: int, timeout_s) -> np.ndarray:
@@ -112,8 +118,13 @@ def _timeout(n: int, timeout_s) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # (a) replayed per-request data
 # ---------------------------------------------------------------------------------------------
-def from_requests(df: pd.DataFrame, *, timeout_s: float | None = DEFAULT_TIMEOUT_S, profile: dict | None = None,
-                  prefix_length: int | None = None) -> Workload:
+def from_requests(
+    df: pd.DataFrame,
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    profile: dict | None = None,
+    prefix_length: int | None = None,
+) -> Workload:
     """Workload from a per-request table with ``arrival_us``, ``input_tokens``, ``output_tokens``
     (e.g. ``datasets.requests(run)``: the repaired server output count; errored requests keep
     their arrival and imputed prompt and, like every request, get the client timeout ``timeout_s``).
@@ -131,8 +142,11 @@ def from_requests(df: pd.DataFrame, *, timeout_s: float | None = DEFAULT_TIMEOUT
     plen = np.zeros(n, dtype=np.int64)
     if "prefix_group" in df.columns:
         grp = df["prefix_group"].fillna(-1).to_numpy().astype(np.int64)
-        plen = df["prefix_length"].fillna(0).to_numpy().astype(np.int64) if "prefix_length" in df.columns \
+        plen = (
+            df["prefix_length"].fillna(0).to_numpy().astype(np.int64)
+            if "prefix_length" in df.columns
             else np.full(n, int(prefix_length or 0), dtype=np.int64)
+        )
     elif profile is not None:
         # inference-perf shared_prefix cycles a fixed set of (system prompt x user) prompts, so a
         # repeated prompt is a prefix-cache hit on all its full blocks (real step traces: median
@@ -145,19 +159,26 @@ def from_requests(df: pd.DataFrame, *, timeout_s: float | None = DEFAULT_TIMEOUT
     info = {"source": "requests"}
     if "has_error" in df.columns:
         info["n_error_recorded"] = int(df["has_error"].sum())
-    return Workload(arrival_us=df["arrival_us"].to_numpy().astype(np.int64),
-                    input_tokens=df["input_tokens"].to_numpy().astype(np.int64),
-                    output_tokens=df["output_tokens"].to_numpy().astype(np.int64),
-                    prefix_group=grp, prefix_length=plen, timeout_us=_timeout(n, timeout_s), info=info)
+    return Workload(
+        arrival_us=df["arrival_us"].to_numpy().astype(np.int64),
+        input_tokens=df["input_tokens"].to_numpy().astype(np.int64),
+        output_tokens=df["output_tokens"].to_numpy().astype(np.int64),
+        prefix_group=grp,
+        prefix_length=plen,
+        timeout_us=_timeout(n, timeout_s),
+        info=info,
+    )
 
 
 def from_run(run: str, *, timeout_s: float | None = None, with_prefix: bool = True) -> Workload:
     """Workload of a bundled real run (``datasets.requests(run)``) with its client timeout and,
     by default, prefix groups from its profile."""
-    from bayeslat.data import datasets
     info = datasets.run_info(run)
-    w = from_requests(datasets.requests(run), timeout_s=info.get("client_timeout_s", DEFAULT_TIMEOUT_S)
-                      if timeout_s is None else timeout_s, profile=info["profile"] if with_prefix else None)
+    w = from_requests(
+        datasets.requests(run),
+        timeout_s=info.get("client_timeout_s", DEFAULT_TIMEOUT_S) if timeout_s is None else timeout_s,
+        profile=info["profile"] if with_prefix else None,
+    )
     w.info["run"] = info["run"]
     return w
 
@@ -165,8 +186,16 @@ def from_run(run: str, *, timeout_s: float | None = None, with_prefix: bool = Tr
 # ---------------------------------------------------------------------------------------------
 # (b) CSV / Parquet files
 # ---------------------------------------------------------------------------------------------
-def numeric_column(df: pd.DataFrame, column: str, path: str, *, field: str | None = None, missing_ok: bool = False,
-                   min_value: float | None = None, whole: bool = False) -> pd.Series:
+def numeric_column(
+    df: pd.DataFrame,
+    column: str,
+    path: str,
+    *,
+    field: str | None = None,
+    missing_ok: bool = False,
+    min_value: float | None = None,
+    whole: bool = False,
+) -> pd.Series:
     """``df[column]`` as numbers; SpecError naming ``path``, the row's line in a CSV (its position
     + 2: after the header) and ``field`` (default ``column``) at the first value that is not a
     number (an empty cell is one unless ``missing_ok``), below ``min_value``, or (``whole``) not a
@@ -188,8 +217,9 @@ def _from_table(df: pd.DataFrame, path: str, timeout_s) -> Workload:
     need = ("arrival_time_us", "input_tokens", "output_tokens")
     for c in need:
         if c not in df.columns:
-            raise SpecError(f"missing column (need {', '.join(need)}; optional prefix_group, prefix_length, timeout_us)",
-                            file=path, field=c)
+            raise SpecError(
+                f"missing column (need {', '.join(need)}; optional prefix_group, prefix_length, timeout_us)", file=path, field=c
+            )
     for c in need:
         df[c] = numeric_column(df, c, path, min_value=1 if c != "arrival_time_us" else None)
     for c in ("prefix_group", "prefix_length", "timeout_us"):
@@ -202,10 +232,15 @@ def _from_table(df: pd.DataFrame, path: str, timeout_s) -> Workload:
         tmo = df["timeout_us"].fillna(-1).to_numpy().astype(np.int64)
     else:
         tmo = _timeout(n, timeout_s)
-    return Workload(arrival_us=df["arrival_time_us"].to_numpy().astype(np.int64),
-                    input_tokens=df["input_tokens"].to_numpy().astype(np.int64),
-                    output_tokens=df["output_tokens"].to_numpy().astype(np.int64),
-                    prefix_group=grp, prefix_length=plen, timeout_us=tmo, info={"source": path})
+    return Workload(
+        arrival_us=df["arrival_time_us"].to_numpy().astype(np.int64),
+        input_tokens=df["input_tokens"].to_numpy().astype(np.int64),
+        output_tokens=df["output_tokens"].to_numpy().astype(np.int64),
+        prefix_group=grp,
+        prefix_length=plen,
+        timeout_us=tmo,
+        info={"source": path},
+    )
 
 
 def from_csv(path, *, timeout_s: float | None = None) -> Workload:
@@ -254,8 +289,11 @@ def _data_type(profile: dict) -> str:
     t = given.lower()
     if t in ("shared_prefix", *DISTRIBUTION_TYPES):
         return t
-    raise SpecError(f"data type {given!r} is not generated (supported: shared_prefix, {', '.join(DISTRIBUTION_TYPES)}); "
-                    "replay such a run from its per-request data instead (workload: requests:)", field="data.type")
+    raise SpecError(
+        f"data type {given!r} is not generated (supported: shared_prefix, {', '.join(DISTRIBUTION_TYPES)}); "
+        "replay such a run from its per-request data instead (workload: requests:)",
+        field="data.type",
+    )
 
 
 def _distribution(data: dict, key: str) -> dict:
@@ -312,9 +350,16 @@ def calibrated_prompt(sp: dict, template=(TEMPLATE_OVERHEAD, TEMPLATE_RATIO)) ->
     return template[0] + template[1] * (float(sp["system_prompt_len"]) + float(sp["question_len"]))
 
 
-def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None = None,
-                        tokens_template=(TEMPLATE_OVERHEAD, TEMPLATE_RATIO), *, rel_sd: float = TEMPLATE_REL_SD,
-                        arrivals: str = "poisson", timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Workload:
+def from_inference_perf(
+    profile: dict,
+    seed: int = 0,
+    num_requests: int | None = None,
+    tokens_template=(TEMPLATE_OVERHEAD, TEMPLATE_RATIO),
+    *,
+    rel_sd: float = TEMPLATE_REL_SD,
+    arrivals: str = "poisson",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+) -> Workload:
     """Generate a request stream from an inference-perf profile (``{"data": {"shared_prefix":
     ...}, "load": {"stages": [...]}}``; the ``data``/``load`` level may be omitted).
 
@@ -366,10 +411,23 @@ def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None =
         # random token prompts: lengths as drawn (no chat template, nothing shared to cache)
         prompt = _draw_lengths(rng, dists["input"], n)
         out = _draw_lengths(rng, dists["output"], n)
-        info = {"source": "inference_perf", "data_type": dtype, "seed": seed, "arrivals": arrivals, "stages": stages,
-                "distributions": dists}
-        return Workload(arrival_us=arr, input_tokens=prompt, output_tokens=out, prefix_group=np.full(n, -1, np.int64),
-                        prefix_length=np.zeros(n, np.int64), timeout_us=_timeout(n, timeout_s), info=info)
+        info = {
+            "source": "inference_perf",
+            "data_type": dtype,
+            "seed": seed,
+            "arrivals": arrivals,
+            "stages": stages,
+            "distributions": dists,
+        }
+        return Workload(
+            arrival_us=arr,
+            input_tokens=prompt,
+            output_tokens=out,
+            prefix_group=np.full(n, -1, np.int64),
+            prefix_length=np.zeros(n, np.int64),
+            timeout_us=_timeout(n, timeout_s),
+            info=info,
+        )
     mean_prompt = calibrated_prompt(sp, tokens_template)
     n_groups = int(sp.get("num_unique_system_prompts", 1) or 1)
     n_users = n_groups * int(sp.get("num_users_per_system_prompt", 1) or 1)
@@ -381,7 +439,20 @@ def from_inference_perf(profile: dict, seed: int = 0, num_requests: int | None =
     group = user.astype(np.int64)
     plen = prompt.copy()
     out = np.full(n, int(sp["output_len"]), dtype=np.int64)
-    info = {"source": "inference_perf", "seed": seed, "arrivals": arrivals, "stages": stages,
-            "shared_prefix": dict(sp), "mean_prompt": mean_prompt}
-    return Workload(arrival_us=arr, input_tokens=prompt, output_tokens=out, prefix_group=group,
-                    prefix_length=plen, timeout_us=_timeout(n, timeout_s), info=info)
+    info = {
+        "source": "inference_perf",
+        "seed": seed,
+        "arrivals": arrivals,
+        "stages": stages,
+        "shared_prefix": dict(sp),
+        "mean_prompt": mean_prompt,
+    }
+    return Workload(
+        arrival_us=arr,
+        input_tokens=prompt,
+        output_tokens=out,
+        prefix_group=group,
+        prefix_length=plen,
+        timeout_us=_timeout(n, timeout_s),
+        info=info,
+    )

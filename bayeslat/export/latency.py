@@ -12,12 +12,14 @@ of one group. Times are milliseconds (bayeslat's unit; multiply by 1000 for BLIS
 - ``preemption_processing_time()``: 0 -- a preempted request is recomputed, which appears as
   prefill tokens of later steps; the n_preempted statistic has no feature.
 """
+
 from __future__ import annotations
 
 import numba
 import numpy as np
 
 from bayeslat import features as F
+from bayeslat.export.coefficients import read_export
 
 
 @numba.njit(cache=True)
@@ -66,15 +68,13 @@ class LatencyModel:
         self.step_time(np.zeros(F.N_STATS))
 
     @classmethod
-    def from_dict(cls, d: dict, ctx: F.FeatureContext) -> "LatencyModel":
+    def from_dict(cls, d: dict, ctx: F.FeatureContext) -> LatencyModel:
         beta = np.array([[d["beta"][reg][f]["mean"] for f in F.BETA_NAMES] for reg in F.REGIMES])
         alpha = np.array([d["alpha"][a]["mean"] for a in F.ALPHA_NAMES])
         return cls(beta, alpha, ctx, meta={"group": d.get("group"), "spec_version": d.get("spec_version")})
 
     @classmethod
-    def from_file(cls, path, ctx: F.FeatureContext) -> "LatencyModel":
-        from bayeslat.export import read_export
-
+    def from_file(cls, path, ctx: F.FeatureContext) -> LatencyModel:
         return cls.from_dict(read_export(path), ctx)
 
     def step_time(self, batch) -> float:
@@ -84,8 +84,9 @@ class LatencyModel:
             batch = (batch["new_tokens"], batch["context_before"], batch["is_prefill"])
         if isinstance(batch, tuple):
             t, c, p = batch
-            _batch_stats_kernel(np.asarray(t, dtype=np.float64), np.asarray(c, dtype=np.float64),
-                                np.asarray(p, dtype=np.bool_), self._stats)
+            _batch_stats_kernel(
+                np.asarray(t, dtype=np.float64), np.asarray(c, dtype=np.float64), np.asarray(p, dtype=np.bool_), self._stats
+            )
             stats = self._stats
         else:
             stats = np.asarray(batch, dtype=np.float64)

@@ -36,13 +36,17 @@ probability more than 10 us per 1000 us of roofline time (a 1% efficiency), 0.1 
 request, 10 us per step. Everything else is pruned: shrunk to near zero by the
 BetaPrime(1/2, 1/2) prior, or absent from the data (posterior = prior).
 """
+
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 
 import numpy as np
+
+from bayeslat.model.build import _deployment_groups
+from bayeslat.model.io import attr_json
+from bayeslat.model.sample import sampler_health
 
 THRESHOLDS = {
     "max_rhat": ("<=", 1.01),
@@ -59,8 +63,9 @@ HELPERS = ("beta_pop_w", "alpha_pop_w")
 
 def diagnostic_vars(idata) -> list[str]:
     """Posterior variables the diagnostics look at (see module docstring)."""
-    return [v for v in idata.posterior.data_vars
-            if not (v.endswith("__") or v.startswith("z_") or v.endswith("_c") or v in HELPERS)]
+    return [
+        v for v in idata.posterior.data_vars if not (v.endswith("__") or v.startswith("z_") or v.endswith("_c") or v in HELPERS)
+    ]
 
 
 SPREAD_CHECKS = ("max_rhat", "min_ess_bulk", "min_ess_tail", "divergences", "min_bfmi", "tree_depth_saturation")
@@ -108,13 +113,13 @@ def _convergence(draws, names: list[str], out: dict, reasons: dict) -> None:
             out["max_rhat"] = float("nan")
             reasons["max_rhat"] = f"R-hat needs >= 2 chains, the draws have {n_chains}"
         else:
-            out["max_rhat"], why, worst["max_rhat"] = _extreme(az.rhat(draws, var_names=names), draws, names, "max",
-                                                               "R-hat")
+            out["max_rhat"], why, worst["max_rhat"] = _extreme(az.rhat(draws, var_names=names), draws, names, "max", "R-hat")
             if why:
                 reasons["max_rhat"] = why
         for key, method in (("min_ess_bulk", "bulk"), ("min_ess_tail", "tail")):
-            out[key], why, worst[key] = _extreme(az.ess(draws, var_names=names, method=method), draws, names, "min",
-                                                 f"{method} ESS")
+            out[key], why, worst[key] = _extreme(
+                az.ess(draws, var_names=names, method=method), draws, names, "min", f"{method} ESS"
+            )
             if why:
                 reasons[key] = why
 
@@ -140,21 +145,23 @@ def _checks(out: dict, th: dict, keys, reasons: dict) -> dict:
 
 def _spread_due(idata) -> tuple[bool, str]:
     """Whether :func:`bayeslat.model.fit` runs a spread fit for this fit, and why (not)."""
-    from bayeslat.model import _deployment_groups, attr_json
-
     if "sigma_dep" in idata.posterior:
         return False, "the deployment level is in the coefficient fit (deployment_level 'fit'), diagnosed with it"
     pri = attr_json(idata, "priors", None)
     if not isinstance(pri, dict):
         return True, "the fit records no priors, so whether a spread fit was due is unknown"
     if pri.get("deployment_level") != "spread" or not pri.get("sigma_dep"):
-        return False, (f"deployment_level {pri.get('deployment_level')!r}, sigma_dep {pri.get('sigma_dep')!r}: "
-                       "no spread fit")
+        return False, (f"deployment_level {pri.get('deployment_level')!r}, sigma_dep {pri.get('sigma_dep')!r}: no spread fit")
     cd = idata.get("constant_data", None)
     if cd is None or not all(k in cd for k in ("deployment", "hw", "cls")):
         return True, "the fit has no constant_data deployment / hw / cls, so whether a spread fit was due is unknown"
-    groups = _deployment_groups({"deployment": np.asarray(cd["deployment"].values).astype(str),
-                                 "hw": np.asarray(cd["hw"].values), "cls": np.asarray(cd["cls"].values)})[2]
+    groups = _deployment_groups(
+        {
+            "deployment": np.asarray(cd["deployment"].values).astype(str),
+            "hw": np.asarray(cd["hw"].values),
+            "cls": np.asarray(cd["cls"].values),
+        }
+    )[2]
     if not groups:
         return False, "no (hardware, class) group of the fit rows has >= 2 deployments: the sigma_dep prior is used"
     return True, f"{len(groups)} (hardware, class) group(s) of the fit rows have >= 2 deployments"
@@ -164,8 +171,6 @@ def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
     """Diagnostics of the deployment-spread fit (module docstring): ``status`` "diagnosed",
     "missing" (due but absent: every check fails) or "not run" (not due: no checks); ``reason``,
     the values, ``checks``, ``reasons`` and ``passed``."""
-    from bayeslat.model import attr_json
-
     th = dict(THRESHOLDS, **(thresholds or {}))
     out: dict = {"stage": "deployment_spread"}
     reasons: dict = {}
@@ -174,9 +179,14 @@ def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
         if not due:
             return out | {"status": "not run", "reason": why, "checks": {}, "reasons": {}, "passed": True}
         reasons = {k: "no deployment_spread group" for k in SPREAD_CHECKS}
-        return out | {"status": "missing", "reason": f"{why}, but the fit has no deployment_spread group",
-                      **{k: None for k in SPREAD_CHECKS}, "checks": {k: False for k in SPREAD_CHECKS},
-                      "reasons": reasons, "passed": False}
+        return out | {
+            "status": "missing",
+            "reason": f"{why}, but the fit has no deployment_spread group",
+            **{k: None for k in SPREAD_CHECKS},
+            "checks": {k: False for k in SPREAD_CHECKS},
+            "reasons": reasons,
+            "passed": False,
+        }
     ds = idata["deployment_spread"]
     names = [v for v in ds.data_vars if all(d in ds[v].dims for d in SAMPLE_DIMS)]
     out["status"] = "diagnosed"
@@ -199,8 +209,10 @@ def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
         v = meta.get(key)
         out[key] = float(v) if v is not None else None
         if v is None:
-            reasons[key] = (f"attrs deployment_spread records no {what} of the spread fit "
-                            f"(the group keeps draws only, not the sampler statistics)")
+            reasons[key] = (
+                f"attrs deployment_spread records no {what} of the spread fit "
+                f"(the group keeps draws only, not the sampler statistics)"
+            )
     out["worst"] = out.pop("worst", {})
     out["checks"] = _checks(out, th, SPREAD_CHECKS, reasons)
     out["reasons"] = reasons
@@ -223,8 +235,13 @@ def features_kept(idata) -> dict:
     for i, f in enumerate(names):
         q05 = float(np.quantile(bp[i], 0.05))
         thr = KEEP_MS
-        out[f] = {"kept": bool(f in present and q05 > thr), "q05": q05, "median": float(np.median(bp[i])),
-                  "threshold": thr, "present": f in present}
+        out[f] = {
+            "kept": bool(f in present and q05 > thr),
+            "q05": q05,
+            "median": float(np.median(bp[i])),
+            "threshold": thr,
+            "present": f in present,
+        }
     return out
 
 
@@ -235,8 +252,6 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
     top-level keys; the spread stage is ``deployment_spread`` (:func:`diagnose_spread`).
     ``passed`` is True when every check of every sampled stage holds."""
     import arviz as az
-
-    from bayeslat.model import sampler_health
 
     th = dict(THRESHOLDS, **(thresholds or {}))
     names = diagnostic_vars(idata)
@@ -276,8 +291,12 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
             out["max_pareto_k"] = float(np.max(k))
             if not np.isfinite(out["max_pareto_k"]):
                 reasons["max_pareto_k"] = f"Pareto k is not finite for {int((~np.isfinite(k)).sum())} observation(s)"
-            out["loo"] = {"elpd": float(loo.elpd_loo), "se": float(loo.se), "p_loo": float(loo.p_loo),
-                          "n_bad_k": int((k > th["max_pareto_k"][1]).sum())}
+            out["loo"] = {
+                "elpd": float(loo.elpd_loo),
+                "se": float(loo.se),
+                "p_loo": float(loo.p_loo),
+                "n_bad_k": int((k > th["max_pareto_k"][1]).sum()),
+            }
     else:
         reasons["max_pareto_k"] = "no log_likelihood group: PSIS-LOO cannot be computed"
     fk = features_kept(idata)
@@ -291,62 +310,3 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
     out["deployment_spread"] = diagnose_spread(idata, thresholds)
     out["passed"] = all(out["checks"].values()) and out["deployment_spread"]["passed"]
     return out
-
-
-def _rows(d: dict, keys) -> list[str]:
-    lines = []
-    for key in keys:
-        thr = d["thresholds"][key] if "thresholds" in d else ""
-        val = d.get(key)
-        ok = d["checks"].get(key)
-        sval = "n/a" if _missing(val) else (f"{val:.4g}" if isinstance(val, float) else str(val))
-        line = f"{key:<24}{sval:>14}  {thr:<10} {'yes' if ok else 'NO'}"
-        if not ok and _missing(val):
-            line += f"  ({d['reasons'].get(key, 'not available')})"
-        elif not ok and (d.get("worst") or {}).get(key):
-            line += f"  ({d['worst'][key]})"
-        lines.append(line)
-    return lines
-
-
-def format_table(d: dict) -> str:
-    lines = ["coefficient fit (posterior)", f"{'diagnostic':<24}{'value':>14}  {'threshold':<10} ok"]
-    lines += _rows(d, d["thresholds"])
-    if d.get("loo"):
-        lines.append(f"PSIS-LOO elpd {d['loo']['elpd']:.1f} (se {d['loo']['se']:.1f}), p_loo {d['loo']['p_loo']:.1f}")
-    sp = d.get("deployment_spread")
-    if sp is not None:
-        head = "deployment-spread fit (group deployment_spread)"
-        if sp["status"] == "not run":
-            lines.append(f"{head}: not run ({sp['reason']})")
-        else:
-            lines.append(head + (f": MISSING ({sp['reason']})" if sp["status"] == "missing" else ""))
-            lines += _rows(dict(sp, thresholds={k: d["thresholds"][k] for k in SPREAD_CHECKS}), SPREAD_CHECKS)
-    lines.append("features kept (ARD): " + (", ".join(d["features_kept"]) or "none"))
-    lines.append("features pruned:     " + (", ".join(d["features_pruned"]) or "none"))
-    lines.append("PASSED" if d["passed"] else "FAILED")
-    return "\n".join(lines)
-
-
-def cli_diagnose(args) -> int:
-    """``bayeslat diagnose MODEL [--json]``: exit 1 when any diagnostic of either stage fails its
-    threshold or cannot be computed."""
-    from bayeslat.model import load
-
-    d = diagnose(load(args.model))
-    if getattr(args, "json", False):
-        sp = {k: v for k, v in d["deployment_spread"].items() if k != "variables"}
-        print(json.dumps({k: v for k, v in d.items() if k != "variables"} | {"deployment_spread": sp},
-                         indent=2, default=str))
-    else:
-        print(format_table(d))
-    return 0 if d["passed"] else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--json", action="store_true")
-    sys.exit(cli_diagnose(ap.parse_args()))

@@ -5,6 +5,7 @@ A SPEC.yaml names a model config, a GPU datasheet, a server config and a workloa
 inference-perf profile). :func:`load_spec` validates it field by field (errors name the SPEC file and
 the field) and resolves the deployment with :func:`bayeslat.deployment.resolve`, the one resolver.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,6 +50,7 @@ def spec_from_dict(spec, file: str = "<dict>", base: Path | None = None, require
     for k in ("model", "hardware"):
         if not isinstance(spec[k], str) or not spec[k].strip():
             raise SpecError(f"must be a file path or a bundled key (a string), got {spec[k]!r}", file=file, field=k)
+
     def named_here(load, key, field):
         # a reference that resolves to nothing is an error of this SPEC's field; an error inside a
         # file it names stays that file's
@@ -75,8 +77,7 @@ def spec_from_dict(spec, file: str = "<dict>", base: Path | None = None, require
         except SpecError as e:
             raise in_server(e) from None
     else:
-        raise SpecError(f"must be a mapping of server settings or a server YAML path, got {srv_in!r}", file=file,
-                        field="server")
+        raise SpecError(f"must be a mapping of server settings or a server YAML path, got {srv_in!r}", file=file, field="server")
     try:
         dep = resolve(model, hw, server, name=file, file=file)
     except SpecError as e:
@@ -107,11 +108,17 @@ def spec_from_dict(spec, file: str = "<dict>", base: Path | None = None, require
         if "data" not in prof and "shared_prefix" in prof:
             prof = {"data": {"shared_prefix": prof["shared_prefix"]}, "load": {"stages": prof.get("stages", [])}}
         try:
-            workload = W.from_inference_perf(prof, seed=seed, num_requests=wl.get("num_requests"),
-                                             arrivals=wl.get("arrivals", "poisson"), timeout_s=timeout)
+            workload = W.from_inference_perf(
+                prof, seed=seed, num_requests=wl.get("num_requests"), arrivals=wl.get("arrivals", "poisson"), timeout_s=timeout
+            )
         except SpecError as e:
-            fld = "workload.arrivals" if e.field in ("arrivals", "inference_perf.arrivals") else \
-                f"workload.inference_perf.{e.field}" if e.field else "workload.inference_perf"
+            fld = (
+                "workload.arrivals"
+                if e.field in ("arrivals", "inference_perf.arrivals")
+                else f"workload.inference_perf.{e.field}"
+                if e.field
+                else "workload.inference_perf"
+            )
             raise SpecError(e.reason, file=file, field=fld) from None
     else:
         raise SpecError("need `requests:` (CSV/Parquet) or `inference_perf:` (profile)", file=file, field="workload")
@@ -120,10 +127,16 @@ def spec_from_dict(spec, file: str = "<dict>", base: Path | None = None, require
 
 def sim_server(server, kv_blocks: int, cpu_kv_blocks: int = 0) -> dict:
     """The simulator's server dict from a ServerConfig and derived capacities."""
-    return {"max_num_seqs": server.max_num_seqs, "max_num_batched_tokens": server.max_num_batched_tokens,
-            "block_size": server.block_size, "kv_blocks": int(kv_blocks), "cpu_kv_blocks": int(cpu_kv_blocks),
-            "chunked_prefill": server.chunked_prefill, "prefix_caching": server.prefix_caching,
-            "max_model_len": server.max_model_len}
+    return {
+        "max_num_seqs": server.max_num_seqs,
+        "max_num_batched_tokens": server.max_num_batched_tokens,
+        "block_size": server.block_size,
+        "kv_blocks": int(kv_blocks),
+        "cpu_kv_blocks": int(cpu_kv_blocks),
+        "chunked_prefill": server.chunked_prefill,
+        "prefix_caching": server.prefix_caching,
+        "max_model_len": server.max_model_len,
+    }
 
 
 def make_spec(model, hardware, server=None, workload=None, name: str = "") -> dict:

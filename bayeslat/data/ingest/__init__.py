@@ -8,13 +8,14 @@ writes them as Parquet (``<table>.parquet``; every trace table, ``requests`` inc
 incrementally so memory does not grow with the file size: see :mod:`.otlp` for the streaming
 journey join and its ``journey_idle_lines`` policy) plus ``report.json``.
 
-Modules: :mod:`.otlp` (journey + step traces), :mod:`.kvevents`, :mod:`.inference_perf`,
-:mod:`.experiment`, :mod:`.tables`, :mod:`.report`.
+Modules: :mod:`.otlp` (journey + step traces; with :mod:`.otlp_columns`, :mod:`.otlp_steps`,
+:mod:`.otlp_journey`, :mod:`.otlp_parallel`), :mod:`.kvevents`, :mod:`.inference_perf`,
+:mod:`.experiment`, :mod:`.tables`, :mod:`.report`. The command line: :mod:`bayeslat.cli.ingest`.
 """
+
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from bayeslat.errors import IngestError
 
 from . import tables
-from ._io import UNREADABLE, detect_kind, head_bytes
+from ._io import UNREADABLE, detect_kind
 from .experiment import experiments_row, load_experiment
 from .inference_perf import lifecycle_aggregates, load_json, parse_replay, replay_frame
 from .kvevents import KvState
@@ -35,8 +36,20 @@ from .otlp import IDLE_LINES, OtlpState
 from .report import IngestReport
 from .tables import SCHEMAS, TABLES, check_schema, read_table
 
-__all__ = ["ingest", "IngestResult", "IngestReport", "cli_ingest", "detect_kind", "check_schema", "read_table",
-           "SCHEMAS", "TABLES", "load_experiment", "replay_frame", "lifecycle_aggregates", "tables"]
+__all__ = [
+    "ingest",
+    "IngestResult",
+    "IngestReport",
+    "detect_kind",
+    "check_schema",
+    "read_table",
+    "SCHEMAS",
+    "TABLES",
+    "load_experiment",
+    "replay_frame",
+    "lifecycle_aggregates",
+    "tables",
+]
 
 STREAMED = ("request_events", "steps", "step_requests", "kv_steps")
 
@@ -95,9 +108,15 @@ def _gc_for_parsing():
                     gc.unfreeze()
 
 
-def ingest(paths, experiment: str | Path | dict | None = None, out: str | Path | None = None,
-           block_bytes: float | None = None, chunk_rows: int = 50_000,
-           journey_idle_lines: int | None = IDLE_LINES, workers: int | None = None) -> IngestResult:
+def ingest(
+    paths,
+    experiment: str | Path | dict | None = None,
+    out: str | Path | None = None,
+    block_bytes: float | None = None,
+    chunk_rows: int = 50_000,
+    journey_idle_lines: int | None = IDLE_LINES,
+    workers: int | None = None,
+) -> IngestResult:
     """Parse ``paths`` into the tables (see the module docstring). ``workers``: processes that
     parse the step lines of large OTLP files in parallel (None: automatic, 0: none; see
     :func:`.otlp.n_workers`); the tables and the report are the same either way."""
@@ -140,8 +159,7 @@ def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines,
                 kv.parse_file(p, r)
             elif k == "replay":
                 gt = gts.get(_gt_partner(p))
-                frames.append(parse_replay(p, report, ground_truth=gt, run=run,
-                                           profile=(exp or {}).get("workload")))
+                frames.append(parse_replay(p, report, ground_truth=gt, run=run, profile=(exp or {}).get("workload")))
                 if gt:  # (a replay file that cannot be read leaves its ground truth to the check below)
                     used_gt.add(gt)
             elif k == "lifecycle":
@@ -164,8 +182,13 @@ def _ingest(paths, experiment, out, block_bytes, chunk_rows, journey_idle_lines,
     for p in gts.values():
         if p not in used_gt:
             report.file_kind[p] = "ground_truth"
-            report.skip(p, 1, "file", "unknown_record", "ground truth without its replay file (<exp>.json.gz), or that file "
-                        "could not be read")
+            report.skip(
+                p,
+                1,
+                "file",
+                "unknown_record",
+                "ground truth without its replay file (<exp>.json.gz), or that file could not be read",
+            )
 
     n_trace = otlp.finish_journey()
     kv.finish(sinks["kv_steps"], block_bytes)
@@ -215,29 +238,7 @@ def _write_requests(path: Path, trace_tables, replay: pd.DataFrame | None) -> in
             w.write_table(pa.Table.from_pandas(replay, schema=schema, preserve_index=False).replace_schema_metadata(meta))
             n += len(replay)
         if n == 0:
-            w.write_table(pa.Table.from_pandas(tables.empty("requests"), schema=schema, preserve_index=False).replace_schema_metadata(meta))
+            w.write_table(
+                pa.Table.from_pandas(tables.empty("requests"), schema=schema, preserve_index=False).replace_schema_metadata(meta)
+            )
     return n
-
-
-def cli_ingest(args) -> int:
-    """``bayeslat ingest PATHS --experiment YAML --out DIR [--json]``: 0 when every file was
-    read (skipped records are reported, not fatal), 2 on unreadable input or a file of no kind
-    ingest reads (one line each on stderr; the report is printed and written all the same)."""
-    try:
-        res = ingest(args.paths, experiment=args.experiment, out=args.out)
-    except IngestError as e:
-        print(f"bayeslat ingest: error: {e}", file=sys.stderr)
-        return 2
-    rep = res.report
-    print(rep.to_json() if getattr(args, "json", False) else rep.format())
-    # a file named on the command line that gave nothing is an error, not only a skip count in the
-    # report; an experiment YAML among the paths (a shell glob of a run directory) and an empty
-    # file (a run without KV events) are not
-    unknown = [f for f, k in rep.file_kind.items()
-               if k == "unknown" and head_bytes(f, 64).strip() and detect_kind(f) != "experiment"]
-    for e in rep.errors:
-        print(f"bayeslat ingest: error: {e}", file=sys.stderr)
-    for f in unknown:
-        print(f"bayeslat ingest: error: {f}: not an OTLP trace, KV event stream or inference-perf file (nothing read "
-              "from it)", file=sys.stderr)
-    return 0 if rep.ok and not unknown else 2

@@ -12,6 +12,7 @@ integers are strings), but a value of that kind may then be read differently (e.
 the float -2**63, in range). Detecting those literals before orjson would cost about a third of
 the parse time of a trace line (a regular-expression scan).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,8 +20,8 @@ import io
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .report import IngestReport
 
@@ -135,6 +136,7 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
 class Prepared:
     """A line already handled elsewhere (a worker process, see :mod:`.otlp`): ``res`` is its
     result; :func:`json_records` yields it in place of the parsed JSON."""
+
     __slots__ = ("res",)
 
     def __init__(self, res):
@@ -195,7 +197,9 @@ def json_records(path: str | Path, report: IngestReport, file: str, raw_lines) -
                     return
             first = False
             if not raw.endswith(b"\n"):
-                report.skip(file, lineno, "line", "truncated_line", f"last line has no newline and is cut off ({len(raw)} bytes): {e}")
+                report.skip(
+                    file, lineno, "line", "truncated_line", f"last line has no newline and is cut off ({len(raw)} bytes): {e}"
+                )
             else:
                 report.skip(file, lineno, "line", "invalid_json", str(e))
             continue

@@ -1,4 +1,4 @@
-"""Experiment YAML -> one ``experiments`` row (independent of :mod:`bayeslat.config.specs`).
+"""Experiment YAML -> one ``experiments`` row (independent of :mod:`bayeslat.config`).
 
 Schema::
 
@@ -24,6 +24,7 @@ Schema::
 The shared data's ``exp-config.yaml`` (top-level ``model``, ``tensor_parallelism``, ...) is accepted
 too: keys are mapped into ``server`` and a ``profile.yaml`` next to it becomes ``workload``.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,18 @@ from bayeslat.errors import IngestError, read_yaml
 from . import tables as T
 
 _ALIASES = {"tensor_parallelism": "tensor_parallel", "tp": "tensor_parallel"}
-_SERVER_KEYS = ("tensor_parallel", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "block_size",
-                "gpu_memory_utilization", "kv_blocks", "cpu_offload_gb", "prefix_caching", "chunked_prefill")
+_SERVER_KEYS = (
+    "tensor_parallel",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "max_model_len",
+    "block_size",
+    "gpu_memory_utilization",
+    "kv_blocks",
+    "cpu_offload_gb",
+    "prefix_caching",
+    "chunked_prefill",
+)
 
 
 def _read_yaml(path: Path):
@@ -64,14 +75,25 @@ def load_experiment(path: str | Path) -> dict:
     if workload is None and (path.parent / "profile.yaml").exists():
         workload = _read_yaml(path.parent / "profile.yaml")
     name = d.get("name") or d.get("run") or (path.parent.name if path.name == "exp-config.yaml" else path.stem)
-    return {"name": str(name), "model": str(d["model"]), "hardware": d.get("hardware"), "server": server,
-            "workload": workload or {}, "source": str(path)}
+    return {
+        "name": str(name),
+        "model": str(d["model"]),
+        "hardware": d.get("hardware"),
+        "server": server,
+        "workload": workload or {},
+        "source": str(path),
+    }
 
 
 def experiments_row(exp: dict) -> pd.DataFrame:
     s = exp["server"]
-    row = {"run": exp["name"], "model": exp["model"], "hardware": exp.get("hardware"),
-           **{k: s.get(k) for k in _SERVER_KEYS},
-           "server_json": json.dumps(s, sort_keys=True), "workload_json": json.dumps(exp.get("workload") or {}, sort_keys=True),
-           "source": exp.get("source")}
+    row = {
+        "run": exp["name"],
+        "model": exp["model"],
+        "hardware": exp.get("hardware"),
+        **{k: s.get(k) for k in _SERVER_KEYS},
+        "server_json": json.dumps(s, sort_keys=True),
+        "workload_json": json.dumps(exp.get("workload") or {}, sort_keys=True),
+        "source": exp.get("source"),
+    }
     return T.conform(pd.DataFrame([row]), "experiments")

@@ -22,6 +22,7 @@ a positive prompt length (``input_imputed``).
 it for ``requests`` rows and :func:`bayeslat.data.datasets.build_bundle` for the bundled
 ``requests.parquet`` (which keeps compact numpy dtypes of the same values).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,16 @@ def stage_of(arrival_s: np.ndarray, stages: list[dict]) -> np.ndarray:
     return np.minimum(np.searchsorted(ends, arrival_s, side="right"), len(stages) - 1)
 
 
-def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_len: int | None = None,
-                 ignore_eos: bool | None = None, stages: list | None = None, strict: bool = False) -> pd.DataFrame:
+def replay_frame(
+    replay: dict,
+    ground_truth: list | None,
+    *,
+    run: str,
+    output_len: int | None = None,
+    ignore_eos: bool | None = None,
+    stages: list | None = None,
+    strict: bool = False,
+) -> pd.DataFrame:
     """Per-request rows (``requests`` schema) from a parsed replay file and its ground truth.
     ``strict``: raise ``ValueError`` when a request lacks its ground-truth row or the two files
     disagree on ``has_error`` (the bundle build checks this; ingest tolerates it)."""
@@ -72,7 +81,9 @@ def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_le
         gt = pd.DataFrame(ground_truth)
         req = req.merge(gt, on="index", how="left", suffixes=("_client", ""))
         if strict and (req["has_error"].isna().any() or (req["has_error_client"] != req["has_error"]).any()):
-            raise ValueError(f"{run}: has_error differs between the request and ground-truth files (or a request lacks ground truth)")
+            raise ValueError(
+                f"{run}: has_error differs between the request and ground-truth files (or a request lacks ground truth)"
+            )
         h = req["has_error"].to_numpy(object)  # null in the ground truth: the request file's flag
         req["has_error"] = np.where(pd.isna(h), req["has_error_client"].to_numpy(object), h).astype(bool)
     else:
@@ -94,16 +105,27 @@ def replay_frame(replay: dict, ground_truth: list | None, *, run: str, output_le
     e2e_ms = req["e2e_s"].astype("float64").to_numpy() * 1e3
     dep = np.where(np.isfinite(e2e_ms), arr_us * 1000 + np.nan_to_num(e2e_ms) * 1e6, np.nan)
     n = len(req)
-    df = pd.DataFrame({
-        "source": "inference_perf", "run": run, "request_id": req["index"].astype(str), "index": req["index"],
-        "clock": "relative", "arrival_ns": arr_us * 1000,
-        "departed_ns": pd.array([None if np.isnan(x) else int(round(x)) for x in dep], dtype="Int64"),
-        "arrival_us": arr_us - (arr_us.min() if n else 0),
-        "input_tokens": inp, "input_imputed": imputed, "output_tokens": out, "output_tokens_client": client,
-        "aborted": False, "has_error": err,
-        "ttft_ms": req["ttft_s"].astype("float64").to_numpy() * 1e3, "e2e_ms": e2e_ms,
-        "stage": stage_of(arr_us / 1e6, stages) if stages else None,
-    })
+    df = pd.DataFrame(
+        {
+            "source": "inference_perf",
+            "run": run,
+            "request_id": req["index"].astype(str),
+            "index": req["index"],
+            "clock": "relative",
+            "arrival_ns": arr_us * 1000,
+            "departed_ns": pd.array([None if np.isnan(x) else int(round(x)) for x in dep], dtype="Int64"),
+            "arrival_us": arr_us - (arr_us.min() if n else 0),
+            "input_tokens": inp,
+            "input_imputed": imputed,
+            "output_tokens": out,
+            "output_tokens_client": client,
+            "aborted": False,
+            "has_error": err,
+            "ttft_ms": req["ttft_s"].astype("float64").to_numpy() * 1e3,
+            "e2e_ms": e2e_ms,
+            "stage": stage_of(arr_us / 1e6, stages) if stages else None,
+        }
+    )
     return T.conform(df, "requests")
 
 
@@ -113,6 +135,7 @@ def lifecycle_aggregates(d: dict) -> dict:
     comparable ITL is (E2E - TTFT)/(output_tokens - 1) with the repaired count. Raises
     :class:`~bayeslat.errors.IngestError` (with the field) when the document does not have that
     layout or a statistic is a number that is not a finite time in seconds."""
+
     def obj(v, field):
         if v is None:
             return {}
@@ -187,15 +210,22 @@ def _bad_truth(g, arrival_us: dict) -> tuple[str, str, str] | None:
         if not _seconds(g.get(k)):
             return "bad_value", k, f"{k}={g.get(k)!r:.40} is not null or a finite number of seconds"
     e2e = g.get("e2e_s")
-    if e2e is not None and not math.isnan(e2e) and not abs(arrival_us[i] * 1000 + e2e * 1e9) < 2 ** 62:
+    if e2e is not None and not math.isnan(e2e) and not abs(arrival_us[i] * 1000 + e2e * 1e9) < 2**62:
         return "bad_value", "e2e_s", f"e2e_s={e2e}: the departure is outside the int64 ns range"
     if g.get("has_error") is not None and not isinstance(g["has_error"], bool):
         return "bad_value", "has_error", f"has_error={g['has_error']!r:.40} is not true/false"
     return None
 
 
-def parse_replay(path: str | Path, report: IngestReport, *, ground_truth: str | Path | None = None,
-                 run: str | None = None, profile: dict | None = None, file: str | None = None) -> pd.DataFrame:
+def parse_replay(
+    path: str | Path,
+    report: IngestReport,
+    *,
+    ground_truth: str | Path | None = None,
+    run: str | None = None,
+    profile: dict | None = None,
+    file: str | None = None,
+) -> pd.DataFrame:
     """Validate and convert one replay file (+ ground truth). Every request is a row or skipped
     with a reason (missing or mistyped field, negative arrival, a repeated index); so is every
     ground-truth entry (it is merged into the row of its request, or skipped: mistyped, no such
@@ -214,8 +244,10 @@ def parse_replay(path: str | Path, report: IngestReport, *, ground_truth: str | 
         return T.empty("requests")
     exp = d.get("experiment")
     run = run or (exp if isinstance(exp, str) and exp else None) or Path(file).name.split(".")[0]
-    good = [{k: r[k] if k == "has_error" else int(r[k]) for k in REQUIRED}  # integral floats -> int
-            for r in _valid_entries(reqs, _bad_request, report, file, "requests[{}]")]
+    good = [
+        {k: r[k] if k == "has_error" else int(r[k]) for k in REQUIRED}  # integral floats -> int
+        for r in _valid_entries(reqs, _bad_request, report, file, "requests[{}]")
+    ]
     arrival = {r["index"]: r["arrival_time_us"] for r in good}
     report.keep(file, "request", len(good))
     gt = None
@@ -246,8 +278,10 @@ def _ground_truth(gfile: str, report: IngestReport, arrival_us: dict) -> list | 
     if not isinstance(gt, list):
         report.skip(gfile, 1, "line", "unknown_record", f"not a list of per-request records but {type(gt).__name__}")
         return None
-    keep = [{"index": int(g["index"]), "ttft_s": g.get("ttft_s"), "e2e_s": g.get("e2e_s"), "has_error": g.get("has_error")}
-            for g in _valid_entries(gt, lambda g: _bad_truth(g, arrival_us), report, gfile, "[{}]")]
+    keep = [
+        {"index": int(g["index"]), "ttft_s": g.get("ttft_s"), "e2e_s": g.get("e2e_s"), "has_error": g.get("has_error")}
+        for g in _valid_entries(gt, lambda g: _bad_truth(g, arrival_us), report, gfile, "[{}]")
+    ]
     report.keep(gfile, "request", len(keep))
     return keep or None
 

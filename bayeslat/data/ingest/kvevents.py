@@ -25,6 +25,7 @@ skipped as ``duplicate``. An event is attributed to its own ``step`` field when 
 to the line's ``scheduler_step``. Bytes = blocks x ``block_bytes`` (NaN when unknown). The
 per-step aggregate is O(steps with KV events) in memory.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,14 +35,36 @@ from . import tables as T
 from ._io import iter_json_records
 from .report import IngestReport
 
-COUNTERS = ["n_events", "blocks_stored_gpu", "blocks_stored_cpu", "blocks_stored_other", "blocks_removed_gpu",
-            "blocks_removed_cpu", "blocks_removed_other", "transfers_initiated", "transfers_failed", "blocks_offloaded",
-            "blocks_loaded", "store_committed_blocks", "load_committed_blocks", "evictions", "blocks_evicted"]
+COUNTERS = [
+    "n_events",
+    "blocks_stored_gpu",
+    "blocks_stored_cpu",
+    "blocks_stored_other",
+    "blocks_removed_gpu",
+    "blocks_removed_cpu",
+    "blocks_removed_other",
+    "transfers_initiated",
+    "transfers_failed",
+    "blocks_offloaded",
+    "blocks_loaded",
+    "store_committed_blocks",
+    "load_committed_blocks",
+    "evictions",
+    "blocks_evicted",
+]
 _I = {c: i for i, c in enumerate(COUNTERS)}
 _C = {c: 2 + i for c, i in _I.items()}  # position of a counter in an aggregate row [ts_first, ts_last, counters...]
 _I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
-KNOWN = {"BlockStored", "BlockRemoved", "AllBlocksCleared", "TransferInitiated", "TransferCompleted",
-         "CacheStoreCommitted", "CacheLoadCommitted", "CacheEviction"}
+KNOWN = {
+    "BlockStored",
+    "BlockRemoved",
+    "AllBlocksCleared",
+    "TransferInitiated",
+    "TransferCompleted",
+    "CacheStoreCommitted",
+    "CacheLoadCommitted",
+    "CacheEviction",
+}
 
 
 class _Bad(Exception):
@@ -64,7 +87,7 @@ def _nint(v, what):
         v = int(v)
     if v < 0:
         raise _Bad("bad_value", f"{what}={v} is negative")
-    if v >= 2 ** 63:
+    if v >= 2**63:
         raise _Bad("bad_value", f"{what}={v} is out of the int64 range")
     return v
 
@@ -94,7 +117,7 @@ def _opt_step(ev, i):
 class KvState:
     def __init__(self, report: IngestReport):
         self.report = report
-        self.agg: dict = {}     # (run, dp_rank, step) -> [ts_first, ts_last, counters...]
+        self.agg: dict = {}  # (run, dp_rank, step) -> [ts_first, ts_last, counters...]
         self.seen: set = set()  # (run, kind, transfer id)
 
     def parse_file(self, path: str | Path, run: str, file: str | None = None) -> None:
@@ -116,10 +139,18 @@ class KvState:
                 continue
             dp = obj[2] if len(obj) > 2 else None
             lstep = obj[3] if len(obj) > 3 else None
-            if not ((dp is None or type(dp) is int and _I64_MIN <= dp <= I64_MAX)
-                    and (lstep is None or type(lstep) is int and _I64_MIN <= lstep <= I64_MAX)):
-                rep.skip(file, lineno, "line", "bad_value", f"dp_rank={dp!r:.40} / scheduler_step={lstep!r:.40} are not "
-                         "null or integers in the int64 range", "scheduler_step" if _line_int(dp) else "dp_rank")
+            if not (
+                (dp is None or type(dp) is int and _I64_MIN <= dp <= I64_MAX)
+                and (lstep is None or type(lstep) is int and _I64_MIN <= lstep <= I64_MAX)
+            ):
+                rep.skip(
+                    file,
+                    lineno,
+                    "line",
+                    "bad_value",
+                    f"dp_rank={dp!r:.40} / scheduler_step={lstep!r:.40} are not null or integers in the int64 range",
+                    "scheduler_step" if _line_int(dp) else "dp_rank",
+                )
                 continue
             rep.keep(file, "line")
             for ev in obj[1]:
@@ -195,6 +226,7 @@ class KvState:
     def finish(self, sink: T.TableSink, block_bytes: dict | float | None = None) -> None:
         """Emit one kv_steps row per (run, dp_rank, step), sorted. ``block_bytes``: bytes of one
         KV block (a number, or a dict run -> number)."""
+
         def keyf(k):
             return (k[0], -1 if k[1] is None else k[1], -1 if k[2] is None else k[2])
 
@@ -204,6 +236,17 @@ class KvState:
             c = dict(zip(COUNTERS, r[2:]))
             off = c["blocks_offloaded"] * bb if bb else None
             ld = c["blocks_loaded"] * bb if bb else None
-            sink.append((key[0], key[1], key[2], r[0], r[1], *r[2:2 + _I["blocks_loaded"] + 1], off, ld,
-                         *r[2 + _I["store_committed_blocks"]:]))
+            sink.append(
+                (
+                    key[0],
+                    key[1],
+                    key[2],
+                    r[0],
+                    r[1],
+                    *r[2 : 2 + _I["blocks_loaded"] + 1],
+                    off,
+                    ld,
+                    *r[2 + _I["store_committed_blocks"] :],
+                )
+            )
         self.agg = {}

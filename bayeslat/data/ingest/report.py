@@ -18,6 +18,7 @@ Each skip is an :class:`bayeslat.errors.IngestError` (``file:line: field: messag
 ``MAX_EXAMPLES`` per reason are kept as examples. ``notes`` holds facts that are not skips
 (e.g. journey requests without a core span).
 """
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,9 @@ class IngestReport:
     def to_dict(self) -> dict:
         return {
             "ok": self.ok,
-            "files": {f: {"kind": self.file_kind.get(f), "lines": self.lines.get(f, 0), "records": k} for f, k in self.files.items()},
+            "files": {
+                f: {"kind": self.file_kind.get(f), "lines": self.lines.get(f, 0), "records": k} for f, k in self.files.items()
+            },
             "kept": self.count(what="kept"),
             "skipped_total": self.count(what="skipped"),
             "skipped": self.skipped,

@@ -16,6 +16,7 @@ Columns of the step tables keep the OTLP attribute names (``step.id``, ``batch.p
 chunks (Arrow tables) and either streams them into a Parquet file (``pyarrow.ParquetWriter``) or
 keeps them for an in-memory frame.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,12 @@ from bayeslat.errors import IngestError
 
 # name -> [(column, dtype, unit, meaning)]
 _REQUESTS = [
-    ("source", "string", "", "journey (instrumented vLLM api+core spans) | upstream (vllm.llm_engine llm_request span) | inference_perf (replay per-request data)"),
+    (
+        "source",
+        "string",
+        "",
+        "journey (instrumented vLLM api+core spans) | upstream (vllm.llm_engine llm_request span) | inference_perf (replay per-request data)",
+    ),
     ("run", "string", "", "run id: the experiment name, else the file stem"),
     ("request_id", "string", "", "gen_ai.request.id of the api span (journey/upstream) or the replay index as text"),
     ("index", "Int64", "", "inference-perf request index (null for traces)"),
@@ -43,16 +49,31 @@ _REQUESTS = [
     ("finished_ns", "Int64", "ns", "journey.FINISHED"),
     ("departed_ns", "Int64", "ns", "api.DEPARTED (journey); span end (upstream); arrival + e2e (inference_perf)"),
     ("arrival_us", "Int64", "us", "arrival relative to the first arrival of the same run and source"),
-    ("input_tokens", "Int64", "tokens", "prompt tokens: gen_ai.usage.prompt_tokens, else prefill.total_tokens; replay input_tokens (imputed for failed requests)"),
+    (
+        "input_tokens",
+        "Int64",
+        "tokens",
+        "prompt tokens: gen_ai.usage.prompt_tokens, else prefill.total_tokens; replay input_tokens (imputed for failed requests)",
+    ),
     ("input_imputed", "boolean", "", "input_tokens imputed with the run's median (failed replay requests record 0)"),
     ("max_tokens", "Int64", "tokens", "gen_ai.request.max_tokens, else decode.max_tokens"),
-    ("output_tokens", "Int64", "tokens", "tokens the SERVER generated: decode.done_tokens at journey.FINISHED; gen_ai.usage.completion_tokens (upstream); profile output_len for successful ignore_eos replay requests (repaired, see inference_perf)"),
+    (
+        "output_tokens",
+        "Int64",
+        "tokens",
+        "tokens the SERVER generated: decode.done_tokens at journey.FINISHED; gen_ai.usage.completion_tokens (upstream); profile output_len for successful ignore_eos replay requests (repaired, see inference_perf)",
+    ),
     ("output_tokens_client", "Int64", "tokens", "client's re-tokenised count (replay data only; biased, see data README)"),
     ("n_preemptions", "Int64", "", "preemptions: max(num_preemptions attr, number of journey.PREEMPTED events)"),
     ("finish_status", "string", "", "finish.status of journey.FINISHED"),
     ("aborted", "boolean", "", "api.ABORTED seen or finish.status contains ABORT"),
     ("has_error", "boolean", "", "request failed (aborted; replay has_error)"),
-    ("ttft_ms", "float64", "ms", "time to first token: FIRST_RESPONSE - ARRIVED (journey), gen_ai.latency.time_to_first_token (upstream), ttft_s (replay ground truth)"),
+    (
+        "ttft_ms",
+        "float64",
+        "ms",
+        "time to first token: FIRST_RESPONSE - ARRIVED (journey), gen_ai.latency.time_to_first_token (upstream), ttft_s (replay ground truth)",
+    ),
     ("e2e_ms", "float64", "ms", "end to end: DEPARTED - ARRIVED (journey), gen_ai.latency.e2e (upstream), e2e_s (replay)"),
     ("queue_ms", "float64", "ms", "gen_ai.latency.time_in_queue (upstream); first_scheduled - queued (journey)"),
     ("stage", "Int64", "", "inference-perf load stage of the arrival (replay with a known profile)"),
@@ -89,10 +110,19 @@ _STEP_ATTRS = [
     ("kv.blocks_total_gpu", "Int64", "blocks", "GPU KV blocks in total"),
     ("kv.blocks_free_gpu", "Int64", "blocks", "GPU KV blocks free"),
 ]
-_STEPS = [("run", "string", "", "run id")] + _STEP_ATTRS + [
-    ("cycle_time_us", "float64", "us", "TRUE step time: next.step.ts_start_ns - this.step.ts_start_ns when step.id+1 of the same file was sampled, else NaN"),
-    ("successor_sampled", "boolean", "", "step.id+1 was sampled (cycle_time_us defined)"),
-]
+_STEPS = (
+    [("run", "string", "", "run id")]
+    + _STEP_ATTRS
+    + [
+        (
+            "cycle_time_us",
+            "float64",
+            "us",
+            "TRUE step time: next.step.ts_start_ns - this.step.ts_start_ns when step.id+1 of the same file was sampled, else NaN",
+        ),
+        ("successor_sampled", "boolean", "", "step.id+1 was sampled (cycle_time_us defined)"),
+    ]
+)
 _STEP_REQUESTS = [
     ("run", "string", "", "run id"),
     ("step.id", "Int64", "", "scheduler step id"),
@@ -223,8 +253,9 @@ def to_arrow(rows: list[tuple], name: str) -> pa.Table:
 
 
 def from_arrow(table: pa.Table, name: str) -> pd.DataFrame:
-    df = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
-                                       pa.string(): pd.StringDtype()}.get)
+    df = table.to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(), pa.string(): pd.StringDtype()}.get
+    )
     return conform(df, name)
 
 
@@ -254,8 +285,9 @@ class TableSink:
     pending chunks are written together (one Parquet row group) once they reach ``chunk_rows``.
     At most ``py_rows`` tuples and ``chunk_rows`` Arrow rows are held, whatever the input size."""
 
-    def __init__(self, name: str, path: str | Path | None = None, chunk_rows: int = 50_000, fmt: str = "parquet",
-                 py_rows: int = PY_ROWS):
+    def __init__(
+        self, name: str, path: str | Path | None = None, chunk_rows: int = 50_000, fmt: str = "parquet", py_rows: int = PY_ROWS
+    ):
         self.name, self.path, self.chunk_rows, self.fmt = name, (Path(path) if path else None), chunk_rows, fmt
         self.py_rows = max(1, min(py_rows, chunk_rows))
         self.rows: list[tuple] = []

@@ -1,0 +1,56 @@
+"""``bayeslat diagnose``: print the diagnostics of a fit (:func:`bayeslat.model.diagnose.diagnose`)
+as a table or JSON; the exit code says whether every check passed."""
+
+from __future__ import annotations
+
+import json
+
+from bayeslat.model import load
+from bayeslat.model.diagnose import SPREAD_CHECKS, _missing, diagnose
+
+
+def _rows(d: dict, keys) -> list[str]:
+    lines = []
+    for key in keys:
+        thr = d["thresholds"][key] if "thresholds" in d else ""
+        val = d.get(key)
+        ok = d["checks"].get(key)
+        sval = "n/a" if _missing(val) else (f"{val:.4g}" if isinstance(val, float) else str(val))
+        line = f"{key:<24}{sval:>14}  {thr:<10} {'yes' if ok else 'NO'}"
+        if not ok and _missing(val):
+            line += f"  ({d['reasons'].get(key, 'not available')})"
+        elif not ok and (d.get("worst") or {}).get(key):
+            line += f"  ({d['worst'][key]})"
+        lines.append(line)
+    return lines
+
+
+def format_table(d: dict) -> str:
+    lines = ["coefficient fit (posterior)", f"{'diagnostic':<24}{'value':>14}  {'threshold':<10} ok"]
+    lines += _rows(d, d["thresholds"])
+    if d.get("loo"):
+        lines.append(f"PSIS-LOO elpd {d['loo']['elpd']:.1f} (se {d['loo']['se']:.1f}), p_loo {d['loo']['p_loo']:.1f}")
+    sp = d.get("deployment_spread")
+    if sp is not None:
+        head = "deployment-spread fit (group deployment_spread)"
+        if sp["status"] == "not run":
+            lines.append(f"{head}: not run ({sp['reason']})")
+        else:
+            lines.append(head + (f": MISSING ({sp['reason']})" if sp["status"] == "missing" else ""))
+            lines += _rows(dict(sp, thresholds={k: d["thresholds"][k] for k in SPREAD_CHECKS}), SPREAD_CHECKS)
+    lines.append("features kept (ARD): " + (", ".join(d["features_kept"]) or "none"))
+    lines.append("features pruned:     " + (", ".join(d["features_pruned"]) or "none"))
+    lines.append("PASSED" if d["passed"] else "FAILED")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """``bayeslat diagnose MODEL [--json]``: exit 1 when any diagnostic of either stage fails its
+    threshold or cannot be computed."""
+    d = diagnose(load(args.model))
+    if getattr(args, "json", False):
+        sp = {k: v for k, v in d["deployment_spread"].items() if k != "variables"}
+        print(json.dumps({k: v for k, v in d.items() if k != "variables"} | {"deployment_spread": sp}, indent=2, default=str))
+    else:
+        print(format_table(d))
+    return 0 if d["passed"] else 1

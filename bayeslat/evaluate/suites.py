@@ -1,0 +1,120 @@
+"""The validation suites: every run of a suite predicted and compared (:func:`validate`)."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pandas as pd
+
+from bayeslat import model
+from bayeslat.data import design
+from bayeslat.errors import SpecError
+from bayeslat.evaluate.cases import _aggregate_cases, external_cases
+from bayeslat.evaluate.crossval import _cv_groups, cv_fit
+from bayeslat.evaluate.metrics import compare, summarize
+from bayeslat.simulate.replay import predict_case, replay_cases
+
+#: the suites of :func:`validate` (``bayeslat validate --suite``)
+SUITES = ("replay", "aggregate", "all", "loro", "lomo", "lowo", "external")
+
+
+def validate(
+    suite: str = "replay",
+    idata=None,
+    draws: int = 8,
+    runs=None,
+    seed: int = 0,
+    fit_kwargs: dict | None = None,
+    n_per_run_kind: int = 40,
+    log=None,
+    fit_dir=None,
+    external=None,
+    hardware=None,
+) -> tuple[pd.DataFrame, dict]:
+    """Predict every run of a suite and compare with what was measured.
+
+    Parameters
+    ----------
+    suite : str
+        ``replay`` (the bundled per-request runs, in-sample under the default fit),
+        ``aggregate`` (the aggregate-only runs), ``all``, the cross-validation suites ``loro`` /
+        ``lomo`` / ``lowo`` (refit without each held-out run, model or workload), or ``external``.
+    idata : arviz.InferenceData, optional
+        The fit (default: the shipped one); the cross-validation suites refit.
+    draws : int
+        Posterior draws simulated per run.
+    runs : list of str, optional
+        Only these runs.
+    seed : int
+        Seed of the draws, the simulation and the refits' rows.
+    fit_kwargs : dict, optional
+        Sampler settings of the refits.
+    n_per_run_kind : int
+        Rows per (run, kind) of the refits.
+    log : callable, optional
+        Called with a progress line.
+    fit_dir : str, optional
+        Where the cross-validation refits are cached (:func:`bayeslat.evaluate.cv_fit_path`).
+    external : list, optional
+        ``suite="external"``: run files or experiment directories
+        (:func:`bayeslat.evaluate.external_cases`).
+    hardware : str, optional
+        The GPU of experiment directories that name none.
+
+    Returns
+    -------
+    tuple of (pandas.DataFrame, dict)
+        The per-run table (predicted and observed mean / p90 / p99 of TTFT, ITL, E2E, errors, 90%
+        intervals) and the summary (median absolute errors and interval coverage).
+
+    Examples
+    --------
+    >>> import bayeslat
+    >>> table, summary = bayeslat.validate("replay", draws=8)  # doctest: +SKIP
+    >>> summary["all"]["e2e_mean_median_abs_err_pct"]  # doctest: +SKIP
+    """
+    if suite not in SUITES:
+        raise SpecError(f"unknown suite {suite!r} (one of {', '.join(SUITES)})", field="suite")
+    if int(draws) < 1:
+        raise SpecError(f"must be >= 1, got {draws}", field="draws")
+    log = log or (lambda *a: None)
+    rows = []
+    if suite in ("loro", "lomo", "lowo"):
+        cases = replay_cases(runs)
+        if not cases:
+            raise SpecError(f"no bundled run matches {runs}", field="runs")
+        # reconstructed once, and only if a fold is not cached; each fold is a subset
+        full = functools.cache(lambda: design.bundled_obs(seed=seed))
+        for held, group in _cv_groups(cases, suite).items():
+            exclude = {c["run"] for c in group}
+            fit_idata = cv_fit(
+                full,
+                exclude,
+                seed=seed,
+                n_per_run_kind=n_per_run_kind,
+                fit_kwargs=fit_kwargs,
+                fit_dir=fit_dir,
+                log=lambda m, held=held: log(f"[{suite}] held out {held}: {m}"),
+            )
+            for c in group:
+                rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
+    else:
+        idata = idata if idata is not None else model.load_default()
+        cases = []
+        if suite in ("replay", "all"):
+            cases += replay_cases(runs)
+        if suite in ("aggregate", "all"):
+            cases += _aggregate_cases(runs, seed)
+        if suite == "external" or external:
+            cases += external_cases(external or [], hardware=hardware, seed=seed, runs=runs)
+        if not cases:
+            if suite == "external" and not external:
+                raise SpecError("suite 'external' needs the runs to validate (--external PATH ...)", field="external")
+            raise SpecError(f"no run of suite {suite!r} matches {runs}" if runs else f"suite {suite!r} has no runs", field="runs")
+        for c in cases:
+            t0 = time.time()
+            rows.append(compare(c, predict_case(c, idata, draws, seed)))
+            log(f"[{suite}] {c['run']}: {time.time() - t0:.1f} s")
+    df = pd.DataFrame(rows)
+    return df, summarize(df)

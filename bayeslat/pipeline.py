@@ -1,0 +1,253 @@
+"""The fit pipeline: every stage a posterior goes through, in order, whichever route starts it.
+
+``bayeslat.fit(obs)``, ``bayeslat fit`` and the shipped ``models/default.nc`` are the same object made
+by the same stages:
+
+1. **NUTS** (:func:`bayeslat.model.fit`): the main fit of the rows; with two or more deployments in a
+   (hardware, model class) group, the deployment-spread fit; the run-spread stage.
+2. **Simulator discrepancy** (:func:`bayeslat.simulate.attach_sim_discrepancy`): the training runs are
+   replayed through the simulator and the run-level error it leaves is stored, so predictive
+   intervals carry it. It needs each run's per-request arrivals, so it runs where the training runs
+   are bundled runs (``discrepancy=None``, the default, decides that from the rows).
+3. **Probe calibration** (:func:`calibrate`, ``bayeslat calibrate``): out-of-sample probe errors from
+   leave-one-model-out refits, which ``bayeslat update`` uses to weigh a probe. It refits once per
+   held-out model, so it is a separate, optional step; the shipped default has been through it.
+
+:func:`training_obs` builds the rows ``bayeslat fit`` fits (bundled runs or ingested tables, with the
+data seed and the stratified subsample), and :func:`fit_attrs` the attributes it records, so that the
+command and a notebook get the same rows from the same arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+
+from bayeslat import evaluate as V
+from bayeslat import features as F
+from bayeslat import model as M
+from bayeslat import probe as P
+from bayeslat import simulate
+from bayeslat.data import datasets, design
+from bayeslat.errors import SpecError
+
+#: probe size, in requests, of the calibration's out-of-sample errors (the size ``bayeslat update``
+#: probes are compared with)
+CALIBRATION_PROBE_N = 200
+
+
+def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: int = 0, rows_per_run_kind: int | None = None):
+    """The rows a fit sees.
+
+    Parameters
+    ----------
+    data
+        ``"bundled"`` (the package's real runs) or a directory of ingested tables
+        (``bayeslat ingest --out``).
+    runs, exclude
+        Run ids to keep / leave out (None: all).
+    data_seed
+        Seeds the reconstruction's offset estimate and the subsample, apart from the sampler's seed.
+    rows_per_run_kind
+        A stratified subsample: this many rows per (run, kind), spread over each run's timeline
+        (None: all rows).
+
+    Returns
+    -------
+    bayeslat.data.design.ObsTable
+    """
+    if data == "bundled":
+        fn, args = design.bundled_obs, ()
+    else:
+        fn, args = design.obs_from_tables, (data,)
+    sig = inspect.signature(fn).parameters
+    kw = {k: v for k, v in (("runs", runs), ("exclude", exclude), ("seed", int(data_seed))) if k in sig and v is not None}
+    obs = fn(*args, **kw)
+    if rows_per_run_kind:
+        obs = design.subsample(obs, int(rows_per_run_kind), seed=int(data_seed))
+    return obs
+
+
+def fit_attrs(
+    data: str = "bundled", *, runs=None, exclude=None, data_seed: int = 0, rows_per_run_kind: int | None = None
+) -> dict:
+    """The data arguments of :func:`training_obs` as fit attributes (what makes a fit rebuildable)."""
+    attrs = {"data_source": str(data), "runs": json.dumps(runs), "exclude": json.dumps(exclude)}
+    if data == "bundled":
+        attrs["bundled_data_hash"] = datasets.data_hash()
+    attrs["rows_per_run_kind"] = int(rows_per_run_kind or 0)
+    attrs["data_seed"] = int(data_seed)
+    return attrs
+
+
+def _bundled_runs(obs) -> bool:
+    known = set(datasets.runs().index.astype(str))
+    return bool(len(obs.run)) and set(map(str, obs.run)) <= known
+
+
+def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, **kwargs):
+    """Fit the hierarchical model and run every stage of the pipeline but the probe calibration.
+
+    Parameters
+    ----------
+    obs
+        The rows (:class:`bayeslat.data.design.ObsTable`), e.g. :func:`training_obs`.
+    seed
+        The sampler's seed (the simulator-discrepancy replay uses it too).
+    discrepancy
+        Attach the simulator discrepancy (stage 2); None: where every training run is a bundled run.
+    **kwargs
+        Passed to :func:`bayeslat.model.fit` (backend, draws, tune, chains, target_accept, priors,
+        attrs, progressbar, spread_draws).
+
+    Returns
+    -------
+    arviz.InferenceData
+
+    Examples
+    --------
+    >>> import bayeslat
+    >>> from bayeslat.pipeline import training_obs
+    >>> obs = training_obs(rows_per_run_kind=40)          # doctest: +SKIP
+    >>> idata = bayeslat.fit(obs, seed=0)                  # doctest: +SKIP
+    """
+    idata = M.fit(obs, seed=seed, **kwargs)
+    if discrepancy is None:
+        discrepancy = _bundled_runs(obs)
+    if discrepancy:
+        simulate.attach_sim_discrepancy(idata, seed=seed)
+    return idata
+
+
+def calibrate(
+    idata,
+    *,
+    probe_n: int = CALIBRATION_PROBE_N,
+    seed: int = 0,
+    design_name: str = "first",
+    fit_dir=None,
+    fit_kwargs: dict | None = None,
+    log=None,
+):
+    """Attach the out-of-sample probe calibration to a fit of the bundled runs (stage 3).
+
+    For each model of the bundled per-request runs, the fit is redone without that model's runs
+    (:func:`bayeslat.evaluate.cv_fit`: the same rows per run and kind, cached in ``fit_dir``); each
+    of its runs is probed with its first ``probe_n`` requests and the probe's error under the fold's
+    fit is measured, as is the deployment factor the held-out model calls for
+    (:func:`bayeslat.probe.oos_errors`). The errors are stored in the fit's attrs
+    (:func:`bayeslat.probe.attach_probe_oos`), where ``bayeslat update`` reads them.
+
+    Parameters
+    ----------
+    idata
+        A fit whose training runs are bundled runs.
+    probe_n
+        Requests per probe.
+    seed
+        Seed of the fold refits' rows and of the probe replays.
+    design_name
+        Probe design (``"first"``: the first requests after warm-up; ``"stages"``: spread over the
+        run's load stages).
+    fit_dir
+        A directory caching the fold refits (None: not cached).
+    fit_kwargs
+        Sampler settings of the fold refits (default: the package's, as the shipped default).
+    log
+        A callable taking one progress line (None: silent).
+
+    Returns
+    -------
+    arviz.InferenceData
+        ``idata``, with ``attrs["probe_oos_errors"]`` set.
+
+    Raises
+    ------
+    SpecError
+        When the fit's training runs are not bundled runs (their probes replay bundled requests).
+    """
+    cd = idata.get("constant_data")
+    trained = set(map(str, cd["run"].values)) if cd is not None and "run" in cd else set()
+    known = set(datasets.runs().index.astype(str))
+    if not trained or not trained <= known:
+        raise SpecError(
+            "calibrate needs a fit of the bundled runs (its probes replay their requests); "
+            f"not bundled: {sorted(trained - known)[:3] or 'no training runs recorded'}",
+            field="model",
+        )
+    # every bundled run of the fit's models is probed, those the reconstruction kept out of the rows too
+    cases = simulate.replay_cases(None)
+    models = {c["model"] for c in cases if c["run"] in trained}
+    cases = [c for c in cases if c["model"] in models]
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault(c["model"], []).append(c)
+    full = functools.cache(lambda: design.bundled_obs(seed=seed))
+    folds: dict = {}
+
+    def fold_fit(model):
+        if model not in folds:
+            excl = {c["run"] for c in groups[model]}
+            folds[model] = V.cv_fit(full, excl, seed=seed, fit_dir=fit_dir, fit_kwargs=fit_kwargs, log=log)
+        return folds[model]
+
+    oos = P.oos_errors(fold_fit, groups, probe_n, seed=seed, design=design_name, log=log)
+    where = f"in {fit_dir}" if fit_dir else "(not cached)"
+    P.attach_probe_oos(
+        idata,
+        [e for errs in oos.values() for e in errs],
+        probe_n,
+        source=f"bayeslat calibrate: leave-one-model-out folds {where}",
+        design=design_name,
+    )
+    return idata
+
+
+def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
+    """Posterior predictive TTFT, ITL and E2E of a workload on a deployment (``bayeslat predict``).
+
+    Parameters
+    ----------
+    spec
+        A SPEC.yaml path or a mapping in its format (model, hardware, server, workload).
+    model
+        A fit (InferenceData) or a path to one; None: the shipped default.
+    draws
+        Posterior draws simulated.
+    seed
+        Seed of the draws and of the simulation.
+
+    Returns
+    -------
+    dict
+        ``{"ttft"|"itl"|"e2e": {"mean", "p90", "p99", "mean_interval90"}, "requests": int}`` (ms), plus
+        ``"spec"`` (the resolved spec), ``"result"`` (the full posterior predictive) and
+        ``"new_levels"`` (levels the fit has not seen, drawn from the population).
+
+    Examples
+    --------
+    >>> import bayeslat
+    >>> out = bayeslat.predict("specs/examples/llama-2-7b-h100-codegen.yaml", draws=4)  # doctest: +SKIP
+    >>> out["e2e"]["mean_interval90"]  # doctest: +SKIP
+    """
+    s = simulate.load_spec(spec) if isinstance(spec, (str, os.PathLike)) else simulate.resolve_spec(spec)
+    idata = M.load_or_default(model) if model is None or isinstance(model, (str, os.PathLike)) else model
+    cdraws = M.coefficient_draws(
+        idata,
+        s["hardware"].name,
+        s["model"].model_class,
+        n=int(draws),
+        seed=int(seed),
+        deployment=F.deployment_key(s["ctx"], s["hardware"].name),
+    )
+    res = simulate.posterior_predictive(
+        s["workload"], s["ctx"], simulate.spec_sim_server(s), cdraws, n_draws=None, seed=int(seed)
+    )
+    out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in simulate.METRICS}
+    out["requests"] = res["requests"]
+    return out | {"spec": s, "result": res, "new_levels": list(getattr(cdraws, "new_levels", None) or [])}
+
+
+__all__ = ["CALIBRATION_PROBE_N", "calibrate", "fit", "fit_attrs", "predict", "training_obs"]
