@@ -6,6 +6,7 @@
 Wall time includes model compilation (numba for nutpie, C for pymc): that is what a user waits
 for. ESS is the minimum bulk ESS over the diagnosed (non-offset) variables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", nargs="*", default=None)
     ap.add_argument("--out", default="benchmarks/out/fit_backends.json")
-    ap.add_argument("--timeout", type=float, default=None,
-                    help="seconds per backend: each runs in its own process and is stopped (reported as such) after this")
-    ap.add_argument("--deployment-level", default="off", choices=["off", "spread", "fit"],
-                    help="off (default): time the main posterior only, not the second (spread) fit")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per backend: each runs in its own process and is stopped (reported as such) after this",
+    )
+    ap.add_argument(
+        "--deployment-level",
+        default="off",
+        choices=["off", "spread", "fit"],
+        help="off (default): time the main posterior only, not the second (spread) fit",
+    )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     import arviz as az
@@ -46,8 +55,10 @@ def main(argv=None):
         obs = subsample(bundled_obs(seed=0), args.rows_per_run_kind, seed=0)
     else:
         n = args.rows
-        obs, _ = M.simulate_obs(seed=args.seed, rows={("H100 SXM", "dense"): n // 2, ("H100 SXM", "moe"): 2 * n // 5,
-                                                      ("A100 SXM", "dense"): n - n // 2 - 2 * n // 5})
+        obs, _ = M.simulate_obs(
+            seed=args.seed,
+            rows={("H100 SXM", "dense"): n // 2, ("H100 SXM", "moe"): 2 * n // 5, ("A100 SXM", "dense"): n - n // 2 - 2 * n // 5},
+        )
     backends = args.backends or M.available_backends()
     results = []
     for be in ("nutpie", "pymc", "numpyro"):
@@ -59,8 +70,17 @@ def main(argv=None):
             _write(args, results, partial=True)
             continue
         t0 = time.perf_counter()
-        idata = M.fit(obs, backend=be, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed, progressbar=False,
-                      target_accept=args.target_accept, priors={"deployment_level": args.deployment_level})
+        idata = M.fit(
+            obs,
+            backend=be,
+            draws=args.draws,
+            tune=args.tune,
+            chains=args.chains,
+            seed=args.seed,
+            progressbar=False,
+            target_accept=args.target_accept,
+            priors={"deployment_level": args.deployment_level},
+        )
         wall = time.perf_counter() - t0
         names = diagnostic_vars(idata)
         ess = az.ess(idata, var_names=names)
@@ -69,10 +89,20 @@ def main(argv=None):
         max_rhat = float(max(np.nanmax(rhat[v].values) for v in names))
         ss = idata.sample_stats
         steps = "n_steps" if "n_steps" in ss else "tree_depth"
-        results.append({"backend": be, "available": True, "wall_s": wall, "sampling_s": float(idata.attrs["sampling_seconds"]),
-                        "min_ess_bulk": min_ess, "ess_per_s": min_ess / wall, "max_rhat": max_rhat,
-                        "divergences": int(ss["diverging"].sum()), "mean_leapfrog_or_depth": float(ss[steps].mean()),
-                        "rows": int(len(obs.y))})
+        results.append(
+            {
+                "backend": be,
+                "available": True,
+                "wall_s": wall,
+                "sampling_s": float(idata.attrs["sampling_seconds"]),
+                "min_ess_bulk": min_ess,
+                "ess_per_s": min_ess / wall,
+                "max_rhat": max_rhat,
+                "divergences": int(ss["diverging"].sum()),
+                "mean_leapfrog_or_depth": float(ss[steps].mean()),
+                "rows": int(len(obs.y)),
+            }
+        )
         _write(args, results, partial=True)
         print(f"{be}: {results[-1]}", flush=True)
     print(f"{'backend':<9}{'wall s':>8}{'min ESS':>9}{'ESS/s':>8}{'R-hat':>7}{'div':>5}")
@@ -83,7 +113,9 @@ def main(argv=None):
             why = f"stopped after {r['wall_s']:.0f} s" if r.get("timed_out") else f"failed: {r['error'][-80:]}"
             print(f"{r['backend']:<9}  ({why})")
         else:
-            print(f"{r['backend']:<9}{r['wall_s']:>8.1f}{r['min_ess_bulk']:>9.0f}{r['ess_per_s']:>8.2f}{r['max_rhat']:>7.3f}{r['divergences']:>5}")
+            print(
+                f"{r['backend']:<9}{r['wall_s']:>8.1f}{r['min_ess_bulk']:>9.0f}{r['ess_per_s']:>8.2f}{r['max_rhat']:>7.3f}{r['divergences']:>5}"
+            )
     print(f"wrote {_write(args, results, partial=False)}")
 
 
@@ -113,15 +145,24 @@ def _run_isolated(argv, backend, timeout):
         out = Path(tmp) / "one.json"
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, *keep, "--backends", backend, "--out", str(out)],
-                                  timeout=timeout, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, *keep, "--backends", backend, "--out", str(out)],
+                timeout=timeout,
+                capture_output=True,
+                text=True,
+            )
         except subprocess.TimeoutExpired:
             r = {"backend": backend, "available": True, "timed_out": True, "wall_s": time.perf_counter() - t0}
             print(f"{backend}: stopped after {timeout:.0f} s", flush=True)
             return r
         if proc.returncode != 0 or not out.exists():
-            return {"backend": backend, "available": True, "failed": True, "wall_s": time.perf_counter() - t0,
-                    "error": (proc.stderr or proc.stdout)[-2000:]}
+            return {
+                "backend": backend,
+                "available": True,
+                "failed": True,
+                "wall_s": time.perf_counter() - t0,
+                "error": (proc.stderr or proc.stdout)[-2000:],
+            }
         r = next(x for x in json.loads(out.read_text())["results"] if x["backend"] == backend)
         print(f"{backend}: {r}", flush=True)
         return r

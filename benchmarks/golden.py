@@ -7,6 +7,7 @@ Every command has a fixed seed. The commands: ``specs --json``, ``predict --json
 SPEC, ``check --json`` of the A100 and H100 examples, ``validate --suite replay --draws 8 --json``
 and ``export`` in every format.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,32 @@ MODEL = "models/default.nc"
 
 
 def commands() -> dict[str, list[str]]:
-    cmds = {"specs_llama-2-70b_h100_tp4.json": ["specs", "--model", "llama-2-70b-hf", "--hardware", "h100-sxm",
-                                                 "--server", "llama-2-70b-tp4", "--json"]}
+    cmds = {
+        "specs_llama-2-70b_h100_tp4.json": [
+            "specs",
+            "--model",
+            "llama-2-70b-hf",
+            "--hardware",
+            "h100-sxm",
+            "--server",
+            "llama-2-70b-tp4",
+            "--json",
+        ]
+    }
     for p in EXAMPLES:
-        cmds[f"predict_{p.stem}.json"] = ["predict", str(p.relative_to(ROOT)), "--model", MODEL, "--draws", "20", "--seed", "0", "--json"]
+        cmds[f"predict_{p.stem}.json"] = [
+            "predict",
+            str(p.relative_to(ROOT)),
+            "--model",
+            MODEL,
+            "--draws",
+            "20",
+            "--seed",
+            "0",
+            "--json",
+        ]
     for stem in ("llama-2-7b-a100-codegen", "llama-2-7b-h100-codegen"):
-        cmds[f"check_{stem}.json"] = ["check", f"specs/examples/{stem}.yaml", "--model", MODEL,
-                                      "--draws", "20", "--json"]
+        cmds[f"check_{stem}.json"] = ["check", f"specs/examples/{stem}.yaml", "--model", MODEL, "--draws", "20", "--json"]
     cmds["validate_replay.json"] = ["validate", "--suite", "replay", "--model", MODEL, "--draws", "8", "--json"]
     for fmt in ("json", "yaml"):
         cmds[f"export_h100_dense.{fmt}"] = ["export", MODEL, "--group", "H100 SXM/dense", "--format", fmt]

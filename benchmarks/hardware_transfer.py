@@ -16,8 +16,9 @@ default) is simulated
 The ratio pred / ref says whether the Bayesian point stays on the physics transfer; the interval
 width says how much the unknown GPU deviation widens it.
 
-    python benchmarks/hardware_transfer.py [--draws 100] [--out benchmarks/results/hardware_transfer.json]
+    python benchmarks/hardware_transfer.py [--draws 100] [--out benchmarks/out/hardware_transfer.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayeslat.data import datasets
+from bayeslat import config as SP
 from bayeslat import features as F
 from bayeslat import model as M
 from bayeslat import simulate as S
-from bayeslat.config import specs as SP
+
 HERE = Path(__file__).resolve().parent
 METRICS = ("ttft_ms", "itl_ms", "e2e_ms")
 DEPLOYMENTS = {  # model spec, TP: the four trained deployments
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="fit (.nc); default: the shipped default fit")
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(HERE / "results" / "hardware_transfer.json"))
+    ap.add_argument("--out", default=str(HERE / "out" / "hardware_transfer.json"))
     args = ap.parse_args(argv)
     idata = M.load_or_default(args.model)
     spec = S.load_spec(args.spec)
@@ -75,32 +76,60 @@ def main(argv=None) -> int:
                 print(f"{name:18s} {gpu:14s} not run: {e}")
                 continue
             cls = model.model_class
-            cd = M.coefficient_draws(idata, hw.name, cls, n=args.draws, seed=args.seed,
-                                     deployment=F.deployment_key(ctx, hw.name))
+            cd = M.coefficient_draws(idata, hw.name, cls, n=args.draws, seed=args.seed, deployment=F.deployment_key(ctx, hw.name))
             ref = M.coefficient_draws(idata, "H100 SXM", cls, n=args.draws, seed=args.seed, new_run=False)
             p = S.posterior_predictive(spec["workload"], ctx, srv, cd, seed=args.seed)
             r = S.posterior_predictive(spec["workload"], ctx, srv, ref, seed=args.seed)
-            row = {"deployment": name, "gpu": hw.name, "new_levels": list(cd.new_levels),
-                   "class_from": list(getattr(cd, "class_from", [])), "kv_blocks": int(srv["kv_blocks"])}
+            row = {
+                "deployment": name,
+                "gpu": hw.name,
+                "new_levels": list(cd.new_levels),
+                "class_from": list(getattr(cd, "class_from", [])),
+                "kv_blocks": int(srv["kv_blocks"]),
+            }
             for m in METRICS:
                 lo, hi = p[m]["mean_interval90"]
-                row[m] = {"pred": p[m]["mean"], "ref": r[m]["mean"], "pred_over_ref": p[m]["mean"] / r[m]["mean"],
-                          "interval90": [lo, hi], "rel_width90": (hi - lo) / p[m]["mean"]}
+                row[m] = {
+                    "pred": p[m]["mean"],
+                    "ref": r[m]["mean"],
+                    "pred_over_ref": p[m]["mean"] / r[m]["mean"],
+                    "interval90": [lo, hi],
+                    "rel_width90": (hi - lo) / p[m]["mean"],
+                }
             rows.append(row)
-            print(f"{name:18s} {hw.name:14s} " + "  ".join(
-                f"{m[:-3]} {row[m]['pred']:8.1f} (ref {row[m]['ref']:8.1f}, x{row[m]['pred_over_ref']:.2f}, "
-                f"width {100 * row[m]['rel_width90']:.0f}%)" for m in METRICS), flush=True)
+            print(
+                f"{name:18s} {hw.name:14s} "
+                + "  ".join(
+                    f"{m[:-3]} {row[m]['pred']:8.1f} (ref {row[m]['ref']:8.1f}, x{row[m]['pred_over_ref']:.2f}, "
+                    f"width {100 * row[m]['rel_width90']:.0f}%)"
+                    for m in METRICS
+                ),
+                flush=True,
+            )
     ok = [r for r in rows if "error" not in r and r["new_levels"]]
-    summary = {m: {"median_pred_over_ref_new_gpu": float(np.median([r[m]["pred_over_ref"] for r in ok])) if ok else None,
-                   "max_abs_log_pred_over_ref_new_gpu": float(np.max([abs(np.log(r[m]["pred_over_ref"])) for r in ok]))
-                   if ok else None,
-                   "median_rel_width90_new_gpu": float(np.median([r[m]["rel_width90"] for r in ok])) if ok else None,
-                   "median_rel_width90_h100": float(np.median([r[m]["rel_width90"] for r in rows
-                                                               if "error" not in r and not r["new_levels"]]))}
-               for m in METRICS}
-    out = {"config": {"spec": str(Path(args.spec).name), "draws": args.draws, "seed": args.seed,
-                      "model": args.model or "default", "data_hash": str(idata.attrs.get("data_hash", ""))},
-           "rows": rows, "summary": summary, "wall_s": time.perf_counter() - t0}
+    summary = {
+        m: {
+            "median_pred_over_ref_new_gpu": float(np.median([r[m]["pred_over_ref"] for r in ok])) if ok else None,
+            "max_abs_log_pred_over_ref_new_gpu": float(np.max([abs(np.log(r[m]["pred_over_ref"])) for r in ok])) if ok else None,
+            "median_rel_width90_new_gpu": float(np.median([r[m]["rel_width90"] for r in ok])) if ok else None,
+            "median_rel_width90_h100": float(
+                np.median([r[m]["rel_width90"] for r in rows if "error" not in r and not r["new_levels"]])
+            ),
+        }
+        for m in METRICS
+    }
+    out = {
+        "config": {
+            "spec": str(Path(args.spec).name),
+            "draws": args.draws,
+            "seed": args.seed,
+            "model": args.model or "default",
+            "data_hash": str(idata.attrs.get("data_hash", "")),
+        },
+        "rows": rows,
+        "summary": summary,
+        "wall_s": time.perf_counter() - t0,
+    }
     print(json.dumps(summary, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

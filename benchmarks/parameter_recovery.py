@@ -11,6 +11,7 @@ each group's coefficients contains the truth (non-zero beta terms the group's ro
 alpha). Also the share of predicted time the truly-zero terms explain (ARD). Prints a table per
 seed and pooled, writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def one_seed(seed, draws, tune):
 
     obs, truth = M.simulate_obs(seed=seed)
     t0 = time.perf_counter()
-    idata = M.fit(obs, draws=draws, tune=tune, chains=2, seed=seed, progressbar=False,
-                  priors={"exclude_features": [], "beta_lognormal": {}})
+    idata = M.fit(
+        obs, draws=draws, tune=tune, chains=2, seed=seed, progressbar=False, priors={"exclude_features": [], "beta_lognormal": {}}
+    )
     wall = time.perf_counter() - t0
     per_group = {}
     allhits = []
@@ -52,8 +54,17 @@ def one_seed(seed, draws, tune):
             beta = idata.posterior["beta"].sel(feature=f).mean(("chain", "draw")).values
             zero[f] = float(np.einsum("nr,nr->n", obs.X[..., F.B[f]], beta[obs.hw, obs.cls]).sum() / mu.sum())
     div = int(idata.sample_stats["diverging"].sum())
-    return {"seed": seed, "rows": int(len(obs.y)), "wall_s": wall, "n": int(allhits.size), "hits": int(allhits.sum()),
-            "coverage90": float(allhits.mean()), "groups": per_group, "zero_term_time_share": zero, "divergences": div}
+    return {
+        "seed": seed,
+        "rows": int(len(obs.y)),
+        "wall_s": wall,
+        "n": int(allhits.size),
+        "hits": int(allhits.sum()),
+        "coverage90": float(allhits.mean()),
+        "groups": per_group,
+        "zero_term_time_share": zero,
+        "divergences": div,
+    }
 
 
 def main(argv=None):
@@ -68,18 +79,33 @@ def main(argv=None):
     for s in a.seeds:
         res.append(one_seed(s, a.draws, a.tune))
         r = res[-1]
-        print(f"seed {s}: coverage {r['coverage90']:.2f} ({r['hits']}/{r['n']}), groups "
-              + ", ".join(f"{g} {v['coverage90']:.2f} ({v['rows']} rows)" for g, v in r["groups"].items())
-              + f"; max zero-term share {max(r['zero_term_time_share'].values(), default=0):.3f}; {r['wall_s']:.0f} s", flush=True)
+        print(
+            f"seed {s}: coverage {r['coverage90']:.2f} ({r['hits']}/{r['n']}), groups "
+            + ", ".join(f"{g} {v['coverage90']:.2f} ({v['rows']} rows)" for g, v in r["groups"].items())
+            + f"; max zero-term share {max(r['zero_term_time_share'].values(), default=0):.3f}; {r['wall_s']:.0f} s",
+            flush=True,
+        )
     n, h = sum(r["n"] for r in res), sum(r["hits"] for r in res)
     groups = sorted({g for r in res for g in r["groups"]})
-    pooled = {g: float(sum(r["groups"][g]["coverage90"] * r["groups"][g]["n"] for r in res if g in r["groups"])
-                       / sum(r["groups"][g]["n"] for r in res if g in r["groups"])) for g in groups}
-    summary = {"seeds": len(res), "pooled_coverage90": h / n, "intervals": n, "per_group": pooled,
-               "max_zero_term_time_share": max(max(r["zero_term_time_share"].values(), default=0) for r in res)}
-    print(f"pooled 90% coverage {h / n:.3f} over {n} intervals and {len(res)} seeds; per group "
-          + ", ".join(f"{g} {v:.2f}" for g, v in pooled.items())
-          + f"; truly-zero terms explain at most {summary['max_zero_term_time_share']:.1%} of predicted time")
+    pooled = {
+        g: float(
+            sum(r["groups"][g]["coverage90"] * r["groups"][g]["n"] for r in res if g in r["groups"])
+            / sum(r["groups"][g]["n"] for r in res if g in r["groups"])
+        )
+        for g in groups
+    }
+    summary = {
+        "seeds": len(res),
+        "pooled_coverage90": h / n,
+        "intervals": n,
+        "per_group": pooled,
+        "max_zero_term_time_share": max(max(r["zero_term_time_share"].values(), default=0) for r in res),
+    }
+    print(
+        f"pooled 90% coverage {h / n:.3f} over {n} intervals and {len(res)} seeds; per group "
+        + ", ".join(f"{g} {v:.2f}" for g, v in pooled.items())
+        + f"; truly-zero terms explain at most {summary['max_zero_term_time_share']:.1%} of predicted time"
+    )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": vars(a), "seeds": res, "summary": summary}, indent=1))

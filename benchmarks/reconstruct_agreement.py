@@ -8,6 +8,7 @@ traced step pairs) and vs the time between consecutive sampled records (gaps <= 
 
 Usage: python benchmarks/reconstruct_agreement.py [--out PATH] [--runs SUBSTR ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,14 +21,25 @@ import numpy as np
 from bayeslat.data import datasets
 from bayeslat.data import design as D
 from bayeslat.data import reconstruct as R
-PAIRS = (("batch.decode_tokens", "n_decode"), ("batch.prefill_tokens", "prefill_tokens"),
-         ("queue.running_depth", "running_depth"), ("queue.waiting_depth", "waiting_depth"))
+from bayeslat.data import windows as RW
+
+PAIRS = (
+    ("batch.decode_tokens", "n_decode"),
+    ("batch.prefill_tokens", "prefill_tokens"),
+    ("queue.running_depth", "running_depth"),
+    ("queue.waiting_depth", "waiting_depth"),
+)
 
 
 def _agree(rec_v, tr_v) -> dict:
     e = np.abs(rec_v - tr_v)
-    return {"median_abs": float(np.median(e)), "mean_abs": float(np.mean(e)), "pct_exact": float(100 * np.mean(e == 0)),
-            "pct_within1": float(100 * np.mean(e <= 1)), "pct_within2": float(100 * np.mean(e <= 2))}
+    return {
+        "median_abs": float(np.median(e)),
+        "mean_abs": float(np.mean(e)),
+        "pct_exact": float(100 * np.mean(e == 0)),
+        "pct_within1": float(100 * np.mean(e <= 1)),
+        "pct_within2": float(100 * np.mean(e <= 2)),
+    }
 
 
 def _time_agree(pred, obs) -> dict:
@@ -35,13 +47,18 @@ def _time_agree(pred, obs) -> dict:
     if ok.sum() < 3:
         return {"n": int(ok.sum())}
     p, o = pred[ok], obs[ok]
-    return {"n": int(ok.sum()), "mape_pct": float(100 * np.mean(np.abs(p - o) / o)), "corr": float(np.corrcoef(p, o)[0, 1]),
-            "median_obs_ms": float(np.median(o) / 1e3), "median_rec_ms": float(np.median(p) / 1e3)}
+    return {
+        "n": int(ok.sum()),
+        "mape_pct": float(100 * np.mean(np.abs(p - o) / o)),
+        "corr": float(np.corrcoef(p, o)[0, 1]),
+        "median_obs_ms": float(np.median(o) / 1e3),
+        "median_rec_ms": float(np.median(p) / 1e3),
+    }
 
 
 def traced(run: str, rec, tr, seed=0) -> dict:
     t0 = time.time()
-    off = R.estimate_offset(rec, tr, seed=seed)
+    off = RW.estimate_offset(rec, tr, seed=seed)
     tr = tr.sort_values("step.id")
     ts = tr["step.ts_start_ns"].to_numpy(np.float64) / 1e3 - off["offset_us"]
     ids = tr["step.id"].to_numpy(np.int64)
@@ -54,9 +71,14 @@ def traced(run: str, rec, tr, seed=0) -> dict:
     Kv = rec.K(ts)
     id0 = float(np.median(ids - Kv))
     res = ids - id0 - Kv
-    out["step_clock"] = {"id0": id0, "resid_p05": float(np.percentile(res, 5)), "resid_p95": float(np.percentile(res, 95)),
-                         "resid_mad": float(np.median(np.abs(res))), "n_steps_rec": int(len(rec.steps)),
-                         "max_traced_id_minus_id0": float(ids.max() - id0)}
+    out["step_clock"] = {
+        "id0": id0,
+        "resid_p05": float(np.percentile(res, 5)),
+        "resid_p95": float(np.percentile(res, 95)),
+        "resid_mad": float(np.median(np.abs(res))),
+        "n_steps_rec": int(len(rec.steps)),
+        "max_traced_id_minus_id0": float(ids.max() - id0),
+    }
     # step times
     dt = rec.steps["dt_us"].to_numpy()
     cs = np.concatenate([[0.0], np.cumsum(dt)])
@@ -89,13 +111,21 @@ def main(argv=None) -> dict:
             continue
         t0 = time.time()
         rec = D.reconstruct_run(run)
-        w = R.observation_windows(rec)
+        w = RW.observation_windows(rec)
         r = rec.requests
         acc = dict(rec.info["counts"])
-        acc.update({"n_requests": int(len(r)), "warmup_flagged": int(r["warmup"].sum()),
-                    "decode_windows": int((w.kind == R.KIND_WINDOW).sum()), "ttft_rows": int((w.kind == R.KIND_TTFT).sum()),
-                    "n_steps": int(len(rec.steps)), "resid_steps_mad": rec.info["resid_steps_mad"],
-                    "prefill_overflow": rec.info["prefill_overflow"], "seconds": round(time.time() - t0, 1)})
+        acc.update(
+            {
+                "n_requests": int(len(r)),
+                "warmup_flagged": int(r["warmup"].sum()),
+                "decode_windows": int((w.kind == R.KIND_WINDOW).sum()),
+                "ttft_rows": int((w.kind == R.KIND_TTFT).sum()),
+                "n_steps": int(len(rec.steps)),
+                "resid_steps_mad": rec.info["resid_steps_mad"],
+                "prefill_overflow": rec.info["prefill_overflow"],
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         usable = int(((r.status == "ok") & ~r.warmup).sum())
         acc["ok_not_warmup"] = usable
         acc["dropped_windows"] = usable - acc["decode_windows"]
@@ -111,14 +141,18 @@ def main(argv=None) -> dict:
     print(f"{'run':44s} {'field':22s} {'med|e|':>7s} {'exact%':>7s} {'<=1%':>6s} {'<=2%':>6s}")
     for run, t in report["traced"].items():
         for f, a in t["fields"].items():
-            print(f"{run:44s} {f:22s} {a['median_abs']:7.2f} {a['pct_exact']:7.1f} {a['pct_within1']:6.1f} {a['pct_within2']:6.1f}")
+            print(
+                f"{run:44s} {f:22s} {a['median_abs']:7.2f} {a['pct_exact']:7.1f} {a['pct_within1']:6.1f} {a['pct_within2']:6.1f}"
+            )
     print("\n== clock offset, step clock K vs step.id, step times")
     for run, t in report["traced"].items():
         o, c, g, cy = t["offset"], t["step_clock"], t["gap_time"], t["cycle_time"]
-        print(f"{run}: offset {o['offset_us'] / 1e6:.4f} s +- {o['sd_us'] / 1e3:.1f} ms; K-id resid p05/p95 "
-              f"{c['resid_p05']:.1f}/{c['resid_p95']:.1f} steps (of {c['n_steps_rec']}); gaps<=32: MAPE {g.get('mape_pct', np.nan):.1f}% "
-              f"corr {g.get('corr', np.nan):.3f} (n={g['n']}); cycle_time_us: MAPE {cy.get('mape_pct', np.nan):.1f}% "
-              f"corr {cy.get('corr', np.nan):.3f} median obs/rec {cy.get('median_obs_ms', np.nan):.2f}/{cy.get('median_rec_ms', np.nan):.2f} ms")
+        print(
+            f"{run}: offset {o['offset_us'] / 1e6:.4f} s +- {o['sd_us'] / 1e3:.1f} ms; K-id resid p05/p95 "
+            f"{c['resid_p05']:.1f}/{c['resid_p95']:.1f} steps (of {c['n_steps_rec']}); gaps<=32: MAPE {g.get('mape_pct', np.nan):.1f}% "
+            f"corr {g.get('corr', np.nan):.3f} (n={g['n']}); cycle_time_us: MAPE {cy.get('mape_pct', np.nan):.1f}% "
+            f"corr {cy.get('corr', np.nan):.3f} median obs/rec {cy.get('median_obs_ms', np.nan):.2f}/{cy.get('median_rec_ms', np.nan):.2f} ms"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=float))

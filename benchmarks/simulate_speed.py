@@ -7,6 +7,7 @@ The coefficients are illustrative (hand-set, Llama-2-7B on H100 scale, not a fit
 depends on the number of steps, which the table reports. Compile time (first call, or loading
 numba's on-disk cache) is reported separately.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayeslat.data import datasets
 from bayeslat import features as F
 from bayeslat import simulate as S
+from bayeslat.config import load_hardware, load_model, load_server
+from bayeslat.data import datasets
 from bayeslat.data import workload as W
-from bayeslat.config.specs import load_hardware, load_model, load_server
 
 # Llama-2-7B TP1 on H100 SXM, derived from the bundled specs (the real feature constants)
 CTX = F.feature_context(load_model("llama-2-7b-hf"), load_hardware("h100-sxm"), load_server({"tensor_parallel": 1}))
@@ -30,8 +31,16 @@ CTX = F.feature_context(load_model("llama-2-7b-hf"), load_hardware("h100-sxm"), 
 
 def illustrative_draws(D: int, seed: int = 0):
     b = np.zeros((len(F.REGIMES), F.N_BETA))
-    for k, v in {"prefill_compute": 1.3, "decode_compute": 1.0, "weight_load": 1.0, "prefill_kv": 1.0,
-                 "decode_kv": 0.6, "step_overhead": 1.5, "request_overhead": 2.0, "prefill_overhead": 0.5}.items():
+    for k, v in {
+        "prefill_compute": 1.3,
+        "decode_compute": 1.0,
+        "weight_load": 1.0,
+        "prefill_kv": 1.0,
+        "decode_kv": 0.6,
+        "step_overhead": 1.5,
+        "request_overhead": 2.0,
+        "prefill_overhead": 0.5,
+    }.items():
         b[:, F.B[k]] = v
     rng = np.random.default_rng(seed)
     beta = b[None] * np.exp(0.05 * rng.standard_normal((D, 1, F.N_BETA)))
@@ -55,13 +64,24 @@ def bench(name, w, srv, draws, n_draws):
     pp_s = time.perf_counter() - t0
     wall = float(np.median(walls))
     st = int(np.median(steps))
-    return {"workload": name, "requests": len(w), "sim_time_s": res.summary["sim_time_s"], "steps": st,
-            "s_per_draw": wall, "kernel_s_per_draw": float(np.median([res.summary["sim_wall_s"]])),
-            "steps_per_s": st / wall, "requests_per_s": len(w) / wall,
-            "posterior_predictive_s": pp_s, "pp_draws": n_draws, "compile_or_cache_load_s": compile_s,
-            "ttft_mean_ms": res.summary["ttft_ms"]["mean"], "itl_mean_ms": res.summary["itl_ms"]["mean"],
-            "e2e_mean_ms": res.summary["e2e_ms"]["mean"], "preemptions": res.summary["preemptions"],
-            "n_failed": res.summary["n_failed"]}
+    return {
+        "workload": name,
+        "requests": len(w),
+        "sim_time_s": res.summary["sim_time_s"],
+        "steps": st,
+        "s_per_draw": wall,
+        "kernel_s_per_draw": float(np.median([res.summary["sim_wall_s"]])),
+        "steps_per_s": st / wall,
+        "requests_per_s": len(w) / wall,
+        "posterior_predictive_s": pp_s,
+        "pp_draws": n_draws,
+        "compile_or_cache_load_s": compile_s,
+        "ttft_mean_ms": res.summary["ttft_ms"]["mean"],
+        "itl_mean_ms": res.summary["itl_ms"]["mean"],
+        "e2e_mean_ms": res.summary["e2e_ms"]["mean"],
+        "preemptions": res.summary["preemptions"],
+        "n_failed": res.summary["n_failed"],
+    }
 
 
 def main(argv=None):
@@ -80,11 +100,17 @@ def main(argv=None):
     hdr = f"{'workload':52s} {'requests':>8s} {'steps':>8s} {'s/draw':>7s} {'steps/s':>10s} {'req/s':>9s} {'pp s':>6s} {'compile':>7s}"
     print(hdr)
     for r in rows:
-        print(f"{r['workload']:52s} {r['requests']:8d} {r['steps']:8d} {r['s_per_draw']:7.3f} {r['steps_per_s']:10.0f} "
-              f"{r['requests_per_s']:9.0f} {r['posterior_predictive_s']:6.2f} {r['compile_or_cache_load_s']:7.2f}")
-    out = {"benchmark": "simulate_speed", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                      "python": platform.python_version()},
-           "server": srv, "coefficients": "illustrative (not a fit)", "rows": rows}
+        print(
+            f"{r['workload']:52s} {r['requests']:8d} {r['steps']:8d} {r['s_per_draw']:7.3f} {r['steps_per_s']:10.0f} "
+            f"{r['requests_per_s']:9.0f} {r['posterior_predictive_s']:6.2f} {r['compile_or_cache_load_s']:7.2f}"
+        )
+    out = {
+        "benchmark": "simulate_speed",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "server": srv,
+        "coefficients": "illustrative (not a fit)",
+        "rows": rows,
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print("wrote", a.out)

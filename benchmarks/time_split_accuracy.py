@@ -9,6 +9,7 @@ run and kind, so no run dominates): MAPE of the posterior mean, and whether the 
 predictive interval (Student-t noise included) contains the observed duration. Kinds: step
 (traced step gaps, 3 runs), window (a request's n-1 decode steps), ttft.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/out/time_split_accuracy.json")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    from bayeslat.data import design
     from bayeslat import model as M
+    from bayeslat.data import design
 
     obs = design.bundled_obs(seed=args.seed)
     train, test = design.time_split(obs, args.frac)
@@ -52,26 +53,53 @@ def main(argv=None):
             m = (test.run == run) & (test.kind == k)
             if m.sum() == 0:
                 continue
-            rows.append({"run": run, "kind": kind, "n_test": int(m.sum()), "mape_pct": float(100 * ape[m].mean()),
-                         "median_ape_pct": float(100 * np.median(ape[m])), "coverage90_pct": float(100 * cov[m].mean())})
+            rows.append(
+                {
+                    "run": run,
+                    "kind": kind,
+                    "n_test": int(m.sum()),
+                    "mape_pct": float(100 * ape[m].mean()),
+                    "median_ape_pct": float(100 * np.median(ape[m])),
+                    "coverage90_pct": float(100 * cov[m].mean()),
+                }
+            )
     summary = {}
     for kind in M.KINDS[:3]:
         r = [x for x in rows if x["kind"] == kind]
         if r:
             m = test.kind == M.KINDS.index(kind)
-            summary[kind] = {"runs": len(r), "median_run_mape_pct": float(np.median([x["mape_pct"] for x in r])),
-                             "pooled_mape_pct": float(100 * ape[m].mean()), "pooled_coverage90_pct": float(100 * cov[m].mean())}
+            summary[kind] = {
+                "runs": len(r),
+                "median_run_mape_pct": float(np.median([x["mape_pct"] for x in r])),
+                "pooled_mape_pct": float(100 * ape[m].mean()),
+                "pooled_coverage90_pct": float(100 * cov[m].mean()),
+            }
     print(f"{'run':<48}{'kind':<8}{'n':>5}{'MAPE%':>8}{'medAPE%':>9}{'cov90%':>8}")
     for r in rows:
-        print(f"{r['run'][-47:]:<48}{r['kind']:<8}{r['n_test']:>5}{r['mape_pct']:>8.1f}{r['median_ape_pct']:>9.1f}{r['coverage90_pct']:>8.0f}")
+        print(
+            f"{r['run'][-47:]:<48}{r['kind']:<8}{r['n_test']:>5}{r['mape_pct']:>8.1f}{r['median_ape_pct']:>9.1f}{r['coverage90_pct']:>8.0f}"
+        )
     for kind, s in summary.items():
-        print(f"ALL {kind:<8} runs {s['runs']:>2}  median run MAPE {s['median_run_mape_pct']:.1f}%  pooled MAPE "
-              f"{s['pooled_mape_pct']:.1f}%  pooled 90% coverage {s['pooled_coverage90_pct']:.0f}%")
+        print(
+            f"ALL {kind:<8} runs {s['runs']:>2}  median run MAPE {s['median_run_mape_pct']:.1f}%  pooled MAPE "
+            f"{s['pooled_mape_pct']:.1f}%  pooled 90% coverage {s['pooled_coverage90_pct']:.0f}%"
+        )
     print(f"fit: {len(train.y)} train rows, {len(test.y)} test rows, {wall:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": vars(args), "fit_seconds": wall, "train_rows": int(len(train.y)),
-                               "test_rows": int(len(test.y)), "rows": rows, "summary": summary}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "config": vars(args),
+                "fit_seconds": wall,
+                "train_rows": int(len(train.y)),
+                "test_rows": int(len(test.y)),
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

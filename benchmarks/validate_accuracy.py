@@ -8,6 +8,7 @@ value, and the medians.
 are its training data); ``lomo`` / ``lowo`` / ``loro`` refit without the held-out runs (the
 honest, held-out numbers). Refits use the default sampler unless ``--tune/--fit-draws`` say less.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 from bayeslat import evaluate as validate
+from bayeslat.cli.validate import format_table
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--suites", nargs="+", default=["replay", "aggregate"])
@@ -32,14 +36,19 @@ def main(argv=None) -> int:
     for suite in args.suites:
         t0 = time.time()
         fit_kwargs = {k: v for k, v in (("tune", args.tune), ("draws", args.fit_draws)) if v is not None}
-        df, summary = validate.validate(suite, draws=args.draws, runs=args.runs, fit_kwargs=fit_kwargs,
-                                        n_per_run_kind=args.n_per_run_kind, fit_dir=args.fit_dir,
-                                        log=lambda *a: print(*a, file=sys.stderr, flush=True))
+        df, summary = validate.validate(
+            suite,
+            draws=args.draws,
+            runs=args.runs,
+            fit_kwargs=fit_kwargs,
+            n_per_run_kind=args.n_per_run_kind,
+            fit_dir=args.fit_dir,
+            log=lambda *a: print(*a, file=sys.stderr, flush=True),
+        )
         print(f"\n== {suite} ({time.time() - t0:.0f} s) ==")
-        print(validate.format_table(df))
+        print(format_table(df))
         print(json.dumps(summary, indent=1))
-        report[suite] = {"summary": summary, "seconds": time.time() - t0,
-                         "runs": json.loads(df.to_json(orient="records"))}
+        report[suite] = {"summary": summary, "seconds": time.time() - t0, "runs": json.loads(df.to_json(orient="records"))}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
     return 0
