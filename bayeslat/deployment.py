@@ -65,22 +65,9 @@ class Deployment:
         """The deployment key the fit stores (:func:`bayeslat.features.deployment_key`)."""
         return F.deployment_key(self.ctx, self.hardware.name)
 
-    def sim_server(self, *, max_model_len: bool = True) -> dict:
-        """The simulator's server settings (``max_model_len`` left out with ``max_model_len=False``)."""
-        s = self.server
-        out = {
-            "max_num_seqs": s.max_num_seqs,
-            "max_num_batched_tokens": s.max_num_batched_tokens,
-            "block_size": s.block_size,
-            "kv_blocks": int(self.kv_blocks or 0),
-            "cpu_kv_blocks": int(self.cpu_kv_blocks),
-            "chunked_prefill": s.chunked_prefill,
-            "prefix_caching": s.prefix_caching,
-        }
-        if max_model_len:
-            # only a configured limit rejects requests in the simulator
-            out["max_model_len"] = s.max_model_len
-        return out
+    def sim_server(self) -> dict:
+        """The simulator's server settings (:func:`sim_server`)."""
+        return sim_server(self.server, self.kv_blocks or 0, self.cpu_kv_blocks)
 
     def spec(self, workload=None, spec_path: str | None = None) -> dict:
         """The resolved-spec dict that ``predict``, ``check`` and ``update`` pass around: {model,
@@ -95,6 +82,21 @@ class Deployment:
             "cpu_kv_blocks": self.cpu_kv_blocks,
             "spec_path": spec_path if spec_path is not None else self.name,
         }
+
+
+def sim_server(server, kv_blocks: int, cpu_kv_blocks: int = 0) -> dict:
+    """The simulator's server settings from a ``ServerConfig`` and the KV capacities in blocks; only
+    a configured ``max_model_len`` rejects requests in the simulator."""
+    return {
+        "max_num_seqs": server.max_num_seqs,
+        "max_num_batched_tokens": server.max_num_batched_tokens,
+        "block_size": server.block_size,
+        "kv_blocks": int(kv_blocks),
+        "cpu_kv_blocks": int(cpu_kv_blocks),
+        "chunked_prefill": server.chunked_prefill,
+        "prefix_caching": server.prefix_caching,
+        "max_model_len": server.max_model_len,
+    }
 
 
 def served_max_model_len(model, server) -> int:
@@ -179,7 +181,8 @@ def derived(model, hardware, server=None) -> dict[str, Any]:
     m = _load(model, C.load_model, C.ModelSpec)
     hw = _load(hardware, C.load_hardware, C.HardwareSpec)
     srv = server if isinstance(server, C.ServerConfig) else C.load_server(server)
-    return C.derived_quantities(m, hw, srv) | {"feature_context": F.feature_context(m, hw, srv).to_dict()}
+    out = C.derived_quantities(m, hw, srv)
+    return out | {"feature_context": resolve(m, hw, srv, kv="derive").ctx.to_dict()}
 
 
-__all__ = ["Deployment", "KV_MODES", "derived", "resolve", "served_max_model_len"]
+__all__ = ["Deployment", "KV_MODES", "derived", "resolve", "served_max_model_len", "sim_server"]

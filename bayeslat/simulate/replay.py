@@ -47,7 +47,7 @@ def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = ""
         hardware_spec,
         dep.hardware.name,
         dep.model_class,
-        dep.sim_server(max_model_len=False),
+        dep.sim_server(),
         dep.ctx,
         int(dep.kv_blocks),
     )

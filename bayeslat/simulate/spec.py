@@ -13,7 +13,7 @@ from pathlib import Path
 from bayeslat import config as C
 from bayeslat.data import datasets
 from bayeslat.data import workload as W
-from bayeslat.deployment import resolve
+from bayeslat.deployment import resolve, sim_server
 from bayeslat.errors import SpecError, read_yaml
 
 
@@ -123,20 +123,6 @@ def spec_from_dict(spec, file: str = "<dict>", base: Path | None = None, require
     else:
         raise SpecError("need `requests:` (CSV/Parquet) or `inference_perf:` (profile)", file=file, field="workload")
     return dep.spec(workload, file)
-
-
-def sim_server(server, kv_blocks: int, cpu_kv_blocks: int = 0) -> dict:
-    """The simulator's server dict from a ServerConfig and derived capacities."""
-    return {
-        "max_num_seqs": server.max_num_seqs,
-        "max_num_batched_tokens": server.max_num_batched_tokens,
-        "block_size": server.block_size,
-        "kv_blocks": int(kv_blocks),
-        "cpu_kv_blocks": int(cpu_kv_blocks),
-        "chunked_prefill": server.chunked_prefill,
-        "prefix_caching": server.prefix_caching,
-        "max_model_len": server.max_model_len,
-    }
 
 
 def make_spec(model, hardware, server=None, workload=None, name: str = "") -> dict:
