@@ -17,6 +17,8 @@ from bayeslat.errors import IngestError
 
 TR = Path(__file__).parent / "data" / "traces"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# a real upstream vLLM request span line (copied from shared/data/otel: the tests need no checkout beside this one)
+UPSTREAM = Path(__file__).parent / "data" / "otel" / "upstream_vllm_llm_request_span_real.json"
 S0 = 1_000_000_000_000
 
 
@@ -161,7 +163,7 @@ def test_gzip_by_magic_and_kind_detection(tmp_path):
 
 
 def test_upstream_span_real_line():
-    r = ingest([SHARED / "otel" / "upstream_vllm_llm_request_span_real.json"])
+    r = ingest([UPSTREAM])
     q = r["requests"].iloc[0]
     assert (q.source, q.clock, q.input_tokens, q.output_tokens, q.max_tokens) == ("upstream", "unix", 1527, 500, 500)
     assert q.ttft_ms == pytest.approx(273.9403, abs=1e-3) and pd.isna(q.queued_ns)
@@ -474,9 +476,6 @@ def test_out_of_range_and_mistyped_values_reported_not_fatal(tmp_path, monkeypat
         for name in tables.TABLES:
             pd.testing.assert_frame_equal(r[name], fast[name], obj=f"{k} {name}")
         assert r.report.to_dict() == rep.to_dict(), k
-
-
-UPSTREAM = SHARED / "otel" / "upstream_vllm_llm_request_span_real.json"
 
 
 @pytest.mark.parametrize("source, field", [("api", "gen_ai.usage.prompt_tokens"), ("upstream", "startTimeUnixNano")])
