@@ -8,6 +8,7 @@ from fakefit import fake_idata
 from bayeslat import export as E
 from bayeslat import features as F
 from bayeslat import model as M
+from bayeslat.errors import SpecError
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,11 @@ def test_unseen_group_is_marked_and_wider(fake):
 
 def test_blis_export(fake):
     obs, truth, idata = fake
-    text = E.export(idata, "H100 SXM/dense", "blis")
+    # the group's rows include TP > 1: the target TP must be given (b4 and a0 depend on it)
+    with pytest.raises(SpecError, match="tp: the fit has .* at TP > 1.*pass --tp N or --server"):
+        E.export(idata, "H100 SXM/dense", "blis")
+    text = E.export(idata, "H100 SXM/dense", "blis", tp=1)
+    assert E.export(idata, "H100 SXM/dense", "blis", server={"tensor_parallel": 1}) == text
     line = [ln for ln in text.splitlines() if ln.startswith("--alpha-coeffs")][0]
     parts = line.split()
     alpha = [float(x) for x in parts[1].split(",")]

@@ -109,8 +109,8 @@ def test_missing_datasheet_is_said_on_stderr(fit_path, capsys):
 
 
 def test_datasheet_is_read_from_the_package_spec_resolver(default, tmp_path, monkeypatch):
-    """Before: export read ``specs/hardware`` next to the source tree, so an installed wheel lost
-    the b3 rescale silently. Now it asks ``bayeslat.config.specs`` (package data) like every spec read."""
+    """Export reads datasheets through the package's spec resolver (``bayeslat.config.specs_dir``,
+    package data) like every spec read, so an installed wheel keeps the b3 rescale."""
     b = E.blis_coefficients(default, GROUP, tp=1)
     assert b["hbm_over_link"] == pytest.approx(3.35e12 / 900e9)
     # a spec directory whose H100 datasheet says half the NVLink bandwidth
@@ -128,5 +128,5 @@ def test_datasheet_is_read_from_the_package_spec_resolver(default, tmp_path, mon
     b0 = E.blis_coefficients(default, GROUP, tp=1)
     assert b0["hbm_over_link"] == 1.0 and b0["hbm_over_link_source"] is None
     assert any("no bundled datasheet" in a for a in b0["assumptions"])
-    assert "# assumption: no bundled datasheet for 'H100 SXM'" in E.export(default, GROUP, "blis")
+    assert "# assumption: no bundled datasheet for 'H100 SXM'" in E.export(default, GROUP, "blis", tp=1)
     assert np.isclose(b0["beta"][3] * 3.35e12 / 900e9, b["beta"][3])

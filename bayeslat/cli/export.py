@@ -5,48 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bayeslat.config import load_server
-from bayeslat.errors import SpecError
-from bayeslat.export.blis import multi_gpu_rows
+from bayeslat.export.blis import target_tp
 from bayeslat.export.coefficients import export
-from bayeslat.export.groups import _parse_group, group_notes
+from bayeslat.export.groups import group_notes
 from bayeslat.model import load
 
 
 def _target_tp(args, idata, group) -> int:
-    """The TP degree a BLIS export is for: ``--tp``, else ``--server``'s ``tensor_parallel``.
-    Neither: TP 1 when every fit row of the group is at TP 1 (said on stderr), an error when any
-    is at TP > 1 (b4 and a0 hold TP-dependent terms) or the fit keeps no rows to tell."""
-    tp = getattr(args, "tp", None)
-    server = getattr(args, "server", None)
-    if server is not None:
-        s_tp = int(load_server(server).tensor_parallel)
-        if tp is not None and tp != s_tp:
-            raise SpecError(
-                f"--tp {tp} disagrees with the server config's tensor_parallel {s_tp}", file=str(server), field="tensor_parallel"
-            )
-        return s_tp
-    if tp is not None:
-        return int(tp)
-    hw, cls = _parse_group(group)
-    rows = multi_gpu_rows(idata, group)
-    if rows is None or rows[0] > 0:
-        seen = (
-            "keeps no fit rows to tell the TP it was trained at"
-            if rows is None
-            else f"has {rows[0]} of its {rows[1]} rows of group {hw}/{cls} at TP > 1"
-        )
-        raise SpecError(
-            f"the fit {seen}: the BLIS terms b4 (TP sync per layer) and a0 (multi-process executor) "
-            "depend on the target's TP degree; pass --tp N or --server CONFIG",
-            file=str(args.model),
-            field="tp",
-        )
-    print(
-        f"bayeslat export: assuming target TP 1 (no --tp / --server; all {rows[1]} fit rows of group {hw}/{cls} are at TP 1)",
-        file=sys.stderr,
-    )
-    return 1
+    """``--tp`` / ``--server`` resolved by ``export.target_tp``; an assumption it makes goes to stderr."""
+    tp, note = target_tp(idata, group, getattr(args, "tp", None), getattr(args, "server", None), file=str(args.model))
+    if note:
+        print(f"bayeslat export: {note}", file=sys.stderr)
+    return tp
 
 
 def run(args) -> int:

@@ -3,10 +3,13 @@ into BLIS's alpha (3) and beta (10) terms in microseconds (see :mod:`bayeslat.ex
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bayeslat import features as F
-from bayeslat.config import hardware_key, load_hardware
+from bayeslat.config import hardware_key, load_hardware, load_server
+from bayeslat.errors import SpecError
 from bayeslat.export.groups import _group_rows, _parse_group
 from bayeslat.model import coefficient_draws
 
@@ -148,3 +151,38 @@ def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float |
         "notes": notes + assumptions,
         "assumptions": assumptions,
     }
+
+
+def target_tp(idata, group, tp: int | None = None, server=None, *, file: str | None = None) -> tuple[int, str | None]:
+    """The TP degree a BLIS export is for, and the assumption made to get it (None: none made).
+
+    ``tp``, else the ``tensor_parallel`` of ``server`` (a server config YAML, key or dict); with
+    neither, TP 1 when every fit row of the group is at TP 1, and a SpecError when any is at TP > 1
+    or the fit keeps no rows to tell (b4 and a0 hold TP-dependent terms). ``file`` is named in the
+    errors (the fit's path)."""
+    if server is not None:
+        s_tp = int(load_server(server).tensor_parallel)
+        if tp is not None and tp != s_tp:
+            raise SpecError(
+                f"--tp {tp} disagrees with the server config's tensor_parallel {s_tp}",
+                file=str(server) if isinstance(server, (str, Path)) else None,
+                field="tensor_parallel",
+            )
+        return s_tp, None
+    if tp is not None:
+        return int(tp), None
+    hw, cls = _parse_group(group)
+    rows = multi_gpu_rows(idata, group)
+    if rows is None or rows[0] > 0:
+        seen = (
+            "keeps no fit rows to tell the TP it was trained at"
+            if rows is None
+            else f"has {rows[0]} of its {rows[1]} rows of group {hw}/{cls} at TP > 1"
+        )
+        raise SpecError(
+            f"the fit {seen}: the BLIS terms b4 (TP sync per layer) and a0 (multi-process executor) "
+            "depend on the target's TP degree; pass --tp N or --server CONFIG",
+            file=file,
+            field="tp",
+        )
+    return 1, f"assuming target TP 1 (no --tp / --server; all {rows[1]} fit rows of group {hw}/{cls} are at TP 1)"

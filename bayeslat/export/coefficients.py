@@ -11,7 +11,7 @@ import yaml
 
 from bayeslat import features as F
 from bayeslat.errors import SpecError
-from bayeslat.export.blis import blis_coefficients
+from bayeslat.export.blis import blis_coefficients, target_tp
 from bayeslat.export.groups import _parse_group
 from bayeslat.model import KINDS, coefficient_draws
 
@@ -87,13 +87,18 @@ def coefficients(idata, group=("H100 SXM", "dense"), n: int | None = None, seed:
     }
 
 
-def export(idata, group=("H100 SXM", "dense"), fmt: str = "json", tp: int = 1) -> str:
-    """Coefficients of one group as text: ``fmt`` is "json", "yaml" or "blis"."""
+def export(idata, group=("H100 SXM", "dense"), fmt: str = "json", tp: int | None = None, server=None) -> str:
+    """Coefficients of one group as text: ``fmt`` is "json", "yaml" or "blis".
+
+    blis: for a target of TP ``tp`` (or ``server``'s ``tensor_parallel``); with neither, TP 1 where
+    every fit row of the group is at TP 1 (an ``# assumption:`` line says so) and a SpecError where
+    any is at TP > 1 (``blis.target_tp``)."""
     if fmt == "json":
         return json.dumps(coefficients(idata, group), indent=2, default=str) + "\n"
     if fmt == "yaml":
         return yaml.safe_dump(json.loads(json.dumps(coefficients(idata, group), default=str)), sort_keys=False)
     if fmt == "blis":
+        tp, assumed = target_tp(idata, group, tp, server)
         b = blis_coefficients(idata, group, tp=tp)
         lines = [
             f"# bayeslat -> BLIS trained-physics coefficients (us), group {b['group'][0]}/{b['group'][1]}, "
@@ -101,7 +106,7 @@ def export(idata, group=("H100 SXM", "dense"), fmt: str = "json", tp: int = 1) -
             "# posterior means; regime coefficients averaged with feature-load weights of the fit rows",
         ]
         lines += ["# " + n for n in b["notes"] if n not in b["assumptions"]]
-        lines += ["# assumption: " + n for n in b["assumptions"]]
+        lines += ["# assumption: " + n for n in b["assumptions"] + ([assumed] if assumed else [])]
         fmtn = lambda xs: ",".join(f"{x:.6g}" for x in xs)  # noqa: E731
         lines.append(f"--alpha-coeffs {fmtn(b['alpha'])} --beta-coeffs {fmtn(b['beta'])}")
         return "\n".join(lines) + "\n"
