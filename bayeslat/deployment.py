@@ -1,8 +1,8 @@
 """The one resolver of a deployment.
 
-A deployment is a model config x a GPU datasheet x a vLLM server config. :func:`resolve` turns the
-three (spec keys, file paths or loaded objects) into a :class:`Deployment`: the kernel constants
-(:class:`bayeslat.features.FeatureContext`), the KV-cache capacity in blocks on the GPU and in CPU
+A deployment is a model config x a GPU datasheet x a vLLM server config. ``resolve`` turns the
+three (spec keys, file paths or loaded objects) into a ``Deployment``: the kernel constants
+(``bayeslat.features.FeatureContext``), the KV-cache capacity in blocks on the GPU and in CPU
 memory, ``max_model_len`` and the simulator's server settings. Every place that needs a
 FeatureContext from a spec goes through here, so prediction, validation, checks, probes and the
 training-deployment records agree on what a deployment is.
@@ -31,8 +31,8 @@ class Deployment:
     Attributes
     ----------
     model, hardware, server
-        The loaded :class:`~bayeslat.config.ModelSpec`, :class:`~bayeslat.config.HardwareSpec`
-        and :class:`~bayeslat.config.ServerConfig`.
+        The loaded ``bayeslat.config.ModelSpec``, ``bayeslat.config.HardwareSpec``
+        and ``bayeslat.config.ServerConfig``.
     ctx
         The kernel constants per GPU after TP / EP sharding.
     kv_blocks
@@ -57,16 +57,16 @@ class Deployment:
 
     @property
     def max_model_len(self) -> int:
-        """The longest sequence the deployment serves (:func:`served_max_model_len`)."""
+        """The longest sequence the deployment serves (``served_max_model_len``)."""
         return served_max_model_len(self.model, self.server)
 
     @property
     def key(self) -> str:
-        """The deployment key the fit stores (:func:`bayeslat.features.deployment_key`)."""
+        """The deployment key the fit stores (``bayeslat.features.deployment_key``)."""
         return F.deployment_key(self.ctx, self.hardware.name)
 
     def sim_server(self) -> dict:
-        """The simulator's server settings (:func:`sim_server`)."""
+        """The simulator's server settings (``sim_server``)."""
         return sim_server(self.server, self.kv_blocks or 0, self.cpu_kv_blocks)
 
     def spec(self, workload=None, spec_path: str | None = None) -> dict:
@@ -132,7 +132,7 @@ def resolve(
     name
         A label for the deployment (default ``model@hardware``).
     kv
-        How the GPU KV capacity is found, one of :data:`KV_MODES`.
+        How the GPU KV capacity is found, one of ``KV_MODES``.
     kv_blocks, cpu_kv_blocks
         Measured capacities that replace the derived ones (e.g. what vLLM reported for a run).
     file

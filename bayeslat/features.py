@@ -79,7 +79,7 @@ BETA_SCALE = np.array([f[2] for f in BETA_FEATURES])
 BETA_DOC = {f[0]: f[3] for f in BETA_FEATURES}
 N_BETA = len(BETA_FEATURES)
 B = {name: i for i, name in enumerate(BETA_NAMES)}
-# The two parts of a step time that a probe update scales separately (transfer.update_deployment):
+# The two parts of a step time that a probe update scales separately (probe.update_deployment):
 # "fixed", what a step costs whatever its tokens and contexts (streaming the weights, per-layer
 # and per-collective launches, the step constant), and "load", what grows with them (FLOPs, KV
 # traffic, all-reduce bytes, per-request work). A model's deviation from the physics features can

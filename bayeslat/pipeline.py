@@ -3,18 +3,18 @@
 ``bayeslat.fit(obs)``, ``bayeslat fit`` and the shipped ``models/default.nc`` are the same object made
 by the same stages:
 
-1. **NUTS** (:func:`bayeslat.model.fit`): the main fit of the rows; with two or more deployments in a
+1. **NUTS** (``bayeslat.model.fit``): the main fit of the rows; with two or more deployments in a
    (hardware, model class) group, the deployment-spread fit; the run-spread stage.
-2. **Simulator discrepancy** (:func:`bayeslat.simulate.attach_sim_discrepancy`): the training runs are
+2. **Simulator discrepancy** (``bayeslat.simulate.attach_sim_discrepancy``): the training runs are
    replayed through the simulator and the run-level error it leaves is stored, so predictive
    intervals carry it. It needs each run's per-request arrivals, so it runs where the training runs
    are bundled runs (``discrepancy=None``, the default, decides that from the rows).
-3. **Probe calibration** (:func:`calibrate`, ``bayeslat calibrate``): out-of-sample probe errors from
+3. **Probe calibration** (``calibrate``, ``bayeslat calibrate``): out-of-sample probe errors from
    leave-one-model-out refits, which ``bayeslat update`` uses to weigh a probe. It refits once per
    held-out model, so it is a separate, optional step; the shipped default has been through it.
 
-:func:`training_obs` builds the rows ``bayeslat fit`` fits (bundled runs or ingested tables, with the
-data seed and the stratified subsample), and :func:`fit_attrs` the attributes it records, so that the
+``training_obs`` builds the rows ``bayeslat fit`` fits (bundled runs or ingested tables, with the
+data seed and the stratified subsample), and ``fit_attrs`` the attributes it records, so that the
 command and a notebook get the same rows from the same arguments.
 """
 
@@ -52,7 +52,7 @@ def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: i
         Seeds the reconstruction's offset estimate and the subsample, apart from the sampler's seed.
     rows_per_run_kind
         A stratified subsample: this many rows per (run, kind), spread over each run's timeline
-        (None: all rows).
+        (None: the row builders' own cap, 300 per run and kind).
 
     Returns
     -------
@@ -73,7 +73,7 @@ def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: i
 def fit_attrs(
     data: str = "bundled", *, runs=None, exclude=None, data_seed: int = 0, rows_per_run_kind: int | None = None
 ) -> dict:
-    """The data arguments of :func:`training_obs` as fit attributes (what makes a fit rebuildable)."""
+    """The data arguments of ``training_obs`` as fit attributes (what makes a fit rebuildable)."""
     attrs = {"data_source": str(data), "runs": json.dumps(runs), "exclude": json.dumps(exclude)}
     if data == "bundled":
         attrs["bundled_data_hash"] = datasets.data_hash()
@@ -93,13 +93,13 @@ def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, **kwargs):
     Parameters
     ----------
     obs
-        The rows (:class:`bayeslat.data.design.ObsTable`), e.g. :func:`training_obs`.
+        The rows (``bayeslat.data.design.ObsTable``), e.g. ``training_obs``.
     seed
         The sampler's seed (the simulator-discrepancy replay uses it too).
     discrepancy
         Attach the simulator discrepancy (stage 2); None: where every training run is a bundled run.
     **kwargs
-        Passed to :func:`bayeslat.model.fit` (backend, draws, tune, chains, target_accept, priors,
+        Passed to ``bayeslat.model.fit`` (backend, draws, tune, chains, target_accept, priors,
         attrs, progressbar, spread_draws).
 
     Returns
@@ -134,11 +134,11 @@ def calibrate(
     """Attach the out-of-sample probe calibration to a fit of the bundled runs (stage 3).
 
     For each model of the bundled per-request runs, the fit is redone without that model's runs
-    (:func:`bayeslat.evaluate.cv_fit`: the same rows per run and kind, cached in ``fit_dir``); each
+    (``bayeslat.evaluate.cv_fit``: the same rows per run and kind, cached in ``fit_dir``); each
     of its runs is probed with its first ``probe_n`` requests and the probe's error under the fold's
     fit is measured, as is the deployment factor the held-out model calls for
-    (:func:`bayeslat.probe.oos_errors`). The errors are stored in the fit's attrs
-    (:func:`bayeslat.probe.attach_probe_oos`), where ``bayeslat update`` reads them.
+    (``bayeslat.probe.oos_errors``). The errors are stored in the fit's attrs
+    (``bayeslat.probe.attach_probe_oos``), where ``bayeslat update`` reads them.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Parameter recovery over repeated seeds (issue 4): 90% interval coverage of known coefficients.
+"""Parameter recovery over repeated seeds: 90% interval coverage of known coefficients.
 
     python benchmarks/parameter_recovery.py [--seeds 0 1 2 3 4 5] [--draws 300 --tune 300]
         [--out benchmarks/out/parameter_recovery.json]

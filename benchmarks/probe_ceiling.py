@@ -1,4 +1,4 @@
-"""The ceiling of a probe update (issue 6): what a perfect estimate of a held-out run's factors would do.
+"""The ceiling of a probe update: what a perfect estimate of a held-out run's factors would do.
 
     python benchmarks/probe_ceiling.py --fit-dir benchmarks/out/cv_fits [--pred-draws 40] [--hold-out model]
         [--out benchmarks/out/probe_ceiling.json]

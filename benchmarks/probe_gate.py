@@ -1,5 +1,5 @@
 """The probe workflow as a user runs it: ``bayeslat check SPEC --probe`` first, ``bayeslat update``
-only where the check says the transfer is not ok (issue 6).
+only where the check says the transfer is not ok.
 
     python benchmarks/probe_gate.py benchmarks/results/probe_update.json --variant lowo [--out JSON]
 

@@ -1,4 +1,4 @@
-"""Probe updates on held-out models (issue 6): does a short probe fix a held-out run's prediction?
+"""Probe updates on held-out models: does a short probe fix a held-out run's prediction?
 
     python benchmarks/probe_update.py --fit-dir benchmarks/out/cv_fits_spread [--probe-n 200]
         [--pred-draws 10] [--probe-design first|stages] [--out benchmarks/out/probe_update.json]
@@ -15,7 +15,7 @@ probe's deployment on it (``probe.update_deployment``: seconds), and predict the
 % error of the mean E2E, TTFT and ITL, whether the 90% interval contains the observed mean, and
 the fitted factors; the summary adds the 90% interval score (``validate.interval_score``), which
 scores the update's narrower interval and its point together. The probe's slice error is
-calibrated by probing the fold's own training runs the same way (``probe.probe_calibration``; ``--no-calibration``: the session-4 method).
+calibrated by probing the fold's own training runs the same way (``probe.probe_calibration``; ``--no-calibration``: a fixed slice spread instead).
 ``--oos-calibration``: the slice errors and the factor prior of a new deployment are measured out of
 sample instead, on the other held-out models' runs under their own folds' fits
 (``probe.probe_slice_error``, ``probe.run_factor_error``, ``probe.oos_calibration``).
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--no-calibration",
         action="store_true",
-        help="slice errors N(0, slice_spread) instead of probe.probe_calibration (the session-4 method)",
+        help="slice errors N(0, slice_spread) instead of probe.probe_calibration",
     )
     ap.add_argument(
         "--step-factors",
@@ -79,13 +79,6 @@ def main(argv=None) -> int:
         action="store_true",
         help="slice errors measured out of sample: the probes of the other held-out models' runs under their "
         "own leave-one-model-out fits (probe.probe_slice_error), nested: never the run's own model",
-    )
-    ap.add_argument(
-        "--attach-to",
-        nargs="*",
-        default=[],
-        help="with --oos-calibration: store every held-out run's slice error in these fits' attrs "
-        "(probe.attach_probe_oos), e.g. models/default.nc (bayeslat/data/models links to it)",
     )
     ap.add_argument(
         "--as-new-gpu",
@@ -122,7 +115,7 @@ def main(argv=None) -> int:
         choices=("auto", "always", "never"),
         help="importance weights of the posterior draws from the probe's levels (probe.update_deployment): "
         "auto (default) only where the configuration has a new level (unseen GPU / class); "
-        "never: the deployment factors alone (before session 12)",
+        "never: the deployment factors alone",
     )
     ap.add_argument(
         "--probe-design",
@@ -135,8 +128,7 @@ def main(argv=None) -> int:
         "--ttft-level",
         default=None,
         choices=("sum", "median"),
-        help="probe.PROBE_TTFT_LEVEL: the probe's TTFT level as the summed ratio (default) or the rows' median "
-        "(session 18, exploratory)",
+        help="probe.PROBE_TTFT_LEVEL: the probe's TTFT level as the summed ratio (default) or the rows' median (exploratory)",
     )
     ap.add_argument(
         "--ttft-slice-floor",
@@ -168,13 +160,8 @@ def main(argv=None) -> int:
         ap.error("--no-calibration and --oos-calibration exclude each other")
     if a.datasheet and not a.as_new_gpu:
         ap.error("--datasheet needs --as-new-gpu")
-    if a.attach_to and a.hold_out != "model":
-        ap.error("--attach-to stores leave-one-model-out errors (--hold-out model)")
-    if a.attach_to and not a.oos_calibration:
-        ap.error("--attach-to needs --oos-calibration (it stores the out-of-sample slice errors)")
     warnings.filterwarnings("ignore")
     from bayeslat import evaluate as validate
-    from bayeslat import model as M
     from bayeslat import probe
     from bayeslat.data import design
     from bayeslat.probe import condition
@@ -215,20 +202,6 @@ def main(argv=None) -> int:
             hold_out=a.hold_out,
             log=lambda s: print(s, file=sys.stderr),
         )
-        for target in a.attach_to:
-            fit = M.load(target)
-            probe.attach_probe_oos(
-                fit,
-                [e for errs in oos.values() for e in errs],
-                a.probe_n,
-                source=f"benchmarks/probe_update.py leave-one-model-out folds in {a.fit_dir}",
-                design=a.probe_design,
-            )
-            M.save(fit, target)
-            print(
-                f"attached {sum(map(len, oos.values()))} out-of-sample slice and deployment-factor errors to {target}",
-                file=sys.stderr,
-            )
     for model, group in groups.items():
         if a.models and model not in a.models:
             continue
@@ -359,7 +332,7 @@ def _write(a, rows, t_start, partial, oos=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     rep = {"config": vars(a), "rows": rows, "summary": summarize(rows) if rows else {}, "wall_s": time.time() - t_start}
     if oos:
-        # every run's out-of-sample slice error (its own fold's fit), as attached by --attach-to
+        # every run's out-of-sample slice error (its own fold's fit), what `bayeslat calibrate` stores
         rep["oos_errors"] = [e for errs in oos.values() for e in errs]
     if partial:
         rep["partial"] = True

@@ -1,4 +1,4 @@
-"""Per-step and per-window accuracy on a held-out time slice of every run (issue 4).
+"""Per-step and per-window accuracy on a held-out time slice of every run.
 
     python benchmarks/time_split_accuracy.py [--rows-per-run-kind 40] [--draws 1000 --tune 1000]
         [--out benchmarks/out/time_split_accuracy.json]

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("specs", help="derived quantities of a deployment (params, bytes, FLOPs, kv_blocks)")
     s.add_argument("--model", required=True, help="HuggingFace config.json (or a spec key under specs/models)")
     s.add_argument("--hardware", required=True, help="GPU datasheet JSON (or a key under specs/hardware)")
-    s.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (overrides --server)")
+    s.add_argument("--tp", type=positive_int, default=None, help="tensor-parallel degree (overrides --server)")
     s.add_argument("--server", default=None, help="server config YAML (specs/servers/SCHEMA.md)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rows-per-run-kind",
         type=nonneg_int,
         default=40,
-        help="stratified subsample: rows per (run, kind) the likelihood sees (0 = all; default 40)",
+        help="stratified subsample: rows per (run, kind) the likelihood sees (0 = no stratified subsample: the row builders' own cap of 300 per run and kind; default 40)",
     )
     s.add_argument("--target-accept", type=probability, default=None, help="NUTS target acceptance (default 0.99)")
     s.add_argument("--no-progress", action="store_true")
@@ -157,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe: the first requests after warm-up, or spread over the run's load stages",
     )
     s.add_argument("--fit-dir", type=out_dir, default=None, help="cache directory of the fold refits")
-    s.add_argument("--draws", type=positive_int, default=None, help="NUTS draws of the fold refits (default: the fit's)")
+    s.add_argument(
+        "--draws",
+        type=positive_int,
+        default=None,
+        help="NUTS draws of the fold refits (default: the package's sampler, as the shipped default's)",
+    )
     s.add_argument("--tune", type=nonneg_int, default=None, help="NUTS tuning steps of the fold refits")
     s.add_argument("--seed", type=int, default=0, help="seed of the fold refits' rows and the probe replays")
 

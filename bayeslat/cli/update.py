@@ -12,7 +12,8 @@ from bayeslat.probe import PSIS_K_MAX, probe_obs, update
 
 
 def run(args) -> int:
-    """``bayeslat update MODEL --probe P... --spec SPEC --out OUT``: refit with the probe rows."""
+    """``bayeslat update MODEL --probe P... --spec SPEC --out OUT``: the probe-gated update (the
+    probe's deployment conditioned on its rows, or with ``--refit`` a refit), written and reported."""
     idata = _load_model(args.model)
     obs, infos = probe_obs(args.spec, args.probe)
     new = update(

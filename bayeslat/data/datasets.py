@@ -17,7 +17,7 @@ under the inference-perf load generator. Nothing is simulated.
 - :func:`step_durations`: ``step.duration_us`` of 24,550 sampled steps of all 16 runs
   (scheduler bookkeeping only, not the step time; see the data README).
 - :func:`aggregate_runs`: the 15 runs BLIS trained-physics was fit on (``trainval15.json``);
-  twelve exist only as aggregates (new models, TP 1/2/4, budgets 1024/2048/8192, FP8 MoE,
+  eleven exist only as aggregates (new models, TP 1/2/4, budgets 1024/2048/8192, FP8 MoE,
   CPU KV offload configured).
 
 Output-token repair

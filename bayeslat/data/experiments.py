@@ -219,9 +219,9 @@ def run_obs(
        max_resid_steps``, see :func:`bundled_obs`);
     2. step rows (kind 0): exact one-step rows where step snapshots exist
        (:func:`exact_step_rows`), and the other sampled step pairs (gap <= ``max_gap``) mapped onto
-       the reconstruction (:func:`bayeslat.data.reconstruct.trace_step_windows`) with the clock offset:
+       the reconstruction (:func:`bayeslat.data.windows.trace_step_windows`) with the clock offset:
        exact for journey requests (the same monotonic clock as the step records), else estimated
-       (:func:`bayeslat.data.reconstruct.estimate_offset`);
+       (:func:`bayeslat.data.windows.estimate_offset`);
     3. alpha-only rows (kind 3) from journey requests (:func:`journey_alpha_rows`).
 
     ``request`` of a row: the replay ``index`` (inference-perf), else the position of the request

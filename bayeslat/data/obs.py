@@ -124,7 +124,7 @@ def build_obs(
     class_levels=None,
 ) -> ObsTable:
     """ObsTable of one run: decode windows, TTFT rows and (optionally) traced step rows
-    (``trace_rows`` from :func:`bayeslat.data.reconstruct.trace_step_windows`)."""
+    (``trace_rows`` from :func:`bayeslat.data.windows.trace_step_windows`)."""
     win = RW.observation_windows(recon, include_warmup=include_warmup)
     if trace_rows is not None and len(trace_rows):
         win = pd.concat([trace_rows, win], ignore_index=True)

@@ -7,7 +7,7 @@ runs a suite (:func:`validate`).
 Suites
 ------
 ``replay``     the 16 per-request runs, replaying their real arrivals and prompt lengths.
-``aggregate``  the 12 aggregate-only runs of ``trainval15`` (new models, TP 1/2/4, budgets
+``aggregate``  the 11 aggregate-only runs of ``trainval15`` (new models, TP 1/2/4, budgets
                1024/2048/8192, FP8 MoE, CPU offload configured), generated from their
                inference-perf profiles (their arrivals are not public).
 ``all``        both.
@@ -37,14 +37,14 @@ from bayeslat.simulate.discrepancy import (
     discrepancy_sd,
     sim_discrepancy,
 )
-from bayeslat.simulate.replay import Deployment, deployment, predict_case, replay_cases
+from bayeslat.simulate.replay import RunDeployment, deployment, predict_case, replay_cases
 
 __all__ = [
     "METRICS",
     "SIM_DISCREPANCY",
     "SIM_DISCREPANCY_DRAWS",
     "SUITES",
-    "Deployment",
+    "RunDeployment",
     "_aggregate_cases",
     "_cv_groups",
     "_experiment_case",

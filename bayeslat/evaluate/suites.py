@@ -1,4 +1,4 @@
-"""The validation suites: every run of a suite predicted and compared (:func:`validate`)."""
+"""The validation suites: every run of a suite predicted and compared (``validate``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from bayeslat.evaluate.crossval import _cv_groups, cv_fit
 from bayeslat.evaluate.metrics import compare, summarize
 from bayeslat.simulate.replay import predict_case, replay_cases
 
-#: the suites of :func:`validate` (``bayeslat validate --suite``)
+#: the suites of ``validate`` (``bayeslat validate --suite``)
 SUITES = ("replay", "aggregate", "all", "loro", "lomo", "lowo", "external")
 
 
@@ -55,10 +55,10 @@ def validate(
     log : callable, optional
         Called with a progress line.
     fit_dir : str, optional
-        Where the cross-validation refits are cached (:func:`bayeslat.evaluate.cv_fit_path`).
+        Where the cross-validation refits are cached (``bayeslat.evaluate.cv_fit_path``).
     external : list, optional
         ``suite="external"``: run files or experiment directories
-        (:func:`bayeslat.evaluate.external_cases`).
+        (``bayeslat.evaluate.external_cases``).
     hardware : str, optional
         The GPU of experiment directories that name none.
 

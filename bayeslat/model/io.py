@@ -1,5 +1,5 @@
-"""Reading and writing fits: :func:`save` / :func:`load` (netCDF), the shipped default fit
-(:data:`DEFAULT_MODEL`) and the JSON-valued attrs of a fit (:func:`attr_json`)."""
+"""Reading and writing fits: ``save`` / ``load`` (netCDF), the shipped default fit
+(``DEFAULT_MODEL``) and the JSON-valued attrs of a fit (``attr_json``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def save(idata, path) -> Path:
     Parameters
     ----------
     idata : arviz.InferenceData
-        A fit (:func:`bayeslat.fit`).
+        A fit (``bayeslat.fit``).
     path : str or Path
         The netCDF file to write.
 
@@ -51,12 +51,12 @@ def save(idata, path) -> Path:
 
 
 def load(path):
-    """Read a fit written by :func:`save`.
+    """Read a fit written by ``save``.
 
     Parameters
     ----------
     path : str or Path
-        A netCDF file written by :func:`save` (or ``bayeslat fit``).
+        A netCDF file written by ``save`` (or ``bayeslat fit``).
 
     Returns
     -------

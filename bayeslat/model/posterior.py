@@ -82,7 +82,7 @@ def coefficient_draws(
 
     A new level's deviation is one fixed standard-normal vector per posterior draw, seeded by the
     level's name: the same in every call for that draw, whatever ``n`` and ``seed`` select. After
-    a probe update of ``deployment`` (:func:`bayeslat.transfer.update_deployment`), the draws are
+    a probe update of ``deployment`` (:func:`bayeslat.probe.update_deployment`), the draws are
     resampled by the update's weights (``deployment_update.draw_weight``, :func:`update_weights`).
 
     ``new_run`` (default True): the draws are for a new run, so each also carries a between-run
@@ -105,7 +105,7 @@ def coefficient_draws(
     D = beta_pop.shape[0]
     rng = np.random.default_rng(seed)
     w = update_weights(idata, deployment) if deployment is not None else None
-    if w is not None:  # a probe update reweighted the draws (transfer.update_deployment): resample
+    if w is not None:  # a probe update reweighted the draws (probe.update_deployment): resample
         sel = np.sort(rng.choice(D, size=D if n is None else int(n), replace=True, p=w))
     else:
         sel = np.arange(D) if n is None else rng.choice(D, size=int(n), replace=int(n) > D)
@@ -117,7 +117,7 @@ def coefficient_draws(
 
     def _z(tag: str, shape: tuple) -> np.ndarray:
         # standard normals of a new level: one fixed vector per posterior draw, seeded by the
-        # level's name (not by ``seed``), so that a probe update (transfer.update_deployment,
+        # level's name (not by ``seed``), so that a probe update (probe.update_deployment,
         # which conditions each draw's deployment factors on that draw's coefficients) and every
         # later prediction see the same deviation of an unseen GPU / class in the same draw
         return np.random.default_rng(zlib.crc32(tag.encode())).standard_normal((D,) + shape)[sel]
@@ -177,7 +177,7 @@ def coefficient_draws(
     alpha = alpha_pop * np.exp(ah + ac)
     new_dep = False
     if deployment is not None:
-        # fitted factors: conditioned on a probe of this deployment (transfer.update_deployment),
+        # fitted factors: conditioned on a probe of this deployment (probe.update_deployment),
         # else the fit's own ("fit" mode)
         upd = idata["deployment_update"] if "deployment_update" in idata.groups() else None
         f = _deployment_factors(upd, "probe_deployment", deployment, sel) or _deployment_factors(
@@ -204,7 +204,7 @@ def coefficient_draws(
     ru = run_update_factors(idata, deployment, sel) if new_run and deployment is not None else None
     if ru is not None:
         # a probe of this (trained) deployment read as a run of it: the probed run's factors,
-        # conditioned on the probe, instead of a new run's (transfer.update_deployment, level)
+        # conditioned on the probe, instead of a new run's (probe.update_deployment, level)
         rs_b, rs_a = ru
     if rs_b is not None:
         beta = beta * np.exp(rs_b)[:, None, None]
@@ -295,7 +295,7 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0, level_
     ``level_error`` ({kind name: (mu, tau)}, log scale; default None): the rows are a slice of a
     run the fit has not seen, so the rows of one kind in one run share a level error
     ``e ~ N(mu, tau)`` per draw on top of their own noise (the between-run spread and the slice's
-    offset from its run: :func:`bayeslat.transfer.probe_level_error`). None: the rows are scored
+    offset from its run: :func:`bayeslat.probe.probe_level_error`). None: the rows are scored
     as the fit's own (in-sample) rows. Kinds missing from the dict get no level error."""
     d, groups = _group_draws(idata, obs, n, seed)
     rng = np.random.default_rng(seed + 1)

@@ -18,8 +18,7 @@ BACKENDS = ("nutpie", "pymc", "numpyro")
 # Chosen from benchmarks/fit_backends.py (ESS per second incl. compilation, see docs/method.md).
 DEFAULT_BACKEND = "nutpie"
 # The shipped default: 2 x (1000 tune + 4000 draws) at target_accept 0.99 on 1,320 real rows
-# (models/default_diagnostics.json; at 0.97: 3 divergences in 8,000 draws; at 3,000 draws: bulk
-# ESS 304 before the TTFT s_sys ridge was removed).
+# (models/default_diagnostics.json; at 0.97: 3 divergences in 8,000 draws).
 DEFAULT_SAMPLER = {"draws": 4000, "tune": 1000, "chains": 2, "target_accept": 0.99}
 
 

@@ -61,7 +61,7 @@ def _deployment_factors(ds, coord: str, deployment: str, sel):
 
 def update_weights(idata, deployment: str) -> np.ndarray | None:
     """Probabilities of the flattened posterior draws after a probe update of ``deployment``
-    (``deployment_update.draw_weight``, :func:`bayeslat.transfer.update_deployment`), or None."""
+    (``deployment_update.draw_weight``, :func:`bayeslat.probe.update_deployment`), or None."""
     if "deployment_update" not in idata.groups():
         return None
     ds = idata["deployment_update"]
@@ -92,7 +92,7 @@ def run_spread_draws(idata, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 def run_update_factors(idata, deployment: str, sel):
     """(log step factor, log CPU factor), each (len(sel),), of a probe update of a trained
-    deployment read as a run (:func:`bayeslat.transfer.update_deployment`, ``level``): they
+    deployment read as a run (:func:`bayeslat.probe.update_deployment`, ``level``): they
     replace a new run's factors in predictions of that deployment; None without one."""
     if "deployment_update" not in idata.groups():
         return None

@@ -264,7 +264,7 @@ def update_deployment(
     few draws would carry the probe, ``info["draw_weights"]["pareto_k"]``). Where every
     level is trained, its posterior rests on thousands of rows; a refit with 200 more would
     hardly move it, while weights from one probe slice would (the probe then chases its own
-    slice error: ``benchmarks/results/probe_update*.json``). True / False: always / never.
+    slice error: ``benchmarks/results/probe_update.json``). True / False: always / never.
 
     The factors' prior SDs are the fit's between-deployment spread (``sigma_dep``,
     ``sigma_alpha_dep``), measured on deployments of the models the fit has seen; a new model's

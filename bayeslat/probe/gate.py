@@ -1,10 +1,10 @@
-"""Update a fit with a probe (:func:`update`): condition the probe's deployment on it
-(:func:`bayeslat.probe.condition.update_deployment`) or refit, where the probe's check says so
-(:func:`update_gate`), and report the probe rows and requests before / after.
+"""Update a fit with a probe (``update``): condition the probe's deployment on it
+(``bayeslat.probe.condition.update_deployment``) or refit, where the probe's check says so
+(``update_gate``), and report the probe rows and requests before / after.
 
 ``bayeslat update`` (``update(when="auto")``) conditions a deployment the fit was trained on only
-where the probe's decision (:func:`bayeslat.probe.score.decide`) is not ``transfer-ok``
-(:data:`UPDATE_WHEN`).
+where the probe's decision (``bayeslat.probe.score.decide``) is not ``transfer-ok``
+(``UPDATE_WHEN``).
 """
 
 from __future__ import annotations
@@ -58,13 +58,13 @@ def update(
     idata : arviz.InferenceData
         The fit to update.
     probe_obs_table : ObsTable
-        The probe's rows (:func:`bayeslat.probe.probe_obs`).
+        The probe's rows (``bayeslat.probe.probe_obs``).
     spec : str, Path or dict, optional
         The probe's deployment (a SPEC), for the before / after prediction of its requests.
     draws, tune, chains, seed, backend
         Sampler settings of ``mode="refit"`` (default: the fit's).
     probe_infos : list, optional
-        What :func:`bayeslat.probe.probe_obs` returned with the rows (the probe's requests).
+        What ``bayeslat.probe.probe_obs`` returned with the rows (the probe's requests).
     pred_draws : int
         Posterior draws of the before / after prediction.
     mode : {"deployment", "refit"}
@@ -79,10 +79,10 @@ def update(
 
     Notes
     -----
-    ``when``: "always" updates; "needed" only where the probe's check (:func:`score_rows`,
-    :func:`decide`, as ``bayeslat check --probe``) is not transfer-ok; "auto" (default) always for
+    ``when``: "always" updates; "needed" only where the probe's check (``score_rows``,
+    ``decide``, as ``bayeslat check --probe``) is not transfer-ok; "auto" (default) always for
     a deployment the fit has not seen, as "needed" for one it was trained on (see
-    :data:`UPDATE_WHEN`). Not updated: the fit is returned as is (a copy) with the report,
+    ``UPDATE_WHEN``). Not updated: the fit is returned as is (a copy) with the report,
     ``applied`` false and why.
 
     The gate applies to both modes (``bayeslat update --refit`` on an agreeing probe of a trained
@@ -90,8 +90,8 @@ def update(
     deployments is refused in deployment mode before it is scored.
 
     ``mode="deployment"`` (default): condition the probe's deployment level on the probe rows,
-    the rest of the hierarchy held at its posterior (:func:`update_deployment`; seconds).
-    ``mode="refit"``: refit on the training rows (:func:`obs_from_idata`) plus the probe rows,
+    the rest of the hierarchy held at its posterior (``update_deployment``; seconds).
+    ``mode="refit"``: refit on the training rows (``obs_from_idata``) plus the probe rows,
     with the fit's sampler settings and seed unless overridden (nutpie has no warm start from a
     previous posterior, so this is a refit with the same seeds); the deployment spread of the
     original fit is carried over. Measured on held-out models (benchmarks/transfer_eval.py), the
@@ -106,8 +106,9 @@ def update(
     Examples
     --------
     >>> import bayeslat
-    >>> from bayeslat.probe import probe_obs, read_probe  # doctest: +SKIP
-    >>> rows, infos = probe_obs(spec, read_probe("probe.csv"))  # doctest: +SKIP
+    >>> from bayeslat.probe import probe_obs
+    >>> spec = "specs/examples/llama-2-7b-a100-codegen.yaml"
+    >>> rows, infos = probe_obs(spec, ["probe.csv"])  # doctest: +SKIP
     >>> new = bayeslat.update(bayeslat.load("models/default.nc"), rows, spec, probe_infos=infos)  # doctest: +SKIP
     """
     if mode not in ("deployment", "refit"):
@@ -172,9 +173,9 @@ UPDATE_WHEN = ("auto", "always", "needed")
 
 
 def update_gate(idata, probe_obs_table, when: str = "auto", *, seed: int = 0) -> dict:
-    """Whether :func:`update` conditions the fit on the probe: {"apply", "when", "decision",
+    """Whether ``update`` conditions the fit on the probe: {"apply", "when", "decision",
     "reasons", "trained_deployment", "deployments", "summary", "scores"}. The decision is
-    :func:`decide` of :func:`score_rows` (``"scores"``; what ``bayeslat check --probe`` says);
+    ``decide`` of ``score_rows`` (``"scores"``; what ``bayeslat check --probe`` says);
     where ``when`` does not need it ("always", or "auto" for a new deployment) it is still
     reported."""
     if when not in UPDATE_WHEN:

@@ -102,7 +102,7 @@ def oos_attr(design: str = "first") -> str:
 def attach_probe_oos(idata, errors: list, n_requests: int, source: str = "", design: str = "first"):
     """Store out-of-sample probe slice errors (:func:`probe_slice_error` of each run under a fit
     that did not see its model) and deployment factors (:func:`run_factor_error`, one entry per
-    deployment; ``benchmarks/probe_update.py --oos-calibration --attach-to``) in
+    deployment; ``bayeslat calibrate``, ``bayeslat.pipeline.calibrate``) in
     ``idata.attrs["probe_oos_errors"]``; ``update_deployment(calibration="auto")`` then uses
     them (:func:`oos_calibration`); probes of another ``design`` (:func:`bundled_probe`) are kept
     under their own key (:func:`oos_attr`). Returns idata."""

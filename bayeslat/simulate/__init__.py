@@ -21,7 +21,7 @@ from bayeslat.simulate.discrepancy import (
 from bayeslat.simulate.engine import METRICS, TRACE_COLUMNS, SimResult, discrepancy_key, simulate
 from bayeslat.simulate.kernel import COUNTERS, ST_DONE, ST_FAILED
 from bayeslat.simulate.predictive import NEW_LEVEL_DRAWS, posterior_predictive
-from bayeslat.simulate.replay import Deployment, deployment, predict_case, replay_cases
+from bayeslat.simulate.replay import RunDeployment, deployment, predict_case, replay_cases
 from bayeslat.simulate.spec import load_spec, make_spec, resolve_spec, sim_server, spec_for_run, spec_from_dict, spec_sim_server
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "ST_DONE",
     "ST_FAILED",
     "TRACE_COLUMNS",
-    "Deployment",
+    "RunDeployment",
     "SimResult",
     "attach_sim_discrepancy",
     "deployment",

@@ -16,8 +16,9 @@ METRICS = ("ttft", "itl", "e2e")
 
 
 @dataclass(frozen=True)
-class Deployment:
-    """What the simulator needs for one configuration."""
+class RunDeployment:
+    """A validation case's deployment: the spec keys it was named by, the hardware level's name, the
+    simulator's server settings and the kernel constants (from ``bayeslat.deployment.resolve``)."""
 
     name: str
     model_spec: str
@@ -29,8 +30,8 @@ class Deployment:
     kv_blocks: int
 
 
-def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> Deployment:
-    """Build a :class:`Deployment` from spec keys (or paths) and a server dict; ``server['kv_blocks']``
+def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> RunDeployment:
+    """Build a :class:`RunDeployment` from spec keys (or paths) and a server dict; ``server['kv_blocks']``
     and ``server['cpu_kv_blocks']`` are the capacities vLLM reported for the run."""
     dep = resolve(
         model_spec,
@@ -41,7 +42,7 @@ def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = ""
         cpu_kv_blocks=int(server.get("cpu_kv_blocks") or 0),
         file=name or None,
     )
-    return Deployment(
+    return RunDeployment(
         name or model_spec,
         model_spec,
         hardware_spec,

@@ -11,13 +11,13 @@ import math
 
 import numpy as np
 
-from bayeslat import evaluate as validate
 from bayeslat import features as F
 from bayeslat import model as M
 from bayeslat import simulate
 from bayeslat.data import datasets
 from bayeslat.data import workload as W
 from bayeslat.model.training import _is_bundled, _training_runs
+from bayeslat.simulate.replay import deployment
 
 NEVER_TRAINED = 99.0  # log-distance reported for a feature active here but zero in every training deployment
 
@@ -25,7 +25,7 @@ NEVER_TRAINED = 99.0  # log-distance reported for a feature active here but zero
 @functools.lru_cache(maxsize=64)
 def _run_deployment(run: str):
     info = datasets.run_info(run)
-    return validate.deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
+    return deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
 
 
 def canonical_batches(max_model_len: int) -> dict:

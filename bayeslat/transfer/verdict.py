@@ -1,10 +1,10 @@
 """The configuration check: will a fitted posterior predict a configuration it was not fit on?
 
-:func:`check` (before any data of the configuration exists): which hierarchy levels are new, how
-far the configuration's features are from the training deployments (:mod:`bayeslat.transfer.distance`),
+``check`` (before any data of the configuration exists): which hierarchy levels are new, how
+far the configuration's features are from the training deployments (``bayeslat.transfer.distance``),
 how wide the posterior predictive intervals are, and a ``verdict`` with ``reasons``.
 
-Verdict rules (:func:`check`; thresholds are the module constants)
+Verdict rules (``check``; thresholds are the module constants)
 ------------------------------------------------------------------
 ``out-of-distribution`` if any of
 
@@ -22,19 +22,19 @@ Verdict rules (:func:`check`; thresholds are the module constants)
 (model x GPU x parallelism) is new (a new model on a trained GPU and TP degree: held-out models
 are off by ~4% E2E against ~1-2% for trained deployments), the tensor-parallel degree is one no
 training run used, no training run's spec is known (nothing to compare the configuration with:
-:func:`training_specs`), a configuration
+``training_specs``), a configuration
 feature is beyond ``EXTRAP_FEATURE_RATIO`` (x1.1) of the training range, or more than
 ``EXTRAP_WORKLOAD_FRAC`` (10%) of the simulated steps have a feature outside the training rows'
 0.5-99.5% range (moving averages over the steps a training window spans), or the load is near
 saturation: the simulated mean TTFT or E2E moves more than ``SENSITIVITY_LIMIT`` (3) times as much
-as the step time (:func:`load_sensitivity`, step time -/+ ``SENSITIVITY_STEP``, 5%), so the ~5%
+as the step time (``load_sensitivity``, step time -/+ ``SENSITIVITY_STEP``, 5%), so the ~5%
 step-time error of a new deployment becomes a > 15% workload error although no feature is new;
 ``in-distribution`` otherwise.
 
 The training deployments come from the fit's attrs ``training_deployments`` (each training run's
-model config, datasheet and server config, stored by ``model.fit``; :func:`attach_training_specs`
+model config, datasheet and server config, stored by ``model.fit``; ``attach_training_specs``
 for an older fit), else from the bundled data for a bundled run; runs with neither are named in
-the reasons. The continuous ``score`` (:func:`score_of`) is never below the distance at which its
+the reasons. The continuous ``score`` (``score_of``) is never below the distance at which its
 verdict begins.
 """
 
@@ -59,7 +59,7 @@ OOD_E2E_REL_WIDTH = 1.0
 OOD_FEATURE_RATIO = 3.0
 EXTRAP_FEATURE_RATIO = 1.10
 EXTRAP_WORKLOAD_FRAC = 0.10
-#: load sensitivity (:func:`load_sensitivity`): the step time is scaled by 1 -/+ SENSITIVITY_STEP, about the
+#: load sensitivity (``load_sensitivity``): the step time is scaled by 1 -/+ SENSITIVITY_STEP, about the
 #: out-of-sample error of a deployment's step time (held-out models' step factors: root mean square 0.045
 #: in log). A mean TTFT or E2E that moves by more than SENSITIVITY_LIMIT times as much (15% for 5%: the
 #: transfer-failure threshold of benchmarks/transfer_eval.py) is near saturation, where a step-time error
@@ -205,8 +205,8 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         reasons.append(f"this deployment (model x GPU x parallelism) was not in the fit: {how}")
         # A new model on a trained GPU, class and TP degree (the commonest transfer) is extrapolation,
         # not out-of-distribution. Leave-one-model-out (benchmarks/results): median |error| E2E 4.2%,
-        # ITL 4.3% (accuracy_lomo.json) against 1.7% / 1.8% for trained deployments under held-out
-        # workloads (accuracy_lowo.json); held-out CodeLlama-34B, inside every other rule, was off by
+        # ITL 4.3% (benchmarks/results/validate_accuracy.json, lomo) against 1.7% / 1.8% for trained deployments under held-out
+        # workloads (validate_accuracy.json, lowo); held-out CodeLlama-34B, inside every other rule, was off by
         # +1.0 to +3.9% E2E, the trained deployments the check called in-distribution by 1.1%
         # (median |E2E error|, transfer_eval.json); no new deployment inside the other rules missed by 15%.
         extrap.append("deployment")
@@ -371,7 +371,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
     }
 
 
-#: the distance part of :func:`score_of` is at least the log-distance at which a report's verdict begins
+#: the distance part of ``score_of`` is at least the log-distance at which a report's verdict begins
 SCORE_VERDICT_FLOOR = {VERDICTS[0]: 0.0, VERDICTS[1]: math.log(EXTRAP_FEATURE_RATIO), VERDICTS[2]: math.log(OOD_FEATURE_RATIO)}
 
 
