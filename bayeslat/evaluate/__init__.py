@@ -26,8 +26,8 @@ see :mod:`bayeslat.data.datasets`), averaged over requests. For aggregate-only r
 
 from __future__ import annotations
 
-from bayeslat.evaluate.cases import _aggregate_cases, _experiment_case, external_cases
-from bayeslat.evaluate.crossval import _cv_groups, cv_fit, cv_fit_path, drop_unused_levels
+from bayeslat.evaluate.cases import external_cases
+from bayeslat.evaluate.crossval import cv_fit, cv_fit_path, drop_unused_levels
 from bayeslat.evaluate.metrics import METRICS, compare, interval_score, summarize
 from bayeslat.evaluate.suites import SUITES, validate
 from bayeslat.simulate.discrepancy import (
@@ -45,9 +45,6 @@ __all__ = [
     "SIM_DISCREPANCY_DRAWS",
     "SUITES",
     "RunDeployment",
-    "_aggregate_cases",
-    "_cv_groups",
-    "_experiment_case",
     "replay_cases",
     "attach_sim_discrepancy",
     "compare",
