@@ -30,7 +30,6 @@ import json
 
 import arviz as az
 import numpy as np
-import xarray as xr
 
 from bayeslat import features as F
 from bayeslat import model as M
@@ -184,25 +183,7 @@ def fake_idata(obs, truth, chains=2, draws=200, seed=0, rel_sd=0.05, diverging=N
         coords=coords,
         sample_stats={"energy": rng.standard_normal(sh), "diverging": div, "maxdepth_reached": np.zeros(sh, bool)},
     )
-    n = len(d["y"])
-    oid = np.arange(n)
-    idata.add_groups(
-        observed_data=xr.Dataset({"y": ("obs_id", d["y"])}, coords={"obs_id": oid}),
-        constant_data=xr.Dataset(
-            {
-                "X": (("obs_id", "regime", "feature"), d["X"]),
-                "A": (("obs_id", "alpha_feature"), d["A"]),
-                "kind": ("obs_id", d["kind"]),
-                "n_steps": ("obs_id", d["n_steps"]),
-                "hw": ("obs_id", d["hw"]),
-                "cls": ("obs_id", d["cls"]),
-                "run": ("obs_id", d["run"].astype("U")),
-                "deployment": ("obs_id", d["deployment"].astype("U")),
-                "request": ("obs_id", d["request"]),
-            },
-            coords={"obs_id": oid},
-        ),
-    )
+    idata.add_groups(**M.data_groups(d))
     present = np.abs(d["X"]).sum(axis=(0, 1)) > 0
     idata.attrs.update(
         {

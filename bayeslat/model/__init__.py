@@ -25,7 +25,7 @@ from bayeslat.model.build import (
     build_model,
     check_obs,
 )
-from bayeslat.model.fitting import HELPER_VARS, MAX_SAVED_DRAWS, OFFSET_PREFIXES, SPREAD_DRAWS, fit
+from bayeslat.model.fitting import HELPER_VARS, MAX_SAVED_DRAWS, OFFSET_PREFIXES, SPREAD_DRAWS, data_groups, fit
 from bayeslat.model.io import DEFAULT_MODEL, attr_json, load, load_default, load_or_default, save
 from bayeslat.model.posterior import CoefDraws, coefficient_draws, noise_terms, posterior_predictive, predict_mean
 from bayeslat.model.priors import DEFAULT_PRIORS, DEPLOYMENT_LEVELS, FORMAT, KINDS, SYS_KINDS, _merge_priors
@@ -75,6 +75,7 @@ __all__ = [
     "check_obs",
     "build_model",
     "available_backends",
+    "data_groups",
     "fit",
     "sampler_health",
     "library_versions",

@@ -34,6 +34,34 @@ OFFSET_PREFIXES = ("z_", "u_")
 HELPER_VARS = ("beta_pop_w", "alpha_pop_w", "beta_pop_physics", "alpha_pop_lognormal", "beta_pop_lognormal")
 
 
+def data_groups(d: dict) -> dict:
+    """The ``observed_data`` and ``constant_data`` groups a fit stores for its rows (``check_obs``'s
+    dict): what ``obs_from_idata`` reads back and what ``update --refit`` refits on."""
+    oid = np.arange(len(d["y"]))
+    return {
+        "observed_data": xr.Dataset({"y": ("obs_id", d["y"])}, coords={"obs_id": oid}),
+        "constant_data": xr.Dataset(
+            {
+                "X": (("obs_id", "regime", "feature"), d["X"]),
+                "A": (("obs_id", "alpha_feature"), d["A"]),
+                "kind": ("obs_id", d["kind"]),
+                "n_steps": ("obs_id", d["n_steps"]),
+                "hw": ("obs_id", d["hw"]),
+                "cls": ("obs_id", d["cls"]),
+                "run": ("obs_id", d["run"].astype("U")),
+                "deployment": ("obs_id", d["deployment"].astype("U")),
+                "request": ("obs_id", d["request"]),
+            },
+            coords={
+                "obs_id": oid,
+                "regime": list(F.REGIMES),
+                "feature": list(F.BETA_NAMES),
+                "alpha_feature": list(F.ALPHA_NAMES),
+            },
+        ),
+    }
+
+
 def fit(
     obs,
     *,
@@ -100,29 +128,7 @@ def fit(
     with model:
         pm.compute_log_likelihood(idata, var_names=["y"], extend_inferencedata=True, progressbar=False)
     n = len(d["y"])
-    oid = np.arange(n)
-    idata.add_groups(
-        observed_data=xr.Dataset({"y": ("obs_id", d["y"])}, coords={"obs_id": oid}),
-        constant_data=xr.Dataset(
-            {
-                "X": (("obs_id", "regime", "feature"), d["X"]),
-                "A": (("obs_id", "alpha_feature"), d["A"]),
-                "kind": ("obs_id", d["kind"]),
-                "n_steps": ("obs_id", d["n_steps"]),
-                "hw": ("obs_id", d["hw"]),
-                "cls": ("obs_id", d["cls"]),
-                "run": ("obs_id", d["run"].astype("U")),
-                "deployment": ("obs_id", d["deployment"].astype("U")),
-                "request": ("obs_id", d["request"]),
-            },
-            coords={
-                "obs_id": oid,
-                "regime": list(F.REGIMES),
-                "feature": list(F.BETA_NAMES),
-                "alpha_feature": list(F.ALPHA_NAMES),
-            },
-        ),
-    )
+    idata.add_groups(**data_groups(d))
     st = _structure(d)
     present = np.abs(d["X"]).sum(axis=(0, 1)) > 0
     info = {
