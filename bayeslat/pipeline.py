@@ -21,7 +21,6 @@ command and a notebook get the same rows from the same arguments.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import os
 
@@ -58,13 +57,8 @@ def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: i
     -------
     bayeslat.data.design.ObsTable
     """
-    if data == "bundled":
-        fn, args = design.bundled_obs, ()
-    else:
-        fn, args = design.obs_from_tables, (data,)
-    sig = inspect.signature(fn).parameters
-    kw = {k: v for k, v in (("runs", runs), ("exclude", exclude), ("seed", int(data_seed))) if k in sig and v is not None}
-    obs = fn(*args, **kw)
+    kw = {"runs": runs, "exclude": exclude, "seed": int(data_seed)}
+    obs = design.bundled_obs(**kw) if data == "bundled" else design.obs_from_tables(data, **kw)
     if rows_per_run_kind:
         obs = design.subsample(obs, int(rows_per_run_kind), seed=int(data_seed))
     return obs
@@ -82,9 +76,12 @@ def fit_attrs(
     return attrs
 
 
+def _bundled_run_ids() -> set[str]:
+    return set(datasets.runs().index.astype(str))
+
+
 def _bundled_runs(obs) -> bool:
-    known = set(datasets.runs().index.astype(str))
-    return bool(len(obs.run)) and set(map(str, obs.run)) <= known
+    return bool(len(obs.run)) and set(map(str, obs.run)) <= _bundled_run_ids()
 
 
 def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, **kwargs):
@@ -170,7 +167,7 @@ def calibrate(
     """
     cd = idata.get("constant_data")
     trained = set(map(str, cd["run"].values)) if cd is not None and "run" in cd else set()
-    known = set(datasets.runs().index.astype(str))
+    known = _bundled_run_ids()
     if not trained or not trained <= known:
         raise SpecError(
             "calibrate needs a fit of the bundled runs (its probes replay their requests); "

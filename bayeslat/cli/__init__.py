@@ -80,20 +80,6 @@ def out_dir(text: str) -> str:
     return text
 
 
-COMMANDS = {
-    "specs": "bayeslat.cli.specs",
-    "ingest": "bayeslat.cli.ingest",
-    "fit": "bayeslat.cli.fit",
-    "calibrate": "bayeslat.cli.calibrate",
-    "diagnose": "bayeslat.cli.diagnose",
-    "export": "bayeslat.cli.export",
-    "predict": "bayeslat.cli.predict",
-    "validate": "bayeslat.cli.validate",
-    "check": "bayeslat.cli.check",
-    "update": "bayeslat.cli.update",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bayeslat", description="Bayesian latency models for vLLM serving.")
     p.add_argument("--version", action="store_true", help="print the package version and exit")
@@ -267,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from bayeslat.errors import BayeslatError
 
-    module = importlib.import_module(COMMANDS[args.command])
+    module = importlib.import_module(f"bayeslat.cli.{args.command}")
     try:
         return int(module.run(args) or 0)
     except (BayeslatError, FileNotFoundError) as err:
