@@ -5,11 +5,15 @@ by the same stages:
 
 1. **NUTS** (``bayeslat.model.fit``): the main fit of the rows; with two or more deployments in a
    (hardware, model class) group, the deployment-spread fit; the run-spread stage.
-2. **Simulator discrepancy** (``bayeslat.simulate.attach_sim_discrepancy``): the training runs are
+2. **Hardware level** (``bayeslat.model.hardware_steps.attach_hardware_level``): the fit of the
+   GPUs' kernel efficiencies to real kernel timings (the shipped ``models/hardware.nc``, made by
+   ``bayeslat hardware``) is attached when the fit's hardware is one of its GPUs, so predictions
+   for the other GPUs of it scale the GPU-bound coefficients by what their kernels measure.
+3. **Simulator discrepancy** (``bayeslat.simulate.attach_sim_discrepancy``): the training runs are
    replayed through the simulator and the run-level error it leaves is stored, so predictive
    intervals carry it. It needs each run's per-request arrivals, so it runs where the training runs
    are bundled runs (``discrepancy=None``, the default, decides that from the rows).
-3. **Probe calibration** (``calibrate``, ``bayeslat calibrate``): out-of-sample probe errors from
+4. **Probe calibration** (``calibrate``, ``bayeslat calibrate``): out-of-sample probe errors from
    leave-one-model-out refits, which ``bayeslat update`` uses to weigh a probe. It refits once per
    held-out model, so it is a separate, optional step; the shipped default has been through it.
 
@@ -84,7 +88,7 @@ def _bundled_runs(obs) -> bool:
     return bool(len(obs.run)) and set(map(str, obs.run)) <= _bundled_run_ids()
 
 
-def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, **kwargs):
+def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, hardware="default", **kwargs):
     """Fit the hierarchical model and run every stage of the pipeline but the probe calibration.
 
     Parameters
@@ -94,7 +98,11 @@ def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, **kwargs):
     seed
         The sampler's seed (the simulator-discrepancy replay uses it too).
     discrepancy
-        Attach the simulator discrepancy (stage 2); None: where every training run is a bundled run.
+        Attach the simulator discrepancy (stage 3); None: where every training run is a bundled run.
+    hardware
+        The hardware level (stage 2): ``"default"`` the shipped fit, a path or InferenceData of a
+        ``bayeslat hardware`` fit, or None for none. Attached only where one of the fit's hardware
+        levels is among its GPUs.
     **kwargs
         Passed to ``bayeslat.model.fit`` (backend, draws, tune, chains, target_accept, priors,
         attrs, progressbar, spread_draws).
@@ -111,11 +119,33 @@ def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, **kwargs):
     >>> idata = bayeslat.fit(obs, seed=0)                  # doctest: +SKIP
     """
     idata = M.fit(obs, seed=seed, **kwargs)
+    attach_hardware(idata, hardware)
     if discrepancy is None:
         discrepancy = _bundled_runs(obs)
     if discrepancy:
         simulate.attach_sim_discrepancy(idata, seed=seed)
     return idata
+
+
+def attach_hardware(idata, hardware="default") -> bool:
+    """Attach a hardware fit (stage 2 of :func:`fit`) where one of ``idata``'s hardware levels is
+    among its GPUs; returns whether it was attached."""
+    if hardware is None:
+        return False
+    from bayeslat.model import hardware as HW
+    from bayeslat.model import hardware_steps as HS
+
+    if isinstance(hardware, str) and hardware == "default":
+        hw = HW.load_hardware_fit()
+    elif isinstance(hardware, (str, os.PathLike)):
+        hw = HW.load_hardware_fit(hardware)
+    else:
+        hw = hardware
+    gpus = set(HS.hardware_names(hw))
+    if not gpus & {str(v) for v in idata.posterior.coords["hardware"].values}:
+        return False
+    HS.attach_hardware_level(idata, hw)
+    return True
 
 
 def calibrate(

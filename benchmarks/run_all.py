@@ -47,6 +47,9 @@ _GATE = "python benchmarks/probe_gate.py benchmarks/results/probe_update.json --
 #: benchmark -> variant -> the command line that produces it (without --out)
 COMMANDS: dict[str, dict[str, str]] = {
     "kernel_priors": {"default": "python benchmarks/kernel_priors.py"},
+    "kernel_step_priors": {"default": "python benchmarks/kernel_step_priors.py"},
+    "kernel_transfer": {"default": "python benchmarks/kernel_transfer.py"},
+    "decode_batch": {"default": "python benchmarks/decode_batch.py --figure docs/figures/decode_batch.png"},
     "simulate_speed": {"default": "python benchmarks/simulate_speed.py"},
     "reconstruct_agreement": {"default": "python benchmarks/reconstruct_agreement.py"},
     "ingest_throughput": {"default": "python benchmarks/ingest_throughput.py --size-mb 1024"},
@@ -91,6 +94,9 @@ FAST: dict[str, str] = {
     "reconstruct_agreement": "--runs llama-2-7b-tp1-codegen",
     "ingest_throughput": "--size-mb 20",
     "hardware_transfer": "--draws 10",
+    "kernel_step_priors": "--boot 20",
+    "kernel_transfer": "--per-family 40 --draws 200 --tune 200 --pred-draws 50 --gpus l40s",
+    "decode_batch": "--draws 20 --figure benchmarks/out/fast/figures/decode_batch.png",
     "validate_accuracy": "--draws 4 --tune 100 --fit-draws 100 --n-per-run-kind 10",
     "transfer_eval": "--quick",
     "probe_update": "--pred-draws 4 --fit-tune 100 --fit-draws 100",

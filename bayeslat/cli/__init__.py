@@ -126,6 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="stratified subsample: rows per (run, kind) the likelihood sees (0 = no stratified subsample: the row builders' own cap of 300 per run and kind; default 40)",
     )
     s.add_argument("--target-accept", type=probability, default=None, help="NUTS target acceptance (default 0.99)")
+    s.add_argument(
+        "--hardware",
+        default="default",
+        help="hardware level to attach: a `bayeslat hardware` fit (.nc), 'default' (the shipped models/hardware.nc) or 'none'",
+    )
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser(
+        "hardware",
+        help="fit the hardware level (per-GPU kernel efficiencies) to real kernel timings and write netCDF",
+    )
+    s.add_argument(
+        "--kernels",
+        default=None,
+        help="kernel table: the bundled one (default), a parquet written by bayeslat.data.kernels.build, "
+        "or a directory of aiconfigurator CSVs (compacted first, skipped rows reported)",
+    )
+    s.add_argument("--out", default="models/hardware.nc", type=out_file, help="netCDF output path")
+    s.add_argument(
+        "--per-family", type=positive_int, default=200, help="kernel shapes per family in the fit (the same on every GPU)"
+    )
+    s.add_argument("--draws", type=positive_int, default=1000)
+    s.add_argument("--tune", type=nonneg_int, default=1000)
+    s.add_argument("--chains", type=positive_int, default=2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print the efficiency table as JSON")
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser(

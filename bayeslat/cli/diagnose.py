@@ -38,6 +38,23 @@ def format_table(d: dict) -> str:
         else:
             lines.append(head + (f": MISSING ({sp['reason']})" if sp["status"] == "missing" else ""))
             lines += _rows(dict(sp, thresholds={k: d["thresholds"][k] for k in SPREAD_CHECKS}), SPREAD_CHECKS)
+    hl = d.get("hardware_level") or {}
+    if hl.get("status") == "diagnosed":
+        h = hl["health"]
+        lines.append(
+            f"hardware level (kernel fit, reference {hl['reference']}): {h.get('divergences')} divergences, "
+            f"max R-hat {h.get('max_r_hat', float('nan')):.3f}, min bulk ESS {h.get('min_ess_bulk', float('nan')):.0f}"
+            + ("" if hl["passed"] else "  FAILED")
+        )
+        feats = sorted({f for row in hl["deviations"].values() for f in row})
+        lines.append("  GPU-bound coefficient vs the reference: x multiplier (ratio terms), + ms per unit (difference terms)")
+        for g, row in hl["deviations"].items():
+            cells = []
+            for f in feats:
+                v = row[f]
+                med = f"x{v['median']:.2f}" if v["how"] == "ratio" else f"{v['median']:+.2f}"
+                cells.append(f"{f} {med} [{v['lo90']:.2f}, {v['hi90']:.2f}]")
+            lines.append(f"  {g}: " + "; ".join(cells))
     lines.append("features kept (ARD): " + (", ".join(d["features_kept"]) or "none"))
     lines.append("features pruned:     " + (", ".join(d["features_pruned"]) or "none"))
     lines.append("PASSED" if d["passed"] else "FAILED")

@@ -42,6 +42,7 @@ def run(args) -> int:
         progressbar=not args.no_progress,
         attrs=pipeline.fit_attrs(args.data, **_data_args(args)),
         target_accept=getattr(args, "target_accept", None),
+        hardware=None if getattr(args, "hardware", "default") == "none" else getattr(args, "hardware", "default"),
     )
     path = model.save(idata, args.out)
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else -1

@@ -39,7 +39,7 @@ HARDWARE_SCHEMA: dict[str, Any] = {
         "int4_tensor_core": float,
         "with_sparsity": bool,
     },
-    "memory": {"capacity_gb": float, "bandwidth_tb_s": float, "visible_gib": float},
+    "memory": {"capacity_gb": float, "bandwidth_tb_s": float, "visible_gib": float, "l2_cache_mb": float},
     "interconnect": {"nvlink_bandwidth_gb_s": float, "pcie_bandwidth_gb_s": float},
     "power": {"tdp_watts": float},
 }
@@ -60,7 +60,9 @@ class HardwareSpec:
                   fp32, fp64, fp64_tensor_core; with_sparsity: bool (tensor-core figures are
                   2:4-sparse numbers; dense = half)
         memory:   capacity_gb (marketed GB), bandwidth_tb_s (TB/s), visible_gib (optional:
-                  memory torch sees, default 0.99 GiB per marketed GB)
+                  memory torch sees, default 0.99 GiB per marketed GB), l2_cache_mb
+                  (optional: the last-level cache; a working set that fits is not DRAM traffic
+                  in a kernel benchmark loop, :mod:`bayeslat.data.kernels`)
         interconnect: nvlink_bandwidth_gb_s (GB/s, 0 = none), pcie_bandwidth_gb_s (GB/s)
         power:    tdp_watts
     """
@@ -74,6 +76,7 @@ class HardwareSpec:
     nvlink_bandwidth: float  # bytes/s (0 = no NVLink)
     pcie_bandwidth: float  # bytes/s
     source: str | None = None
+    l2_bytes: float = 0.0  # last-level cache, bytes (0 = not on the datasheet)
 
     @property
     def link_bandwidth(self) -> float:
@@ -145,6 +148,7 @@ def hardware_from_dict(d: Mapping, file: str = "<dict>") -> HardwareSpec:
         nvlink_bandwidth=float(ic.get("nvlink_bandwidth_gb_s", 0.0)) * 1e9,
         pcie_bandwidth=float(ic.get("pcie_bandwidth_gb_s", 64.0)) * 1e9,
         source=file,
+        l2_bytes=float(m.get("l2_cache_mb", 0.0)) * 1e6,
     )
 
 

@@ -245,6 +245,52 @@ def features_kept(idata) -> dict:
     return out
 
 
+def diagnose_hardware(idata) -> dict:
+    """The hardware level (group ``hardware_level``, :mod:`bayeslat.model.hardware_steps`): the
+    kernel fit's sampler health (recorded over every draw when it was fit) and, per GPU, how its
+    GPU-bound step coefficients differ from the reference hardware's, median and 90% interval:
+    a multiplier for the ratio terms, the added coefficient (ms per scaled unit) for the
+    difference terms. ``status`` "not attached" (no checks) or "diagnosed"."""
+    from bayeslat import features as F
+    from bayeslat.model.hardware_steps import HW_GROUP, step_hardware_deviation
+
+    if HW_GROUP not in idata.groups():
+        return {"status": "not attached", "checks": {}, "passed": True}
+    meta = attr_json(idata, HW_GROUP, {}) or {}
+    health = meta.get("health") or {}
+    checks = {
+        "divergences": health.get("divergences") == 0,
+        "max_rhat": health.get("max_r_hat") is not None and health["max_r_hat"] <= THRESHOLDS["max_rhat"][1],
+        "min_ess_bulk": health.get("min_ess_bulk") is not None and health["min_ess_bulk"] >= THRESHOLDS["min_ess_bulk"][1],
+    }
+    ds = idata[HW_GROUP]
+    n = ds.sizes["chain"] * ds.sizes["draw"]
+    devs = {}
+    for g in [str(v) for v in ds.coords["gpu"].values]:
+        log_ratio, rmask, delta, dmask, _ = step_hardware_deviation(idata, g, np.arange(n))
+        row = {}
+        for i, f in enumerate(F.BETA_NAMES):
+            if rmask[i] or dmask[i]:
+                v = np.exp(log_ratio[:, i]) if rmask[i] else delta[:, i]
+                lo, med, hi = np.quantile(v, [0.05, 0.5, 0.95])
+                row[f] = {
+                    "how": "ratio" if rmask[i] else "difference",
+                    "median": float(med),
+                    "lo90": float(lo),
+                    "hi90": float(hi),
+                }
+        devs[g] = row
+    return {
+        "status": "diagnosed",
+        "reference": meta.get("reference"),
+        "health": health,
+        "kernel_rows": meta.get("kernel_rows"),
+        "deviations": devs,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
 def diagnose(idata, thresholds: dict | None = None) -> dict:
     """Convergence, sampler, PSIS-LOO and ARD diagnostics of both stages (module docstring).
 
@@ -308,5 +354,6 @@ def diagnose(idata, thresholds: dict | None = None) -> dict:
     out["checks"] = _checks(out, th, th, reasons)
     out["reasons"] = reasons
     out["deployment_spread"] = diagnose_spread(idata, thresholds)
-    out["passed"] = all(out["checks"].values()) and out["deployment_spread"]["passed"]
+    out["hardware_level"] = diagnose_hardware(idata)
+    out["passed"] = all(out["checks"].values()) and out["deployment_spread"]["passed"] and out["hardware_level"]["passed"]
     return out

@@ -11,6 +11,7 @@ import numpy as np
 
 from bayeslat import features as F
 from bayeslat.model.build import check_obs
+from bayeslat.model.hardware_steps import step_hardware_deviation
 from bayeslat.model.io import attr_json
 from bayeslat.model.priors import KINDS
 from bayeslat.model.spread import (
@@ -32,7 +33,8 @@ class CoefDraws:
     beta: np.ndarray  # (D, N_REGIMES, N_BETA) ms per scaled unit
     alpha: np.ndarray  # (D, N_ALPHA) ms per scaled unit
     sigma_rel: np.ndarray  # (D,) relative per-step noise (s_rel of step rows)
-    new_levels: list  # "hardware" / "model_class" drawn from the population distribution
+    new_levels: list  # "hardware" / "model_class" drawn from the population distribution; "hardware_cpu": a GPU
+    #                   of the kernel-fitted hardware level, whose CPU-side terms alone are drawn
     class_from: list = field(default_factory=list)  # hardware whose class deviation a new hardware x class cell took
     s_abs: np.ndarray | None = None  # (D, n_kinds)
     s_rel: np.ndarray | None = None  # (D, n_kinds)
@@ -123,6 +125,7 @@ def coefficient_draws(
         return np.random.default_rng(zlib.crc32(tag.encode())).standard_normal((D,) + shape)[sel]
 
     new = []
+    kernel_delta = None  # (D, N_BETA) added to the decode terms of a GPU of the hardware level
     h = hw_levels.index(hardware) if hardware in hw_levels and rows[hw_levels.index(hardware)].sum() > 0 else None
     c = cls_levels.index(model_class) if model_class in cls_levels else None
     if h is None:
@@ -149,6 +152,18 @@ def coefficient_draws(
     else:
         dh = g["sigma_hw"][:, None] * _z(f"dev_hw|{hardware}", (Fb,))
         ah = g["sigma_alpha_hw"][:, None] * _z(f"dev_alpha_hw|{hardware}", (Fa,))
+        # the hardware level fitted to kernel timings (model.hardware): the GPU-bound features
+        # take the reference hardware's deviation times the ratio of the kernel efficiencies;
+        # CPU-side features (no kernel) keep the draw above
+        kd = step_hardware_deviation(idata, hardware, sel)
+        if kd is not None:
+            log_ratio, ratio_mask, kernel_delta, delta_mask, kernel_fitted = kd
+            ref = hw_levels.index(attr_json(idata, "hardware_level", {})["reference"])
+            ref_dh = _flat(post, "dev_hw")[sel][:, ref] if use_hw else np.zeros((Dn, Fb))
+            dh = np.where(ratio_mask[None], ref_dh + log_ratio, np.where(delta_mask[None], ref_dh, dh))
+            if kernel_fitted:
+                new.remove("hardware")
+                new.append("hardware_cpu")
     # class and regime deviations
     if combo_seen:
         dc = _flat(post, "dev_cls")[sel][:, h, c] if use_cls else np.zeros((Dn, Fb))
@@ -174,6 +189,9 @@ def coefficient_draws(
     # load() refuses fits of an older feature spec)
     dr = _flat(post, "dev_regime")[sel]
     beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr[:, :, None])
+    if kernel_delta is not None:
+        # the kernels' change of the decode coefficients from the reference GPU (model.hardware_steps)
+        beta = np.maximum(beta + kernel_delta[:, None, :] * np.exp(dr)[:, :, None], 0.0)
     alpha = alpha_pop * np.exp(ah + ac)
     new_dep = False
     if deployment is not None:

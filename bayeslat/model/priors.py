@@ -45,7 +45,15 @@ DEFAULT_PRIORS = {
     # 20-80 us floor per call); LogNormal(log 1.05, 0.25) leaves room for other GPUs and
     # kernels. Under the sparsity prior decode_kv and context_overhead (both grow with the
     # decode contexts) traded off freely.
-    "beta_lognormal": {"tp_sync_overhead": [1.0, 0.5], "decode_kv": [1.05, 0.25]},
+    # decode_compute: the decode GEMMs' time per FLOP beyond the weight-bound floor. Its column
+    # grows with the batch like the request and context terms, so the bundled runs alone prune it
+    # (posterior 0.004 under the sparsity prior), and every GPU with a lower FLOP / byte ridge
+    # than the H100 then runs its large decode batches too fast. The real H100 kernels time it:
+    # the decode-step kernel sums of 11 BF16 model specs x TP 1-8 x batch 1-256 x 3 contexts,
+    # regressed on the step features (benchmarks/kernel_step_priors.py), give 0.13 (model-spec
+    # bootstrap 0.04-0.23); sd 0.7 puts that range's lower end inside the prior's 90% interval
+    # (0.04-0.41), which the H100 step rows then narrow.
+    "beta_lognormal": {"tp_sync_overhead": [1.0, 0.5], "decode_kv": [1.05, 0.25], "decode_compute": [0.13, 0.7]},
     # beta features without a model-class deviation (shared by the classes of a hardware level).
     # context_overhead: a per-token software cost of the engine, not of the model's shapes; with
     # one MoE deployment its class deviation and decode_kv's were collinear (the MoE runs'

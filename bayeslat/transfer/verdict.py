@@ -167,14 +167,33 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
     fitted_hw = [h for i, h in enumerate(hl) if rows[i].sum() > 0]
     fitted_cls = [c for j, c in enumerate(cl) if rows[:, j].sum() > 0]
     cell_seen = hwname in hl and cls in cl and rows[hl.index(hwname)][cl.index(cls)] > 0
-    new = {"hardware": hwname not in fitted_hw, "model_class": cls not in fitted_cls, "group": not cell_seen, "regimes": []}
+    # a GPU of the hardware level (kernel timings, model.hardware_steps) is fitted: its GPU-bound
+    # coefficients are the reference's scaled by its measured kernels; only its CPU-side terms draw
+    kernel_fitted = "hardware_cpu" in cd.new_levels
+    new = {
+        "hardware": hwname not in fitted_hw and not kernel_fitted,
+        "model_class": cls not in fitted_cls,
+        "group": not cell_seen,
+        "regimes": [],
+    }
     reasons, ood, extrap = [], [], []
 
+    if kernel_fitted:
+        sd = _post_mean(idata, "sigma_hw", 0.2)
+        ref = (M.attr_json(idata, "hardware_level", {}) or {}).get("reference")
+        reasons.append(
+            f"hardware '{hwname}' has no step rows in the fit, but its kernels were fitted (hardware level): its "
+            f"GPU-bound coefficients are {ref}'s scaled by its measured kernel efficiencies; its CPU-side terms "
+            f"(request, context overheads) are drawn from the population (sd {sd:.2f} on the log scale)"
+        )
     if new["hardware"]:
         sd = _post_mean(idata, "sigma_hw", 0.2)
-        reasons.append(
-            f"hardware '{hwname}' was not in the fit: its deviation is drawn from the population (sd {sd:.2f} on the log scale)"
+        how = (
+            "its kernel efficiencies are drawn from the hardware level's population of GPUs, projected on its datasheet"
+            if "hardware_level" in idata.groups()
+            else f"its deviation is drawn from the population (sd {sd:.2f} on the log scale)"
         )
+        reasons.append(f"hardware '{hwname}' was not in the fit: {how}")
         extrap.append("hardware")
     if new["model_class"]:
         sd = _post_mean(idata, "sigma_cls", 0.2)
