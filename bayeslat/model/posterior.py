@@ -11,7 +11,7 @@ import numpy as np
 
 from bayeslat import features as F
 from bayeslat.model.build import check_obs
-from bayeslat.model.hardware_steps import step_hardware_deviation
+from bayeslat.model.hardware_steps import HW_GROUP, step_hardware_deviation
 from bayeslat.model.io import attr_json
 from bayeslat.model.priors import KINDS
 from bayeslat.model.spread import (
@@ -158,7 +158,7 @@ def coefficient_draws(
         kd = step_hardware_deviation(idata, hardware, sel)
         if kd is not None:
             log_ratio, ratio_mask, kernel_delta, delta_mask, kernel_fitted = kd
-            ref = hw_levels.index(attr_json(idata, "hardware_level", {})["reference"])
+            ref = hw_levels.index(attr_json(idata, HW_GROUP, {})["reference"])
             ref_dh = _flat(post, "dev_hw")[sel][:, ref] if use_hw else np.zeros((Dn, Fb))
             dh = np.where(ratio_mask[None], ref_dh + log_ratio, np.where(delta_mask[None], ref_dh, dh))
             if kernel_fitted:

@@ -48,6 +48,7 @@ from bayeslat import features as F
 from bayeslat import model as M
 from bayeslat import simulate
 from bayeslat.data import design
+from bayeslat.model.hardware_steps import HW_GROUP
 from bayeslat.model.training import _levels, _trained_tp, _training
 from bayeslat.probe.gate import _coef_draws
 from bayeslat.simulate.spec import resolve_spec, spec_sim_server
@@ -180,7 +181,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
 
     if kernel_fitted:
         sd = _post_mean(idata, "sigma_hw", 0.2)
-        ref = (M.attr_json(idata, "hardware_level", {}) or {}).get("reference")
+        ref = (M.attr_json(idata, HW_GROUP, {}) or {}).get("reference")
         reasons.append(
             f"hardware '{hwname}' has no step rows in the fit, but its kernels were fitted (hardware level): its "
             f"GPU-bound coefficients are {ref}'s scaled by its measured kernel efficiencies; its CPU-side terms "
@@ -190,7 +191,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         sd = _post_mean(idata, "sigma_hw", 0.2)
         how = (
             "its kernel efficiencies are drawn from the hardware level's population of GPUs, projected on its datasheet"
-            if "hardware_level" in idata.groups()
+            if HW_GROUP in idata.groups()
             else f"its deviation is drawn from the population (sd {sd:.2f} on the log scale)"
         )
         reasons.append(f"hardware '{hwname}' was not in the fit: {how}")
