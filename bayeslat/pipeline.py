@@ -3,8 +3,8 @@
 ``bayeslat.fit(obs)``, ``bayeslat fit`` and the shipped ``models/default.nc`` are the same object made
 by the same stages:
 
-1. **NUTS** (``bayeslat.model.fit``): the main fit of the rows; with two or more deployments in a
-   (hardware, model class) group, the deployment-spread fit; the run-spread stage.
+1. **NUTS** (``bayeslat.model.fit``): the main fit of the rows, then two cut stages exact on a
+   grid: the between-deployment spread (from the fit's residuals) and the between-run spread.
 2. **Hardware level** (``bayeslat.model.hardware_steps.attach_hardware_level``): the fit of the
    GPUs' kernel efficiencies to real kernel timings (the shipped ``models/hardware.nc``, made by
    ``bayeslat hardware``) is attached when the fit's hardware is one of its GPUs, so predictions
@@ -16,6 +16,7 @@ by the same stages:
 4. **Probe calibration** (``calibrate``, ``bayeslat calibrate``): out-of-sample probe errors from
    leave-one-model-out refits, which ``bayeslat update`` uses to weigh a probe. It refits once per
    held-out model, so it is a separate, optional step; the shipped default has been through it.
+   The held-out models' deployment factors also re-estimate the between-deployment spread.
 
 ``training_obs`` builds the rows ``bayeslat fit`` fits (bundled runs or ingested tables, with the
 data seed and the stratified subsample), and ``fit_attrs`` the attributes it records, so that the
@@ -88,7 +89,7 @@ def _bundled_runs(obs) -> bool:
     return bool(len(obs.run)) and set(map(str, obs.run)) <= _bundled_run_ids()
 
 
-def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, hardware="default", **kwargs):
+def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, hardware="default", log=None, **kwargs):
     """Fit the hierarchical model and run every stage of the pipeline but the probe calibration.
 
     Parameters
@@ -103,9 +104,12 @@ def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, hardware="defaul
         The hardware level (stage 2): ``"default"`` the shipped fit, a path or InferenceData of a
         ``bayeslat hardware`` fit, or None for none. Attached only where one of the fit's hardware
         levels is among its GPUs.
+    log
+        A callable taking one line as each stage starts (None: silent); the sampler's own
+        progress bar is ``progressbar``.
     **kwargs
         Passed to ``bayeslat.model.fit`` (backend, draws, tune, chains, target_accept, priors,
-        attrs, progressbar, spread_draws).
+        attrs, progressbar).
 
     Returns
     -------
@@ -118,10 +122,19 @@ def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, hardware="defaul
     >>> obs = training_obs(rows_per_run_kind=40)          # doctest: +SKIP
     >>> idata = bayeslat.fit(obs, seed=0)                  # doctest: +SKIP
     """
+    say = log or (lambda _line: None)
+    n_runs = len(set(map(str, obs.run)))
+    say(f"[1/3] NUTS on {len(obs.y):,} rows of {n_runs} runs (compile, sample, then the spread stages)")
     idata = M.fit(obs, seed=seed, **kwargs)
+    say("[2/3] hardware level")
     attach_hardware(idata, hardware)
     if discrepancy is None:
         discrepancy = _bundled_runs(obs)
+    say(
+        f"[3/3] simulator discrepancy: replaying {n_runs} training runs"
+        if discrepancy
+        else "[3/3] simulator discrepancy: not run"
+    )
     if discrepancy:
         simulate.attach_sim_discrepancy(idata, seed=seed)
     return idata
@@ -188,7 +201,9 @@ def calibrate(
     Returns
     -------
     arviz.InferenceData
-        ``idata``, with ``attrs["probe_oos_errors"]`` set.
+        ``idata``, with ``attrs["probe_oos_errors"]`` set and, in the deployment level's "spread"
+        mode, the deployment spread re-estimated from the held-out models' deployment factors
+        (``bayeslat.model.estimate_deployment_spread``).
 
     Raises
     ------
@@ -222,13 +237,16 @@ def calibrate(
 
     oos = P.oos_errors(fold_fit, groups, probe_n, seed=seed, design=design_name, log=log)
     where = f"in {fit_dir}" if fit_dir else "(not cached)"
-    P.attach_probe_oos(
-        idata,
-        [e for errs in oos.values() for e in errs],
-        probe_n,
-        source=f"bayeslat calibrate: leave-one-model-out folds {where}",
-        design=design_name,
-    )
+    errors = [e for errs in oos.values() for e in errs]
+    source = f"bayeslat calibrate: leave-one-model-out folds {where}"
+    P.attach_probe_oos(idata, errors, probe_n, source=source, design=design_name)
+    # the held-out models' deployment factors are draws of a new deployment's factor: the
+    # between-deployment spread from them (nested cross-validation) replaces the one from the
+    # fit's own residuals, which the coefficients absorb where deployments are few
+    heldout = [e for e in errors if "factor_step" in e]
+    pri = M.attr_json(idata, "priors", {}) or {}
+    if heldout and pri.get("deployment_level") == "spread" and pri.get("sigma_dep"):
+        M.estimate_deployment_spread(idata, heldout=heldout, seed=seed, info={"heldout_source": source})
     return idata
 
 
@@ -277,4 +295,79 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
     return out | {"spec": s, "result": res, "new_levels": list(getattr(cdraws, "new_levels", None) or [])}
 
 
-__all__ = ["CALIBRATION_PROBE_N", "calibrate", "fit", "fit_attrs", "predict", "training_obs"]
+_TASK_MODELS: dict = {}
+
+
+def _task_model(model):
+    """A sweep task's fit: loaded once per worker process and path (None: the shipped default)."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return model
+    key = None if model is None else os.fspath(model)
+    if key not in _TASK_MODELS:
+        _TASK_MODELS[key] = M.load_or_default(key)
+    return _TASK_MODELS[key]
+
+
+def _predict_task(item) -> dict:
+    spec, model, draws, seed = item
+    out = predict(spec, _task_model(model), draws=draws, seed=seed)
+    s, res = out.pop("spec"), out.pop("result")
+    return out | {"spec": str(s.get("spec_path") or spec), "draws": int(res["draws"]), "n_failed": float(res["n_failed"])}
+
+
+def _check_task(item) -> dict:
+    from bayeslat.transfer import check
+
+    spec, model, draws, seed = item
+    return check(spec, _task_model(model), draws=draws, seed=seed)
+
+
+def _sweep(task, specs, model, draws, seed, workers, scheduler, progress) -> list:
+    from bayeslat import cluster
+
+    if model is not None and not isinstance(model, (str, os.PathLike)) and (scheduler is not None or workers != 0):
+        raise SpecError("a sweep on Dask takes the fit as a path (its workers load it once each)", field="model")
+    items = [(spec, model, int(draws), int(seed)) for spec in specs]
+    return cluster.map_tasks(task, items, workers=workers, scheduler=scheduler, progress=progress)
+
+
+def predict_many(specs, model=None, *, draws: int = 20, seed: int = 0, workers: int | None = None, scheduler=None, progress=None):
+    """:func:`predict` of every SPEC of ``specs``, one Dask task each (:mod:`bayeslat.cluster`).
+
+    Each task is ``predict(spec, model, draws=draws, seed=seed)``: a pure function of the spec, so
+    the results are the same on any number of workers, and the same as calling :func:`predict`
+    on each spec in turn.
+
+    Parameters
+    ----------
+    specs
+        SPEC.yaml paths (or mappings in its format).
+    model
+        A fit's path; None: the shipped default. Each worker loads it once.
+        (An InferenceData only with ``workers=0``.)
+    draws, seed
+        As :func:`predict`.
+    workers
+        Processes of the local Dask cluster (None: the usable CPUs; 0: in this process).
+    scheduler
+        Address of an existing Dask scheduler (or a ``distributed.Client``) to run on instead.
+    progress
+        A callable taking (done, total) after each task.
+
+    Returns
+    -------
+    list of dict
+        Per spec, in order: :func:`predict`'s summary (``ttft_ms`` / ``itl_ms`` / ``e2e_ms`` with ``mean``,
+        ``p90``, ``p99``, ``mean_interval90``; ``requests``; ``new_levels``) with the spec's path,
+        ``draws`` and ``n_failed`` instead of the full posterior predictive.
+    """
+    return _sweep(_predict_task, specs, model, draws, seed, workers, scheduler, progress)
+
+
+def check_many(specs, model=None, *, draws: int = 20, seed: int = 0, workers: int | None = None, scheduler=None, progress=None):
+    """``bayeslat.transfer.check`` of every SPEC of ``specs``, one Dask task each; the parameters
+    are :func:`predict_many`'s. Returns the check reports, in order."""
+    return _sweep(_check_task, specs, model, draws, seed, workers, scheduler, progress)
+
+
+__all__ = ["CALIBRATION_PROBE_N", "calibrate", "check_many", "fit", "fit_attrs", "predict", "predict_many", "training_obs"]

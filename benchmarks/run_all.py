@@ -53,6 +53,8 @@ COMMANDS: dict[str, dict[str, str]] = {
     "simulate_speed": {"default": "python benchmarks/simulate_speed.py"},
     "reconstruct_agreement": {"default": "python benchmarks/reconstruct_agreement.py"},
     "ingest_throughput": {"default": "python benchmarks/ingest_throughput.py --size-mb 1024"},
+    "dask_scaling": {"default": "python benchmarks/dask_scaling.py --runs 10 --size-mb 1024"},
+    "prior_comparison": {"default": "python benchmarks/prior_comparison.py --reuse-default --fit-dir benchmarks/out/cv_fits"},
     "hardware_transfer": {"default": "python benchmarks/hardware_transfer.py"},
     "validate_accuracy": {
         "default": f"{_VA} --suites replay aggregate --draws 40",
@@ -93,6 +95,8 @@ FAST: dict[str, str] = {
     "simulate_speed": "--draws 1",
     "reconstruct_agreement": "--runs llama-2-7b-tp1-codegen",
     "ingest_throughput": "--size-mb 20",
+    "dask_scaling": "--runs 2 --size-mb 5 --draws 2 --seeds 1",
+    "prior_comparison": "--draws 100 --tune 100 --no-cv",
     "hardware_transfer": "--draws 10",
     "kernel_step_priors": "--boot 20",
     "kernel_transfer": "--per-family 40 --draws 200 --tune 200 --pred-draws 50 --gpus l40s",

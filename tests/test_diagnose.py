@@ -1,5 +1,7 @@
-"""bayeslat.model.diagnose: a diagnostic that cannot be computed fails with its reason, and the
-deployment-spread fit (group ``deployment_spread``) is diagnosed like the coefficient fit.
+"""bayeslat.model.diagnose: a diagnostic that cannot be computed fails with its reason, and a
+deployment spread sampled with NUTS (group ``deployment_spread``, attached with
+``attach_deployment_spread``) is diagnosed like the coefficient fit; the grid-estimated one is
+checked in test_spread.py.
 
 The fits here are built from seeded arrays (no sampling): well-mixed chains, or chains moved
 apart where a test needs R-hat > 1."""
@@ -130,7 +132,7 @@ def test_unconverged_spread_fit_fails():
     assert "dev_alpha_dep" in sp["reasons"]["max_rhat"]
     assert sp["divergences"] == 3 and sp["checks"]["divergences"] is False
     assert d["passed"] is False
-    assert "deployment-spread fit" in format_table(d)
+    assert "deployment spread" in format_table(d)
 
 
 def test_spread_fit_without_sampler_record_fails():
@@ -146,14 +148,16 @@ def test_spread_fit_without_sampler_record_fails():
 
 
 def test_spread_fit_due_but_absent_fails_and_not_due_is_not_run():
-    # "spread" priors and a group of 3 deployments: fit() would have attached a spread fit
+    # "spread" priors: fit() would have attached a deployment spread
     d = D.diagnose(_fit())
     sp = d["deployment_spread"]
     assert sp["status"] == "missing" and "no deployment_spread group" in sp["reason"]
     assert not any(sp["checks"].values()) and d["passed"] is False
     assert "MISSING" in format_table(d)
-    # not due: the deployment level is off, or no group has two deployments
-    for idata in (_fit(priors={"deployment_level": "off"}), _fit(deps=DEPS[:1])):
+    # also with one deployment (the spread is then its prior, but attached all the same)
+    assert D.diagnose(_fit(deps=DEPS[:1]))["deployment_spread"]["status"] == "missing"
+    # not due: the deployment level is off
+    for idata in (_fit(priors={"deployment_level": "off"}),):
         d = D.diagnose(idata)
         assert d["deployment_spread"]["status"] == "not run" and d["deployment_spread"]["reason"]
         assert d["passed"] is True
@@ -174,8 +178,9 @@ def test_cli_diagnose_exit_code_and_reasons(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("PASSED")
 
 
-def test_shipped_default_spread_fit_is_diagnosed():
+def test_shipped_default_spread_is_diagnosed():
+    """The shipped default's deployment spread is the grid posterior from its held-out models'
+    deployment factors (bayeslat calibrate): checked, and passing."""
     sp = D.diagnose_spread(M.load_default())
-    assert sp["status"] == "diagnosed"
-    assert {"sigma_dep", "sigma_alpha_dep"} <= set(sp["variables"])
-    assert set(sp["checks"]) == set(D.SPREAD_CHECKS)
+    assert sp["status"] == "exact" and sp["passed"]
+    assert sp["fit"]["source"] == "held-out deployments" and sp["fit"]["step_dof"] >= 4

@@ -13,7 +13,7 @@ import bayeslat
 
 PKG = Path(bayeslat.__file__).parent
 MAX_LINES = 600
-HEAVY = ("pymc", "pytensor", "arviz", "nutpie", "jax", "numpyro", "matplotlib")
+HEAVY = ("pymc", "pytensor", "arviz", "nutpie", "jax", "numpyro", "matplotlib", "dask", "distributed")
 
 
 def _modules():

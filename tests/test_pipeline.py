@@ -118,3 +118,14 @@ def test_cli_calibrate_errors_name_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bayeslat calibrate: error:" in err and "missing.nc" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_fit_reports_each_stage_as_it_starts(stages):
+    obs = pipeline.training_obs(runs=[RUN], rows_per_run_kind=3)
+    lines = []
+    pipeline.fit(obs, hardware=None, log=lines.append)
+    assert [ln[:5] for ln in lines] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert f"{len(obs.y):,} rows of 1 runs" in lines[0] and "replaying 1 training runs" in lines[2]
+    lines.clear()
+    pipeline.fit(obs, hardware=None, discrepancy=False, log=lines.append)
+    assert lines[2].endswith("not run") and stages["discrepancy"] == 1

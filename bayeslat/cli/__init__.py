@@ -80,6 +80,17 @@ def out_dir(text: str) -> str:
     return text
 
 
+def _dask_args(s, what: str) -> None:
+    s.add_argument(
+        "--workers",
+        type=nonneg_int,
+        default=None,
+        help=f"{what} run on a local Dask cluster of this many processes (default: the usable CPUs; 0: in this process)",
+    )
+    s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler to run on instead (tcp://HOST:8786)")
+    s.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bayeslat", description="Bayesian latency models for vLLM serving.")
     p.add_argument("--version", action="store_true", help="print the package version and exit")
@@ -94,11 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="parse vLLM traces / lifecycle data into validated tables")
     s.add_argument(
-        "paths", nargs="+", help="trace files (OTLP JSON lines, kv_events.jsonl, inference-perf per-request JSON; .gz ok)"
+        "paths",
+        nargs="+",
+        help="trace files (OTLP JSON lines, kv_events.jsonl, inference-perf per-request JSON; .gz ok) of one run "
+        "(with --experiment), or run directories, each holding its experiment YAML and trace files (without)",
     )
-    s.add_argument("--experiment", required=True, help="experiment YAML (server config + model + hardware + workload)")
-    s.add_argument("--out", required=True, type=out_dir, help="output directory for the Parquet tables and report.json")
+    s.add_argument(
+        "--experiment",
+        default=None,
+        help="experiment YAML (server config + model + hardware + workload) of the trace files; "
+        "omit it to ingest run directories, one Dask task each",
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        type=out_dir,
+        help="output directory for the Parquet tables and report.json (run directories: one subdirectory per experiment)",
+    )
     s.add_argument("--json", action="store_true", help="print the ingest report as JSON")
+    _dask_args(s, "run directories")
 
     s = sub.add_parser("fit", help="fit the hierarchical model with NUTS and write netCDF")
     s.add_argument(
@@ -202,11 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = sub.add_parser("predict", help="posterior predictive TTFT / ITL / E2E of a workload")
-    s.add_argument("spec", help="SPEC.yaml naming model, hardware, server and workload")
+    s.add_argument(
+        "spec", nargs="+", help="SPEC.yaml naming model, hardware, server and workload (several: a sweep on Dask, one task each)"
+    )
     s.add_argument("--model", default=None, help="fitted netCDF (default: the shipped default fit)")
     s.add_argument("--draws", type=positive_int, default=20)
     s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--json", action="store_true")
+    _dask_args(s, "several SPECs")
 
     s = sub.add_parser("validate", help="predict every real run and compare with the observed aggregates")
     s.add_argument(
@@ -235,11 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("check", help="transfer-failure check of a configuration before deployment")
-    s.add_argument("spec", help="SPEC.yaml")
+    s.add_argument("spec", nargs="+", help="SPEC.yaml (several: a sweep on Dask, one task each; not with --probe)")
     s.add_argument("--model", default=None)
     s.add_argument("--probe", nargs="+", default=None, help="probe traces / per-request data of a short run")
     s.add_argument("--draws", type=positive_int, default=20)
     s.add_argument("--json", action="store_true")
+    _dask_args(s, "several SPECs")
 
     s = sub.add_parser("update", help="condition a fitted posterior on a probe run")
     s.add_argument("model", help="fitted netCDF")

@@ -91,6 +91,9 @@ def format_check(rep: dict) -> str:
 def run(args) -> int:
     """``bayeslat check SPEC [--model M] [--probe P ...]``: exit 3 if out-of-distribution (or the
     probe says refit), else 0."""
+    if len(args.spec) > 1:
+        return _run_many(args)
+    args.spec = args.spec[0]
     idata = _load_model(args.model)
     # the probe before the check: a bad probe file is refused in a second, not after the check's
     # simulation (neither depends on the other)
@@ -105,3 +108,23 @@ def run(args) -> int:
         print(format_check(rep))
     bad = rep["verdict"] == "out-of-distribution" or rep.get("probe", {}).get("decision") == "refit"
     return 3 if bad else 0
+
+
+def _run_many(args) -> int:
+    """Several SPECs: one Dask task each (``pipeline.check_many``); exit 3 if any is
+    out-of-distribution."""
+    from bayeslat import cluster, pipeline
+    from bayeslat.errors import SpecError
+
+    if getattr(args, "probe", None):
+        raise SpecError("--probe scores one configuration: give one SPEC with it", field="probe")
+    progress = None if args.no_progress else cluster.stderr_progress("check: specs")
+    reps = pipeline.check_many(
+        args.spec, args.model, draws=int(args.draws or 20), workers=args.workers, scheduler=args.scheduler, progress=progress
+    )
+    reps = [_jsonable(r) for r in reps]
+    if args.json:
+        print(json.dumps(reps, indent=1))
+    else:
+        print("\n\n".join(format_check(r) for r in reps))
+    return 3 if any(r["verdict"] == "out-of-distribution" for r in reps) else 0

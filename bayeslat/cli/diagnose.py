@@ -32,9 +32,21 @@ def format_table(d: dict) -> str:
         lines.append(f"PSIS-LOO elpd {d['loo']['elpd']:.1f} (se {d['loo']['se']:.1f}), p_loo {d['loo']['p_loo']:.1f}")
     sp = d.get("deployment_spread")
     if sp is not None:
-        head = "deployment-spread fit (group deployment_spread)"
+        head = "deployment spread (group deployment_spread)"
         if sp["status"] == "not run":
             lines.append(f"{head}: not run ({sp['reason']})")
+        elif sp["status"] == "exact":
+            fit = sp.get("fit") or {}
+            lines.append(f"{head}: {sp['reason']}" + ("" if sp["passed"] else "  FAILED"))
+            for part, name in (("step", "sigma_dep"), ("alpha", "sigma_alpha_dep")):
+                q = fit.get(part) or {}
+                lines.append(
+                    f"  {name:<16} median {q.get('median', float('nan')):.3f} "
+                    f"[{q.get('q05', float('nan')):.3f}, {q.get('q95', float('nan')):.3f}] "
+                    f"(prior median {q.get('prior_median', float('nan')):.3f}); grid edge mass "
+                    f"{q.get('grid_edge_mass', float('nan')):.1e}"
+                    + ("" if sp["checks"].get(f"grid_edge_mass_{part}") else "  FAILED")
+                )
         else:
             lines.append(head + (f": MISSING ({sp['reason']})" if sp["status"] == "missing" else ""))
             lines += _rows(dict(sp, thresholds={k: d["thresholds"][k] for k in SPREAD_CHECKS}), SPREAD_CHECKS)

@@ -3,6 +3,8 @@ one-line summary."""
 
 from __future__ import annotations
 
+import sys
+
 from bayeslat import model, pipeline
 
 
@@ -27,9 +29,14 @@ def _load_obs(args):
     return pipeline.training_obs(args.data, **_data_args(args))
 
 
+def _stage_line(line: str) -> None:
+    print(f"bayeslat fit: {line}", file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
     obs = _load_obs(args)
     seed = 0 if args.seed is None else args.seed
+    print(model.blas_note(args.backend or model.DEFAULT_BACKEND), file=sys.stderr)
     # the simulator-discrepancy stage replays bundled runs: it runs for --data bundled
     idata = pipeline.fit(
         obs,
@@ -43,6 +50,7 @@ def run(args) -> int:
         attrs=pipeline.fit_attrs(args.data, **_data_args(args)),
         target_accept=getattr(args, "target_accept", None),
         hardware=None if getattr(args, "hardware", "default") == "none" else getattr(args, "hardware", "default"),
+        log=None if args.no_progress or not sys.stderr.isatty() else _stage_line,
     )
     path = model.save(idata, args.out)
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else -1

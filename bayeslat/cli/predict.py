@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from bayeslat import pipeline
 from bayeslat.simulate import METRICS, NEW_LEVEL_DRAWS
 
 
 def run(args) -> int:
-    pred = pipeline.predict(args.spec, args.model, draws=int(args.draws), seed=int(args.seed))
+    if len(args.spec) > 1:
+        return _run_many(args)
+    pred = pipeline.predict(args.spec[0], args.model, draws=int(args.draws), seed=int(args.seed))
     spec, res, new_levels = pred.pop("spec"), pred.pop("result"), pred.pop("new_levels")
     out = pred
     if args.json:
@@ -36,5 +39,33 @@ def run(args) -> int:
             f"10-20% between seeds (benchmarks/hardware_transfer.py); --draws {NEW_LEVEL_DRAWS} for a steadier "
             "estimate",
             file=sys.stderr,
+        )
+    return 0
+
+
+def _run_many(args) -> int:
+    """Several SPECs: one Dask task each (``pipeline.predict_many``); a table, or JSON lines."""
+    from bayeslat import cluster
+
+    progress = None if args.no_progress else cluster.stderr_progress("predict: specs")
+    out = pipeline.predict_many(
+        args.spec,
+        args.model,
+        draws=int(args.draws),
+        seed=int(args.seed),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=progress,
+    )
+    if args.json:
+        for o in out:
+            print(json.dumps(o))
+        return 0
+    print(f"{'spec':40s} {'TTFT mean':>10s} {'ITL mean':>9s} {'E2E mean':>10s}   E2E mean 90% interval  new levels")
+    for o in out:
+        lo, hi = o["e2e_ms"]["mean_interval90"]
+        print(
+            f"{Path(o['spec']).name[-40:]:40s} {o['ttft_ms']['mean']:10.2f} {o['itl_ms']['mean']:9.2f} {o['e2e_ms']['mean']:10.2f}   "
+            f"[{lo:.2f}, {hi:.2f}]  {', '.join(o['new_levels']) or '-'}"
         )
     return 0

@@ -16,6 +16,8 @@ Public API: :func:`fit`, :func:`save`, :func:`load`, :func:`coefficient_draws`,
 
 from __future__ import annotations
 
+import warnings
+
 from bayeslat.model.build import (
     FIELDS,
     _centred_cells,
@@ -25,7 +27,7 @@ from bayeslat.model.build import (
     build_model,
     check_obs,
 )
-from bayeslat.model.fitting import HELPER_VARS, MAX_SAVED_DRAWS, OFFSET_PREFIXES, SPREAD_DRAWS, data_groups, fit
+from bayeslat.model.fitting import HELPER_VARS, MAX_SAVED_DRAWS, OFFSET_PREFIXES, data_groups, fit, raw_rows
 from bayeslat.model.io import DEFAULT_MODEL, attr_json, load, load_default, load_or_default, save
 from bayeslat.model.posterior import CoefDraws, coefficient_draws, noise_terms, posterior_predictive, predict_mean
 from bayeslat.model.priors import DEFAULT_PRIORS, DEPLOYMENT_LEVELS, FORMAT, KINDS, SYS_KINDS, _merge_priors
@@ -35,6 +37,7 @@ from bayeslat.model.sample import (
     DEFAULT_SAMPLER,
     VERSIONED_LIBRARIES,
     available_backends,
+    blas_note,
     data_hash,
     library_versions,
     sampler_health,
@@ -45,7 +48,9 @@ from bayeslat.model.spread import (
     _weighted_quantile,
     attach_deployment_spread,
     attach_run_spread,
+    deployment_residuals,
     deployment_spread_draws,
+    estimate_deployment_spread,
     run_residuals,
     run_spread_draws,
     run_update_factors,
@@ -53,6 +58,12 @@ from bayeslat.model.spread import (
     update_weights,
 )
 from bayeslat.model.synthetic import TRUE_ALPHA_POP, TRUE_BETA_POP, example_contexts, simulate_obs
+
+# pytensor's C backend warns in five lines when no BLAS links (the warning fires at the first
+# compile, so this filter still comes first), which a pip install never does. The samplers are off
+# that backend (nutpie compiles the model with numba, numpyro with JAX); only the pointwise
+# log-likelihood pass runs in it. `bayeslat fit` says so in one line (sample.blas_note).
+warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS installation", category=UserWarning)
 
 __all__ = [
     # constants and priors
@@ -67,7 +78,6 @@ __all__ = [
     "DEFAULT_SAMPLER",
     "VERSIONED_LIBRARIES",
     "MAX_SAVED_DRAWS",
-    "SPREAD_DRAWS",
     "OFFSET_PREFIXES",
     "HELPER_VARS",
     "RUN_SPREAD",
@@ -78,11 +88,15 @@ __all__ = [
     "data_groups",
     "fit",
     "sampler_health",
+    "blas_note",
+    "raw_rows",
     "library_versions",
     "data_hash",
     # spread stages and draws
     "attach_deployment_spread",
     "attach_run_spread",
+    "estimate_deployment_spread",
+    "deployment_residuals",
     "run_residuals",
     "deployment_spread_draws",
     "run_spread_draws",

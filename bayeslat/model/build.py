@@ -243,6 +243,31 @@ def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1, no_class=()
     }
 
 
+def _ard(pm, pt, name: str, scale: np.ndarray, p: dict):
+    """Positive ARD (sparsity) coefficients ``scale * x``, one per entry of ``scale``, under the
+    priors' ``ard_prior``:
+
+    - ``"betaprime"`` (default): ``x ~ BetaPrime(shape_a, shape_b)``, sampled as ``w / (1 - w)``
+      with ``w ~ Beta(shape_a, shape_b)`` (variable ``<name>_w``);
+    - ``"horseshoe"``: the regularised horseshoe (Piironen & Vehtari 2017) on the positive half
+      line, non-centred: ``x = tau lambda~ |z|`` with ``z ~ HalfNormal(1)`` (``z_<name>_hs``),
+      local scales ``lambda ~ HalfCauchy(1)``, a global ``tau ~ HalfCauchy(hs_tau0)`` and a slab
+      ``c^2 ~ InvGamma(hs_slab_df / 2, hs_slab_df hs_slab_scale^2 / 2)``,
+      ``lambda~^2 = c^2 lambda^2 / (c^2 + tau^2 lambda^2)`` (large coefficients are shrunk like a
+      Student-t slab of scale ``hs_slab_scale``, small ones like the horseshoe).
+    """
+    n = len(scale)
+    if p["ard_prior"] == "horseshoe":
+        z = pm.HalfNormal(f"z_{name}_hs", 1.0, shape=n)
+        lam = pm.HalfCauchy(f"{name}_hs_lambda", 1.0, shape=n)
+        tau = pm.HalfCauchy(f"{name}_hs_tau", p["hs_tau0"])
+        nu, s = float(p["hs_slab_df"]), float(p["hs_slab_scale"])
+        c2 = pm.InverseGamma(f"{name}_hs_c2", nu / 2.0, nu * s**2 / 2.0)
+        return scale * tau * pt.sqrt(c2 * lam**2 / (c2 + tau**2 * lam**2)) * z
+    w = pm.Beta(f"{name}_w", alpha=p["shape_a"], beta=p["shape_b"], shape=n)
+    return scale * w / (1.0 - w)
+
+
 def build_model(obs, priors: dict | None = None):
     """The PyMC model of an ObsTable (see the module docstring)."""
     import pymc as pm
@@ -272,16 +297,14 @@ def build_model(obs, priors: dict | None = None):
         # (not "n_steps": that name is a NUTS sample stat, and numpyro's conversion then mixes the two)
         n_steps = pm.Data("n_steps_row", d["n_steps"], dims="obs_id")
 
-        a, b = p["shape_a"], p["shape_b"]
         present = np.abs(d["X"]).sum(axis=(0, 1)) > 0
         fixed = np.isin(np.asarray(F.BETA_NAMES), p["exclude_features"])
         bln = p.get("beta_lognormal") or {}
         lnm = np.isin(np.asarray(F.BETA_NAMES), list(bln))
         ip, ia = np.flatnonzero(present & ~fixed & ~lnm), np.flatnonzero(~present & ~fixed & ~lnm)
         il = np.flatnonzero(~fixed & lnm)  # present or not: their own physics prior
-        w = pm.Beta("beta_pop_w", alpha=a, beta=b, shape=ip.size)
         bp = pt.zeros(F.N_BETA)
-        bp = pt.set_subtensor(bp[ip], np.asarray(p["beta_scale"])[ip] * w / (1.0 - w))
+        bp = pt.set_subtensor(bp[ip], _ard(pm, pt, "beta_pop", np.asarray(p["beta_scale"])[ip], p))
         if il.size:
             # physics priors of named terms (priors "beta_lognormal"), e.g. the TP all-reduce latency
             med = np.log([bln[F.BETA_NAMES[i]][0] for i in il])
@@ -302,8 +325,7 @@ def build_model(obs, priors: dict | None = None):
         ish = np.array([i for i in range(F.N_ALPHA) if i not in set(ial.tolist())], dtype=int)
         ap = pt.zeros(F.N_ALPHA)
         if ish.size:
-            wa = pm.Beta("alpha_pop_w", alpha=a, beta=b, shape=ish.size)
-            ap = pt.set_subtensor(ap[ish], np.asarray(p["alpha_scale"])[ish] * wa / (1.0 - wa))
+            ap = pt.set_subtensor(ap[ish], _ard(pm, pt, "alpha_pop", np.asarray(p["alpha_scale"])[ish], p))
         if ial.size:
             med = np.log([lognorm[names_a[i]][0] for i in ial])
             sdl = np.array([lognorm[names_a[i]][1] for i in ial])

@@ -19,15 +19,15 @@ tree depth and divergences need the sampler's statistics. Only elements whose dr
 (a coefficient held at 0) are left out of R-hat and ESS: they have no sampling error.
 
 Stages: the coefficient fit (the posterior) and, in the "spread" mode of the deployment level,
-the second, cut fit of the between-deployment spread (group ``deployment_spread``; its sampler
-record is attrs ``deployment_spread``). Its R-hat and ESS are computed on the draws the group
-keeps (``sigma_dep``, ``sigma_alpha_dep`` and the deployment factors), divergences, BFMI and
-tree-depth saturation are read from the record (``min_bfmi``, ``tree_depth_saturation``,
-``divergences`` / ``divergences_all_draws``). PSIS-LOO is a check of the coefficient stage only:
-predictions use the coefficients' likelihood, the spread fit contributes ``sigma_dep`` alone
-(``SPREAD_CHECKS``). A spread fit that was due (priors ``deployment_level = "spread"``,
-``sigma_dep > 0`` and a (hardware, class) group of >= 2 deployments in the fit rows, as in
-:func:`bayeslat.model.fit`) but is absent fails; one that was not due is reported as not run.
+the cut stage of the between-deployment spread (group ``deployment_spread``, record attrs
+``deployment_spread``). That stage is a grid posterior
+(:func:`bayeslat.model.estimate_deployment_spread`): no sampler, so no R-hat or ESS; its check is
+that the grid holds the posterior (``grid_edge_mass_*`` <= ``GRID_EDGE_MASS``). A spread stage
+sampled with NUTS (a fit of the deployment level attached with ``attach_deployment_spread``) is
+diagnosed like the coefficient fit on the draws the group keeps, with divergences, BFMI and
+tree-depth saturation read from its record (``SPREAD_CHECKS``). PSIS-LOO is a check of the
+coefficient stage only. A spread stage that was due (priors ``deployment_level = "spread"`` and
+``sigma_dep > 0``) but is absent fails; one that was not due is reported as not run.
 
 ARD (``features_kept``): a beta feature is *kept* when it is present in the fit data and the
 5% posterior quantile of its population coefficient exceeds ``KEEP_MS`` = 0.01 ms per scaled
@@ -44,7 +44,6 @@ import warnings
 
 import numpy as np
 
-from bayeslat.model.build import _deployment_groups
 from bayeslat.model.io import attr_json
 from bayeslat.model.sample import sampler_health
 
@@ -144,33 +143,51 @@ def _checks(out: dict, th: dict, keys, reasons: dict) -> dict:
 
 
 def _spread_due(idata) -> tuple[bool, str]:
-    """Whether :func:`bayeslat.model.fit` runs a spread fit for this fit, and why (not)."""
+    """Whether :func:`bayeslat.model.fit` attaches a deployment spread to this fit, and why (not)."""
     if "sigma_dep" in idata.posterior:
         return False, "the deployment level is in the coefficient fit (deployment_level 'fit'), diagnosed with it"
     pri = attr_json(idata, "priors", None)
     if not isinstance(pri, dict):
-        return True, "the fit records no priors, so whether a spread fit was due is unknown"
+        return True, "the fit records no priors, so whether a deployment spread was due is unknown"
     if pri.get("deployment_level") != "spread" or not pri.get("sigma_dep"):
-        return False, (f"deployment_level {pri.get('deployment_level')!r}, sigma_dep {pri.get('sigma_dep')!r}: no spread fit")
-    cd = idata.get("constant_data", None)
-    if cd is None or not all(k in cd for k in ("deployment", "hw", "cls")):
-        return True, "the fit has no constant_data deployment / hw / cls, so whether a spread fit was due is unknown"
-    groups = _deployment_groups(
-        {
-            "deployment": np.asarray(cd["deployment"].values).astype(str),
-            "hw": np.asarray(cd["hw"].values),
-            "cls": np.asarray(cd["cls"].values),
-        }
-    )[2]
-    if not groups:
-        return False, "no (hardware, class) group of the fit rows has >= 2 deployments: the sigma_dep prior is used"
-    return True, f"{len(groups)} (hardware, class) group(s) of the fit rows have >= 2 deployments"
+        return False, (f"deployment_level {pri.get('deployment_level')!r}, sigma_dep {pri.get('sigma_dep')!r}: no spread stage")
+    return True, "the priors ask for a deployment spread (deployment_level 'spread')"
+
+
+#: most posterior mass allowed in the outer 1% of the deployment-spread grid at either end
+GRID_EDGE_MASS = 1e-3
+
+
+def _grid_spread(out: dict, meta: dict) -> dict:
+    """Diagnostics of a grid-estimated deployment spread (``estimate_deployment_spread``): no
+    sampler, so no R-hat or ESS; the check is that the grid holds the posterior (``grid_edge_mass``
+    of each sigma <= ``GRID_EDGE_MASS``)."""
+    checks, reasons = {}, {}
+    for part in ("step", "alpha"):
+        v = (meta.get(part) or {}).get("grid_edge_mass")
+        key = f"grid_edge_mass_{part}"
+        out[key] = v
+        checks[key] = v is not None and float(v) <= GRID_EDGE_MASS
+        if v is None:
+            reasons[key] = f"attrs deployment_spread records no grid edge mass of the {part} part"
+        elif not checks[key]:
+            reasons[key] = f"{float(v):.3g} of the posterior is at the edge of the grid (> {GRID_EDGE_MASS})"
+    dof = {p: meta.get(f"{p}_dof") for p in ("step", "alpha")}
+    return out | {
+        "status": "exact",
+        "reason": f"grid posterior from {meta.get('source', '?')} (degrees of freedom: step {dof['step']}, CPU {dof['alpha']})",
+        "fit": meta,
+        "checks": checks,
+        "reasons": reasons,
+        "passed": all(checks.values()),
+    }
 
 
 def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
-    """Diagnostics of the deployment-spread fit (module docstring): ``status`` "diagnosed",
-    "missing" (due but absent: every check fails) or "not run" (not due: no checks); ``reason``,
-    the values, ``checks``, ``reasons`` and ``passed``."""
+    """Diagnostics of the deployment-spread stage (module docstring): ``status`` "exact" (a grid
+    posterior: its grid check), "diagnosed" (sampled with NUTS: the sampler checks), "missing"
+    (due but absent: every check fails) or "not run" (not due: no checks); ``reason``, the
+    values, ``checks``, ``reasons`` and ``passed``."""
     th = dict(THRESHOLDS, **(thresholds or {}))
     out: dict = {"stage": "deployment_spread"}
     reasons: dict = {}
@@ -188,6 +205,10 @@ def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
             "passed": False,
         }
     ds = idata["deployment_spread"]
+    meta = attr_json(idata, "deployment_spread", None)
+    meta = meta if isinstance(meta, dict) else {}
+    if meta.get("method") == "grid":
+        return _grid_spread(out, meta)
     names = [v for v in ds.data_vars if all(d in ds[v].dims for d in SAMPLE_DIMS)]
     out["status"] = "diagnosed"
     out["reason"] = None
@@ -198,8 +219,6 @@ def diagnose_spread(idata, thresholds: dict | None = None) -> dict:
         for k in ("max_rhat", "min_ess_bulk", "min_ess_tail"):
             out[k] = None
             reasons[k] = "the deployment_spread group has no (chain, draw) variables"
-    meta = attr_json(idata, "deployment_spread", None)
-    meta = meta if isinstance(meta, dict) else {}
     out["fit"] = meta
     counts = [meta[k] for k in ("divergences", "divergences_all_draws") if meta.get(k) is not None]
     out["divergences"] = int(max(counts)) if counts else None

@@ -1,6 +1,6 @@
 """Fitting: :func:`fit` runs NUTS on the model of an ObsTable and records the fit (thinned draws,
-pointwise log-likelihood, data and attrs), then its cut stages: the deployment-spread fit and the
-between-run spread."""
+pointwise log-likelihood, data and attrs), then its cut stages, exact on grids: the
+between-deployment and the between-run spread."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from bayeslat import features as F
 from bayeslat._version import __version__
 from bayeslat.data import design
 from bayeslat.errors import SpecError
-from bayeslat.model.build import _deployment_groups, _structure, build_model, check_obs
+from bayeslat.model.build import _structure, build_model, check_obs
 from bayeslat.model.priors import FORMAT, KINDS, _merge_priors
 from bayeslat.model.sample import (
     DEFAULT_BACKEND,
@@ -24,14 +24,15 @@ from bayeslat.model.sample import (
     data_hash,
     library_versions,
 )
-from bayeslat.model.spread import attach_deployment_spread, attach_run_spread
+from bayeslat.model.spread import attach_run_spread, estimate_deployment_spread
 
 MAX_SAVED_DRAWS = 1000  # per chain, after thinning (fit)
-SPREAD_DRAWS = 1000  # draws (and tune) of the deployment-spread fit (fit, "spread" mode)
 
 # Variables that are re-parameterisation helpers, not quantities of interest (left out of diagnostics).
 OFFSET_PREFIXES = ("z_", "u_")
 HELPER_VARS = ("beta_pop_w", "alpha_pop_w", "beta_pop_physics", "alpha_pop_lognormal", "beta_pop_lognormal")
+# (the horseshoe's z_*_hs offsets are helpers by their prefix; its tau, lambda and slab are
+# parameters, diagnosed like any other)
 
 
 def data_groups(d: dict) -> dict:
@@ -62,6 +63,14 @@ def data_groups(d: dict) -> dict:
     }
 
 
+def raw_rows(d: dict) -> dict:
+    """Per row kind, the raw records behind the rows the likelihood sees: the engine steps a step
+    or window row sums (``n_steps``; a step row is up to 32 traced steps, a window row the decode
+    steps of one request's inter-token window), one request per TTFT or alpha row."""
+    kind, ns = np.asarray(d["kind"]), np.maximum(np.asarray(d["n_steps"], float), 1.0)
+    return {k: int(ns[kind == i].sum()) if k in ("step", "window") else int((kind == i).sum()) for i, k in enumerate(KINDS)}
+
+
 def fit(
     obs,
     *,
@@ -74,14 +83,13 @@ def fit(
     priors: dict | None = None,
     target_accept: float | None = None,
     attrs: dict | None = None,
-    spread_draws: int | None = None,
 ):
     """Fit the hierarchical model to an ObsTable with NUTS; return ``arviz.InferenceData``.
 
-    With ``deployment_level = "spread"`` (the default prior) and a (hardware, class) group of >= 2
-    deployments, a second fit with the deployment level (``spread_draws`` draws and as many tune
-    steps, default ``min(draws, SPREAD_DRAWS)``) estimates the between-deployment spread, attached
-    as group ``deployment_spread`` (:func:`attach_deployment_spread`).
+    With ``deployment_level = "spread"`` (the default prior) the between-deployment spread is
+    estimated from the fit's residuals on a grid and attached as group ``deployment_spread``
+    (:func:`estimate_deployment_spread`; ``bayeslat calibrate`` re-estimates it from held-out
+    deployments).
 
     The result has groups posterior (named dims hardware, model_class, regime, feature,
     alpha_feature), sample_stats, log_likelihood (``y``, for PSIS-LOO), observed_data and
@@ -145,6 +153,7 @@ def fit(
         "n_obs": int(n),
         "kinds": json.dumps(list(KINDS)),
         "kind_counts": json.dumps(np.bincount(d["kind"], minlength=len(KINDS)).tolist()),
+        "raw_rows": json.dumps(raw_rows(d)),
         "hardware_levels": json.dumps(list(d["hardware_levels"])),
         "class_levels": json.dumps(list(d["class_levels"])),
         "group_rows": json.dumps(st["group_rows"]),
@@ -176,20 +185,6 @@ def fit(
     idata.attrs.update(info)
     p = json.loads(info["priors"])
     if p["deployment_level"] == "spread" and p["sigma_dep"] > 0:
-        if _deployment_groups(d)[2]:
-            sd_n = int(spread_draws or min(int(cfg["draws"]), SPREAD_DRAWS))
-            t1 = time.perf_counter()
-            sp = fit(
-                obs,
-                backend=backend,
-                draws=sd_n,
-                tune=sd_n,
-                chains=cfg["chains"],
-                seed=seed,
-                progressbar=progressbar,
-                priors=(priors or {}) | {"deployment_level": "fit"},
-                target_accept=cfg["target_accept"],
-            )
-            attach_deployment_spread(idata, sp, {"wall_seconds": time.perf_counter() - t1})
+        estimate_deployment_spread(idata, seed=seed)
     attach_run_spread(idata, seed=seed)
     return idata

@@ -13,6 +13,7 @@ from bayeslat.errors import SpecError
 FORMAT = "bayeslat-posterior/1"
 KINDS = ("step", "window", "ttft", "alpha")
 DEPLOYMENT_LEVELS = ("spread", "fit", "off")
+ARD_PRIORS = ("betaprime", "horseshoe")
 SYS_KINDS = KINDS[:2]  # kinds with a systematic relative noise term s_sys (multi-step rows)
 
 DEFAULT_PRIORS = {
@@ -64,6 +65,15 @@ DEFAULT_PRIORS = {
     # identified terms do not send NUTS into a Cauchy tail.
     "shape_a": 0.5,
     "shape_b": 2.0,
+    # the sparsity prior of the population coefficients (model.build._ard): "betaprime" (above) or
+    # "horseshoe", the regularised horseshoe with global scale HalfCauchy(hs_tau0) (coefficients
+    # in units of beta_scale / alpha_scale, so O(1)) and a Student-t(hs_slab_df) slab of scale
+    # hs_slab_scale. Compared by leave-one-model-out and PSIS-LOO in
+    # benchmarks/prior_comparison.py (docs/results.md).
+    "ard_prior": "betaprime",
+    "hs_tau0": 0.5,
+    "hs_slab_scale": 2.0,
+    "hs_slab_df": 4.0,
     # features the training data never exercise (all-zero columns, e.g. CPU offload or EP
     # dispatch when no run used them) keep a physics prior instead of the sparsity prior:
     # LogNormal(log(physics_prior_median), physics_prior_sd) -> they transfer as roofline time.
@@ -97,10 +107,11 @@ DEFAULT_PRIORS = {
     # "fit": its factors are in the likelihood. They absorb the cross-model contrasts that
     #   identify the per-deployment constant features (weights, layers, TP sync): held-out median
     #   E2E error 27% (coverage 94%) vs 9.8% without.
-    # "spread" (default): the coefficients are fit without it; a second, short fit with it
-    #   ("cut" / modular inference: no feedback into the coefficients) estimates sigma_dep,
-    #   whose draws are attached to the fit (group deployment_spread) and scale the factor a new
-    #   deployment draws. Without a group of >= 2 deployments the prior above is used.
+    # "spread" (default): the coefficients are fit without it; sigma_dep / sigma_alpha_dep are
+    #   estimated afterwards on a grid ("cut" / modular inference: no feedback into the
+    #   coefficients; spread.estimate_deployment_spread) from held-out deployments (calibrate) or
+    #   the fit's residuals, and scale the factor a new deployment draws. With no degree of
+    #   freedom left after what the coefficients absorb, the prior above stands.
     # "off": no deployment spread (parameter uncertainty only).
     "deployment_level": "spread",
     # noise: s_abs[k] ~ HalfNormal(s_abs_frac * median(y_k)); s_rel[k] ~ HalfNormal(s_rel)
@@ -133,6 +144,11 @@ def _merge_priors(priors: dict | None) -> dict:
         if k not in p:
             raise SpecError(f"unknown prior {k!r}; known: {sorted(p)}", field="priors")
         p[k] = v
+    if p["ard_prior"] not in ARD_PRIORS:
+        raise SpecError(f"ard_prior must be one of {ARD_PRIORS}, got {p['ard_prior']!r}", field="priors")
+    for k in ("hs_tau0", "hs_slab_scale", "hs_slab_df"):
+        if not float(p[k]) > 0:
+            raise SpecError(f"{k} must be > 0, got {p[k]!r}", field="priors")
     if p["deployment_level"] not in DEPLOYMENT_LEVELS:
         raise SpecError(f"deployment_level must be one of {DEPLOYMENT_LEVELS}, got {p['deployment_level']!r}", field="priors")
     for key in ("exclude_features", "no_class_deviation"):

@@ -67,6 +67,17 @@ def available_backends() -> list[str]:
     return out
 
 
+def blas_note(backend: str) -> str:
+    """One line on what compiles the sampler's model and whether pytensor's C backend (the
+    log-likelihood pass only) links a BLAS: what replaces pytensor's five-line warning."""
+    import pytensor
+
+    engine = {"nutpie": "numba-compiled", "numpyro": "JAX-compiled", "pymc": "pytensor C backend"}.get(backend, backend)
+    blas = "a BLAS" if pytensor.config.blas__ldflags else "no BLAS (pip install)"
+    where = "everything" if backend == "pymc" else "the log-likelihood pass only"
+    return f"sampler {backend} ({engine}); pytensor's C backend links {blas} and runs {where}"
+
+
 def _sample(model, backend, draws, tune, chains, seed, progressbar, target_accept):
     import pymc as pm
 

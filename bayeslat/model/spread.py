@@ -1,7 +1,9 @@
-"""The between-deployment and between-run spread: the cut stages that attach it to a fit
-(:func:`attach_deployment_spread`, :func:`attach_run_spread`, from :func:`run_residuals`) and the
-draws a prediction for a new deployment or run takes of it (:func:`deployment_spread_draws`,
-:func:`run_spread_draws`, probe updates: :func:`update_weights`, :func:`run_update_factors`)."""
+"""The between-deployment and between-run spread: the cut stages, exact on grids, that attach it
+to a fit (:func:`estimate_deployment_spread` from :func:`deployment_residuals` or held-out
+deployments, :func:`attach_run_spread` from :func:`run_residuals`; :func:`attach_deployment_spread`
+carries a spread over from another fit) and the draws a prediction for a new deployment or run
+takes of it (:func:`deployment_spread_draws`, :func:`run_spread_draws`, probe updates:
+:func:`update_weights`, :func:`run_update_factors`)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ RUN_SPREAD = {
     "min_ttft_rows": 10,
     "boot": 200,
 }
+
+
+# Deployment spread (estimate_deployment_spread): grid points over log sigma and draws kept.
+DEPLOYMENT_SPREAD = {"grid": 800, "draws": 1000}
 
 
 def _flat(post, name):
@@ -139,10 +145,10 @@ def trained_deployment(idata, key: str) -> bool:
 
 
 def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
-    """Attach the sigma_dep / sigma_alpha_dep draws of a fit with the deployment level ("fit") to
-    a fit without it, as group ``deployment_spread`` (the "spread" mode, see DEFAULT_PRIORS);
-    ``spread_idata`` may also be a fit that has such a group (it is carried over). Returns
-    ``idata``."""
+    """Attach the sigma_dep / sigma_alpha_dep draws of another fit to ``idata`` as group
+    ``deployment_spread``: the group of a fit that has one (carried over with its record, as a
+    probe refit does), or the posterior of a fit with the deployment level ("fit" mode, with its
+    sampler record). Returns ``idata``."""
     carried = "deployment_spread" in spread_idata.groups()  # a fit with an attached spread: carry it over
     sp = spread_idata["deployment_spread"] if carried else spread_idata.posterior
     if "sigma_dep" not in sp:
@@ -208,6 +214,33 @@ def _weighted_median(v, w):
     return _weighted_quantile(v, w, 0.5)
 
 
+def _log_factors(y, mu_step, mu_cpu, kind, m, rng) -> dict:
+    """Log factors of the rows ``m`` (module ``run_residuals``): ``step`` = log(sum y / sum mu)
+    of the step and window rows and ``alpha`` = log f, ``y ~ mu_step + f mu_cpu`` on the TTFT rows
+    (a weighted median), each with a bootstrap standard error; NaN below ``RUN_SPREAD``'s row
+    counts."""
+    cfg = RUN_SPREAD
+    row = {"step": np.nan, "step_se": np.nan, "alpha": np.nan, "alpha_se": np.nan}
+    s = m & (kind <= 1) & (mu_step + mu_cpu > 0)
+    ys, ms = y[s], (mu_step + mu_cpu)[s]
+    row["step_rows"] = int(s.sum())
+    if s.sum() >= cfg["min_step_rows"]:
+        row["step"] = float(np.log(ys.sum() / ms.sum()))
+        b = rng.integers(0, len(ys), (cfg["boot"], len(ys)))
+        row["step_se"] = float(np.std(np.log(ys[b].sum(1) / ms[b].sum(1))))
+    t = m & (kind == KINDS.index("ttft")) & (mu_cpu > 0)
+    row["ttft_rows"] = int(t.sum())
+    if t.sum() >= cfg["min_ttft_rows"]:
+        ratio, w = (y[t] - mu_step[t]) / mu_cpu[t], mu_cpu[t]
+        f = [_weighted_median(ratio, w)]
+        for _ in range(cfg["boot"]):
+            i = rng.integers(0, len(ratio), len(ratio))
+            f.append(_weighted_median(ratio[i], w[i]))
+        f = np.log(np.maximum(np.asarray(f), 0.05))
+        row["alpha"], row["alpha_se"] = float(f[0]), float(np.std(f[1:]))
+    return row
+
+
 def run_residuals(idata, seed: int = 0) -> pd.DataFrame:
     """Per training run of a fit: its deployment and how far its rows sit from the fit, as log
     factors with bootstrap standard errors. ``step``: log(sum y / sum mu) of its step and window
@@ -221,38 +254,10 @@ def run_residuals(idata, seed: int = 0) -> pd.DataFrame:
     dep = cd["deployment"].values.astype(str) if "deployment" in cd else run
     mub, mua = _row_means(idata)
     rng = np.random.default_rng(seed + 11)
-    cfg = RUN_SPREAD
     out = []
     for r in np.unique(run):
         m = run == r
-        row = {
-            "run": r,
-            "deployment": dep[m][0],
-            "step": np.nan,
-            "step_se": np.nan,
-            "alpha": np.nan,
-            "alpha_se": np.nan,
-            "step_rows": 0,
-            "ttft_rows": 0,
-        }
-        s = m & (kind <= 1) & (mub + mua > 0)
-        ys, ms = y[s], (mub + mua)[s]
-        row["step_rows"] = int(s.sum())
-        if s.sum() >= cfg["min_step_rows"]:
-            row["step"] = float(np.log(ys.sum() / ms.sum()))
-            b = rng.integers(0, len(ys), (cfg["boot"], len(ys)))
-            row["step_se"] = float(np.std(np.log(ys[b].sum(1) / ms[b].sum(1))))
-        t = m & (kind == KINDS.index("ttft")) & (mua > 0)
-        row["ttft_rows"] = int(t.sum())
-        if t.sum() >= cfg["min_ttft_rows"]:
-            ratio, w = (y[t] - mub[t]) / mua[t], mua[t]
-            f = [_weighted_median(ratio, w)]
-            for _ in range(cfg["boot"]):
-                i = rng.integers(0, len(ratio), len(ratio))
-                f.append(_weighted_median(ratio[i], w[i]))
-            f = np.log(np.maximum(np.asarray(f), 0.05))
-            row["alpha"], row["alpha_se"] = float(f[0]), float(np.std(f[1:]))
-        out.append(row)
+        out.append({"run": r, "deployment": dep[m][0]} | _log_factors(y, mub, mua, kind, m, rng))
     return pd.DataFrame(out)
 
 
@@ -271,6 +276,158 @@ def _spread_grid_posterior(e, se, groups, prior_scale: float, dep_sd: float, n_g
             logp[i] += -0.5 * (logdet + e[m] @ np.linalg.solve(C, e[m]))
     p = np.exp(logp - logp.max())
     return grid, p / p.sum()
+
+
+def _absorbed_shares(idata, m, part: str) -> np.ndarray:
+    """Shares of the rows ``m``'s mean (step part: step and window rows; CPU part: TTFT rows) that
+    come from features constant per deployment (a per-step value, or per-request value, that
+    does not vary over the deployment's rows): weight loading of a dense model, layer, step and
+    TP-sync overheads; the CPU constant. The coefficients of such a feature are identified only
+    across deployments, so a fit can move them to absorb a deployment's factor."""
+    post, cd = idata.posterior, idata.constant_data
+    hw, cls = cd["hw"].values.astype(int), cd["cls"].values.astype(int)
+    kind = cd["kind"].values.astype(int)
+    if part == "step":
+        beta = post["beta"].mean(("chain", "draw")).values
+        X = cd["X"].values
+        rows = m & (kind <= 1)
+        contrib = np.einsum("nrf,nrf->nf", X[rows], beta[hw[rows], cls[rows]])
+        per = X[rows].sum(axis=1) / np.maximum(cd["n_steps"].values[rows], 1.0)[:, None]
+    else:
+        alpha = post["alpha"].mean(("chain", "draw")).values
+        A = cd["A"].values
+        rows = m & (kind == KINDS.index("ttft"))
+        contrib = A[rows] * alpha[hw[rows], cls[rows]]
+        per = A[rows]
+    if not rows.any() or contrib.sum() <= 0:
+        return np.zeros(contrib.shape[1])
+    const = (per.max(axis=0) - per.min(axis=0)) <= 1e-9 * np.maximum(np.abs(per).max(axis=0), 1e-300)
+    return np.where(const & (contrib.sum(axis=0) > 0), contrib.sum(axis=0) / contrib.sum(), 0.0)
+
+
+def deployment_residuals(idata, seed: int = 0) -> pd.DataFrame:
+    """Per training deployment of a fit: its (hardware, class) group and how far its rows sit from
+    the fit (log factors ``step`` / ``alpha`` with bootstrap standard errors, as
+    :func:`run_residuals` per run), and the shares of its mean that features constant per
+    deployment carry (``shares_step`` / ``shares_alpha``, :func:`_absorbed_shares`)."""
+    cd = idata.constant_data
+    y = idata.observed_data["y"].values
+    kind = cd["kind"].values.astype(int)
+    dep = cd["deployment"].values.astype(str) if "deployment" in cd else cd["run"].values.astype(str)
+    hw, cls = cd["hw"].values.astype(int), cd["cls"].values.astype(int)
+    mub, mua = _row_means(idata)
+    rng = np.random.default_rng(seed + 17)
+    out = []
+    for k in np.unique(dep):
+        m = dep == k
+        row = {"deployment": k, "group": f"{hw[m][0]}/{cls[m][0]}"} | _log_factors(y, mub, mua, kind, m, rng)
+        row["shares_step"] = _absorbed_shares(idata, m, "step")
+        row["shares_alpha"] = _absorbed_shares(idata, m, "alpha")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _complement(Z: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """An orthonormal basis (k, k - rank) of the complement of the column span of ``Z`` (k, p)."""
+    U, s, _ = np.linalg.svd(Z, full_matrices=True)
+    rank = int((s > tol * max(s.max(initial=0.0), 1.0)).sum())
+    return U[:, rank:]
+
+
+def _sigma_grid_draws(terms, prior_median: float, prior_log_sd: float, n_grid: int, n_draws: int, rng):
+    """Draws of sigma from its grid posterior: prior LogNormal(log ``prior_median``,
+    ``prior_log_sd``), likelihood ``r ~ N(0, sigma^2 I + S)`` for each (r, S) in ``terms``
+    (projected residuals and their measurement covariance). Exact up to the grid (uniform in
+    log sigma over +-6 prior sds) and a uniform jitter within a cell. Returns (draws, the
+    posterior mass in the outer 1% of the grid at either end: large when the data push sigma off
+    the grid)."""
+    lg = np.linspace(np.log(prior_median) - 6 * prior_log_sd, np.log(prior_median) + 6 * prior_log_sd, n_grid)
+    logp = -0.5 * ((lg - np.log(prior_median)) / prior_log_sd) ** 2  # density in log sigma
+    for r, S in terms:
+        k = len(r)
+        if k == 0:
+            continue
+        w, V = np.linalg.eigh(S)
+        rv2 = (V.T @ r) ** 2
+        var = np.exp(2 * lg)[:, None] + np.maximum(w, 0.0)[None, :]
+        logp += -0.5 * (np.log(var).sum(axis=1) + (rv2[None, :] / var).sum(axis=1))
+    p = np.exp(logp - logp.max())
+    p /= p.sum()
+    dx = lg[1] - lg[0]
+    edge = float(p[: n_grid // 100 + 1].sum() + p[-(n_grid // 100 + 1) :].sum())
+    return np.exp(rng.choice(lg, size=n_draws, p=p) + rng.uniform(-0.5 * dx, 0.5 * dx, n_draws)), edge
+
+
+def estimate_deployment_spread(idata, heldout: list | None = None, *, seed: int = 0, info: dict | None = None):
+    """Estimate the between-deployment spread of a fit and attach it as group ``deployment_spread``
+    (draws of ``sigma_dep``, ``sigma_alpha_dep``: the sd of a new deployment's log step-time and
+    CPU factors); returns ``idata``. A cut stage, exact on a grid (``DEPLOYMENT_SPREAD``), with the
+    priors' LogNormal(log sigma_dep, sigma_log_sd) and LogNormal(log sigma_alpha_dep,
+    sigma_log_sd).
+
+    ``heldout`` (nested cross-validation, what ``bayeslat calibrate`` passes): a list of
+    ``{"factor_step", "factor_cpu"}`` dicts, the log factors of deployments predicted by fits that
+    did not see them (leave one model out). Each is a draw of a new deployment's factor,
+    ``N(0, sigma)``: this is the quantity a prediction for a new deployment needs, its bias included.
+
+    Without them, from the fit's own residuals (:func:`deployment_residuals`): per (hardware,
+    class) group, the residual log factors projected off the directions the coefficients can
+    absorb (a group level and the features constant per deployment: restricted maximum likelihood,
+    so a fit that absorbed its deployments' differences is not read as zero spread). A group of k
+    deployments with p such directions informs sigma with k - p degrees of freedom; with none (the
+    bundled runs: 3 dense deployments, 4 constant features) sigma keeps its prior."""
+    p = attr_json(idata, "priors", {}) or {}
+    cfg = DEPLOYMENT_SPREAD
+    rng = np.random.default_rng(seed + 19)
+    meta: dict = {"method": "grid", "config": dict(cfg)}
+    parts = {"step": ("sigma_dep", "factor_step"), "alpha": ("sigma_alpha_dep", "factor_cpu")}
+    terms: dict = {k: [] for k in parts}
+    if heldout:
+        meta["source"] = "held-out deployments"
+        for part, (_, key) in parts.items():
+            e = np.array([float(h[key]) for h in heldout if h.get(key) is not None and np.isfinite(h[key])])
+            terms[part].append((e, np.zeros((len(e), len(e)))))
+            meta[f"{part}_dof"] = len(e)
+        meta["heldout"] = [{k: h[k] for k in ("model", "factor_step", "factor_cpu") if k in h} for h in heldout]
+    else:
+        res = deployment_residuals(idata, seed=seed)
+        meta["source"] = "fit residuals (restricted likelihood)"
+        meta["deployments"] = json.loads(res.drop(columns=["shares_step", "shares_alpha"]).round(5).to_json(orient="records"))
+        for part in parts:
+            dof = 0
+            for _, g in res.groupby("group"):
+                g = g[g[part].notna()]
+                if len(g) < 2:
+                    continue
+                Z = np.column_stack([np.ones(len(g)), np.vstack(g[f"shares_{part}"].to_numpy())])
+                Q = _complement(Z[:, np.abs(Z).sum(axis=0) > 0])
+                if Q.shape[1] == 0:
+                    continue
+                se = g[f"{part}_se"].fillna(0.0).to_numpy()
+                terms[part].append((Q.T @ g[part].to_numpy(), Q.T @ np.diag(se**2) @ Q))
+                dof += Q.shape[1]
+            meta[f"{part}_dof"] = dof
+    ds = {}
+    for part, (name, _) in parts.items():
+        med = max(float(p.get(name, 0.07 if part == "step" else 0.15)), 1e-6)
+        draws, edge = _sigma_grid_draws(
+            terms[part], med, float(p.get("sigma_log_sd", 0.5)), int(cfg["grid"]), int(cfg["draws"]), rng
+        )
+        ds[name] = (("chain", "draw"), draws[None, :])
+        meta[part] = {
+            "prior_median": med,
+            "grid_edge_mass": edge,
+            "median": float(np.median(draws)),
+            "q05": float(np.quantile(draws, 0.05)),
+            "q95": float(np.quantile(draws, 0.95)),
+        }
+    if "deployment_spread" in idata.groups():
+        del idata["deployment_spread"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
+        idata.add_groups({"deployment_spread": xr.Dataset(ds, coords={"chain": [0], "draw": np.arange(int(cfg["draws"]))})})
+    idata.attrs["deployment_spread"] = json.dumps(meta | (info or {}))
+    return idata
 
 
 def attach_run_spread(idata, seed: int = 0):

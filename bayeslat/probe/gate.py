@@ -136,9 +136,9 @@ def update(
     bk = backend or (idata.attrs.get("backend") if idata.attrs.get("backend") in M.BACKENDS else None)
     spread = "deployment_spread" in idata.groups()
     # the between-deployment spread of the original fit is carried over (a probe adds one
-    # deployment to the 2-4 it was estimated from) instead of a second spread fit
-    # the original fit's priors (a user's own included); the deployment level is off when the
-    # spread is carried over
+    # deployment to those it was estimated from; the shipped default's comes from held-out models,
+    # which a refit's residuals could not reproduce); the original fit's priors (a user's own
+    # included), with the deployment level off when the spread is carried over
     priors = M.attr_json(idata, "priors", None) or {}
     if spread:
         priors = dict(priors) | {"deployment_level": "off"}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
 import time
 
@@ -31,8 +30,6 @@ _Z_GRID = np.array([statistics.NormalDist().inv_cdf((k + 0.5) / 64) for k in ran
 # put the point within x0.95-1.19 of the physics transfer, 100 draws within x0.94-1.05).
 NEW_LEVEL_DRAWS = 100
 
-_POOL_STATE: dict = {}
-
 
 def _one_draw(args):
     prep, srv, ctx_arr, beta, alpha, noise, seed = args
@@ -46,20 +43,14 @@ def _one_draw(args):
     return res
 
 
-def _pool_draw(i):
-    s = _POOL_STATE
-    return _one_draw((s["prep"], s["srv"], s["ctx"], s["beta"][i], s["alpha"][i], s["noise"][i], s["seeds"][i]))
-
-
-def posterior_predictive(
-    workload, ctx, server, draws, n_draws: int | None = None, seed: int = 0, processes: int | None = None
-) -> dict:
+def posterior_predictive(workload, ctx, server, draws, n_draws: int | None = None, seed: int = 0) -> dict:
     """Simulate the workload once per coefficient draw and summarise across draws.
 
     ``draws``: CoefDraws-like (``beta`` (D, R, F), ``alpha`` (D, A), ``sigma_rel`` (D,)) or a dict
     with those keys. ``n_draws`` of them are used (chosen without replacement with ``seed`` when
     fewer than D; all when None). Each draw uses its ``sigma_rel`` as the per-step noise and its
-    own RNG seed. ``processes`` > 1 runs draws in a fork process pool (None / 1: in-process).
+    own RNG seed. The draws run in this process (a sweep over many workloads or deployments runs
+    one task per SPEC on Dask: ``bayeslat.pipeline.predict_many``).
 
     Returns ``{metric: {"mean", "p90", "p99" (medians across draws), "<stat>_draw_mean" (means
     across draws), "<stat>_interval50", "<stat>_interval90" ([lo, hi] across draws), "draws":
@@ -105,15 +96,7 @@ def posterior_predictive(
     a = np.ascontiguousarray(alpha[idx])
     s = np.maximum(sig[idx], 0.0)
     t0 = time.perf_counter()
-    if processes and processes > 1 and len(idx) > 1:
-        _POOL_STATE.update(prep=prep, srv=srv, ctx=ctx_arr, beta=b, alpha=a, noise=s, seeds=seeds)
-        try:
-            with mp.get_context("fork").Pool(min(int(processes), len(idx))) as pool:
-                per = pool.map(_pool_draw, range(len(idx)))
-        finally:
-            _POOL_STATE.clear()
-    else:
-        per = [_one_draw((prep, srv, ctx_arr, b[i], a[i], s[i], int(seeds[i]))) for i in range(len(idx))]
+    per = [_one_draw((prep, srv, ctx_arr, b[i], a[i], s[i], int(seeds[i]))) for i in range(len(idx))]
     wall = time.perf_counter() - t0
     out: dict = {}
     for m in METRICS:
