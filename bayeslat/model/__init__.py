@@ -28,7 +28,7 @@ from bayeslat.model.build import (
     check_obs,
 )
 from bayeslat.model.fitting import HELPER_VARS, MAX_SAVED_DRAWS, OFFSET_PREFIXES, data_groups, fit, raw_rows
-from bayeslat.model.io import DEFAULT_MODEL, attr_json, load, load_default, load_or_default, save
+from bayeslat.model.io import DEFAULT_MODEL, attr_json, load, load_default, load_or_default, put_group, save
 from bayeslat.model.posterior import CoefDraws, coefficient_draws, noise_terms, posterior_predictive, predict_mean
 from bayeslat.model.priors import DEFAULT_PRIORS, DEPLOYMENT_LEVELS, FORMAT, KINDS, SYS_KINDS, _merge_priors
 from bayeslat.model.sample import (
@@ -116,6 +116,7 @@ __all__ = [
     "load_default",
     "load_or_default",
     "attr_json",
+    "put_group",
     # synthetic data
     "TRUE_BETA_POP",
     "TRUE_ALPHA_POP",

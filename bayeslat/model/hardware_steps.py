@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -40,6 +39,7 @@ from bayeslat.config.hardware import hardware_key, load_hardware
 from bayeslat.data import kernels as K
 from bayeslat.errors import SpecError
 from bayeslat.model.hardware import DEFAULT_HW_PRIORS, TERMS, _flat, _inputs, _log_time, efficiency_draws, json_attr
+from bayeslat.model.io import put_group
 
 HW_GROUP = "hardware_level"
 HW_VARS = ("a", "mu", "sigma", "ver", "p", "s", "nu_m2")
@@ -169,11 +169,7 @@ def attach_hardware_level(idata, hw_idata, reference: str | None = None, max_dra
     coef = coef.reshape((ds.sizes["chain"], ds.sizes["draw"]) + coef.shape[1:])
     ds["step_coef"] = xr.DataArray(coef, dims=("chain", "draw", "gpu", "projected"))
     ds = ds.assign_coords(projected=list(PROJECTED))
-    if HW_GROUP in idata.groups():
-        del idata[HW_GROUP]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
-        idata.add_groups({HW_GROUP: ds})
+    put_group(idata, HW_GROUP, ds)
     meta = json_attr(hw_idata, HW_GROUP, None) or {
         "kernel_rows": json_attr(hw_idata, "kernel_rows", {}),
         "kernel_table_hash": hw_idata.attrs.get("kernel_table_hash"),

@@ -118,6 +118,19 @@ def load_or_default(path=None):
     return load(mpath)
 
 
+def put_group(idata, name: str, ds) -> None:
+    """Set group ``name`` of ``idata`` to the dataset ``ds``, replacing one already there. The
+    package's own groups (spreads, hardware level, probe updates) are outside the InferenceData
+    schema, whose warning about it is silenced here."""
+    import warnings
+
+    if name in idata.groups():
+        del idata[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata.add_groups({name: ds})
+
+
 def attr_json(idata, key, default=None):
     v = idata.attrs.get(key, None)
     if v is None:

@@ -8,7 +8,6 @@ takes of it (:func:`deployment_spread_draws`, :func:`run_spread_draws`, probe up
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -16,8 +15,8 @@ import xarray as xr
 
 from bayeslat import features as F
 from bayeslat.errors import SpecError
-from bayeslat.model.io import attr_json
-from bayeslat.model.priors import KINDS
+from bayeslat.model.io import attr_json, put_group
+from bayeslat.model.priors import KINDS, _merge_priors
 from bayeslat.model.sample import sampler_health
 
 # Run spread (attach_run_spread): how much a new run of a configuration differs from the runs the
@@ -155,11 +154,7 @@ def attach_deployment_spread(idata, spread_idata, info: dict | None = None):
         raise SpecError("the spread fit has no sigma_dep (fit it with priors={'deployment_level': 'fit'})", field="spread_idata")
     keep = ["sigma_dep", "sigma_alpha_dep"] + [v for v in ("dev_dep", "dev_alpha_dep") if v in sp]
     ds = xr.Dataset({v: sp[v] for v in keep})
-    if "deployment_spread" in idata.groups():
-        del idata["deployment_spread"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
-        idata.add_groups({"deployment_spread": ds})
+    put_group(idata, "deployment_spread", ds)
     meta = (
         (attr_json(spread_idata, "deployment_spread", {}) or {})
         if carried
@@ -278,6 +273,19 @@ def _spread_grid_posterior(e, se, groups, prior_scale: float, dep_sd: float, n_g
     return grid, p / p.sum()
 
 
+def _one_chain(ds: dict, n_draws: int) -> xr.Dataset:
+    """A dataset of grid draws ({name: (("chain", "draw"), (1, n_draws) array)}) as one chain."""
+    return xr.Dataset(ds, coords={"chain": [0], "draw": np.arange(n_draws)})
+
+
+def _draw_summary(draws) -> dict:
+    return {
+        "median": float(np.median(draws)),
+        "q05": float(np.quantile(draws, 0.05)),
+        "q95": float(np.quantile(draws, 0.95)),
+    }
+
+
 def _absorbed_shares(idata, m, part: str) -> np.ndarray:
     """Shares of the rows ``m``'s mean (step part: step and window rows; CPU part: TTFT rows) that
     come from features constant per deployment (a per-step value, or per-request value, that
@@ -376,7 +384,7 @@ def estimate_deployment_spread(idata, heldout: list | None = None, *, seed: int 
     so a fit that absorbed its deployments' differences is not read as zero spread). A group of k
     deployments with p such directions informs sigma with k - p degrees of freedom; with none (the
     bundled runs: 3 dense deployments, 4 constant features) sigma keeps its prior."""
-    p = attr_json(idata, "priors", {}) or {}
+    p = _merge_priors(attr_json(idata, "priors", {}) or {})
     cfg = DEPLOYMENT_SPREAD
     rng = np.random.default_rng(seed + 19)
     meta: dict = {"method": "grid", "config": dict(cfg)}
@@ -409,23 +417,11 @@ def estimate_deployment_spread(idata, heldout: list | None = None, *, seed: int 
             meta[f"{part}_dof"] = dof
     ds = {}
     for part, (name, _) in parts.items():
-        med = max(float(p.get(name, 0.07 if part == "step" else 0.15)), 1e-6)
-        draws, edge = _sigma_grid_draws(
-            terms[part], med, float(p.get("sigma_log_sd", 0.5)), int(cfg["grid"]), int(cfg["draws"]), rng
-        )
+        med = max(float(p[name]), 1e-6)
+        draws, edge = _sigma_grid_draws(terms[part], med, float(p["sigma_log_sd"]), int(cfg["grid"]), int(cfg["draws"]), rng)
         ds[name] = (("chain", "draw"), draws[None, :])
-        meta[part] = {
-            "prior_median": med,
-            "grid_edge_mass": edge,
-            "median": float(np.median(draws)),
-            "q05": float(np.quantile(draws, 0.05)),
-            "q95": float(np.quantile(draws, 0.95)),
-        }
-    if "deployment_spread" in idata.groups():
-        del idata["deployment_spread"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
-        idata.add_groups({"deployment_spread": xr.Dataset(ds, coords={"chain": [0], "draw": np.arange(int(cfg["draws"]))})})
+        meta[part] = {"prior_median": med, "grid_edge_mass": edge} | _draw_summary(draws)
+    put_group(idata, "deployment_spread", _one_chain(ds, int(cfg["draws"])))
     idata.attrs["deployment_spread"] = json.dumps(meta | (info or {}))
     return idata
 
@@ -455,16 +451,7 @@ def attach_run_spread(idata, seed: int = 0):
         draws = rng.choice(grid, size=int(cfg["draws"]), p=p) + rng.uniform(-0.5 * dx, 0.5 * dx, int(cfg["draws"]))
         ds[f"sigma_run_{part}"] = (("chain", "draw"), np.abs(draws)[None, :])
         _, counts = np.unique(g, return_counts=True)
-        info[part] = {
-            "runs_informing": int(counts[counts >= 2].sum()),
-            "median": float(np.median(draws)),
-            "q05": float(np.quantile(draws, 0.05)),
-            "q95": float(np.quantile(draws, 0.95)),
-        }
-    if "run_spread" in idata.groups():
-        del idata["run_spread"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a group outside the InferenceData schema
-        idata.add_groups({"run_spread": xr.Dataset(ds, coords={"chain": [0], "draw": np.arange(int(cfg["draws"]))})})
+        info[part] = {"runs_informing": int(counts[counts >= 2].sum())} | _draw_summary(draws)
+    put_group(idata, "run_spread", _one_chain(ds, int(cfg["draws"])))
     idata.attrs["run_spread"] = json.dumps(info)
     return idata

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -463,11 +462,7 @@ def update_deployment(
         },
     )
     if new is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if "deployment_update" in new.groups():
-                del new["deployment_update"]
-            new.add_groups({"deployment_update": ds})
+        M.put_group(new, "deployment_update", ds)
 
     def summ(v):
         # the factor's posterior: the draws' factors under the draws' weights
