@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 
 from bayeslat.errors import SpecError
@@ -99,13 +100,17 @@ def _call(fn, item, i: int):
 
 
 def stderr_progress(label: str):
-    """A (done, total) progress callable printing ``label done/total`` on one line of stderr when
-    it is a terminal, and nothing otherwise (logs stay clean)."""
+    """A (done, total) progress callable printing ``label done/total`` with the time so far and
+    an estimate of the time left (the mean time per item so far) on one line of stderr when it is
+    a terminal, and nothing otherwise (logs stay clean)."""
     if not sys.stderr.isatty():
         return None
+    t0 = time.perf_counter()
 
     def show(done: int, total: int) -> None:
+        el = time.perf_counter() - t0
+        left = f", ~{el / done * (total - done):.0f} s left" if 0 < done < total else ""
         end = "\n" if done == total else ""
-        print(f"\r{label} {done}/{total}", end=end, file=sys.stderr, flush=True)
+        print(f"\r{label} {done}/{total} ({el:.0f} s{left})   ", end=end, file=sys.stderr, flush=True)
 
     return show

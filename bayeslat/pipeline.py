@@ -25,7 +25,6 @@ command and a notebook get the same rows from the same arguments.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -42,8 +41,16 @@ from bayeslat.errors import SpecError
 CALIBRATION_PROBE_N = 200
 
 
-def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: int = 0, rows_per_run_kind: int | None = None):
-    """The rows a fit sees.
+def training_obs(
+    data: str = "bundled",
+    *,
+    runs=None,
+    exclude=None,
+    data_seed: int = 0,
+    rows_per_run_kind: int | None = None,
+    bins: tuple[int, int] | None = design.BINS,
+):
+    """The rows a fit sees: by default every row of every run, collapsed into bin means.
 
     Parameters
     ----------
@@ -55,14 +62,22 @@ def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: i
     data_seed
         Seeds the reconstruction's offset estimate and the subsample, apart from the sampler's seed.
     rows_per_run_kind
-        A stratified subsample: this many rows per (run, kind), spread over each run's timeline
-        (None: the row builders' own cap, 300 per run and kind).
+        A stratified subsample of raw rows instead of bins: this many rows per (run, kind), spread
+        over each run's timeline.
+    bins
+        (time slices, design bins) per run and kind: every row is used, in bin means
+        (``bayeslat.data.design.collapse``; default ``design.BINS``). None, without
+        ``rows_per_run_kind``: raw rows, up to the row builders' cap of 300 per run and kind.
 
     Returns
     -------
     bayeslat.data.design.ObsTable
     """
     kw = {"runs": runs, "exclude": exclude, "seed": int(data_seed)}
+    if rows_per_run_kind:
+        bins = None
+    elif bins is not None:
+        kw |= {"bins": tuple(int(b) for b in bins), "n_per_run_kind": None}
     obs = design.bundled_obs(**kw) if data == "bundled" else design.obs_from_tables(data, **kw)
     if rows_per_run_kind:
         obs = design.subsample(obs, int(rows_per_run_kind), seed=int(data_seed))
@@ -70,13 +85,20 @@ def training_obs(data: str = "bundled", *, runs=None, exclude=None, data_seed: i
 
 
 def fit_attrs(
-    data: str = "bundled", *, runs=None, exclude=None, data_seed: int = 0, rows_per_run_kind: int | None = None
+    data: str = "bundled",
+    *,
+    runs=None,
+    exclude=None,
+    data_seed: int = 0,
+    rows_per_run_kind: int | None = None,
+    bins: tuple[int, int] | None = design.BINS,
 ) -> dict:
     """The data arguments of ``training_obs`` as fit attributes (what makes a fit rebuildable)."""
     attrs = {"data_source": str(data), "runs": json.dumps(runs), "exclude": json.dumps(exclude)}
     if data == "bundled":
         attrs["bundled_data_hash"] = datasets.data_hash()
     attrs["rows_per_run_kind"] = int(rows_per_run_kind or 0)
+    attrs["bins"] = json.dumps(None if rows_per_run_kind or bins is None else [int(b) for b in bins])
     attrs["data_seed"] = int(data_seed)
     return attrs
 
@@ -119,12 +141,14 @@ def fit(obs, *, seed: int = 0, discrepancy: bool | None = None, hardware="defaul
     --------
     >>> import bayeslat
     >>> from bayeslat.pipeline import training_obs
-    >>> obs = training_obs(rows_per_run_kind=40)          # doctest: +SKIP
+    >>> obs = training_obs()                               # doctest: +SKIP
     >>> idata = bayeslat.fit(obs, seed=0)                  # doctest: +SKIP
     """
     say = log or (lambda _line: None)
     n_runs = len(set(map(str, obs.run)))
-    say(f"[1/3] NUTS on {len(obs.y):,} rows of {n_runs} runs (compile, sample, then the spread stages)")
+    say(
+        f"[1/3] NUTS on {len(obs.y):,} rows ({int(obs.n_rows.sum()):,} raw rows) of {n_runs} runs (compile, sample, then the spread stages)"
+    )
     idata = M.fit(obs, seed=seed, **kwargs)
     say("[2/3] hardware level")
     attach_hardware(idata, hardware)
@@ -161,6 +185,16 @@ def attach_hardware(idata, hardware="default") -> bool:
     return True
 
 
+def _fit_rows(idata) -> dict:
+    """The rows a fit was made of, as ``cv_fit`` takes them (its attrs ``rows_per_run_kind`` and
+    ``bins``; a fit that records neither: the default bins)."""
+    n = int(idata.attrs.get("rows_per_run_kind", 0) or 0)
+    if n:
+        return {"n_per_run_kind": n, "bins": None}
+    bins = json.loads(idata.attrs["bins"]) if "bins" in idata.attrs else design.BINS
+    return {"n_per_run_kind": None, "bins": tuple(bins) if bins else design.BINS}
+
+
 def calibrate(
     idata,
     *,
@@ -174,7 +208,7 @@ def calibrate(
     """Attach the out-of-sample probe calibration to a fit of the bundled runs (stage 3).
 
     For each model of the bundled per-request runs, the fit is redone without that model's runs
-    (``bayeslat.evaluate.cv_fit``: the same rows per run and kind, cached in ``fit_dir``); each
+    (``bayeslat.evaluate.cv_fit``: the rows the fit was made of, cached in ``fit_dir``); each
     of its runs is probed with its first ``probe_n`` requests and the probe's error under the fold's
     fit is measured, as is the deployment factor the held-out model calls for
     (``bayeslat.probe.oos_errors``). The errors are stored in the fit's attrs
@@ -226,13 +260,14 @@ def calibrate(
     groups: dict = {}
     for c in cases:
         groups.setdefault(c["model"], []).append(c)
-    full = functools.cache(lambda: design.bundled_obs(seed=seed))
+    rows = _fit_rows(idata)
+    full = V.cv_rows(seed, **rows)
     folds: dict = {}
 
     def fold_fit(model):
         if model not in folds:
             excl = {c["run"] for c in groups[model]}
-            folds[model] = V.cv_fit(full, excl, seed=seed, fit_dir=fit_dir, fit_kwargs=fit_kwargs, log=log)
+            folds[model] = V.cv_fit(full, excl, seed=seed, fit_dir=fit_dir, fit_kwargs=fit_kwargs, log=log, **rows)
         return folds[model]
 
     oos = P.oos_errors(fold_fit, groups, probe_n, seed=seed, design=design_name, log=log)

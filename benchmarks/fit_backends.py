@@ -22,7 +22,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="synthetic", help="synthetic | bundled")
     ap.add_argument("--rows", type=int, default=500, help="synthetic rows (split 50/40/10 over 3 groups)")
-    ap.add_argument("--rows-per-run-kind", type=int, default=40, help="bundled: rows per (run, kind), as the default fit")
+    ap.add_argument(
+        "--rows-per-run-kind",
+        type=int,
+        default=0,
+        help="bundled: raw rows per (run, kind) (default 0: every row in bins, as the default fit)",
+    )
     ap.add_argument("--target-accept", type=float, default=None)
     ap.add_argument("--draws", type=int, default=300)
     ap.add_argument("--tune", type=int, default=300)
@@ -50,9 +55,9 @@ def main(argv=None):
     from bayeslat.model.diagnose import diagnostic_vars
 
     if args.data == "bundled":
-        from bayeslat.data.design import bundled_obs, subsample
+        from bayeslat import pipeline
 
-        obs = subsample(bundled_obs(seed=0), args.rows_per_run_kind, seed=0)
+        obs = pipeline.training_obs(rows_per_run_kind=args.rows_per_run_kind or None)
     else:
         n = args.rows
         obs, _ = M.simulate_obs(
@@ -85,6 +90,8 @@ def main(argv=None):
         names = diagnostic_vars(idata)
         ess = az.ess(idata, var_names=names)
         min_ess = float(min(np.nanmin(ess[v].values) for v in names))
+        ess_t = az.ess(idata, var_names=names, method="tail")
+        min_tail = float(min(np.nanmin(ess_t[v].values) for v in names))
         rhat = az.rhat(idata, var_names=names)
         max_rhat = float(max(np.nanmax(rhat[v].values) for v in names))
         ss = idata.sample_stats
@@ -96,11 +103,14 @@ def main(argv=None):
                 "wall_s": wall,
                 "sampling_s": float(idata.attrs["sampling_seconds"]),
                 "min_ess_bulk": min_ess,
+                "min_ess_tail": min_tail,
                 "ess_per_s": min_ess / wall,
+                "ess_per_sampling_s": min_ess / float(idata.attrs["sampling_seconds"]),
                 "max_rhat": max_rhat,
                 "divergences": int(ss["diverging"].sum()),
                 "mean_leapfrog_or_depth": float(ss[steps].mean()),
                 "rows": int(len(obs.y)),
+                "raw_rows": int(obs.n_rows.sum()),
             }
         )
         _write(args, results, partial=True)

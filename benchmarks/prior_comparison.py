@@ -1,13 +1,13 @@
 """The sparsity prior of the population coefficients: BetaPrime (the default) against the
 regularised horseshoe (priors ``ard_prior``), on the real bundled rows.
 
-    python benchmarks/prior_comparison.py [--priors betaprime horseshoe] [--draws 4000] [--tune 1000]
+    python benchmarks/prior_comparison.py [--priors betaprime horseshoe] [--draws 2000] [--tune 1000]
         [--cv-draws 1000] [--cv-tune 500] [--pred-draws 40] [--fit-dir benchmarks/out/cv_fits]
         [--out benchmarks/out/prior_comparison.json]
 
 Per prior:
 
-- the fit of the default's rows (``pipeline.training_obs(rows_per_run_kind=40)``, seed 0,
+- the fit of the default's rows (``pipeline.training_obs()``: every row in bin means, seed 0,
   ``--draws`` / ``--tune``; the coefficient stage only): wall time, min bulk / tail ESS and the
   variable it comes from, max R-hat, divergences, max Pareto k, ARD kept features;
 - PSIS-LOO of those fits, compared (``arviz.compare``: elpd difference and its standard error);
@@ -32,7 +32,7 @@ from pathlib import Path
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--priors", nargs="+", default=["betaprime", "horseshoe"])
-    ap.add_argument("--draws", type=int, default=4000)
+    ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--cv-draws", type=int, default=1000)
     ap.add_argument("--cv-tune", type=int, default=500)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from bayeslat import model as M
     from bayeslat.model.diagnose import diagnose
 
-    obs = pipeline.training_obs(rows_per_run_kind=40)
+    obs = pipeline.training_obs()
     res: dict = {"rows": len(obs.y), "sampler": {"draws": a.draws, "tune": a.tune}, "priors": {}}
     fits = {}
     for prior in a.priors:

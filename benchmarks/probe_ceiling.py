@@ -50,12 +50,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/out/probe_ceiling.json")
     a = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    import functools
 
     from bayeslat import evaluate as validate
     from bayeslat import model as M
     from bayeslat import probe
-    from bayeslat.data import design
     from bayeslat.probe.calibrate import _whole_run_rows
     from bayeslat.simulate.spec import spec_for_run
 
@@ -64,7 +62,7 @@ def main(argv=None) -> int:
     groups: dict = {}
     for c in cases:
         groups.setdefault(c[a.hold_out], []).append(c)
-    full = functools.cache(lambda: design.bundled_obs(seed=a.seed))  # only if a fold is not cached
+    full = validate.cv_rows(a.seed)  # built only if a fold is not cached
     rows = []
     for key, group in groups.items():
         idata = validate.cv_fit(full, {c["run"] for c in group}, seed=a.seed, fit_dir=a.fit_dir)

@@ -29,7 +29,6 @@ other workloads' runs; the probed deployment is then a trained one.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -163,7 +162,6 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     from bayeslat import evaluate as validate
     from bayeslat import probe
-    from bayeslat.data import design
     from bayeslat.probe import condition
 
     if a.step_factors is not None:
@@ -175,7 +173,7 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     cases = validate.replay_cases(None)
-    full = functools.cache(lambda: design.bundled_obs(seed=a.seed))  # only if a fold is not cached
+    full = validate.cv_rows(a.seed)  # built only if a fold is not cached
     groups: dict = {}
     for c in cases:
         groups.setdefault(c[a.hold_out], []).append(c)

@@ -49,6 +49,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "kernel_priors": {"default": "python benchmarks/kernel_priors.py"},
     "kernel_step_priors": {"default": "python benchmarks/kernel_step_priors.py"},
     "kernel_transfer": {"default": "python benchmarks/kernel_transfer.py"},
+    "kernel_rows": {"default": "python benchmarks/kernel_rows.py"},
     "decode_batch": {"default": "python benchmarks/decode_batch.py --figure docs/figures/decode_batch.png"},
     "simulate_speed": {"default": "python benchmarks/simulate_speed.py"},
     "reconstruct_agreement": {"default": "python benchmarks/reconstruct_agreement.py"},
@@ -60,6 +61,13 @@ COMMANDS: dict[str, dict[str, str]] = {
         "default": f"{_VA} --suites replay aggregate --draws 40",
         "lomo": f"{_VA} --suites lomo --draws 40 --tune 500 --fit-draws 1000 --fit-dir benchmarks/out/cv_fits",
         "lowo": f"{_VA} --suites lowo --draws 40 --tune 500 --fit-draws 1000 --fit-dir benchmarks/out/cv_fits",
+        # the folds of `bayeslat calibrate` (default sampler, every row in bins), and the same with the
+        # former default's rows and sampler (40 raw rows per run and kind)
+        "lomo_default_sampler": f"{_VA} --suites lomo --draws 40 --fit-dir benchmarks/out/cv_fits",
+        "lomo_subsample": (
+            f"{_VA} --suites lomo --draws 40 --n-per-run-kind 40 --tune 1000 --fit-draws 4000 --target-accept 0.99 "
+            "--fit-dir benchmarks/out/cv_fits"
+        ),
     },
     "transfer_eval": {
         "default": "python benchmarks/transfer_eval.py --modes lomo lotp lowo --fit-dir benchmarks/out/cv_fits --pred-draws 40"
@@ -81,7 +89,8 @@ COMMANDS: dict[str, dict[str, str]] = {
     },
     "time_split_accuracy": {"default": "python benchmarks/time_split_accuracy.py --draws 800 --tune 800"},
     "parameter_recovery": {"default": "python benchmarks/parameter_recovery.py"},
-    "fit_backends": {"default": "python benchmarks/fit_backends.py --data bundled --draws 500 --tune 500 --timeout 900"},
+    "fit_backends": {"default": "python benchmarks/fit_backends.py --data bundled --draws 1000 --tune 1000 --timeout 480"},
+    "fit_rows": {"default": "python benchmarks/fit_rows.py"},
     "figures": {
         "default": "python benchmarks/figures.py --results benchmarks/results/validate_accuracy.json --fig-dir docs/figures"
     },
@@ -100,8 +109,9 @@ FAST: dict[str, str] = {
     "hardware_transfer": "--draws 10",
     "kernel_step_priors": "--boot 20",
     "kernel_transfer": "--per-family 40 --draws 200 --tune 200 --pred-draws 50 --gpus l40s",
+    "kernel_rows": "--per-family 20 40 --draws 100 --tune 100 --pred-draws 20",
     "decode_batch": "--draws 20 --figure benchmarks/out/fast/figures/decode_batch.png",
-    "validate_accuracy": "--draws 4 --tune 100 --fit-draws 100 --n-per-run-kind 10",
+    "validate_accuracy": "--draws 4 --tune 100 --fit-draws 100",
     "transfer_eval": "--quick",
     "probe_update": "--pred-draws 4 --fit-tune 100 --fit-draws 100",
     "probe_gate": "--draws 40",
@@ -109,6 +119,7 @@ FAST: dict[str, str] = {
     "time_split_accuracy": "--draws 100 --tune 100",
     "parameter_recovery": "--seeds 0 --draws 100 --tune 100",
     "fit_backends": "--draws 100 --tune 100 --timeout 300",
+    "fit_rows": "--draws 100 --tune 100",
     "figures": "--fig-dir benchmarks/out/fast/figures",
 }
 

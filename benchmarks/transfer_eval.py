@@ -103,6 +103,7 @@ def main(argv=None) -> int:
             excl,
             seed=a.seed,
             n_per_run_kind=cfg["n_per_run_kind"],
+            bins=None,
             fit_kwargs={k: cfg[k] for k in ("draws", "tune", "chains")},
             fit_dir=a.fit_dir,
         )

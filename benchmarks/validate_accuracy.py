@@ -27,7 +27,10 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=8, help="posterior draws simulated per run")
     ap.add_argument("--tune", type=int, default=None, help="NUTS tuning steps of CV refits")
     ap.add_argument("--fit-draws", type=int, default=None, help="NUTS draws of CV refits")
-    ap.add_argument("--n-per-run-kind", type=int, default=40, help="rows per run and kind in CV refits")
+    ap.add_argument("--target-accept", type=float, default=None, help="NUTS target acceptance of CV refits")
+    ap.add_argument(
+        "--n-per-run-kind", type=int, default=0, help="raw rows per run and kind in CV refits (default 0: every row in bins)"
+    )
     ap.add_argument("--runs", nargs="*", default=None)
     ap.add_argument("--out", default="benchmarks/out/accuracy.json")
     ap.add_argument("--fit-dir", default=None, help="cache of the cross-validation refits (validate.cv_fit_path)")
@@ -35,13 +38,17 @@ def main(argv=None) -> int:
     report = {}
     for suite in args.suites:
         t0 = time.time()
-        fit_kwargs = {k: v for k, v in (("tune", args.tune), ("draws", args.fit_draws)) if v is not None}
+        fit_kwargs = {
+            k: v
+            for k, v in (("tune", args.tune), ("draws", args.fit_draws), ("target_accept", args.target_accept))
+            if v is not None
+        }
         df, summary = validate.validate(
             suite,
             draws=args.draws,
             runs=args.runs,
             fit_kwargs=fit_kwargs,
-            n_per_run_kind=args.n_per_run_kind,
+            n_per_run_kind=args.n_per_run_kind or None,
             fit_dir=args.fit_dir,
             log=lambda *a: print(*a, file=sys.stderr, flush=True),
         )

@@ -197,6 +197,8 @@ CASES = [
     ("fit-tune-negative", FIT + ["--tune", "-1"], ["--tune"]),
     ("fit-chains-zero", FIT + ["--chains", "0"], ["--chains"]),
     ("fit-rows-negative", FIT + ["--rows-per-run-kind", "-1"], ["--rows-per-run-kind"]),
+    ("fit-bins-bad", FIT + ["--bins", "8by4"], ["--bins", "TxD"]),
+    ("fit-bins-zero", FIT + ["--bins", "0x4"], ["--bins", ">= 1"]),
     ("fit-target-accept", FIT + ["--target-accept", "1.5"], ["--target-accept"]),
     ("fit-out-is-dir", ["fit", "--out", "{d}"], ["--out", "directory"]),
     ("fit-data-missing", FIT + ["--data", "{d}/nosuchdir"], ["nosuchdir", "data"]),
@@ -316,3 +318,10 @@ def test_validate_suites_match_the_parser():
     from bayeslat.evaluate import suites as validate
 
     assert cli.VALIDATE_SUITES == validate.SUITES
+
+
+def test_fit_bins_default_matches_design():
+    from bayeslat.data import design
+
+    assert cli.FIT_BINS == design.BINS
+    assert cli.bins_arg("4x8") == (4, 8) and cli.bins_arg("none") is None

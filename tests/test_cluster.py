@@ -137,3 +137,16 @@ def test_predict_and_check_sweeps_equal_the_single_calls(clients):
     c2 = pipeline.check_many(SPECS, draws=2, scheduler=clients[2])
     assert [r["verdict"] for r in c1] == [r["verdict"] for r in c2]
     assert c1[1]["intervals"]["workload"]["e2e_ms"] == c2[1]["intervals"]["workload"]["e2e_ms"]
+
+
+def test_stderr_progress_shows_the_time_left(monkeypatch, capsys):
+    import sys
+
+    assert cluster.stderr_progress("x") is None  # not a terminal: nothing printed, ever
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    show = cluster.stderr_progress("validate lomo: runs")
+    show(1, 4)
+    show(4, 4)
+    err = capsys.readouterr().err
+    assert "validate lomo: runs 1/4" in err and "s left" in err.split("4/4")[0]
+    assert err.rstrip().endswith(")") and "4/4" in err and err.endswith("\n")

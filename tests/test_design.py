@@ -101,3 +101,72 @@ def test_concat_subsample_split(rec, obs):
     assert np.array_equal(D.subsample(both, 40, seed=1).y, sub.y)
     tr, te = D.time_split(obs, 0.7)
     assert len(tr) + len(te) == len(obs) and tr.t_frac.max() < 0.7 <= te.t_frac.min()
+
+
+# ------------------------------------------------------------------ bins of every row
+def test_effective_rows_of_overlapping_spans():
+    one = [0, 9, 1.0, 1.0]
+    # disjoint rows are worth their count, copies of one row one row
+    assert D.effective_rows(np.array([[10 * i, 10 * i + 9, 1.0, 1.0] for i in range(5)])) == pytest.approx(5.0)
+    assert D.effective_rows(np.array([one] * 7)) == pytest.approx(1.0)
+    # two rows of 10 steps sharing 5: sum c^2 = 5 + 4 * 5 + 5 = 30, n_eff = 4 * 10 / 30
+    assert D.effective_rows(np.array([one, [5, 14, 1.0, 1.0]])) == pytest.approx(4 / 3)
+    # fractional end weights: a one-step row of weight 0.5 twice -> worth one row
+    assert D.effective_rows(np.array([[3, 3, 0.5, 1.0]] * 2)) == pytest.approx(1.0)
+
+
+def test_effective_rows_matches_the_variance_of_the_mean():
+    """With independent step errors, var(mean of the rows) = var(one row) / n_eff (Monte Carlo)."""
+    rng = np.random.default_rng(0)
+    k0 = rng.integers(0, 300, 40)
+    k1 = k0 + 49
+    spans = np.stack([k0, k1, np.full(40, 0.5), np.ones(40)], axis=1).astype(float)
+    n_eff = D.effective_rows(spans)
+    assert 1.0 < n_eff < 40.0
+    e = rng.standard_normal((20000, 400))
+    W = np.zeros((40, 400))
+    for i, (a, b) in enumerate(zip(k0, k1)):
+        W[i, a : b + 1] = 1.0
+        W[i, a] = 0.5
+    rows = e @ W.T
+    ratio = rows.var(axis=0).mean() / rows.mean(axis=1).var()
+    assert ratio == pytest.approx(n_eff, rel=0.05)
+
+
+def test_collapse_is_exact_in_the_mean_and_ignores_y(rec, obs):
+    w = RW.observation_windows(rec)[["k0", "k1", "w0", "w1"]].to_numpy(float)
+    b = D.collapse(obs, w, 4, 3)
+    assert b.n_rows.sum() == len(obs) and len(b) <= 2 * 4 * 3
+    assert np.all((1.0 <= b.n_eff) & (b.n_eff <= b.n_rows))
+    # decode windows of concurrent requests share steps: worth fewer rows than they count
+    assert b.n_eff[b.kind == 1].sum() < 0.8 * b.n_rows[b.kind == 1].sum()
+    # a bin row is the mean of its rows, so sums over rows are kept exactly (linearity of mu)
+    for k in (1, 2):
+        np.testing.assert_allclose((b.n_rows[:, None, None] * b.X)[b.kind == k].sum(0), obs.X[obs.kind == k].sum(0), rtol=1e-9)
+        assert (b.n_rows * b.y)[b.kind == k].sum() == pytest.approx(obs.y[obs.kind == k].sum(), rel=1e-12)
+    # the bins depend on the design only: shuffled y gives the same bins
+    rng = np.random.default_rng(1)
+    shuffled = D.collapse(D.ObsTable(**{**_fields(obs), "y": rng.permutation(obs.y)}), w, 4, 3)
+    np.testing.assert_array_equal(shuffled.X, b.X)
+    np.testing.assert_array_equal(shuffled.n_rows, b.n_rows)
+    # build_obs(bins=) is the same thing; a bin of bins is refused; bad spans named
+    np.testing.assert_array_equal(D.build_obs(rec, CTX, "H100 SXM", "dense", bins=(4, 3)).y, b.y)
+    with pytest.raises(SpecError, match="bins already"):
+        D.collapse(b)
+    with pytest.raises(SpecError, match="spans"):
+        D.collapse(obs, w[:3])
+    # round trip keeps the weights
+    with pytest.raises(SpecError, match="n_eff"):
+        D.ObsTable(**{**_fields(b), "n_eff": b.n_rows + 1.0})
+
+
+def test_bins_roundtrip_and_old_files(obs, tmp_path):
+    b = D.collapse(obs, None, 2, 2)
+    np.testing.assert_array_equal(b.n_eff, b.n_rows)  # no spans: independent rows
+    back = D.ObsTable.load(b.save(tmp_path / "b.npz"))
+    np.testing.assert_array_equal(back.n_eff, b.n_eff)
+    np.testing.assert_array_equal(back.n_rows, b.n_rows)
+    # a file without the weights (written before bins) loads as raw rows
+    old = {k: getattr(obs, k) for k in D._ARRAYS if k not in ("n_rows", "n_eff")}
+    np.savez(tmp_path / "old.npz", **old, hardware_levels=np.array(obs.hardware_levels), class_levels=np.array(obs.class_levels))
+    assert np.all(D.ObsTable.load(tmp_path / "old.npz").n_rows == 1)

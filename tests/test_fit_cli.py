@@ -42,6 +42,20 @@ def test_sampler_seed_does_not_change_the_rows(replay_dir):
     assert M.data_hash(_obs(base + ["--seed", "0", "--data-seed", "7"])) != h0
 
 
+def test_fit_sees_every_row_in_bins_by_default(replay_dir):
+    binned = _obs(["--data", str(replay_dir)])
+    raw = _obs(["--data", str(replay_dir), "--bins", "none"])  # (capped at 300 per run and kind)
+    sub = _obs(["--data", str(replay_dir), "--rows-per-run-kind", "15"])
+    assert np.all(raw.n_rows == 1) and np.all(sub.n_rows == 1) and binned.n_rows.max() > 1
+    assert binned.n_rows.sum() >= len(raw) > len(binned)
+    assert set(binned.kind.tolist()) == set(raw.kind.tolist())
+    # every row: a bin row per (run, kind, time slice, design bin) at most
+    per = {(r, k): (binned.run == r) & (binned.kind == k) for r, k in set(zip(binned.run, binned.kind))}
+    assert max(int(m.sum()) for m in per.values()) <= 4 * 8
+    two = _obs(["--data", str(replay_dir), "--bins", "2x3"])
+    assert two.n_rows.sum() == binned.n_rows.sum() and len(two) < len(binned)
+
+
 def test_cli_fit_records_both_seeds(replay_dir, tmp_path, fit_calls):
     seen = fit_calls
     with pytest.raises(FitCalled):
@@ -84,6 +98,8 @@ def test_shipped_default_is_the_fit_of_the_current_bundled_design():
     a = idata.attrs
     assert a["data_source"] == "bundled"
     argv = ["--rows-per-run-kind", str(a["rows_per_run_kind"]), "--data-seed", str(a.get("data_seed", 0))]
+    bins = json.loads(a.get("bins") or "null")
+    argv += ["--bins", "x".join(map(str, bins)) if bins else "none"]
     for key, flag in (("runs", "--runs"), ("exclude", "--exclude")):
         v = json.loads(a.get(key) or "null")
         if v:
@@ -106,3 +122,5 @@ def test_shipped_default_is_the_fit_of_the_current_bundled_design():
     np.testing.assert_allclose(obs.X, cd["X"].values, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(obs.A, cd["A"].values, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(obs.n_steps, cd["n_steps"].values, rtol=1e-9)
+    np.testing.assert_array_equal(obs.n_rows, cd["n_rows"].values)
+    np.testing.assert_allclose(obs.n_eff, cd["n_eff"].values, rtol=1e-9)

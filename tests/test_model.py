@@ -6,6 +6,7 @@ from fakefit import fake_idata
 
 from bayeslat import features as F
 from bayeslat import model as M
+from bayeslat.data import design
 from bayeslat.errors import SpecError
 from bayeslat.model.diagnose import diagnose, diagnostic_vars
 
@@ -92,12 +93,13 @@ def test_excluded_features_get_no_class_cell():
 
 
 def test_alpha_intercept_prior_and_names():
-    """The alpha intercept has its own LogNormal prior (not the sparsity prior); bad entries are
+    """The alpha intercept and prompt-token cost have their own LogNormal prior (not the sparsity prior); bad entries are
     named; no data container shares a name with a NUTS sample stat (numpyro's conversion to
     InferenceData mixed a data "n_steps" with the sampler's "n_steps" and failed)."""
     obs, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 30})
     m = M.build_model(obs)
-    assert m["alpha_pop_lognormal"].type.shape == (1,) and m["alpha_pop_w"].type.shape == (F.N_ALPHA - 1,)
+    n_ln = len(M.DEFAULT_PRIORS["alpha_lognormal"])  # the intercept and the prompt tokens
+    assert n_ln == 2 and m["alpha_pop_lognormal"].type.shape == (n_ln,) and m["alpha_pop_w"].type.shape == (F.N_ALPHA - n_ln,)
     m2 = M.build_model(obs, priors={"alpha_lognormal": {}})
     assert "alpha_pop_lognormal" not in m2.named_vars and m2["alpha_pop_w"].type.shape == (F.N_ALPHA,)
     with pytest.raises(SpecError, match="alpha_lognormal.*no_such"):
@@ -320,7 +322,14 @@ def test_fit_is_reproducible_with_a_seed():
 # ------------------------------------------------------------------ one real fit
 @pytest.fixture(scope="module")
 def fitted():
-    obs, truth = M.simulate_obs(seed=0)
+    # the default fit's rows: every row of a run in bin means (design.collapse; independent rows,
+    # so n_eff = n_rows). One run per model size, as a real run serves one model: the sizes are
+    # what separates per-layer from per-step constants, and a bin must not average them away.
+    raw, truth = M.simulate_obs(
+        seed=0, rows={("H100 SXM", "dense"): 1000, ("H100 SXM", "moe"): 800, ("A100 SXM", "dense"): 240}, run_per_variant=True
+    )
+    obs = design.collapse(raw, None, 2, 8)
+    assert obs.n_rows.sum() == len(raw) and len(obs) < 0.25 * len(raw)
     # every feature fitted (the default holds step_overhead at 0, not identified on the 4 real
     # deployments; the synthetic design varies the deployment constants, so it is identified here),
     # and every present beta term under the sparsity prior (the truth has tp_sync_overhead = 0,

@@ -125,7 +125,8 @@ def test_fit_reports_each_stage_as_it_starts(stages):
     lines = []
     pipeline.fit(obs, hardware=None, log=lines.append)
     assert [ln[:5] for ln in lines] == ["[1/3]", "[2/3]", "[3/3]"]
-    assert f"{len(obs.y):,} rows of 1 runs" in lines[0] and "replaying 1 training runs" in lines[2]
+    assert f"{len(obs.y):,} rows ({int(obs.n_rows.sum()):,} raw rows) of 1 runs" in lines[0]
+    assert "replaying 1 training runs" in lines[2]
     lines.clear()
     pipeline.fit(obs, hardware=None, discrepancy=False, log=lines.append)
     assert lines[2].endswith("not run") and stages["discrepancy"] == 1

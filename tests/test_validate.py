@@ -236,9 +236,20 @@ def test_cv_fit_cache_key_follows_the_fit_code(monkeypatch, tmp_path):
     assert V.cv_fit_path("d", {"a", "b"}, {"draws": M.DEFAULT_SAMPLER["draws"], "tune": None}) == p
     assert V.cv_fit_path("d", {"a", "b"}, {"draws": 1000, "tune": 500}) != p
     assert V.cv_fit_path("d", {"a", "b"}, {"chains": 1}) != p
-    # so are other rows per run and kind, or another seed (cv_fit keys its cache by all of its arguments)
-    assert V.cv_fit_path("d", {"a", "b"}, n_per_run_kind=40, seed=0) == p
-    assert V.cv_fit_path("d", {"a", "b"}, n_per_run_kind=25) != p and V.cv_fit_path("d", {"a", "b"}, seed=1) != p
+    # so are other rows (other bins, or a subsample of raw rows), or another seed (cv_fit keys its
+    # cache by all of its arguments)
+    from bayeslat.data import design
+
+    assert V.cv_fit_path("d", {"a", "b"}, bins=design.BINS, seed=0) == p
+    assert V.cv_fit_path("d", {"a", "b"}, bins=(2, 3)) != p and V.cv_fit_path("d", {"a", "b"}, seed=1) != p
+    sub = V.cv_fit_path("d", {"a", "b"}, n_per_run_kind=40)
+    assert sub != p and sub != V.cv_fit_path("d", {"a", "b"}, n_per_run_kind=25)
+    with pytest.raises(SpecError, match="n_per_run_kind.*or bins"):
+        V.cv_fit_path("d", {"a", "b"}, bins=None)
+    # a refit of bins needs rows built with bins: raw rows are refused before any sampling
+    raw, _ = M.simulate_obs(seed=1, rows={("H100 SXM", "dense"): 20})
+    with pytest.raises(SpecError, match="raw rows"):
+        V.cv_fit(raw, set())
     edited = tmp_path / "model.py"
     edited.write_bytes(open(M.__file__, "rb").read() + b"\n# an edit\n")
     monkeypatch.setattr(M, "__file__", str(edited))

@@ -16,6 +16,8 @@ import sys
 UPDATE_WHEN_CHOICES = ("auto", "always", "needed")
 #: ``evaluate.SUITES`` (same reason, same test)
 VALIDATE_SUITES = ("replay", "aggregate", "all", "loro", "lomo", "lowo", "external")
+#: ``design.BINS`` (same reason, same test)
+FIT_BINS = (4, 8)
 
 
 # Type functions: argparse turns their ArgumentTypeError into its usage error (exit 2, the
@@ -46,6 +48,20 @@ def probability(text: str) -> float:
     if not 0.0 < v < 1.0:
         raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
     return v
+
+
+def bins_arg(text: str):
+    """``TxD`` (two integers >= 1: time slices x design bins) or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        t, d = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be TxD (e.g. 4x8) or 'none', got {text!r}") from None
+    if t < 1 or d < 1:
+        raise argparse.ArgumentTypeError(f"both bin counts must be >= 1, got {text!r}")
+    return (t, d)
 
 
 def _existing_ancestor(path):
@@ -145,12 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
         "independent of --seed)",
     )
     s.add_argument(
+        "--bins",
+        type=bins_arg,
+        default=FIT_BINS,
+        help="the rows the likelihood sees: every row of each run and kind in bin means, TxD = T time slices "
+        "x D design bins (default 4x8; 'none': raw rows, up to 300 per run and kind)",
+    )
+    s.add_argument(
         "--rows-per-run-kind",
         type=nonneg_int,
-        default=40,
-        help="stratified subsample: rows per (run, kind) the likelihood sees (0 = no stratified subsample: the row builders' own cap of 300 per run and kind; default 40)",
+        default=0,
+        help="a stratified subsample of this many raw rows per (run, kind) instead of bins (default 0: bins; "
+        "raw rows need --target-accept 0.99)",
     )
-    s.add_argument("--target-accept", type=probability, default=None, help="NUTS target acceptance (default 0.99)")
+    s.add_argument("--target-accept", type=probability, default=None, help="NUTS target acceptance (default 0.95)")
     s.add_argument(
         "--hardware",
         default="default",
@@ -261,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", nargs="*", default=None, help="restrict to these runs (substring match)")
     s.add_argument("--out", default=None, type=out_file, help="write the JSON report here")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress lines on stderr (never on a non-terminal)")
 
     s = sub.add_parser("check", help="transfer-failure check of a configuration before deployment")
     s.add_argument("spec", nargs="+", help="SPEC.yaml (several: a sweep on Dask, one task each; not with --probe)")

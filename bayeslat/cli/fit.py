@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from bayeslat import model, pipeline
+from bayeslat.data import design
 
 
 def _data_seed(args) -> int:
@@ -22,6 +23,7 @@ def _data_args(args) -> dict:
         "exclude": args.exclude,
         "data_seed": _data_seed(args),
         "rows_per_run_kind": getattr(args, "rows_per_run_kind", None),
+        "bins": getattr(args, "bins", design.BINS),  # (None: raw rows)
     }
 
 
@@ -55,7 +57,7 @@ def run(args) -> int:
     path = model.save(idata, args.out)
     div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else -1
     print(
-        f"wrote {path}: {len(obs.y)} rows, backend {idata.attrs['backend']}, "
+        f"wrote {path}: {len(obs.y)} rows ({int(obs.n_rows.sum()):,} raw rows), backend {idata.attrs['backend']}, "
         f"{idata.attrs['sampling_seconds']:.1f} s sampling, {div} divergences"
     )
     return 0

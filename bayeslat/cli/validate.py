@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bayeslat import model
+from bayeslat import cluster, model
 from bayeslat.evaluate import validate
 
 
@@ -35,12 +35,15 @@ def run(args) -> int:
     if args.model:
         idata = model.load(args.model)
     suite = "external" if getattr(args, "external", None) and args.suite == "replay" else args.suite
+    quiet = getattr(args, "no_progress", False) or not sys.stderr.isatty()
     df, summary = validate(
         suite,
         idata=idata,
         draws=args.draws,
         runs=args.runs,
-        log=lambda *a: print(*a, file=sys.stderr),
+        # what runs, one line each, and a done/total line with the time left (a terminal only)
+        log=None if quiet else (lambda *a: print("\r" + " ".join(map(str, a)), file=sys.stderr)),
+        progress=None if quiet else cluster.stderr_progress(f"validate {suite}: runs"),
         external=getattr(args, "external", None),
         hardware=getattr(args, "hardware", None),
     )

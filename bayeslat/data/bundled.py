@@ -77,8 +77,11 @@ def bundled_obs(
     max_gap: int = 32,
     contexts: dict | None = None,
     max_resid_steps: float = 2.0,
+    bins: tuple[int, int] | None = None,
 ) -> ObsTable:
-    """ObsTable of the bundled real runs (all 16 by default), subsampled per (run, kind).
+    """ObsTable of the bundled real runs (all 16 by default), subsampled per (run, kind), or, with
+    ``bins`` (time slices, design bins), every row collapsed into bin means
+    (:func:`bayeslat.data.obs.collapse`; no subsample).
 
     ``contexts``: optional {run: (FeatureContext, model_class)} (else from bayeslat.config).
     Step rows (kind 0) come from the 3 traced runs after the clock offset. Runs whose step clock
@@ -114,10 +117,10 @@ def bundled_obs(
         if step_rows and len(tr):
             off = RW.estimate_offset(rec, tr, seed=seed)
             rows = RW.trace_step_windows(rec, tr, off["offset_us"], max_gap=max_gap)
-        t = build_obs(rec, ctx, info["hardware"], cls, trace_rows=rows)
+        t = build_obs(rec, ctx, info["hardware"], cls, trace_rows=rows, bins=bins)
         if not (contexts and run in contexts):  # a given context is not the bundled specs' deployment
             t.meta["specs"] = {run: bundled_spec(run)}
-        tables.append(subsample(t, n_per_run_kind, seed) if n_per_run_kind else t)
+        tables.append(subsample(t, n_per_run_kind, seed) if n_per_run_kind and not bins else t)
     if not tables:
         raise SpecError(f"no usable run among {sel} (skipped: {skipped})", field="runs")
     out = concat(tables)

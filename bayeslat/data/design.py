@@ -21,7 +21,7 @@ from bayeslat.data.experiments import _lifecycle_frame as _lifecycle_frame
 from bayeslat.data.experiments import _resolve_hardware as _resolve_hardware
 from bayeslat.data.experiments import _resolve_model as _resolve_model
 from bayeslat.data.obs import _ARRAYS as _ARRAYS
-from bayeslat.data.obs import KINDS, ObsTable, build_obs, concat, subsample, time_split
+from bayeslat.data.obs import BINS, KINDS, ObsTable, build_obs, collapse, concat, effective_rows, subsample, time_split
 from bayeslat.data.trace_rows import (
     ALPHA_MISS_REASONS,
     alpha_table,
@@ -42,6 +42,9 @@ from bayeslat.data.training_specs import (
 )
 
 __all__ = [
+    "BINS",
+    "collapse",
+    "effective_rows",
     "KINDS",
     "ObsTable",
     "build_obs",

@@ -24,7 +24,7 @@ from bayeslat.data import windows as RW
 from bayeslat.data.bundled import model_class_of, skip_reason
 from bayeslat.data.datasets import HARDWARE_SPEC, MODEL_SPEC
 from bayeslat.data.ingest import tables as T
-from bayeslat.data.obs import ObsTable, build_obs, concat, subsample
+from bayeslat.data.obs import ObsTable, build_obs, collapse, concat, subsample
 from bayeslat.data.trace_rows import (
     alpha_table,
     exact_step_rows,
@@ -209,8 +209,10 @@ def run_obs(
     max_resid_steps: float = 2.0,
     include_warmup: bool = False,
     timeout_s: float = 300.0,
+    bins: tuple[int, int] | None = None,
 ) -> tuple[ObsTable | None, dict]:
-    """Observation rows of one ingested run (``spec`` from :func:`experiment_context`):
+    """Observation rows of one ingested run (``spec`` from :func:`experiment_context`), each kind
+    collapsed into bin means with ``bins`` (:func:`bayeslat.data.obs.collapse`):
 
     1. lifecycle reconstruction (:func:`bayeslat.data.reconstruct.reconstruct_lifecycle`, as
        :func:`bundled_obs` does for the bundled runs) of the run's per-request rows
@@ -316,7 +318,8 @@ def run_obs(
             else:  # ... else on the step records' own span
                 t0 = float(steps["step.ts_start_ns"].min()) / 1e3
                 t_us, te = ts - t0, float(steps["step.ts_start_ns"].max()) / 1e3 - t0
-            tabs.append(exact_step_table(ex, ctx, t_us, te, run, hwname, cls))
+            t_ex = exact_step_table(ex, ctx, t_us, te, run, hwname, cls)
+            tabs.append(collapse(t_ex, None, *bins) if bins else t_ex)  # one step each: disjoint
         info["rows"]["step_exact"] = int(len(ex))
     # 1 + 2b. windows, TTFT rows and the other sampled step pairs on the reconstruction
     if rec is not None:
@@ -334,15 +337,16 @@ def run_obs(
                 trace_rows = trace_rows[~idle]
                 info["rows"]["step_trace_idle_dropped"] = int(idle.sum())
             info["rows"]["step_trace"] = int(len(trace_rows))
-        t = build_obs(rec, ctx, hwname, cls, trace_rows=trace_rows, include_warmup=include_warmup)
+        t = build_obs(rec, ctx, hwname, cls, trace_rows=trace_rows, include_warmup=include_warmup, bins=bins)
         tabs.append(t)
         for k, name in ((R.KIND_WINDOW, "window"), (R.KIND_TTFT, "ttft")):
-            info["rows"][name] = int((t.kind == k).sum())
+            info["rows"][name] = int(t.n_rows[t.kind == k].sum())
     # 3. alpha-only rows
     if alpha_rows:
         al = journey_alpha_rows(req)
         if len(al):
-            tabs.append(alpha_table(al, ctx, t_end if t_end is not None else float(al["t_us"].max()), run, hwname, cls))
+            t_al = alpha_table(al, ctx, t_end if t_end is not None else float(al["t_us"].max()), run, hwname, cls)
+            tabs.append(collapse(t_al, None, *bins) if bins else t_al)  # requests: no steps shared
         info["rows"]["alpha"] = int(len(al))
     if not tabs:
         return None, info
@@ -381,6 +385,7 @@ def obs_from_tables(
     hardware=None,
     server=None,
     timeout_s: float = 300.0,
+    bins: tuple[int, int] | None = None,
 ) -> ObsTable:
     """ObsTable of ingested runs: the tables ``bayeslat ingest ... --out DIR`` writes.
 
@@ -389,7 +394,8 @@ def obs_from_tables(
     of these. Every run of an ``experiments`` table is turned into rows by :func:`run_obs` with
     the specs of its experiment row (:func:`experiment_context`; ``model`` / ``hardware`` /
     ``server`` override them for every run), then subsampled to ``n_per_run_kind`` rows per (run,
-    kind) like :func:`bundled_obs` (None: all rows). ``runs`` / ``exclude``: substring filters on
+    kind) like :func:`bundled_obs` (None: all rows), or, with ``bins`` (time slices, design bins),
+    every row collapsed into bin means (:func:`bayeslat.data.obs.collapse`; no subsample). ``runs`` / ``exclude``: substring filters on
     the run id. ``meta``: ``runs``, ``skipped`` (runs without usable lifecycle rows) with
     ``skip_reasons``, and ``info`` (per run: per-request source, clock offset, row counts,
     reconstruction diagnostics).
@@ -424,6 +430,7 @@ def obs_from_tables(
                 max_resid_steps=max_resid_steps,
                 include_warmup=include_warmup,
                 timeout_s=timeout_s,
+                bins=bins,
             )
             info["source_file"] = src
             infos[run] = info
@@ -431,7 +438,7 @@ def obs_from_tables(
                 skipped.append(run)
                 reasons[run] = info.get("skipped_lifecycle", "no per-request rows with TTFT and E2E")
             if t is not None:
-                out_tabs.append(subsample(t, n_per_run_kind, seed) if n_per_run_kind else t)
+                out_tabs.append(subsample(t, n_per_run_kind, seed) if n_per_run_kind and not bins else t)
     if not infos:
         raise SpecError(f"no ingested run matches runs={runs} exclude={exclude} (have {seen})", field="runs")
     if not out_tabs:

@@ -27,7 +27,7 @@ see :mod:`bayeslat.data.datasets`), averaged over requests. For aggregate-only r
 from __future__ import annotations
 
 from bayeslat.evaluate.cases import external_cases
-from bayeslat.evaluate.crossval import cv_fit, cv_fit_path, drop_unused_levels
+from bayeslat.evaluate.crossval import cv_fit, cv_fit_path, cv_rows, drop_unused_levels
 from bayeslat.evaluate.metrics import METRICS, compare, interval_score, summarize
 from bayeslat.evaluate.suites import SUITES, validate
 from bayeslat.simulate.discrepancy import (
@@ -49,6 +49,7 @@ __all__ = [
     "attach_sim_discrepancy",
     "compare",
     "cv_fit",
+    "cv_rows",
     "cv_fit_path",
     "deployment",
     "discrepancy_sd",

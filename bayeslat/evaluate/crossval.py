@@ -3,6 +3,7 @@ disk under a key of everything the fit depends on, so the suites and the benchma
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -14,6 +15,7 @@ import numpy as np
 from bayeslat import features as F
 from bayeslat import model
 from bayeslat.data import design
+from bayeslat.errors import SpecError
 from bayeslat.simulate import discrepancy
 from bayeslat.simulate.discrepancy import attach_sim_discrepancy
 
@@ -46,10 +48,31 @@ def _source_files(module) -> list[Path]:
     return sorted(f.parent.rglob("*.py")) if f.name == "__init__.py" else sorted(f.parent.glob(f"{f.stem}*.py"))
 
 
-def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None, *, n_per_run_kind: int = 40, seed: int = 0) -> str:
+def cv_rows(seed: int = 0, *, n_per_run_kind: int | None = None, bins=design.BINS):
+    """A cached callable returning the bundled rows the cross-validation refits are subsets of:
+    every row in bin means with ``bins`` (as the default fit), else the raw rows that
+    :func:`cv_fit` subsamples to ``n_per_run_kind`` per run and kind. Built on first call only
+    (a cached fold never needs it)."""
+    if bins is not None and not n_per_run_kind:
+        b = tuple(int(x) for x in bins)
+        return functools.cache(lambda: design.bundled_obs(seed=seed, bins=b, n_per_run_kind=None))
+    return functools.cache(lambda: design.bundled_obs(seed=seed))
+
+
+def _rows_key(n_per_run_kind, bins) -> str:
+    if n_per_run_kind:
+        return f"rows {int(n_per_run_kind)}"
+    if bins is None:
+        raise SpecError("a refit needs n_per_run_kind (raw rows) or bins", field="bins")
+    return "bins {}x{}".format(*(int(x) for x in bins))
+
+
+def cv_fit_path(
+    fit_dir, exclude_runs, fit_kwargs: dict | None = None, *, n_per_run_kind: int | None = None, bins=design.BINS, seed: int = 0
+) -> str:
     """Cache file of :func:`cv_fit`'s refit without ``exclude_runs``, keyed by every argument the fit
     depends on: the sampler settings ``fit_kwargs`` (as passed to ``model.fit``; unset ones are
-    ``model.DEFAULT_SAMPLER``'s), the rows per run and kind and the seed. One per held-out set and
+    ``model.DEFAULT_SAMPLER``'s), the rows (bins, or raw rows per run and kind) and the seed. One per held-out set and
     settings, whichever suite asks (leave-one-TP-out of a TP used by one model is that model's
     leave-one-model-out). The name also hashes the feature spec, the default
     priors and the source of the modules a fit runs through (the model package, features, design),
@@ -69,21 +92,33 @@ def cv_fit_path(fit_dir, exclude_runs, fit_kwargs: dict | None = None, *, n_per_
         + src
         + "\n"
         + json.dumps(sampler, sort_keys=True)
-        + f"\nrows {int(n_per_run_kind)} seed {int(seed)}"
+        + f"\n{_rows_key(n_per_run_kind, bins)} seed {int(seed)}"
     )
     h = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"{fit_dir}/heldout-{h}.nc"
 
 
 def cv_fit(
-    full, exclude_runs, *, seed: int = 0, n_per_run_kind: int = 40, fit_kwargs: dict | None = None, fit_dir=None, log=None
+    full,
+    exclude_runs,
+    *,
+    seed: int = 0,
+    n_per_run_kind: int | None = None,
+    bins=design.BINS,
+    fit_kwargs: dict | None = None,
+    fit_dir=None,
+    log=None,
 ):
     """Refit without ``exclude_runs`` (rows of ``full``, an ObsTable of the bundled runs, or a
-    function returning it, called only when the fold is not cached): the held-out levels are
-    dropped (a held-out model class is then new), ``n_per_run_kind`` rows per (run, kind) as the
-    default fit. ``fit_dir``: the netCDF cache (:func:`cv_fit_path` of these arguments; read if
-    present, else written), so that the cross-validation suites and the benchmarks share their refits."""
-    path = None if fit_dir is None else cv_fit_path(fit_dir, exclude_runs, fit_kwargs, n_per_run_kind=n_per_run_kind, seed=seed)
+    function returning it, called only when the fold is not cached; :func:`cv_rows`): the
+    held-out levels are dropped (a held-out model class is then new). The rows are those of the
+    default fit: every row in bin means (``full`` built with ``bins``), or, with
+    ``n_per_run_kind``, that many raw rows per (run, kind). ``fit_dir``: the netCDF cache
+    (:func:`cv_fit_path` of these arguments; read if present, else written), so that the
+    cross-validation suites and the benchmarks share their refits."""
+    path = None
+    if fit_dir is not None:
+        path = cv_fit_path(fit_dir, exclude_runs, fit_kwargs, n_per_run_kind=n_per_run_kind, bins=bins, seed=seed)
     if path is not None and Path(path).exists():
         idata = model.load(path)
         # a cache written before the run-spread stage, or under other RUN_SPREAD settings (not in
@@ -102,8 +137,14 @@ def cv_fit(
             idata.attrs.pop("sim_discrepancy", None)
         return idata
     full = full() if callable(full) else full
+    binned = bool(np.any(full.n_rows > 1))
+    if not n_per_run_kind and not binned:
+        raise SpecError("these rows are raw rows: build them with bins (cv_rows) or give n_per_run_kind", field="bins")
     obs = drop_unused_levels(full.subset(~np.isin(full.run, list(exclude_runs))))
-    obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
+    if n_per_run_kind:
+        if binned:
+            raise SpecError("n_per_run_kind subsamples raw rows; these rows are bins", field="n_per_run_kind")
+        obs = design.subsample(obs, n_per_run_kind=n_per_run_kind, seed=seed)
     t0 = time.time()
     idata = model.fit(
         obs, seed=20261122 + seed, progressbar=False, **(fit_kwargs or {}), attrs={"held_out_runs": sorted(exclude_runs)}

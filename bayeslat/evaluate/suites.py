@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 
 import pandas as pd
@@ -11,7 +10,7 @@ from bayeslat import model
 from bayeslat.data import design
 from bayeslat.errors import SpecError
 from bayeslat.evaluate.cases import _aggregate_cases, external_cases
-from bayeslat.evaluate.crossval import _cv_groups, cv_fit
+from bayeslat.evaluate.crossval import _cv_groups, cv_fit, cv_rows
 from bayeslat.evaluate.metrics import compare, summarize
 from bayeslat.simulate.replay import predict_case, replay_cases
 
@@ -26,11 +25,13 @@ def validate(
     runs=None,
     seed: int = 0,
     fit_kwargs: dict | None = None,
-    n_per_run_kind: int = 40,
+    n_per_run_kind: int | None = None,
+    bins=design.BINS,
     log=None,
     fit_dir=None,
     external=None,
     hardware=None,
+    progress=None,
 ) -> tuple[pd.DataFrame, dict]:
     """Predict every run of a suite and compare with what was measured.
 
@@ -50,8 +51,10 @@ def validate(
         Seed of the draws, the simulation and the refits' rows.
     fit_kwargs : dict, optional
         Sampler settings of the refits.
-    n_per_run_kind : int
-        Rows per (run, kind) of the refits.
+    n_per_run_kind : int, optional
+        Raw rows per (run, kind) of the refits, instead of ``bins``.
+    bins : tuple of int, optional
+        The refits' bins of every row (``bayeslat.data.design.collapse``), as the default fit.
     log : callable, optional
         Called with a progress line.
     fit_dir : str, optional
@@ -61,6 +64,9 @@ def validate(
         (``bayeslat.evaluate.external_cases``).
     hardware : str, optional
         The GPU of experiment directories that name none.
+    progress : callable, optional
+        Called with (runs done, runs in the suite) after each run (e.g.
+        ``bayeslat.cluster.stderr_progress``).
 
     Returns
     -------
@@ -85,7 +91,8 @@ def validate(
         if not cases:
             raise SpecError(f"no bundled run matches {runs}", field="runs")
         # reconstructed once, and only if a fold is not cached; each fold is a subset
-        full = functools.cache(lambda: design.bundled_obs(seed=seed))
+        full = cv_rows(seed, n_per_run_kind=n_per_run_kind, bins=bins)
+        done = 0
         for held, group in _cv_groups(cases, suite).items():
             exclude = {c["run"] for c in group}
             fit_idata = cv_fit(
@@ -93,12 +100,16 @@ def validate(
                 exclude,
                 seed=seed,
                 n_per_run_kind=n_per_run_kind,
+                bins=None if n_per_run_kind else bins,
                 fit_kwargs=fit_kwargs,
                 fit_dir=fit_dir,
                 log=lambda m, held=held: log(f"[{suite}] held out {held}: {m}"),
             )
             for c in group:
                 rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
+                done += 1
+                if progress:
+                    progress(done, len(cases))
     else:
         idata = idata if idata is not None else model.load_default()
         cases = []
@@ -112,9 +123,11 @@ def validate(
             if suite == "external" and not external:
                 raise SpecError("suite 'external' needs the runs to validate (--external PATH ...)", field="external")
             raise SpecError(f"no run of suite {suite!r} matches {runs}" if runs else f"suite {suite!r} has no runs", field="runs")
-        for c in cases:
+        for i, c in enumerate(cases, 1):
             t0 = time.time()
             rows.append(compare(c, predict_case(c, idata, draws, seed)))
             log(f"[{suite}] {c['run']}: {time.time() - t0:.1f} s")
+            if progress:
+                progress(i, len(cases))
     df = pd.DataFrame(rows)
     return df, summarize(df)

@@ -52,6 +52,8 @@ def data_groups(d: dict) -> dict:
                 "run": ("obs_id", d["run"].astype("U")),
                 "deployment": ("obs_id", d["deployment"].astype("U")),
                 "request": ("obs_id", d["request"]),
+                "n_rows": ("obs_id", d["n_rows"]),
+                "n_eff": ("obs_id", d["n_eff"]),
             },
             coords={
                 "obs_id": oid,
@@ -66,9 +68,22 @@ def data_groups(d: dict) -> dict:
 def raw_rows(d: dict) -> dict:
     """Per row kind, the raw records behind the rows the likelihood sees: the engine steps a step
     or window row sums (``n_steps``; a step row is up to 32 traced steps, a window row the decode
-    steps of one request's inter-token window), one request per TTFT or alpha row."""
+    steps of one request's inter-token window), one request per TTFT or alpha row; a bin mean
+    (``n_rows`` rows) counts all of its rows'."""
     kind, ns = np.asarray(d["kind"]), np.maximum(np.asarray(d["n_steps"], float), 1.0)
-    return {k: int(ns[kind == i].sum()) if k in ("step", "window") else int((kind == i).sum()) for i, k in enumerate(KINDS)}
+    m = np.asarray(d.get("n_rows", np.ones(len(kind))), float)
+    return {
+        k: int(round((m * ns)[kind == i].sum())) if k in ("step", "window") else int(m[kind == i].sum())
+        for i, k in enumerate(KINDS)
+    }
+
+
+def rows_used(d: dict) -> dict:
+    """Per row kind, the raw rows behind the likelihood's rows (one per step pair, window, TTFT or
+    alpha row; a bin mean counts its ``n_rows``)."""
+    kind = np.asarray(d["kind"])
+    m = np.asarray(d.get("n_rows", np.ones(len(kind))), int)
+    return {k: int(m[kind == i].sum()) for i, k in enumerate(KINDS)}
 
 
 def fit(
@@ -154,6 +169,7 @@ def fit(
         "kinds": json.dumps(list(KINDS)),
         "kind_counts": json.dumps(np.bincount(d["kind"], minlength=len(KINDS)).tolist()),
         "raw_rows": json.dumps(raw_rows(d)),
+        "rows_used": json.dumps(rows_used(d)),
         "hardware_levels": json.dumps(list(d["hardware_levels"])),
         "class_levels": json.dumps(list(d["class_levels"])),
         "group_rows": json.dumps(st["group_rows"]),

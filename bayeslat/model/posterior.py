@@ -301,10 +301,13 @@ def predict_mean(idata, obs, n: int | None = None, seed: int = 0) -> np.ndarray:
     return mu
 
 
-def noise_terms(cd: CoefDraws, kind, n_steps) -> tuple[np.ndarray, np.ndarray]:
+def noise_terms(cd: CoefDraws, kind, n_steps, n_eff=None) -> tuple[np.ndarray, np.ndarray]:
     """(s_abs, c_rel), each (D, n rows), of the likelihood's scale ``s_abs + c_rel * mu`` for rows of
-    ``kind`` spanning ``n_steps`` steps (build_model: ``c_rel = s_rel / sqrt(n) + s_sys``)."""
-    return cd.s_abs[:, kind], cd.s_rel[:, kind] / np.sqrt(np.maximum(n_steps, 1.0)) + cd.s_sys[:, kind]
+    ``kind`` spanning ``n_steps`` steps, worth ``n_eff`` independent rows (bin means; None: raw rows)
+    (build_model: ``s_abs / sqrt(n_eff)`` and ``c_rel = s_rel / sqrt(n n_eff) + s_sys``)."""
+    ne = np.ones(np.shape(kind)) if n_eff is None else np.asarray(n_eff, dtype=np.float64)
+    r = 1.0 / np.sqrt(ne)
+    return cd.s_abs[:, kind] * r, cd.s_rel[:, kind] / np.sqrt(np.maximum(n_steps, 1.0)) * r + cd.s_sys[:, kind]
 
 
 def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0, level_error: dict | None = None) -> np.ndarray:
@@ -327,7 +330,7 @@ def posterior_predictive(idata, obs, n: int | None = None, seed: int = 0, level_
         k = d["kind"][m]
         if level_error:
             mu = mu * _level_factors(level_error, k, np.asarray(d["run"])[m], D, rng)
-        s_abs, c_rel = noise_terms(cd, k, d["n_steps"][m])
+        s_abs, c_rel = noise_terms(cd, k, d["n_steps"][m], d["n_eff"][m])
         out[:, m] = mu + (s_abs + c_rel * mu) * rng.standard_t(cd.nu[:, k], size=mu.shape)
     return out
 

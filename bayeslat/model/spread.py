@@ -209,15 +209,17 @@ def _weighted_median(v, w):
     return _weighted_quantile(v, w, 0.5)
 
 
-def _log_factors(y, mu_step, mu_cpu, kind, m, rng) -> dict:
+def _log_factors(y, mu_step, mu_cpu, kind, m, rng, w=None) -> dict:
     """Log factors of the rows ``m`` (module ``run_residuals``): ``step`` = log(sum y / sum mu)
     of the step and window rows and ``alpha`` = log f, ``y ~ mu_step + f mu_cpu`` on the TTFT rows
     (a weighted median), each with a bootstrap standard error; NaN below ``RUN_SPREAD``'s row
-    counts."""
+    counts. ``w``: the raw rows each row stands for (``n_rows`` of a bin mean; None: 1), so that
+    the sums and the median are those of the raw rows."""
     cfg = RUN_SPREAD
+    w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
     row = {"step": np.nan, "step_se": np.nan, "alpha": np.nan, "alpha_se": np.nan}
     s = m & (kind <= 1) & (mu_step + mu_cpu > 0)
-    ys, ms = y[s], (mu_step + mu_cpu)[s]
+    ys, ms = (y * w)[s], ((mu_step + mu_cpu) * w)[s]
     row["step_rows"] = int(s.sum())
     if s.sum() >= cfg["min_step_rows"]:
         row["step"] = float(np.log(ys.sum() / ms.sum()))
@@ -226,14 +228,19 @@ def _log_factors(y, mu_step, mu_cpu, kind, m, rng) -> dict:
     t = m & (kind == KINDS.index("ttft")) & (mu_cpu > 0)
     row["ttft_rows"] = int(t.sum())
     if t.sum() >= cfg["min_ttft_rows"]:
-        ratio, w = (y[t] - mu_step[t]) / mu_cpu[t], mu_cpu[t]
-        f = [_weighted_median(ratio, w)]
+        ratio, wt = (y[t] - mu_step[t]) / mu_cpu[t], mu_cpu[t] * w[t]
+        f = [_weighted_median(ratio, wt)]
         for _ in range(cfg["boot"]):
             i = rng.integers(0, len(ratio), len(ratio))
-            f.append(_weighted_median(ratio[i], w[i]))
+            f.append(_weighted_median(ratio[i], wt[i]))
         f = np.log(np.maximum(np.asarray(f), 0.05))
         row["alpha"], row["alpha_se"] = float(f[0]), float(np.std(f[1:]))
     return row
+
+
+def _n_rows(cd) -> np.ndarray | None:
+    """The raw rows each stored row stands for (None: a fit of raw rows)."""
+    return cd["n_rows"].values if "n_rows" in cd else None
 
 
 def run_residuals(idata, seed: int = 0) -> pd.DataFrame:
@@ -252,7 +259,7 @@ def run_residuals(idata, seed: int = 0) -> pd.DataFrame:
     out = []
     for r in np.unique(run):
         m = run == r
-        out.append({"run": r, "deployment": dep[m][0]} | _log_factors(y, mub, mua, kind, m, rng))
+        out.append({"run": r, "deployment": dep[m][0]} | _log_factors(y, mub, mua, kind, m, rng, _n_rows(cd)))
     return pd.DataFrame(out)
 
 
@@ -328,7 +335,7 @@ def deployment_residuals(idata, seed: int = 0) -> pd.DataFrame:
     out = []
     for k in np.unique(dep):
         m = dep == k
-        row = {"deployment": k, "group": f"{hw[m][0]}/{cls[m][0]}"} | _log_factors(y, mub, mua, kind, m, rng)
+        row = {"deployment": k, "group": f"{hw[m][0]}/{cls[m][0]}"} | _log_factors(y, mub, mua, kind, m, rng, _n_rows(cd))
         row["shares_step"] = _absorbed_shares(idata, m, "step")
         row["shares_alpha"] = _absorbed_shares(idata, m, "alpha")
         out.append(row)

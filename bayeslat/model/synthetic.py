@@ -121,6 +121,7 @@ def simulate_obs(
     alpha_pop=None,
     runs_per_group: int = 1,
     run_sd=(0.0, 0.0),
+    run_per_variant: bool = False,
 ):
     """Synthetic ObsTable from known coefficients and the real feature kernel on random batches.
 
@@ -131,7 +132,9 @@ def simulate_obs(
     ``runs_per_group > 1``: the rows of a group are dealt to that many runs of one deployment, each
     with a step-time factor ``exp(N(0, run_sd[0]))`` and a CPU-part factor ``exp(N(0, run_sd[1]))``
     (``truth["run_factors"]``: {run: (step, cpu)}; drawn from a separate stream, so the default
-    output is unchanged).
+    output is unchanged). ``run_per_variant``: the rows of each model size of a group are a run
+    (and a deployment) of their own, as in real data where a run serves one model; what
+    :func:`bayeslat.data.obs.collapse` needs, since it bins within a run.
     """
     rng = np.random.default_rng(seed)
     ctxs = example_contexts()
@@ -178,7 +181,8 @@ def simulate_obs(
                 stats = []
             Xr = np.zeros((R, F.N_BETA))
             if stats:
-                ctx = variants[int(rng.integers(len(variants)))]
+                vi = int(rng.integers(len(variants)))
+                ctx = variants[vi]
                 feats, reg = F.step_features(np.array(stats), ctx)
                 for r in range(R):
                     Xr[r] = feats[reg == r].sum(axis=0)
@@ -188,6 +192,10 @@ def simulate_obs(
                     np.array([rng.integers(50, 8000)]), np.array([rng.integers(0, 300)]), float(rng_mp.random() < 0.5)
                 )[0]
             run = f"sim-{h}-{c}"
+            if run_per_variant:
+                # (alpha rows have no model variant: they go with the group's first run)
+                run = f"sim-{h}-{c}-v{vi if stats else 0}"
+                deployments[run] = run
             fb = fa = 1.0
             if runs_per_group > 1:
                 run = f"sim-{h}-{c}-r{i % runs_per_group}"

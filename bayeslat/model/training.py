@@ -46,6 +46,8 @@ def obs_from_idata(idata):
         hardware_levels=tuple(hl),
         class_levels=tuple(cl),
         meta={"runs": sorted(set(run.tolist())), "deployments": deps, "specs": specs},
+        n_rows=cd["n_rows"].values.astype(np.int64) if "n_rows" in cd else None,
+        n_eff=cd["n_eff"].values.astype(np.float64) if "n_eff" in cd else None,
     )
 
 
