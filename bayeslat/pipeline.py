@@ -74,9 +74,7 @@ def training_obs(
     bayeslat.data.design.ObsTable
     """
     kw = {"runs": runs, "exclude": exclude, "seed": int(data_seed)}
-    if rows_per_run_kind:
-        bins = None
-    elif bins is not None:
+    if not rows_per_run_kind and bins is not None:
         kw |= {"bins": tuple(int(b) for b in bins), "n_per_run_kind": None}
     obs = design.bundled_obs(**kw) if data == "bundled" else design.obs_from_tables(data, **kw)
     if rows_per_run_kind:

@@ -75,13 +75,9 @@ def check_obs(obs) -> dict:
     out["X"] = np.asarray(obs.X, dtype=np.float64)
     out["A"] = np.asarray(obs.A, dtype=np.float64)
     out["n_steps"] = np.asarray(obs.n_steps, dtype=np.float64)
-    # (absent: raw rows)
-    out["n_rows"] = np.asarray(
-        getattr(obs, "n_rows", None) if getattr(obs, "n_rows", None) is not None else np.ones(n), dtype=np.int64
-    )
-    out["n_eff"] = np.asarray(
-        getattr(obs, "n_eff", None) if getattr(obs, "n_eff", None) is not None else np.ones(n), dtype=np.float64
-    )
+    for k, dt in (("n_rows", np.int64), ("n_eff", np.float64)):
+        v = getattr(obs, k, None)
+        out[k] = np.asarray(np.ones(n) if v is None else v, dtype=dt)  # (absent: raw rows)
     out["hw"] = np.asarray(obs.hw, dtype=np.int64)
     out["cls"] = np.asarray(obs.cls, dtype=np.int64)
     out["run"] = np.asarray(obs.run).astype(str)
