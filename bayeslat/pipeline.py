@@ -35,6 +35,8 @@ from bayeslat import probe as P
 from bayeslat import simulate
 from bayeslat.data import datasets, design
 from bayeslat.errors import SpecError
+from bayeslat.evaluate import discrepancy as VD
+from bayeslat.simulate.extrapolation import widen_for_workload
 
 #: probe size, in requests, of the calibration's out-of-sample errors (the size ``bayeslat update``
 #: probes are compared with)
@@ -202,8 +204,10 @@ def calibrate(
     fit_dir=None,
     fit_kwargs: dict | None = None,
     log=None,
+    workload: bool = True,
 ):
-    """Attach the out-of-sample probe calibration to a fit of the bundled runs (stage 3).
+    """Attach the out-of-sample probe calibration to a fit of the bundled runs (stage 3), and the
+    workload discrepancy calibrated on leave-one-workload-out folds.
 
     For each model of the bundled per-request runs, the fit is redone without that model's runs
     (``bayeslat.evaluate.cv_fit``: the rows the fit was made of, cached in ``fit_dir``); each
@@ -211,6 +215,13 @@ def calibrate(
     fit is measured, as is the deployment factor the held-out model calls for
     (``bayeslat.probe.oos_errors``). The errors are stored in the fit's attrs
     (``bayeslat.probe.attach_probe_oos``), where ``bayeslat update`` reads them.
+
+    Then, with ``workload``, the fit is redone without each workload's runs, each held-out run's
+    error is read back as a step-time error (``bayeslat.evaluate.discrepancy``), and the workload
+    discrepancy (tau0, tau1) calibrated on them is stored in the fit's attrs
+    (``workload_discrepancy``): every prediction of a workload the fit has not seen widens by it,
+    more the further its steps lie from the training rows
+    (``bayeslat.simulate.extrapolation``).
 
     Parameters
     ----------
@@ -229,13 +240,16 @@ def calibrate(
         Sampler settings of the fold refits (default: the package's, as the shipped default).
     log
         A callable taking one progress line (None: silent).
+    workload
+        Calibrate the workload discrepancy on leave-one-workload-out folds (False: keep the fit's).
 
     Returns
     -------
     arviz.InferenceData
-        ``idata``, with ``attrs["probe_oos_errors"]`` set and, in the deployment level's "spread"
-        mode, the deployment spread re-estimated from the held-out models' deployment factors
-        (``bayeslat.model.estimate_deployment_spread``).
+        ``idata``, with ``attrs["probe_oos_errors"]`` set, in the deployment level's "spread"
+        mode the deployment spread re-estimated from the held-out models' deployment factors
+        (``bayeslat.model.estimate_deployment_spread``), and with ``workload``
+        ``attrs["workload_discrepancy"]``.
 
     Raises
     ------
@@ -280,6 +294,55 @@ def calibrate(
     pri = M.attr_json(idata, "priors", {}) or {}
     if heldout and pri.get("deployment_level") == "spread" and pri.get("sigma_dep"):
         M.estimate_deployment_spread(idata, heldout=heldout, seed=seed, info={"heldout_source": source})
+    if workload:
+        calibrate_workload(
+            idata,
+            cases=cases,
+            full=full,
+            rows=rows,
+            seed=seed,
+            fit_dir=fit_dir,
+            fit_kwargs=fit_kwargs,
+            log=log,
+        )
+    return idata
+
+
+def calibrate_workload(idata, *, cases, full, rows: dict, seed: int = 0, fit_dir=None, fit_kwargs=None, log=None):
+    """The workload discrepancy of ``idata`` from leave-one-workload-out folds of its ``cases``
+    (``bayeslat.evaluate.discrepancy``): each workload's runs under the refit without them; tau0's
+    prior scale is the fit's between-deployment spread (after ``calibrate`` re-estimates it)."""
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault(c["workload"], []).append(c)
+    if len(groups) < 2:
+        raise SpecError(f"the workload discrepancy needs runs of two workloads or more, got {sorted(groups)}", field="model")
+    folds: dict = {}
+
+    trained = set(map(str, idata.constant_data["run"].values))
+
+    def fold_fit(case):
+        w = case["workload"]
+        if w not in folds:
+            # a workload none of whose runs is in the fit's rows: the fit itself is the fit without it
+            excl = {c["run"] for c in groups[w]} & trained
+            folds[w] = V.cv_fit(full, excl, seed=seed, fit_dir=fit_dir, fit_kwargs=fit_kwargs, log=log, **rows) if excl else idata
+        return folds[w]
+
+    errors = VD.heldout_step_errors([c for g in groups.values() for c in g], fold_fit, seed=seed, log=log)
+    where = f"in {fit_dir}" if fit_dir else "(not cached)"
+    cal = VD.calibrate_workload_discrepancy(
+        errors,
+        tau0_scale=VD.tau0_prior_scale(idata),
+        seed=seed,
+        source=f"bayeslat calibrate: leave-one-workload-out folds {where}",
+    )
+    VD.attach_workload_discrepancy(idata, cal)
+    if log:
+        log(
+            f"workload discrepancy: tau0 {cal['tau0_mean']:.3f} [{cal['tau0_interval90'][0]:.3f}, {cal['tau0_interval90'][1]:.3f}], "
+            f"tau1 {cal['tau1_mean']:.3f} [{cal['tau1_interval90'][0]:.3f}, {cal['tau1_interval90'][1]:.3f}] from {cal['runs']} held-out runs"
+        )
     return idata
 
 
@@ -320,11 +383,13 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
         seed=int(seed),
         deployment=F.deployment_key(s["ctx"], s["hardware"].name),
     )
-    res = simulate.posterior_predictive(
-        s["workload"], s["ctx"], simulate.spec_sim_server(s), cdraws, n_draws=None, seed=int(seed)
-    )
+    srv = simulate.spec_sim_server(s)
+    # a SPEC's workload is one the fit was not trained on: its draws carry the workload discrepancy
+    wd = widen_for_workload(cdraws, idata, s["workload"], s["ctx"], srv, seed=int(seed))
+    res = simulate.posterior_predictive(s["workload"], s["ctx"], srv, cdraws, n_draws=None, seed=int(seed))
     out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in simulate.METRICS}
     out["requests"] = res["requests"]
+    out["workload_discrepancy"] = wd
     return out | {"spec": s, "result": res, "new_levels": list(getattr(cdraws, "new_levels", None) or [])}
 
 

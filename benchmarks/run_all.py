@@ -69,6 +69,7 @@ COMMANDS: dict[str, dict[str, str]] = {
             "--fit-dir benchmarks/out/cv_fits"
         ),
     },
+    "workload_discrepancy": {"default": "python benchmarks/workload_discrepancy.py --fit-dir benchmarks/out/cv_fits"},
     "transfer_eval": {
         "default": "python benchmarks/transfer_eval.py --modes lomo lotp lowo --fit-dir benchmarks/out/cv_fits --pred-draws 40"
     },
@@ -112,6 +113,7 @@ FAST: dict[str, str] = {
     "kernel_rows": "--per-family 20 40 --draws 100 --tune 100 --pred-draws 20",
     "decode_batch": "--draws 20 --figure benchmarks/out/fast/figures/decode_batch.png",
     "validate_accuracy": "--draws 4 --tune 100 --fit-draws 100",
+    "workload_discrepancy": "--draws 4 --tune 100 --fit-draws 100",
     "transfer_eval": "--quick",
     "probe_update": "--pred-draws 4 --fit-tune 100 --fit-draws 100",
     "probe_gate": "--draws 40",

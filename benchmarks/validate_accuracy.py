@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", nargs="*", default=None)
     ap.add_argument("--out", default="benchmarks/out/accuracy.json")
     ap.add_argument("--fit-dir", default=None, help="cache of the cross-validation refits (validate.cv_fit_path)")
+    ap.add_argument("--no-workload-discrepancy", action="store_true", help="CV suites: without the nested workload discrepancy")
     args = ap.parse_args(argv)
     report = {}
     for suite in args.suites:
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
             n_per_run_kind=args.n_per_run_kind or None,
             fit_dir=args.fit_dir,
             log=lambda *a: print(*a, file=sys.stderr, flush=True),
+            workload_discrepancy=not args.no_workload_discrepancy,
         )
         print(f"\n== {suite} ({time.time() - t0:.0f} s) ==")
         print(format_table(df))

@@ -90,7 +90,9 @@ def test_calibrate_stores_out_of_sample_probe_errors_of_each_held_out_model(monk
     assert out is idata
     model_runs = {r for r in datasets.runs().index if "llama-2-7b-tp1" in r}
     assert len(model_runs) == 4
-    assert folds == [model_runs]  # one fold per held-out model, without any of its runs
+    # one fold per held-out model, without any of its runs; then one per workload of the fit's runs
+    assert folds[0] == model_runs
+    assert sorted(map(sorted, folds[1:])) == sorted([[r] for r in runs])
     rec = json.loads(idata.attrs["probe_oos_errors"])
     assert rec["n_requests"] == 60 and rec["design"] == "first" and "bayeslat calibrate" in rec["source"]
     per_run = [e for e in rec["errors"] if "run" in e]
@@ -103,6 +105,12 @@ def test_calibrate_stores_out_of_sample_probe_errors_of_each_held_out_model(monk
     # what `bayeslat update` reads: a calibration with the out-of-sample errors
     cal = P.oos_calibration(rec["errors"], None, min_runs=2)
     assert cal["kinds"]["ttft"]["tau"] > 0
+    # the workload discrepancy: one error record per run of the fit's models, each under the fit
+    # without its workload (a refit for the two workloads in the rows, the fit itself for the others)
+    wd = json.loads(idata.attrs["workload_discrepancy"])
+    assert sorted(e["run"] for e in wd["errors"]) == sorted(model_runs) and 2 <= wd["runs"] <= 4
+    assert "leave-one-workload-out" in wd["source"] and len(wd["tau0"]) == len(wd["tau1"]) > 0
+    assert all(np.isfinite(m["r"]) and m["v"] >= 0 for e in wd["errors"] for m in e["metrics"].values())
 
 
 def test_calibrate_refuses_a_fit_whose_runs_are_not_bundled():

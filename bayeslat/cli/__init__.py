@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "calibrate",
         help="attach the out-of-sample probe calibration (leave-one-model-out refits) "
-        "that `bayeslat update` weighs probes with: the last stage of the default fit",
+        "that `bayeslat update` weighs probes with, and the workload discrepancy (leave-one-workload-out "
+        "refits) that widens predictions of unseen workloads: the last stage of the default fit",
     )
     s.add_argument("model", help="fitted netCDF of the bundled runs (`bayeslat fit`)")
     s.add_argument("--out", type=out_file, default=None, help="netCDF output path (default: overwrite MODEL)")
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--tune", type=nonneg_int, default=None, help="NUTS tuning steps of the fold refits")
     s.add_argument("--seed", type=int, default=0, help="seed of the fold refits' rows and the probe replays")
+    s.add_argument(
+        "--no-workload",
+        action="store_true",
+        help="keep the fit's workload discrepancy (default: calibrate it on leave-one-workload-out refits)",
+    )
 
     s = sub.add_parser("diagnose", help="R-hat, ESS, divergences, BFMI, tree depth, PSIS-LOO, ARD")
     s.add_argument("model", help="fitted netCDF")
@@ -286,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, type=out_file, help="write the JSON report here")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-progress", action="store_true", help="no progress lines on stderr (never on a non-terminal)")
+    s.add_argument(
+        "--no-workload-discrepancy",
+        action="store_true",
+        help="CV suites: predict the held-out runs without the (nested) workload discrepancy",
+    )
 
     s = sub.add_parser("check", help="transfer-failure check of a configuration before deployment")
     s.add_argument("spec", nargs="+", help="SPEC.yaml (several: a sweep on Dask, one task each; not with --probe)")

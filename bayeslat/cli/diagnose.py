@@ -7,6 +7,7 @@ import json
 
 from bayeslat.model import load
 from bayeslat.model.diagnose import SPREAD_CHECKS, _missing, diagnose
+from bayeslat.simulate.extrapolation import discrepancy_calibration
 
 
 def _rows(d: dict, keys) -> list[str]:
@@ -67,6 +68,15 @@ def format_table(d: dict) -> str:
                 med = f"x{v['median']:.2f}" if v["how"] == "ratio" else f"{v['median']:+.2f}"
                 cells.append(f"{f} {med} [{v['lo90']:.2f}, {v['hi90']:.2f}]")
             lines.append(f"  {g}: " + "; ".join(cells))
+    wd = d.get("workload_discrepancy")
+    if wd:
+        lines.append(
+            f"workload discrepancy (log step time, from {wd['runs']} held-out runs): tau0 {wd['tau0_mean']:.3f} "
+            f"[{wd['tau0_interval90'][0]:.3f}, {wd['tau0_interval90'][1]:.3f}], tau1 {wd['tau1_mean']:.3f} "
+            f"[{wd['tau1_interval90'][0]:.3f}, {wd['tau1_interval90'][1]:.3f}]"
+        )
+    else:
+        lines.append("workload discrepancy: not calibrated (bayeslat calibrate): unseen workloads are not widened")
     lines.append("features kept (ARD): " + (", ".join(d["features_kept"]) or "none"))
     lines.append("features pruned:     " + (", ".join(d["features_pruned"]) or "none"))
     lines.append("PASSED" if d["passed"] else "FAILED")
@@ -76,7 +86,10 @@ def format_table(d: dict) -> str:
 def run(args) -> int:
     """``bayeslat diagnose MODEL [--json]``: exit 1 when any diagnostic of either stage fails its
     threshold or cannot be computed."""
-    d = diagnose(load(args.model))
+    idata = load(args.model)
+    d = diagnose(idata)
+    cal = discrepancy_calibration(idata)
+    d["workload_discrepancy"] = {k: v for k, v in cal.items() if k not in ("tau0", "tau1", "errors")} if cal else None
     if getattr(args, "json", False):
         sp = {k: v for k, v in d["deployment_spread"].items() if k != "variables"}
         print(json.dumps({k: v for k, v in d.items() if k != "variables"} | {"deployment_spread": sp}, indent=2, default=str))

@@ -33,6 +33,12 @@ def run(args) -> int:
             print("note: the GPU's kernels were fitted (hardware level); its CPU-side terms are drawn from the population")
         if drawn:
             print(f"note: {', '.join(drawn)} not in the fit: drawn from the population (wider intervals)")
+        wd = out.get("workload_discrepancy")
+        if wd:
+            print(
+                f"note: {100 * wd['distance']:.0f}% of the simulated steps lie outside the training range "
+                f"({wd['feature']}): the draws carry a step-time discrepancy of sd {wd['tau']:.3f} (log scale)"
+            )
     if new_levels and int(args.draws) < NEW_LEVEL_DRAWS:
         print(
             f"note: {int(args.draws)} draws of a configuration with new levels: its point and interval move by "

@@ -46,6 +46,7 @@ def run(args) -> int:
         progress=None if quiet else cluster.stderr_progress(f"validate {suite}: runs"),
         external=getattr(args, "external", None),
         hardware=getattr(args, "hardware", None),
+        workload_discrepancy=not getattr(args, "no_workload_discrepancy", False),
     )
     report = {"suite": suite, "summary": summary, "runs": json.loads(df.to_json(orient="records"))}
     if args.out:

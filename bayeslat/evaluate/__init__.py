@@ -37,7 +37,8 @@ from bayeslat.simulate.discrepancy import (
     discrepancy_sd,
     sim_discrepancy,
 )
-from bayeslat.simulate.replay import RunDeployment, deployment, predict_case, replay_cases
+from bayeslat.simulate.replay import predict_case, replay_cases
+from bayeslat.simulate.rundeployment import RunDeployment, deployment
 
 __all__ = [
     "METRICS",

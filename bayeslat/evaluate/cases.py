@@ -11,7 +11,8 @@ from bayeslat.config import load_hardware
 from bayeslat.data import datasets, workload
 from bayeslat.data.experiments import _resolve_model
 from bayeslat.errors import SpecError, read_yaml
-from bayeslat.simulate.replay import METRICS, deployment
+from bayeslat.simulate.replay import METRICS
+from bayeslat.simulate.rundeployment import deployment
 
 
 def _aggregate_cases(runs: list[str] | None, seed: int = 0, records: list[dict] | None = None):

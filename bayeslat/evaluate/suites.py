@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pandas as pd
 from bayeslat import model
 from bayeslat.data import design
 from bayeslat.errors import SpecError
+from bayeslat.evaluate import discrepancy as VD
 from bayeslat.evaluate.cases import _aggregate_cases, external_cases
 from bayeslat.evaluate.crossval import _cv_groups, cv_fit, cv_rows
 from bayeslat.evaluate.metrics import compare, summarize
@@ -32,6 +34,7 @@ def validate(
     external=None,
     hardware=None,
     progress=None,
+    workload_discrepancy: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     """Predict every run of a suite and compare with what was measured.
 
@@ -67,6 +70,12 @@ def validate(
     progress : callable, optional
         Called with (runs done, runs in the suite) after each run (e.g.
         ``bayeslat.cluster.stderr_progress``).
+    workload_discrepancy : bool
+        The held-out runs' predictions carry a workload discrepancy
+        (:mod:`bayeslat.evaluate.discrepancy`), calibrated, nested, without the fold's held-out
+        runs: on the leave-one-workload-out errors of the runs of the *other* workloads (``lowo``),
+        models (``lomo``) or runs (``loro``), each under the refit without its workload. The other
+        suites use the fit's own calibration. False: no workload discrepancy in the refits.
 
     Returns
     -------
@@ -93,9 +102,9 @@ def validate(
         # reconstructed once, and only if a fold is not cached; each fold is a subset
         full = cv_rows(seed, n_per_run_kind=n_per_run_kind, bins=bins)
         done = 0
-        for held, group in _cv_groups(cases, suite).items():
-            exclude = {c["run"] for c in group}
-            fit_idata = cv_fit(
+
+        def refit(exclude, held, what=suite):
+            return cv_fit(
                 full,
                 exclude,
                 seed=seed,
@@ -103,8 +112,16 @@ def validate(
                 bins=None if n_per_run_kind else bins,
                 fit_kwargs=fit_kwargs,
                 fit_dir=fit_dir,
-                log=lambda m, held=held: log(f"[{suite}] held out {held}: {m}"),
+                log=lambda m: log(f"[{what}] held out {held}: {m}"),
             )
+
+        errors = _lowo_step_errors(replay_cases(None), refit, seed, log) if workload_discrepancy else None
+        key = {"lowo": "workload", "lomo": "model", "loro": "run"}[suite]
+        for held, group in _cv_groups(cases, suite).items():
+            exclude = {c["run"] for c in group}
+            fit_idata = refit(exclude, held)
+            if errors is not None:
+                fit_idata = _with_nested_discrepancy(fit_idata, errors, {c[key] for c in group}, key, seed, held)
             for c in group:
                 rows.append(compare(c, predict_case(c, fit_idata, draws, seed)) | {"held_out": held})
                 done += 1
@@ -131,3 +148,32 @@ def validate(
                 progress(i, len(cases))
     df = pd.DataFrame(rows)
     return df, summarize(df)
+
+
+def _lowo_step_errors(cases, refit, seed, log) -> list[dict]:
+    """Every bundled run's error as a step-time error under the refit without its workload
+    (:func:`bayeslat.evaluate.discrepancy.heldout_step_errors`), with the run's workload and model."""
+    groups = _cv_groups(cases, "lowo")
+    folds: dict = {}
+
+    def fold_fit(c):
+        w = c["workload"]
+        if w not in folds:
+            folds[w] = refit({x["run"] for x in groups[w]}, w, "lowo")
+        return folds[w]
+
+    errs = VD.heldout_step_errors(cases, fold_fit, seed=seed, log=lambda m: log(f"[workload discrepancy] {m}"))
+    by_run = {c["run"]: c for c in cases}
+    return [e | {"workload": by_run[e["run"]]["workload"], "model": by_run[e["run"]]["model"]} for e in errs]
+
+
+def _with_nested_discrepancy(fit_idata, errors, held, key, seed, name):
+    """A shallow copy of a fold's fit carrying the workload discrepancy calibrated on the errors of
+    the runs whose ``key`` (workload, model or run) is not held out."""
+    inner = [e for e in errors if e[key] not in held]
+    cal = VD.calibrate_workload_discrepancy(
+        inner, tau0_scale=VD.tau0_prior_scale(fit_idata), seed=seed, source=f"nested: without {key} {name}"
+    )
+    out = copy.copy(fit_idata)
+    out.attrs = dict(fit_idata.attrs)
+    return VD.attach_workload_discrepancy(out, cal)

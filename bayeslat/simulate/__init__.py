@@ -3,7 +3,10 @@
 - :mod:`~bayeslat.simulate.kernel`: the numba engine loop (what one step does);
 - :mod:`~bayeslat.simulate.engine`: :func:`simulate`, one run under one set of coefficients;
 - :mod:`~bayeslat.simulate.predictive`: :func:`posterior_predictive`, one run per coefficient draw;
+- :mod:`~bayeslat.simulate.rundeployment`: a run's deployment as the simulator takes it;
 - :mod:`~bayeslat.simulate.replay`: the bundled runs as cases, and their predictive under a fit;
+- :mod:`~bayeslat.simulate.extrapolation`: how far a workload lies from the training rows, and the
+  step-time discrepancy that widens its predictions with that distance;
 - :mod:`~bayeslat.simulate.discrepancy`: the simulator's run-level error on a fit's training runs;
 - :mod:`~bayeslat.simulate.spec`: SPEC files (a deployment and a workload to predict).
 """
@@ -21,7 +24,8 @@ from bayeslat.simulate.discrepancy import (
 from bayeslat.simulate.engine import METRICS, TRACE_COLUMNS, SimResult, discrepancy_key, simulate
 from bayeslat.simulate.kernel import COUNTERS, ST_DONE, ST_FAILED
 from bayeslat.simulate.predictive import NEW_LEVEL_DRAWS, posterior_predictive
-from bayeslat.simulate.replay import RunDeployment, deployment, predict_case, replay_cases
+from bayeslat.simulate.replay import predict_case, replay_cases
+from bayeslat.simulate.rundeployment import RunDeployment, deployment
 from bayeslat.simulate.spec import load_spec, make_spec, resolve_spec, sim_server, spec_for_run, spec_from_dict, spec_sim_server
 
 __all__ = [

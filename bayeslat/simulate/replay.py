@@ -3,55 +3,16 @@ posterior predictive of a case under a fit (what validation and the simulator di
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from bayeslat import model
 from bayeslat.data import datasets, workload
-from bayeslat.deployment import resolve
 from bayeslat.features import deployment_key
+from bayeslat.model.training import _training_runs
+from bayeslat.simulate.extrapolation import widen_for_workload
 from bayeslat.simulate.predictive import posterior_predictive
+from bayeslat.simulate.rundeployment import deployment
 
 #: run-level metrics, as the observed keys name them ("ttft_mean", "e2e_p99", ...)
 METRICS = ("ttft", "itl", "e2e")
-
-
-@dataclass(frozen=True)
-class RunDeployment:
-    """A validation case's deployment: the spec keys it was named by, the hardware level's name, the
-    simulator's server settings and the kernel constants (from ``bayeslat.deployment.resolve``)."""
-
-    name: str
-    model_spec: str
-    hardware_spec: str
-    hardware: str
-    model_class: str
-    server: dict
-    ctx: object
-    kv_blocks: int
-
-
-def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> RunDeployment:
-    """Build a :class:`RunDeployment` from spec keys (or paths) and a server dict; ``server['kv_blocks']``
-    and ``server['cpu_kv_blocks']`` are the capacities vLLM reported for the run."""
-    dep = resolve(
-        model_spec,
-        hardware_spec,
-        server,
-        name=name,
-        kv_blocks=server.get("kv_blocks"),
-        cpu_kv_blocks=int(server.get("cpu_kv_blocks") or 0),
-        file=name or None,
-    )
-    return RunDeployment(
-        name or model_spec,
-        model_spec,
-        hardware_spec,
-        dep.hardware.name,
-        dep.model_class,
-        dep.sim_server(),
-        dep.ctx,
-        int(dep.kv_blocks),
-    )
 
 
 def replay_cases(runs: list[str] | None):
@@ -79,14 +40,25 @@ def replay_cases(runs: list[str] | None):
     return out
 
 
-def predict_case(case: dict, idata, draws: int, seed: int, *, discrepancy: bool = True) -> dict:
+def predict_case(
+    case: dict, idata, draws: int, seed: int, *, discrepancy: bool = True, workload_discrepancy: bool = True
+) -> dict:
     """Posterior predictive of one case; returns the prediction dict of :func:`posterior_predictive`.
-    ``discrepancy=False``: without the fit's simulator discrepancy (what
-    :func:`bayeslat.simulate.discrepancy.sim_discrepancy` measures)."""
+    A case whose run is not one of the fit's training runs is a workload the fit has not seen: its
+    draws carry the fit's workload discrepancy (:func:`bayeslat.simulate.extrapolation.widen_for_workload`;
+    ``"workload_discrepancy"`` in the result says how far and how wide, None without one).
+    ``discrepancy=False``: without the fit's simulator and workload discrepancies (what
+    :func:`bayeslat.simulate.discrepancy.sim_discrepancy` measures); ``workload_discrepancy=False``:
+    without the workload discrepancy (what :mod:`bayeslat.evaluate.discrepancy` calibrates it on)."""
     dep = case["deployment"]
     cd = model.coefficient_draws(
         idata, dep.hardware, dep.model_class, n=draws, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
     )
+    wd = None
     if not discrepancy:
         cd.sim_sd = None
-    return posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
+    elif workload_discrepancy and case["run"] not in set(_training_runs(idata) or []):
+        wd = widen_for_workload(cd, idata, case["workload_obj"], dep.ctx, dep.server, seed=seed)
+    out = posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
+    out["workload_discrepancy"] = wd
+    return out

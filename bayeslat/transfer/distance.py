@@ -6,26 +6,20 @@ and workload-level distances of simulated steps' features to the training runs'
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
 from bayeslat import features as F
-from bayeslat import model as M
-from bayeslat import simulate
-from bayeslat.data import datasets
-from bayeslat.data import workload as W
-from bayeslat.model.training import _is_bundled, _training_runs
-from bayeslat.simulate.replay import deployment
+from bayeslat.simulate.extrapolation import (
+    smooth_steps,
+    smoothing_steps,
+    training_reference_steps,
+    training_step_features,
+    workload_distance,
+)
 
 NEVER_TRAINED = 99.0  # log-distance reported for a feature active here but zero in every training deployment
-
-
-@functools.lru_cache(maxsize=64)
-def _run_deployment(run: str):
-    info = datasets.run_info(run)
-    return deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
 
 
 def canonical_batches(max_model_len: int) -> dict:
@@ -96,97 +90,13 @@ def config_distance(ctx, max_model_len: int, train: dict) -> dict:
     }
 
 
-def training_step_features(idata) -> np.ndarray:
-    """Per-step average scaled features ``X.sum(regime) / n_steps`` of the training rows that span
-    at least one step (n_rows, N_BETA)."""
-    cd = idata.constant_data
-    X = cd["X"].values.sum(axis=1)
-    ns = cd["n_steps"].values
-    m = ns >= 1.0
-    return X[m] / ns[m, None]
-
-
-def smoothing_steps(idata) -> int:
-    """Steps a training row typically spans (median ``n_steps`` of the decode windows; 1 if none)."""
-    cd = idata.constant_data
-    ns = cd["n_steps"].values[cd["kind"].values == 1]
-    return int(max(1, np.median(ns))) if len(ns) else 1
-
-
-def smooth_steps(step_feats: np.ndarray, k: int) -> np.ndarray:
-    """Moving averages over ``k`` consecutive steps (the training rows are per-step averages over
-    windows of steps, and the lifecycle reconstruction spreads each prefill over its steps: single
-    simulated steps are compared at the same time scale)."""
-    if k <= 1 or len(step_feats) <= k:
-        return step_feats if k <= 1 or not len(step_feats) else step_feats.mean(axis=0, keepdims=True)
-    c = np.concatenate([np.zeros((1, step_feats.shape[1])), np.cumsum(step_feats, axis=0)])
-    return (c[k:] - c[:-k]) / k
-
-
-_REF_CACHE: dict = {}
-
-
-def training_reference_steps(idata, *, max_requests: int = 3000, seed: int = 0) -> tuple[np.ndarray | None, str]:
-    """Per-step scaled features of the training runs *simulated* with their group's posterior-mean
-    coefficients (replayed arrivals, first ``max_requests`` requests): the workload-level
-    reference, produced by the same simulator as the checked configuration's steps. Falls back to
-    the training rows' per-step averages (``X.sum(regime) / n_steps``, smoothed over the steps a
-    window spans) when a training run is not a bundled run (its arrivals are not stored with the
-    fit, and a reference of the other runs alone would miss its steps). Returns (features, source)."""
-    runs = _training_runs(idata)
-    if not runs or not all(_is_bundled(r) for r in runs):
-        return None, "training rows"
-    key = (idata.attrs.get("data_hash", id(idata)), tuple(runs), max_requests)
-    if key in _REF_CACHE:
-        return _REF_CACHE[key], "simulated training runs"
-    parts = []
-    for run in runs:
-        dep = _run_deployment(run)
-        info = datasets.run_info(run)
-        wl = W.from_run(info["run"])
-        wl = wl.head(max_requests) if len(wl) > max_requests else wl
-        cd = M.coefficient_draws(idata, dep.hardware, dep.model_class, n=100, seed=seed, new_run=False)
-        res = simulate.simulate(
-            wl, dep.ctx, dep.server, cd.beta.mean(axis=0), cd.alpha.mean(axis=0), seed=seed, record_steps=True
-        )
-        fe, _ = F.step_features(res.trace[list(F.STATS)].to_numpy(np.float64), dep.ctx)
-        parts.append(fe)
-    ref = np.concatenate(parts)
-    _REF_CACHE[key] = ref
-    return ref, "simulated training runs"
-
-
-def workload_distance(step_feats: np.ndarray, idata) -> dict:
-    """Workload-level distance: fraction of the simulated steps' scaled features outside the
-    reference's 0.5-99.5% range and the largest simulated / largest reference value. The reference
-    is :func:`training_reference_steps` (the training runs simulated the same way); without bundled
-    training runs, the training rows' per-step averages, with the simulated steps smoothed over the
-    steps a training window spans. ``never_trained``: the feature is active in simulated steps but
-    zero in the whole reference (``max_ratio`` is then capped at 1e6: the ratio is infinite)."""
-    tr, source = training_reference_steps(idata)
-    if tr is None:
-        tr = training_step_features(idata)
-        step_feats = smooth_steps(step_feats, smoothing_steps(idata))
-    out = {"_reference": source}
-    for f, fname in enumerate(F.BETA_NAMES):
-        v = step_feats[:, f]
-        t = tr[:, f] if len(tr) else np.zeros(1)
-        lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
-        tmax = float(t.max())
-        below = float(np.mean(v < lo * (1 - 1e-9))) if len(v) else 0.0
-        above = float(np.mean(v > hi * (1 + 1e-9))) if len(v) else 0.0
-        vmax = float(v.max()) if len(v) else 0.0
-        ratio = vmax / tmax if tmax > 0 else (math.inf if vmax > 0 else 0.0)
-        out[fname] = {
-            "frac_outside": below + above,
-            "frac_below": below,
-            "frac_above": above,
-            "train_q005": float(lo),
-            "train_q995": float(hi),
-            "train_max": tmax,
-            "sim_max": vmax,
-            "sim_q50": float(np.median(v)) if len(v) else 0.0,
-            "max_ratio": float(min(ratio, 1e6)),
-            "never_trained": bool(tmax <= 0 and vmax > 0),
-        }
-    return out
+__all__ = [
+    "NEVER_TRAINED",
+    "canonical_batches",
+    "config_distance",
+    "smooth_steps",
+    "smoothing_steps",
+    "training_reference_steps",
+    "training_step_features",
+    "workload_distance",
+]

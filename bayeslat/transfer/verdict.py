@@ -25,7 +25,9 @@ training run used, no training run's spec is known (nothing to compare the confi
 ``training_specs``), a configuration
 feature is beyond ``EXTRAP_FEATURE_RATIO`` (x1.1) of the training range, or more than
 ``EXTRAP_WORKLOAD_FRAC`` (10%) of the simulated steps have a feature outside the training rows'
-0.5-99.5% range (moving averages over the steps a training window spans), or the load is near
+0.5-99.5% range (moving averages over the steps a training window spans), or a batch shape
+(requests, tokens, context per step: the distance that widens the intervals,
+``bayeslat.simulate.extrapolation.workload_extrapolation``) outside the training runs', or the load is near
 saturation: the simulated mean TTFT or E2E moves more than ``SENSITIVITY_LIMIT`` (3) times as much
 as the step time (``load_sensitivity``, step time -/+ ``SENSITIVITY_STEP``, 5%), so the ~5%
 step-time error of a new deployment becomes a > 15% workload error although no feature is new;
@@ -51,6 +53,7 @@ from bayeslat.data import design
 from bayeslat.model.hardware_steps import HW_GROUP
 from bayeslat.model.training import _levels, _trained_tp, _training
 from bayeslat.probe.gate import _coef_draws
+from bayeslat.simulate.extrapolation import widen_for_workload
 from bayeslat.simulate.spec import resolve_spec, spec_sim_server
 from bayeslat.transfer.distance import _canonical_raw, canonical_batches, config_distance, workload_distance
 
@@ -335,6 +338,9 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
     wl_iv = {}
     if wl is not None and len(wl):
         pdraws = _coef_draws(idata, s, draws, seed)
+        # the load sensitivity is the coefficients' own, before the workload discrepancy widens them
+        sens = load_sensitivity(wl, s["ctx"], srv, np.median(pdraws.beta, axis=0), np.median(pdraws.alpha, axis=0), seed=seed)
+        wdisc = widen_for_workload(pdraws, idata, wl, s["ctx"], srv, seed=seed)
         pp = simulate.posterior_predictive(wl, s["ctx"], srv, pdraws, n_draws=None, seed=seed)
         for m in simulate.METRICS:
             # the predictive's own point (median across draws) and 90% interval (simulator discrepancy included)
@@ -350,11 +356,18 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
             }
         wl_iv["n_failed"] = pp["n_failed"]
         wl_iv["requests"] = pp["requests"]
+        wl_iv["workload_discrepancy"] = wdisc
+        if wdisc and wdisc["distance"] > EXTRAP_WORKLOAD_FRAC:
+            reasons.append(
+                f"{100 * wdisc['distance']:.0f}% of the simulated steps have a {wdisc['feature']} outside the training "
+                f"runs' 0.5-99.5% range: the intervals carry a step-time discrepancy of sd {wdisc['tau']:.3f} "
+                "(log scale) that grows with that share"
+            )
+            extrap.append(f"workload shape {wdisc['feature']}")
         w = wl_iv["e2e_ms"]["rel_width90"]
         if np.isfinite(w) and w > OOD_E2E_REL_WIDTH:
             reasons.append(f"the 90% interval of the mean E2E is {100 * w:.0f}% of its mean (> {100 * OOD_E2E_REL_WIDTH:.0f}%)")
             ood.append("interval width")
-        sens = load_sensitivity(wl, s["ctx"], srv, np.median(pdraws.beta, axis=0), np.median(pdraws.alpha, axis=0), seed=seed)
         wl_iv["sensitivity"] = sens
         for m, label in (("ttft_ms", "TTFT"), ("e2e_ms", "E2E")):
             if np.isfinite(sens[m]) and sens[m] > SENSITIVITY_LIMIT:
@@ -363,6 +376,12 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
                     f"the load is near saturation: a {100 * SENSITIVITY_STEP:.0f}% longer step time makes the "
                     f"mean {label} {100 * moved:.0f}% longer (elasticity {sens[m]:.1f} > {SENSITIVITY_LIMIT:g}), "
                     f"so a step-time error too small to see in the features becomes a large {label} error"
+                    + (
+                        f"; the interval's draws carry a step-time discrepancy (sd {wdisc['tau']:.3f} on the log "
+                        "scale), so it spans both the unsaturated and the saturated branch"
+                        if wdisc
+                        else ""
+                    )
                 )
                 extrap.append(f"load sensitivity {label}")
     verdict = VERDICTS[2] if ood else VERDICTS[1] if extrap else VERDICTS[0]

@@ -1,0 +1,271 @@
+"""How far a workload lies from a fit's training rows, and the step-time discrepancy that grows with it.
+
+- :func:`workload_distance`: the fraction of a workload's simulated steps whose scaled features lie
+  outside the training runs' 0.5-99.5% range, per feature (what ``bayeslat check`` reports);
+  :func:`workload_extrapolation`: the same for the steps' batch shapes (requests, tokens,
+  context), summarised as one distance ``g`` in [0, 1], the largest of those fractions.
+- :func:`step_discrepancy`: one log step-time factor per posterior draw, ``tau z`` with
+  ``tau^2 = tau0^2 + tau1^2 g^2``: ``tau0`` the step-time error of a workload the fit has not seen
+  whose steps lie inside the training range, ``tau1`` the growth to a workload whose every step
+  lies outside it. Their joint posterior comes from held-out workloads (leave-one-workload-out
+  folds, :mod:`bayeslat.evaluate.discrepancy`) and is stored in the fit's attrs
+  (``workload_discrepancy``); :func:`widen` applies the factors to a prediction's draws.
+
+The factor multiplies the whole step time (every beta coefficient) of its draw before the workload
+is simulated (for the intervals; the point, the median across draws, comes from the same draws
+without it), so it propagates through the queue: near saturation, where a few percent of step time
+decide between a short and a runaway queue, the draws land on both branches and the interval spans
+them instead of a point on one side. The arrival-to-queue terms (alpha) are not widened: the
+held-out workloads' misses are in the step time (ITL, and TTFT through the queue).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+
+from bayeslat import features as F
+from bayeslat import model as M
+from bayeslat.data import datasets
+from bayeslat.data import workload as W
+from bayeslat.model.training import _is_bundled, _training, _training_runs
+from bayeslat.simulate.engine import simulate
+from bayeslat.simulate.rundeployment import deployment
+
+#: the fit's attrs key of the workload discrepancy's calibration (:mod:`bayeslat.evaluate.discrepancy`)
+WORKLOAD_DISCREPANCY_ATTR = "workload_discrepancy"
+
+
+@functools.lru_cache(maxsize=64)
+def _run_deployment(run: str):
+    info = datasets.run_info(run)
+    return deployment(info["model_spec"], info["hardware_spec"], info["server"], info["run"])
+
+
+def training_step_features(idata) -> np.ndarray:
+    """Per-step average scaled features ``X.sum(regime) / n_steps`` of the training rows that span
+    at least one step (n_rows, N_BETA)."""
+    cd = idata.constant_data
+    X = cd["X"].values.sum(axis=1)
+    ns = cd["n_steps"].values
+    m = ns >= 1.0
+    return X[m] / ns[m, None]
+
+
+def smoothing_steps(idata) -> int:
+    """Steps a training row typically spans (median ``n_steps`` of the decode windows; 1 if none)."""
+    cd = idata.constant_data
+    ns = cd["n_steps"].values[cd["kind"].values == 1]
+    return int(max(1, np.median(ns))) if len(ns) else 1
+
+
+def smooth_steps(step_feats: np.ndarray, k: int) -> np.ndarray:
+    """Moving averages over ``k`` consecutive steps (the training rows are per-step averages over
+    windows of steps, and the lifecycle reconstruction spreads each prefill over its steps: single
+    simulated steps are compared at the same time scale)."""
+    if k <= 1 or len(step_feats) <= k:
+        return step_feats if k <= 1 or not len(step_feats) else step_feats.mean(axis=0, keepdims=True)
+    c = np.concatenate([np.zeros((1, step_feats.shape[1])), np.cumsum(step_feats, axis=0)])
+    return (c[k:] - c[:-k]) / k
+
+
+_REF_CACHE: dict = {}
+
+
+def _simulated_reference(idata, max_requests: int, seed: int):
+    """(features, stats) of every step of the fit's training runs simulated with their group's
+    posterior-mean coefficients, cached per fit; None when a training run is not bundled."""
+    runs = _training_runs(idata)
+    if not runs or not all(_is_bundled(r) for r in runs):
+        return None
+    key = (idata.attrs.get("data_hash", id(idata)), tuple(runs), max_requests, seed)
+    if key in _REF_CACHE:
+        return _REF_CACHE[key]
+    feats, stats = [], []
+    for run in runs:
+        dep = _run_deployment(run)
+        info = datasets.run_info(run)
+        wl = W.from_run(info["run"])
+        wl = wl.head(max_requests) if len(wl) > max_requests else wl
+        cd = M.coefficient_draws(idata, dep.hardware, dep.model_class, n=100, seed=seed, new_run=False)
+        res = simulate(wl, dep.ctx, dep.server, cd.beta.mean(axis=0), cd.alpha.mean(axis=0), seed=seed, record_steps=True)
+        st = res.trace[list(F.STATS)].to_numpy(np.float64)
+        fe, _ = F.step_features(st, dep.ctx)
+        feats.append(fe)
+        stats.append(st)
+    _REF_CACHE[key] = (np.concatenate(feats), np.concatenate(stats))
+    return _REF_CACHE[key]
+
+
+def training_reference_steps(idata, *, max_requests: int = 3000, seed: int = 0) -> tuple[np.ndarray | None, str]:
+    """Per-step scaled features of the training runs *simulated* with their group's posterior-mean
+    coefficients (replayed arrivals, first ``max_requests`` requests): the workload-level
+    reference, produced by the same simulator as the checked configuration's steps. Falls back to
+    the training rows' per-step averages (``X.sum(regime) / n_steps``, smoothed over the steps a
+    window spans) when a training run is not a bundled run (its arrivals are not stored with the
+    fit, and a reference of the other runs alone would miss its steps). Returns (features, source)."""
+    ref = _simulated_reference(idata, max_requests, seed)
+    return (None, "training rows") if ref is None else (ref[0], "simulated training runs")
+
+
+def training_reference_stats(idata, *, max_requests: int = 3000, seed: int = 0) -> np.ndarray | None:
+    """The batch shapes (``features.STATS`` per step: requests, tokens, context) of the same
+    simulated training steps as :func:`training_reference_steps`; None without bundled runs."""
+    ref = _simulated_reference(idata, max_requests, seed)
+    return None if ref is None else ref[1]
+
+
+def stats_distance(stats: np.ndarray, ref: np.ndarray) -> dict:
+    """{stat: fraction of ``stats``' steps outside ``ref``'s 0.5-99.5% range} per batch-shape
+    statistic (a statistic zero in every reference step: the fraction of steps where it is not)."""
+    out = {}
+    for k, name in enumerate(F.STATS):
+        v, t = stats[:, k], ref[:, k]
+        if not len(v):
+            out[name] = 0.0
+            continue
+        lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
+        out[name] = float(np.mean((v < lo * (1 - 1e-9)) | (v > hi * (1 + 1e-9))))
+    return out
+
+
+def workload_distance(step_feats: np.ndarray, idata) -> dict:
+    """Workload-level distance: fraction of the simulated steps' scaled features outside the
+    reference's 0.5-99.5% range and the largest simulated / largest reference value. The reference
+    is :func:`training_reference_steps` (the training runs simulated the same way); without bundled
+    training runs, the training rows' per-step averages, with the simulated steps smoothed over the
+    steps a training window spans. ``never_trained``: the feature is active in simulated steps but
+    zero in the whole reference (``max_ratio`` is then capped at 1e6: the ratio is infinite)."""
+    tr, source = training_reference_steps(idata)
+    if tr is None:
+        tr = training_step_features(idata)
+        step_feats = smooth_steps(step_feats, smoothing_steps(idata))
+    out = {"_reference": source}
+    for f, fname in enumerate(F.BETA_NAMES):
+        v = step_feats[:, f]
+        t = tr[:, f] if len(tr) else np.zeros(1)
+        lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
+        tmax = float(t.max())
+        below = float(np.mean(v < lo * (1 - 1e-9))) if len(v) else 0.0
+        above = float(np.mean(v > hi * (1 + 1e-9))) if len(v) else 0.0
+        vmax = float(v.max()) if len(v) else 0.0
+        ratio = vmax / tmax if tmax > 0 else (math.inf if vmax > 0 else 0.0)
+        out[fname] = {
+            "frac_outside": below + above,
+            "frac_below": below,
+            "frac_above": above,
+            "train_q005": float(lo),
+            "train_q995": float(hi),
+            "train_max": tmax,
+            "sim_max": vmax,
+            "sim_q50": float(np.median(v)) if len(v) else 0.0,
+            "max_ratio": float(min(ratio, 1e6)),
+            "never_trained": bool(tmax <= 0 and vmax > 0),
+        }
+    return out
+
+
+_HW_CACHE: dict = {}
+
+
+def _training_hardware(idata) -> np.ndarray | None:
+    """The hardware constants (peak FLOP/s, HBM, link and PCIe bandwidth: the first four entries
+    of the feature context) of the fit's training deployments, one row per distinct GPU (None:
+    no training spec is known)."""
+    key = idata.attrs.get("data_hash", id(idata))
+    if key not in _HW_CACHE:
+        train = _training(idata)[0]
+        rows = [np.asarray(v.ctx.to_array(), dtype=float)[:4] for v in train.values()]
+        _HW_CACHE[key] = np.unique(np.round(np.array(rows), 6), axis=0) if rows else None
+    return _HW_CACHE[key]
+
+
+def workload_extrapolation(workload, ctx, server, idata, beta, alpha, *, seed: int = 0) -> dict:
+    """How far ``workload`` lies from the fit's training runs: the workload simulated once under
+    (``beta``, ``alpha``) (e.g. the draws' medians), and ``g``, the largest fraction of its steps
+    outside the training steps' 0.5-99.5% range over the measures compared. Returns
+    ``{"distance": g, "feature": the measure of the largest fraction, "per_feature": {measure:
+    fraction}, "basis"}``: 0 for a workload of the training runs' shape, 1 when every step lies
+    outside in some measure.
+
+    The measures are the steps' batch shapes (``features.STATS``: requests, prompt tokens,
+    context), compared with the training runs simulated the same way (``basis`` "batch shapes"):
+    what the workload and its load make of a step, not the model or GPU that runs it. A new model
+    or GPU moves the step features (weights per step, time at peak) for every step; that part of
+    the extrapolation is the deployment spread's and the hardware level's, each calibrated on its
+    own held-out models and GPUs, and is not counted twice. A fit whose training runs are not
+    bundled (no arrivals to simulate) compares the scaled step features with its training rows
+    instead (``basis`` "step features"), computed with a training GPU's constants on a GPU the fit
+    has no step rows of."""
+    res = simulate(workload, ctx, server, np.asarray(beta), np.asarray(alpha), seed=seed, record_steps=True)
+    stats = res.trace[list(F.STATS)].to_numpy(np.float64)
+    ref = training_reference_stats(idata)
+    if ref is not None:
+        per, basis = stats_distance(stats, ref), "batch shapes"
+    else:
+        arr = np.array(ctx.to_array() if isinstance(ctx, F.FeatureContext) else ctx, dtype=float)
+        hw = _training_hardware(idata)
+        if hw is not None and not np.any(np.all(np.isclose(hw, np.round(arr[:4], 6), rtol=1e-6), axis=1)):
+            arr[:4] = np.median(hw, axis=0)
+        feats, _ = F.step_features(stats, arr)
+        wd = workload_distance(feats, idata)
+        per, basis = {k: float(v["frac_outside"]) for k, v in wd.items() if not k.startswith("_")}, "step features"
+    top = max(per, key=per.get) if per else ""
+    return {"distance": float(per.get(top, 0.0)), "feature": top, "per_feature": per, "basis": basis}
+
+
+def discrepancy_calibration(idata) -> dict | None:
+    """The fit's workload-discrepancy calibration (attrs ``workload_discrepancy``; None if it has none)."""
+    raw = (getattr(idata, "attrs", None) or {}).get(WORKLOAD_DISCREPANCY_ATTR)
+    return json.loads(raw) if raw else None
+
+
+def step_discrepancy(idata, distance: float, n: int, *, seed: int = 0) -> np.ndarray | None:
+    """``n`` log step-time factors for a workload at ``distance`` g from the training rows: draw
+    ``i`` takes a (tau0, tau1) pair of the calibration's posterior and a standard normal ``z`` (in
+    antithetic pairs ``z``, ``-z``), ``tau z`` with ``tau = sqrt(tau0^2 + tau1^2 g^2)``. None when the fit has no calibration."""
+    cal = discrepancy_calibration(idata)
+    if not cal:
+        return None
+    t0, t1 = np.asarray(cal["tau0"], dtype=float), np.asarray(cal["tau1"], dtype=float)
+    rng = np.random.default_rng([int(seed), 7919])
+    j = rng.integers(0, len(t0), size=int(n))
+    g = float(min(max(distance, 0.0), 1.0))
+    # antithetic pairs (z, -z): the factors are symmetric in every sample, so the median across the
+    # draws (the point) moves with the discrepancy only as far as the response to it is asymmetric
+    z = rng.standard_normal((int(n) + 1) // 2)
+    z = np.concatenate([z, -z])[: int(n)]
+    return np.sqrt(t0[j] ** 2 + (t1[j] * g) ** 2) * z
+
+
+def widen(draws, delta):
+    """Give ``draws`` (CoefDraws) one log step-time factor per draw (:func:`step_discrepancy`),
+    as ``draws.step_log_factor``: :func:`bayeslat.simulate.posterior_predictive` simulates each
+    draw with its step time (every beta coefficient) scaled by ``exp(delta)`` for the intervals,
+    and without it for the point. Returns ``draws``."""
+    d = np.asarray(delta, dtype=float)
+    if d.shape != (draws.beta.shape[0],):
+        raise ValueError(f"one step factor per draw: {draws.beta.shape[0]} draws, {d.shape} factors")
+    draws.step_log_factor = d
+    return draws
+
+
+def widen_for_workload(draws, idata, workload, ctx, server, *, seed: int = 0) -> dict | None:
+    """Apply the fit's workload discrepancy to ``draws`` for ``workload`` (a workload the fit was not
+    trained on): its distance (:func:`workload_extrapolation`, simulated under the draws' medians),
+    then :func:`widen` with :func:`step_discrepancy`. Returns ``{"distance", "feature", "tau"
+    (the median tau of the draws' pairs)}``, or None (draws unchanged) when the fit has no
+    calibration."""
+    cal = discrepancy_calibration(idata)
+    if not cal:
+        return None
+    ext = workload_extrapolation(
+        workload, ctx, server, idata, np.median(draws.beta, axis=0), np.median(draws.alpha, axis=0), seed=seed
+    )
+    g = ext["distance"]
+    widen(draws, step_discrepancy(idata, g, draws.beta.shape[0], seed=seed))
+    tau = np.sqrt(np.asarray(cal["tau0"]) ** 2 + (np.asarray(cal["tau1"]) * g) ** 2)
+    return {"distance": g, "feature": ext["feature"], "tau": float(np.median(tau)), "basis": ext["basis"]}
