@@ -55,7 +55,9 @@ COMMANDS: dict[str, dict[str, str]] = {
     "reconstruct_agreement": {"default": "python benchmarks/reconstruct_agreement.py"},
     "ingest_throughput": {"default": "python benchmarks/ingest_throughput.py --size-mb 1024"},
     "dask_scaling": {"default": "python benchmarks/dask_scaling.py --runs 10 --size-mb 1024"},
-    "prior_comparison": {"default": "python benchmarks/prior_comparison.py --reuse-default --fit-dir benchmarks/out/cv_fits"},
+    "prior_comparison": {
+        "default": "python benchmarks/prior_comparison.py --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits"
+    },
     "hardware_transfer": {"default": "python benchmarks/hardware_transfer.py"},
     "validate_accuracy": {
         "default": f"{_VA} --suites replay aggregate --draws 40",

@@ -59,7 +59,8 @@ _Z90 = 1.6448536269514722
 
 def _implied(lf: np.ndarray, y: np.ndarray, o: float) -> float:
     """The log step factor nearest 0 at which the nondecreasing curve ``y(lf)`` reaches ``o``; a
-    grid end when ``o`` lies beyond the curve (the error is then at least that)."""
+    grid end when ``o`` lies beyond the curve (the error is then at least that: such a run pulls
+    tau up less than it should, never more)."""
     if o <= y[0]:
         return float(lf[0])
     if o >= y[-1]:
@@ -105,7 +106,7 @@ def implied_step_errors(case: dict, idata, pred: dict, *, seed: int = 0) -> dict
         y = np.log(np.maximum(np.asarray(curves[m], dtype=float), 1e-12))
         p = pred[m]["mean"]
         lo, hi = pred[m]["mean_interval90"]
-        if not o or not np.all(np.isfinite(y)) or not (p > 0 and lo > 0 and hi > 0):
+        if not (o and np.isfinite(o) and o > 0) or not np.all(np.isfinite(y)) or not (p > 0 and lo > 0 and hi > 0):
             continue
         # the curve through the prediction (median across draws) at factor 1, made nondecreasing
         yy = np.maximum.accumulate(y - y[mid] + np.log(p))

@@ -76,6 +76,8 @@ def validate(
         runs: on the leave-one-workload-out errors of the runs of the *other* workloads (``lowo``),
         models (``lomo``) or runs (``loro``), each under the refit without its workload. The other
         suites use the fit's own calibration. False: no workload discrepancy in the refits.
+        Nested in its targets, not in every refit: the other runs' errors come from refits
+        without *their* workload, which may include the held-out runs.
 
     Returns
     -------
@@ -103,7 +105,15 @@ def validate(
         full = cv_rows(seed, n_per_run_kind=n_per_run_kind, bins=bins)
         done = 0
 
+        fits: dict = {}  # the workload folds of the discrepancy are the lowo suite's own folds
+
         def refit(exclude, held, what=suite):
+            key = frozenset(exclude)
+            if key not in fits:
+                fits[key] = _refit(exclude, held, what)
+            return fits[key]
+
+        def _refit(exclude, held, what):
             return cv_fit(
                 full,
                 exclude,

@@ -25,6 +25,7 @@ from bayeslat.probe.condition import _one_deployment, auto_calibration, update_d
 from bayeslat.probe.read import PROBE_DESIGNS
 from bayeslat.probe.score import decide, score_rows
 from bayeslat.probe.slices import oos_attr
+from bayeslat.simulate.extrapolation import WORKLOAD_DISCREPANCY_ATTR
 from bayeslat.simulate.spec import resolve_spec, spec_sim_server
 
 
@@ -156,8 +157,8 @@ def update(
     )
     if spread:
         M.attach_deployment_spread(new, idata, {"carried_over_from": idata.attrs.get("data_hash", "")})
-    # as the deployment spread: the simulator discrepancy and the probe slice errors carry over
-    for key in ("sim_discrepancy",) + tuple(oos_attr(d) for d in PROBE_DESIGNS):
+    # as the deployment spread: the simulator and workload discrepancies and the probe slice errors carry over
+    for key in ("sim_discrepancy", WORKLOAD_DISCREPANCY_ATTR) + tuple(oos_attr(d) for d in PROBE_DESIGNS):
         if key in idata.attrs:
             new.attrs[key] = idata.attrs[key]
     return _update_report(idata, new, train, probe_obs_table, spec, probe_infos, pred_draws, sd, {"mode": "refit"}, gate)

@@ -58,7 +58,10 @@ def predict_case(
     if not discrepancy:
         cd.sim_sd = None
     elif workload_discrepancy and case["run"] not in set(_training_runs(idata) or []):
-        wd = widen_for_workload(cd, idata, case["workload_obj"], dep.ctx, dep.server, seed=seed)
+        ref = model.coefficient_draws(
+            idata, dep.hardware, dep.model_class, n=100, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
+        )
+        wd = widen_for_workload(cd, idata, case["workload_obj"], dep.ctx, dep.server, seed=seed, reference=ref)
     out = posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
     out["workload_discrepancy"] = wd
     return out
