@@ -36,7 +36,7 @@ from bayeslat import simulate
 from bayeslat.data import datasets, design
 from bayeslat.errors import SpecError
 from bayeslat.evaluate import discrepancy as VD
-from bayeslat.simulate.extrapolation import widen_for_workload
+from bayeslat.simulate.extrapolation import discrepancy_calibration, widen_for_workload
 
 #: probe size, in requests, of the calibration's out-of-sample errors (the size ``bayeslat update``
 #: probes are compared with)
@@ -385,15 +385,17 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
     )
     srv = simulate.spec_sim_server(s)
     # a SPEC's workload is one the fit was not trained on: its draws carry the workload discrepancy
-    ref = M.coefficient_draws(
-        idata,
-        s["hardware"].name,
-        s["model"].model_class,
-        n=100,
-        seed=int(seed),
-        deployment=F.deployment_key(s["ctx"], s["hardware"].name),
-    )
-    wd = widen_for_workload(cdraws, idata, s["workload"], s["ctx"], srv, seed=int(seed), reference=ref)
+    wd = None
+    if discrepancy_calibration(idata):
+        ref = M.coefficient_draws(
+            idata,
+            s["hardware"].name,
+            s["model"].model_class,
+            n=100,
+            seed=int(seed),
+            deployment=F.deployment_key(s["ctx"], s["hardware"].name),
+        )
+        wd = widen_for_workload(cdraws, idata, s["workload"], s["ctx"], srv, seed=int(seed), reference=ref)
     res = simulate.posterior_predictive(s["workload"], s["ctx"], srv, cdraws, n_draws=None, seed=int(seed))
     out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in simulate.METRICS}
     out["requests"] = res["requests"]

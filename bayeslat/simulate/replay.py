@@ -7,7 +7,7 @@ from bayeslat import model
 from bayeslat.data import datasets, workload
 from bayeslat.features import deployment_key
 from bayeslat.model.training import _training_runs
-from bayeslat.simulate.extrapolation import widen_for_workload
+from bayeslat.simulate.extrapolation import discrepancy_calibration, widen_for_workload
 from bayeslat.simulate.predictive import posterior_predictive
 from bayeslat.simulate.rundeployment import deployment
 
@@ -57,7 +57,7 @@ def predict_case(
     wd = None
     if not discrepancy:
         cd.sim_sd = None
-    elif workload_discrepancy and case["run"] not in set(_training_runs(idata) or []):
+    elif workload_discrepancy and discrepancy_calibration(idata) and case["run"] not in set(_training_runs(idata) or []):
         ref = model.coefficient_draws(
             idata, dep.hardware, dep.model_class, n=100, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
         )
