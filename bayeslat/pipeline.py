@@ -36,7 +36,7 @@ from bayeslat import simulate
 from bayeslat.data import datasets, design
 from bayeslat.errors import SpecError
 from bayeslat.evaluate import discrepancy as VD
-from bayeslat.simulate.extrapolation import discrepancy_calibration, widen_for_workload
+from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, discrepancy_calibration, widen_for_workload
 
 #: probe size, in requests, of the calibration's out-of-sample errors (the size ``bayeslat update``
 #: probes are compared with)
@@ -391,7 +391,7 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
             idata,
             s["hardware"].name,
             s["model"].model_class,
-            n=100,
+            n=REFERENCE_DRAWS,
             seed=int(seed),
             deployment=F.deployment_key(s["ctx"], s["hardware"].name),
         )

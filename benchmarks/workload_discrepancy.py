@@ -53,8 +53,8 @@ def main(argv=None) -> int:
         for w, g in groups.items()
     }
 
-    def refit(exclude, held, what="lowo"):
-        return cv_fit(full, exclude, seed=args.seed, fit_kwargs=fit_kwargs, fit_dir=args.fit_dir)
+    def refit(exclude, held, what="lowo"):  # the folds above, not loaded again
+        return folds[held]
 
     errors = _lowo_step_errors(cases, refit, args.seed, print)
     keep = ("_mean_err_pct", "_mean_in90", "_mean_lo90", "_mean_hi90", "_mean_pred", "_mean_obs", "_mean_iscore90")

@@ -32,7 +32,7 @@ import numpy as np
 from bayeslat import model as M
 from bayeslat import simulate
 from bayeslat.features import deployment_key
-from bayeslat.simulate.extrapolation import WORKLOAD_DISCREPANCY_ATTR, workload_extrapolation
+from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, WORKLOAD_DISCREPANCY_ATTR, workload_extrapolation
 
 #: log step-time factors of the response curve (implied_step_errors): +-0.6 reaches x0.55 and x1.8
 RESPONSE_GRID = np.linspace(-0.6, 0.6, 25)
@@ -89,7 +89,7 @@ def implied_step_errors(case: dict, idata, pred: dict, *, seed: int = 0) -> dict
     observed mean; ``used``: the elasticity is at least :data:`MIN_ELASTICITY`."""
     dep = case["deployment"]
     cd = M.coefficient_draws(
-        idata, dep.hardware, dep.model_class, n=100, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
+        idata, dep.hardware, dep.model_class, n=REFERENCE_DRAWS, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
     )
     beta, alpha = np.median(cd.beta, axis=0), np.median(cd.alpha, axis=0)
     wl = case["workload_obj"]

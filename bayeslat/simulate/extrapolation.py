@@ -37,6 +37,9 @@ from bayeslat.simulate.rundeployment import deployment
 
 #: the fit's attrs key of the workload discrepancy's calibration (:mod:`bayeslat.evaluate.discrepancy`)
 WORKLOAD_DISCREPANCY_ATTR = "workload_discrepancy"
+#: coefficient draws whose medians the distance is read under, in the calibration and in a prediction
+#: alike (near saturation the simulated batch shapes follow those medians)
+REFERENCE_DRAWS = 100
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,15 +138,16 @@ def training_reference_stats(idata, *, max_requests: int = 3000, seed: int = 0) 
 def stats_distance(stats: np.ndarray, ref: np.ndarray) -> dict:
     """{stat: fraction of ``stats``' steps outside ``ref``'s 0.5-99.5% range} per batch-shape
     statistic (a statistic zero in every reference step: the fraction of steps where it is not)."""
-    out = {}
-    for k, name in enumerate(F.STATS):
-        v, t = stats[:, k], ref[:, k]
-        if not len(v):
-            out[name] = 0.0
-            continue
-        lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
-        out[name] = float(np.mean((v < lo * (1 - 1e-9)) | (v > hi * (1 + 1e-9))))
-    return out
+    return {name: sum(_outside(stats[:, k], ref[:, k])[2:]) for k, name in enumerate(F.STATS)}
+
+
+def _outside(v: np.ndarray, t: np.ndarray) -> tuple[float, float, float, float]:
+    """(lo, hi, share of ``v`` below lo, share above hi): ``t``'s 0.5% / 99.5% quantiles and how
+    much of ``v`` lies beyond them (a relative 1e-9 of slack, so a value equal to the bound is in)."""
+    lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
+    if not len(v):
+        return float(lo), float(hi), 0.0, 0.0
+    return float(lo), float(hi), float(np.mean(v < lo * (1 - 1e-9))), float(np.mean(v > hi * (1 + 1e-9)))
 
 
 def workload_distance(step_feats: np.ndarray, idata) -> dict:
@@ -161,10 +165,8 @@ def workload_distance(step_feats: np.ndarray, idata) -> dict:
     for f, fname in enumerate(F.BETA_NAMES):
         v = step_feats[:, f]
         t = tr[:, f] if len(tr) else np.zeros(1)
-        lo, hi = np.quantile(t, 0.005), np.quantile(t, 0.995)
+        lo, hi, below, above = _outside(v, t)
         tmax = float(t.max())
-        below = float(np.mean(v < lo * (1 - 1e-9))) if len(v) else 0.0
-        above = float(np.mean(v > hi * (1 + 1e-9))) if len(v) else 0.0
         vmax = float(v.max()) if len(v) else 0.0
         ratio = vmax / tmax if tmax > 0 else (math.inf if vmax > 0 else 0.0)
         out[fname] = {
@@ -271,8 +273,8 @@ def widen_for_workload(draws, idata, workload, ctx, server, *, seed: int = 0, re
     """Apply the fit's workload discrepancy to ``draws`` for ``workload`` (a workload the fit was not
     trained on): its distance (:func:`workload_extrapolation`, simulated under the medians of
     ``reference``, draws of the same group; default ``draws`` themselves. The calibration reads
-    the distance under the medians of 100 draws (``bayeslat.evaluate.discrepancy``): a prediction
-    of a few draws passes as many as a reference, so that near saturation both read the same g),
+    the distance under the medians of :data:`REFERENCE_DRAWS` draws (``bayeslat.evaluate.discrepancy``):
+    a prediction of a few draws passes as many as a reference, so that near saturation both read the same g),
     then :func:`widen` with :func:`step_discrepancy`. Returns ``{"distance", "feature", "tau"
     (the median tau of the draws' pairs)}``, or None (draws unchanged) when the fit has no
     calibration."""

@@ -7,7 +7,7 @@ from bayeslat import model
 from bayeslat.data import datasets, workload
 from bayeslat.features import deployment_key
 from bayeslat.model.training import _training_runs
-from bayeslat.simulate.extrapolation import discrepancy_calibration, widen_for_workload
+from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, discrepancy_calibration, widen_for_workload
 from bayeslat.simulate.predictive import posterior_predictive
 from bayeslat.simulate.rundeployment import deployment
 
@@ -59,7 +59,7 @@ def predict_case(
         cd.sim_sd = None
     elif workload_discrepancy and discrepancy_calibration(idata) and case["run"] not in set(_training_runs(idata) or []):
         ref = model.coefficient_draws(
-            idata, dep.hardware, dep.model_class, n=100, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
+            idata, dep.hardware, dep.model_class, n=REFERENCE_DRAWS, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
         )
         wd = widen_for_workload(cd, idata, case["workload_obj"], dep.ctx, dep.server, seed=seed, reference=ref)
     out = posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
