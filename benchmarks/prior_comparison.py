@@ -3,7 +3,7 @@ regularised horseshoe (priors ``ard_prior``), on the real bundled rows.
 
     python benchmarks/prior_comparison.py [--priors betaprime horseshoe] [--draws 2000] [--tune 1000]
         [--cv-draws 1000] [--cv-tune 500] [--pred-draws 40] [--fit-dir benchmarks/out/cv_fits]
-        [--out benchmarks/out/prior_comparison.json]
+        [--cv-suites lomo [lowo]] [--out benchmarks/out/prior_comparison.json]
 
 Per prior:
 
@@ -11,9 +11,10 @@ Per prior:
   ``--draws`` / ``--tune``; the coefficient stage only): wall time, min bulk / tail ESS and the
   variable it comes from, max R-hat, divergences, max Pareto k, ARD kept features;
 - PSIS-LOO of those fits, compared (``arviz.compare``: elpd difference and its standard error);
-- leave-one-model-out: the ``lomo`` suite of ``bayeslat.validate`` with folds of ``--cv-draws``
-  draws after ``--cv-tune`` (cached in ``--fit-dir`` like every other fold fit), ``--pred-draws``
-  simulated draws per run: median |error| of mean TTFT / ITL / E2E and the 90% coverage.
+- cross-validation: the ``--cv-suites`` of ``bayeslat.validate`` (default ``lomo``,
+  leave-one-model-out; ``lowo``, leave-one-workload-out) with folds of ``--cv-draws`` draws after
+  ``--cv-tune`` (cached in ``--fit-dir`` like every other fold fit), ``--pred-draws`` simulated
+  draws per run: median |error| of mean TTFT / ITL / E2E and the 90% coverage.
 
 The kernel-level leave-one-GPU-out (``kernel_transfer.py``) is not part of it: the hardware
 level's efficiencies have no sparsity prior (every GPU has every kernel family).
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cv-tune", type=int, default=500)
     ap.add_argument("--pred-draws", type=int, default=40)
     ap.add_argument("--fit-dir", default="benchmarks/out/cv_fits")
-    ap.add_argument("--no-cv", action="store_true", help="skip leave-one-model-out")
+    ap.add_argument("--no-cv", action="store_true", help="skip the cross-validation suites")
+    ap.add_argument("--cv-suites", nargs="+", default=["lomo"], choices=["lomo", "lowo"])
     ap.add_argument(
         "--reuse-default",
         action="store_true",
@@ -81,14 +83,14 @@ def main(argv=None) -> int:
             "features_kept": d["features_kept"],
             "ess_bulk_per_sampling_s": (d.get("min_ess_bulk") or 0.0) / float(idata.attrs["sampling_seconds"]),
         }
-        if not a.no_cv:
+        for suite in [] if a.no_cv else a.cv_suites:
             t0 = time.perf_counter()
             fk = {"draws": a.cv_draws, "tune": a.cv_tune} | ({} if prior == "betaprime" else {"priors": {"ard_prior": prior}})
             # the coefficient models compared as they are: no workload discrepancy (it would need
             # leave-one-workload-out folds of each prior too)
-            df, summ = evaluate.validate("lomo", draws=a.pred_draws, fit_kwargs=fk, fit_dir=a.fit_dir, workload_discrepancy=False)
+            df, summ = evaluate.validate(suite, draws=a.pred_draws, fit_kwargs=fk, fit_dir=a.fit_dir, workload_discrepancy=False)
             s = summ["all"]
-            r["lomo"] = {
+            r[suite] = {
                 "seconds": time.perf_counter() - t0,
                 "runs": len(df),
                 **{k: s[k] for k in s if k.endswith(("_mean_median_abs_err_pct", "_mean_coverage90"))},
@@ -118,13 +120,15 @@ def main(argv=None) -> int:
                 for k, v in res["loo_compare"].items()
             ),
         )
+    names = {"lomo": "leave-one-model-out", "lowo": "leave-one-workload-out"}
     for p, r in res["priors"].items():
-        if "lomo" in r:
-            lo = r["lomo"]
+        for suite in [k for k in names if k in r]:
+            lo = r[suite]
             print(
-                f"leave-one-model-out {p}: median |err| E2E {lo.get('e2e_mean_median_abs_err_pct', float('nan')):.1f}% "
+                f"{names[suite]} {p}: median |err| E2E {lo.get('e2e_mean_median_abs_err_pct', float('nan')):.1f}% "
                 f"TTFT {lo.get('ttft_mean_median_abs_err_pct', float('nan')):.1f}% ITL {lo.get('itl_mean_median_abs_err_pct', float('nan')):.1f}%; "
-                f"E2E 90% coverage {lo.get('e2e_mean_coverage90', float('nan'))}"
+                f"90% coverage E2E {lo.get('e2e_mean_coverage90', float('nan')):.2f} TTFT {lo.get('ttft_mean_coverage90', float('nan')):.2f} "
+                f"ITL {lo.get('itl_mean_coverage90', float('nan')):.2f}"
             )
         print(f"kept by {p}: {', '.join(r['features_kept'])}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,8 @@ COMMANDS: dict[str, dict[str, str]] = {
     "ingest_throughput": {"default": "python benchmarks/ingest_throughput.py --size-mb 1024"},
     "dask_scaling": {"default": "python benchmarks/dask_scaling.py --runs 10 --size-mb 1024"},
     "prior_comparison": {
-        "default": "python benchmarks/prior_comparison.py --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits"
+        "default": "python benchmarks/prior_comparison.py --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits",
+        "lowo": "python benchmarks/prior_comparison.py --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits --cv-suites lowo",
     },
     "hardware_transfer": {"default": "python benchmarks/hardware_transfer.py"},
     "validate_accuracy": {

@@ -47,20 +47,46 @@ def test_check_obs_rejects_bad_input():
 @pytest.mark.parametrize("prior", ["betaprime", "horseshoe"])
 def test_sparsity_prior_of_the_population_coefficients(prior):
     """Both sparsity priors put most of their mass near zero (pruning) and leave a tail up to
-    about twice the feature's scale; the horseshoe's variables are the non-centred |z|, the local
-    and global scales and the slab."""
+    about twice the feature's scale; the horseshoe's variables are the coefficients (log scale), the
+    global scale and the slab, its local scales integrated out."""
     import pymc as pm
 
     obs, _ = M.simulate_obs(seed=0)
     m = M.build_model(obs, priors={"ard_prior": prior})
     names = {v.name for v in m.free_RVs}
-    hs = {"z_beta_pop_hs", "beta_pop_hs_lambda", "beta_pop_hs_tau", "beta_pop_hs_c2"}
+    hs = {"beta_pop_hs", "beta_pop_hs_tau", "beta_pop_hs_c2"}
     assert (hs <= names) == (prior == "horseshoe") and ("beta_pop_w" in names) == (prior == "betaprime")
     with m:
         pr = pm.sample_prior_predictive(3000, var_names=["beta_pop"], random_seed=1)
     f = F.B["prefill_compute"]  # an ARD feature of scale 1
     q05, q50, q95 = np.quantile(pr.prior["beta_pop"].values[..., f].ravel(), [0.05, 0.5, 0.95])
     assert q05 < 0.01 and 0.05 < q50 < 0.4 and 1.5 < q95 < 3.5
+
+
+@pytest.mark.parametrize("tau,c2", [(0.5, 4.0), (0.05, 4.0), (1.0, 0.5)])
+def test_horseshoe_local_scales_integrated_out(tau, c2):
+    """The horseshoe's marginal density on its grid matches the integral over lambda by adaptive
+    quadrature, from the spike at zero (1e-6) to the slab (2): one density, in numpy and in the
+    model's pytensor graph."""
+    import pytensor.tensor as pt
+    from scipy import integrate, stats
+
+    from bayeslat.model.build import horseshoe_logp
+
+    xs = np.array([1e-6, 1e-3, 0.05, 0.5, 2.0])
+
+    def exact(x):
+        def f(lam):
+            s = tau * np.sqrt(c2 * lam**2 / (c2 + tau**2 * lam**2))
+            return stats.halfnorm.pdf(x, scale=s) * 2 / np.pi / (1 + lam**2)
+
+        cuts = [0, x / tau / 100, x / tau * 100, np.inf]
+        return np.log(sum(integrate.quad(f, a, b, limit=500)[0] for a, b in zip(cuts[:-1], cuts[1:])))
+
+    ref = np.array([exact(x) for x in xs])
+    np.testing.assert_allclose(horseshoe_logp(np, xs, tau, c2), ref, atol=1e-5)
+    np.testing.assert_allclose(horseshoe_logp(pt, pt.as_tensor(xs), tau, c2).eval(), ref, atol=1e-5)
+    assert np.all(np.diff(ref) < 0)  # the spike: the density falls from zero
 
 
 def test_no_class_deviation_cells():

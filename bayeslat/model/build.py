@@ -261,6 +261,36 @@ def _centred_cells(d: dict, min_rows: int = 30, min_cv: float = 0.1, no_class=()
     }
 
 
+# The horseshoe's local scale integrated out on a fixed grid of u = log(lambda): the trapezoid
+# rule in u converges geometrically for this smooth, exponentially decaying integrand. A
+# coefficient below exp(HS_U_MIN) times its global scale sees a flat prior density instead of
+# the horseshoe's logarithmic spike; tests/test_model.py checks the grid against scipy's quad.
+HS_U_MIN, HS_U_MAX, HS_U_STEP = -30.0, 30.0, 0.25
+
+
+def horseshoe_logp(pt, x, tau, c2):
+    """log density of the regularised horseshoe on the positive half line at ``x`` (any shape),
+    with the local scale ``lambda ~ HalfCauchy(1)`` integrated out:
+
+        p(x | tau, c^2) = int HalfNormal(x; tau lambda~) HalfCauchy(lambda; 1) dlambda,
+        lambda~^2 = c^2 lambda^2 / (c^2 + tau^2 lambda^2).
+
+    ``pt`` is ``pytensor.tensor`` or ``numpy`` (for the check against quadrature)."""
+    u = np.arange(HS_U_MIN, HS_U_MAX + HS_U_STEP / 2, HS_U_STEP)
+    # half-Cauchy(1) in u: p(lambda) dlambda = sech(u) / pi du; log sech(u) = -|u| + log 2 - log1p(e^-2|u|)
+    logw = np.log(HS_U_STEP / np.pi) - np.abs(u) + np.log(2.0) - np.log1p(np.exp(-2.0 * np.abs(u)))
+    lt, lc = 2.0 * pt.log(tau), pt.log(c2)
+    logs2 = lt + lc + 2.0 * u - pt.logaddexp(lc, lt + 2.0 * u)  # log of (tau lambda~)^2 at each node
+    xx = pt.log(x)[..., None] if pt is np else pt.shape_padright(pt.log(x))
+    x2 = pt.exp(2.0 * xx)
+    terms = logw + 0.5 * np.log(2.0 / np.pi) - 0.5 * logs2 - x2 / (2.0 * pt.exp(logs2))
+    if pt is np:
+        from scipy.special import logsumexp
+
+        return logsumexp(terms, axis=-1)
+    return pt.logsumexp(terms, axis=-1)
+
+
 def _ard(pm, pt, name: str, scale: np.ndarray, p: dict):
     """Positive ARD (sparsity) coefficients ``scale * x``, one per entry of ``scale``, under the
     priors' ``ard_prior``:
@@ -268,20 +298,36 @@ def _ard(pm, pt, name: str, scale: np.ndarray, p: dict):
     - ``"betaprime"`` (default): ``x ~ BetaPrime(shape_a, shape_b)``, sampled as ``w / (1 - w)``
       with ``w ~ Beta(shape_a, shape_b)`` (variable ``<name>_w``);
     - ``"horseshoe"``: the regularised horseshoe (Piironen & Vehtari 2017) on the positive half
-      line, non-centred: ``x = tau lambda~ |z|`` with ``z ~ HalfNormal(1)`` (``z_<name>_hs``),
-      local scales ``lambda ~ HalfCauchy(1)``, a global ``tau ~ HalfCauchy(hs_tau0)`` and a slab
-      ``c^2 ~ InvGamma(hs_slab_df / 2, hs_slab_df hs_slab_scale^2 / 2)``,
+      line: ``x ~ HalfNormal(tau lambda~)`` with local scales ``lambda ~ HalfCauchy(1)``, a global
+      ``tau ~ HalfCauchy(hs_tau0)`` (``<name>_hs_tau``) and a slab
+      ``c^2 ~ InvGamma(hs_slab_df / 2, hs_slab_df hs_slab_scale^2 / 2)`` (``<name>_hs_c2``),
       ``lambda~^2 = c^2 lambda^2 / (c^2 + tau^2 lambda^2)`` (large coefficients are shrunk like a
-      Student-t slab of scale ``hs_slab_scale``, small ones like the horseshoe).
+      Student-t slab of scale ``hs_slab_scale``, small ones like the horseshoe). The local scales
+      are integrated out (:func:`horseshoe_logp`) and ``x`` (``<name>_hs``) is sampled on the log
+      scale: with them as parameters, ``x = tau lambda~ |z|`` leaves NUTS a ridge in
+      (lambda, z) for every coefficient the data pin, which did not mix (docs/decisions.md).
     """
     n = len(scale)
     if p["ard_prior"] == "horseshoe":
-        z = pm.HalfNormal(f"z_{name}_hs", 1.0, shape=n)
-        lam = pm.HalfCauchy(f"{name}_hs_lambda", 1.0, shape=n)
         tau = pm.HalfCauchy(f"{name}_hs_tau", p["hs_tau0"])
         nu, s = float(p["hs_slab_df"]), float(p["hs_slab_scale"])
         c2 = pm.InverseGamma(f"{name}_hs_c2", nu / 2.0, nu * s**2 / 2.0)
-        return scale * tau * pt.sqrt(c2 * lam**2 / (c2 + tau**2 * lam**2)) * z
+
+        def random(tau, c2, rng=None, size=None):
+            lam = np.abs(rng.standard_cauchy(size))
+            return tau * np.sqrt(c2 * lam**2 / (c2 + tau**2 * lam**2)) * np.abs(rng.standard_normal(size))
+
+        x = pm.CustomDist(
+            f"{name}_hs",
+            tau,
+            c2,
+            logp=lambda v, tau, c2: horseshoe_logp(pt, v, tau, c2),
+            random=random,
+            support_point=lambda rv, size, tau, c2: pt.full_like(rv, 0.1) * tau,
+            transform=pm.distributions.transforms.log,
+            shape=n,
+        )
+        return scale * x
     w = pm.Beta(f"{name}_w", alpha=p["shape_a"], beta=p["shape_b"], shape=n)
     return scale * w / (1.0 - w)
 

@@ -31,8 +31,8 @@ MAX_SAVED_DRAWS = 1000  # per chain, after thinning (fit)
 # Variables that are re-parameterisation helpers, not quantities of interest (left out of diagnostics).
 OFFSET_PREFIXES = ("z_", "u_")
 HELPER_VARS = ("beta_pop_w", "alpha_pop_w", "beta_pop_physics", "alpha_pop_lognormal", "beta_pop_lognormal")
-# (the horseshoe's z_*_hs offsets are helpers by their prefix; its tau, lambda and slab are
-# parameters, diagnosed like any other)
+# (the horseshoe's coefficients <name>_hs, global scale and slab are parameters, diagnosed like
+# any other; its local scales are integrated out)
 
 
 def data_groups(d: dict) -> dict:
