@@ -36,7 +36,7 @@ from bayeslat import simulate
 from bayeslat.data import datasets, design
 from bayeslat.errors import SpecError
 from bayeslat.evaluate import discrepancy as VD
-from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, discrepancy_calibration, widen_for_workload
+from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, discrepancy_calibration, widen_for_version, widen_for_workload
 
 #: probe size, in requests, of the calibration's out-of-sample errors (the size ``bayeslat update``
 #: probes are compared with)
@@ -365,7 +365,10 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
     dict
         ``{"ttft"|"itl"|"e2e": {"mean", "p90", "p99", "mean_interval90"}, "requests": int}`` (ms), plus
         ``"spec"`` (the resolved spec), ``"result"`` (the full posterior predictive) and
-        ``"new_levels"`` (levels the fit has not seen, drawn from the population).
+        ``"new_levels"`` (levels the fit has not seen, drawn from the population),
+        ``"workload_discrepancy"`` and ``"version_discrepancy"`` (the step-time factors the interval's
+        draws carry for a workload outside the training range and for a server
+        ``vllm_version`` other than the training runs'; None when they do not apply).
 
     Examples
     --------
@@ -396,10 +399,12 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
             deployment=F.deployment_key(s["ctx"], s["hardware"].name),
         )
         wd = widen_for_workload(cdraws, idata, s["workload"], s["ctx"], srv, seed=int(seed), reference=ref)
+    vd = widen_for_version(cdraws, idata, s["server"].vllm_version, s["hardware"].name, seed=int(seed))
     res = simulate.posterior_predictive(s["workload"], s["ctx"], srv, cdraws, n_draws=None, seed=int(seed))
     out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in simulate.METRICS}
     out["requests"] = res["requests"]
     out["workload_discrepancy"] = wd
+    out["version_discrepancy"] = vd
     return out | {"spec": s, "result": res, "new_levels": list(getattr(cdraws, "new_levels", None) or [])}
 
 

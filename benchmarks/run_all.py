@@ -51,6 +51,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "kernel_transfer": {"default": "python benchmarks/kernel_transfer.py"},
     "kernel_rows": {"default": "python benchmarks/kernel_rows.py"},
     "decode_batch": {"default": "python benchmarks/decode_batch.py --figure docs/figures/decode_batch.png"},
+    "version_shift": {"default": "python benchmarks/version_shift.py"},
     "simulate_speed": {"default": "python benchmarks/simulate_speed.py"},
     "reconstruct_agreement": {"default": "python benchmarks/reconstruct_agreement.py"},
     "ingest_throughput": {"default": "python benchmarks/ingest_throughput.py --size-mb 1024"},

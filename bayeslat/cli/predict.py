@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bayeslat import pipeline
 from bayeslat.simulate import METRICS, NEW_LEVEL_DRAWS
+from bayeslat.simulate.extrapolation import version_note
 
 
 def run(args) -> int:
@@ -39,6 +40,9 @@ def run(args) -> int:
                 f"note: {100 * wd['distance']:.0f}% of the simulated steps lie outside the training range "
                 f"({wd['feature']}): the draws carry a step-time discrepancy of sd {wd['tau']:.3f} (log scale)"
             )
+        vd = out.get("version_discrepancy")
+        if vd:
+            print(f"note: {version_note(vd)}")
     if new_levels and int(args.draws) < NEW_LEVEL_DRAWS:
         print(
             f"note: {int(args.draws)} draws of a configuration with new levels: its point and interval move by "

@@ -63,7 +63,15 @@ from bayeslat.config.hardware import (
     match_bundled_hardware,
 )
 from bayeslat.config.model import ModelSpec, load_model, model_from_config
-from bayeslat.config.server import SERVER_ALIASES, ServerConfig, load_server, server_from_dict, validate_deployment
+from bayeslat.config.server import (
+    SERVER_ALIASES,
+    ServerConfig,
+    load_server,
+    release_distance,
+    server_from_dict,
+    validate_deployment,
+    vllm_release,
+)
 
 __all__ = [
     # files
@@ -92,6 +100,8 @@ __all__ = [
     "SERVER_ALIASES",
     "server_from_dict",
     "load_server",
+    "release_distance",
+    "vllm_release",
     "validate_deployment",
     # derived quantities
     "param_counts",

@@ -5,6 +5,7 @@ the server's tensor parallelism (:func:`validate_deployment`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class ServerConfig:
     dtype: str = "auto"
     kv_cache_dtype: str = "auto"
     quantization: str | None = None
+    vllm_version: str | None = None
     name: str | None = None
     model: str | None = None
     hardware: str | None = None
@@ -71,6 +73,7 @@ _SERVER_TYPES = {
     "dtype": str,
     "kv_cache_dtype": str,
     "quantization": str,
+    "vllm_version": str,
     "name": str,
     "model": str,
     "hardware": str,
@@ -120,8 +123,30 @@ def server_from_dict(d: Mapping | None, file: str = "<dict>") -> ServerConfig:
         raise SpecError(f"must be in (0, 1], got {g}", file=file, field="gpu_memory_utilization")
     if out.get("cpu_offload_gb") is not None and out["cpu_offload_gb"] < 0:
         raise SpecError("must be >= 0", file=file, field="cpu_offload_gb")
+    if out.get("vllm_version") is not None:
+        out["vllm_version"] = vllm_release(out["vllm_version"], file=file)
     out = {k: v for k, v in out.items() if v is not None or k in ("max_model_len", "kv_blocks", "cpu_kv_blocks", "quantization")}
     return ServerConfig(**out, source=file)
+
+
+_RELEASE = re.compile(r"[vV]?(\d+)\.(\d+)(?:\.(\d+))?(?=$|[.+\-]|rc|a\d|b\d|dev|post)")
+
+
+def vllm_release(v, file: str | None = None) -> str:
+    """A vLLM version as ``"MAJOR.MINOR.PATCH"`` (``"v0.15.1"``, ``"0.15"`` -> ``"0.15.0"``, a local or
+    dev suffix such as ``"0.14.1.dev1+gd68209402"`` dropped); SpecError (field ``vllm_version``) for
+    anything else."""
+    m = _RELEASE.match(str(v).strip())
+    if m is None:
+        raise SpecError(f"not a vLLM version (MAJOR.MINOR[.PATCH]): {v!r}", file=file, field="vllm_version")
+    return f"{int(m[1])}.{int(m[2])}.{int(m[3] or 0)}"
+
+
+def release_distance(a: str, b: str) -> int:
+    """Minor releases between two :func:`vllm_release` versions (a major step counts as 100): the
+    distance the version discrepancy grows with; patch releases of one minor line are distance 0."""
+    (ma, na, _), (mb, nb, _) = (tuple(int(x) for x in vllm_release(v).split(".")) for v in (a, b))
+    return abs((100 * ma + na) - (100 * mb + nb))
 
 
 def load_server(path_or_dict: str | Path | Mapping | None) -> ServerConfig:

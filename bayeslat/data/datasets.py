@@ -61,6 +61,9 @@ from bayeslat.data.ingest.inference_perf import profile_info, replay_frame
 
 DATA_DIR = Path(str(resources.files("bayeslat") / "data"))
 CLIENT_TIMEOUT_S = 300.0
+#: the vLLM release every bundled run was measured on (shared/data/README.md: "real GPUs running
+#: vLLM v0.15.1"); kept out of runs.json, whose bytes are part of the data hash of every fit
+VLLM_VERSION = "0.15.1"
 
 # model short name in the run ids -> spec key (folder under specs/models)
 MODEL_SPEC = {

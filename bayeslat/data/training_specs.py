@@ -27,9 +27,11 @@ def spec_record(model, hw, server) -> dict:
 
 
 def bundled_spec(run: str) -> dict:
-    """:func:`spec_record` of a bundled run (its model, GPU and recorded server config)."""
+    """:func:`spec_record` of a bundled run (its model, GPU and recorded server config, with the
+    bundle's vLLM version, :data:`bayeslat.data.datasets.VLLM_VERSION`, where the run records none)."""
     info = datasets.run_info(run)
-    return spec_record(load_model(info["model_spec"]), load_hardware(info["hardware_spec"]), load_server(info["server"]))
+    server = {"vllm_version": datasets.VLLM_VERSION, **info["server"]}
+    return spec_record(load_model(info["model_spec"]), load_hardware(info["hardware_spec"]), load_server(server))
 
 
 def _spec_fields(obj) -> dict:

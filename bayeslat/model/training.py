@@ -156,3 +156,20 @@ def attach_training_specs(idata, source=None) -> dict:
 def _trained_tp(train: dict) -> set:
     """Tensor-parallel degrees of the training deployments (:func:`training_deployments`)."""
     return {int(v.tensor_parallel) for v in train.values()}
+
+
+def trained_vllm_versions(idata) -> tuple[list[str], list[str]]:
+    """The vLLM releases of a fit's training runs (:func:`training_specs`; a bundled run whose stored
+    server config names none was measured on :data:`bayeslat.data.datasets.VLLM_VERSION`), sorted,
+    and the runs whose release is unknown."""
+    specs, missing = training_specs(idata)
+    versions, unknown = set(), sorted(missing)
+    for run, rec in specs.items():
+        v = rec["server"].vllm_version
+        if v is None and _is_bundled(run):
+            v = _bundled_spec(run)["server"].vllm_version
+        if v is None:
+            unknown.append(run)
+        else:
+            versions.add(v)
+    return sorted(versions, key=lambda v: tuple(int(x) for x in v.split("."))), sorted(unknown)

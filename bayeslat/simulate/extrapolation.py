@@ -29,9 +29,12 @@ import numpy as np
 
 from bayeslat import features as F
 from bayeslat import model as M
+from bayeslat.config import load_hardware, release_distance, vllm_release
+from bayeslat.config.hardware import hardware_key
 from bayeslat.data import datasets
 from bayeslat.data import workload as W
-from bayeslat.model.training import _is_bundled, _training, _training_runs
+from bayeslat.model.hardware_steps import HW_GROUP, version_shift
+from bayeslat.model.training import _is_bundled, _training, _training_runs, trained_vllm_versions
 from bayeslat.simulate.engine import simulate
 from bayeslat.simulate.rundeployment import deployment
 
@@ -289,3 +292,94 @@ def widen_for_workload(draws, idata, workload, ctx, server, *, seed: int = 0, re
     widen(draws, step_discrepancy(idata, g, draws.beta.shape[0], seed=seed))
     tau = np.sqrt(np.asarray(cal["tau0"]) ** 2 + (np.asarray(cal["tau1"]) * g) ** 2)
     return {"distance": g, "feature": ext["feature"], "tau": float(np.median(tau)), "basis": ext["basis"]}
+
+
+def version_discrepancy(idata, version: str | None, hardware: str | None = None) -> dict | None:
+    """The step-time discrepancy of serving on vLLM ``version`` with a fit trained on other releases.
+
+    The fit's training releases come from its training specs
+    (:func:`bayeslat.model.training.trained_vllm_versions`); the distance is the number of minor
+    releases to the nearest (:func:`bayeslat.config.release_distance`; patch releases of one line
+    are distance 0). Its size comes from the fit's hardware level: the kernel timings measured
+    under two vLLM releases give the change of a decode step's kernel time per minor release
+    (:func:`bayeslat.model.hardware_steps.version_shift`, on ``hardware`` when it is a GPU of the
+    level, else the fit's reference GPU), and the step-time factor is ``N(0, sd_release^2 x
+    distance)``: a random walk over releases. Kernels are what the tables measure; a release's
+    changes to the scheduler and the host side are not in them, so this sd is a floor.
+
+    Returns None when ``version`` is None (the spec names none: the training release is assumed),
+    else ``{"version", "trained", "unknown_runs", "distance", "sd", "per_release_sd", "basis"}``;
+    ``distance`` is None when no training run's release is known, ``sd`` None when the distance
+    is unknown or the fit has no hardware level with two releases to size it."""
+    if version is None:
+        return None
+    version = vllm_release(version)
+    trained, unknown = trained_vllm_versions(idata)
+    out = {"version": version, "trained": trained, "unknown_runs": unknown, "distance": None, "sd": None}
+    out |= {"per_release_sd": None, "basis": None}
+    if not trained:
+        return out
+    out["distance"] = min(release_distance(version, t) for t in trained)
+    if out["distance"] == 0:
+        out["sd"] = 0.0
+        return out
+    if HW_GROUP not in idata.groups():
+        return out
+    ds = idata[HW_GROUP]
+    gpus = [str(g) for g in ds.coords["gpu"].values]
+    gpu = hardware if hardware in gpus else M.attr_json(idata, HW_GROUP, {}).get("reference")
+    if gpu not in gpus:
+        return out
+    shift = version_shift(ds, gpu, load_hardware(hardware_key(gpu)))
+    if shift is None:
+        return out
+    out["per_release_sd"] = shift["per_release_sd"]
+    out["sd"] = shift["per_release_sd"] * math.sqrt(out["distance"])
+    out["basis"] = shift
+    return out
+
+
+def version_step_factors(sd: float, n: int, *, seed: int = 0) -> np.ndarray:
+    """``n`` log step-time factors ``sd z`` in antithetic pairs (as :func:`step_discrepancy`)."""
+    rng = np.random.default_rng([int(seed), 104729])
+    h = (int(n) + 1) // 2
+    d = float(sd) * rng.standard_normal(h)
+    return np.concatenate([d, -d])[: int(n)]
+
+
+def widen_for_version(draws, idata, version: str | None, hardware: str | None = None, *, seed: int = 0) -> dict | None:
+    """Add the vLLM version discrepancy (:func:`version_discrepancy`) to ``draws``' log step-time
+    factors (``draws.step_log_factor``, after :func:`widen_for_workload` if the fit has a workload
+    discrepancy: the two are independent, so their log factors add). Returns the
+    :func:`version_discrepancy` record (None: no version named; draws unchanged when its ``sd``
+    is 0 or unknown)."""
+    info = version_discrepancy(idata, version, hardware)
+    if info is None or not info["sd"]:
+        return info
+    d = version_step_factors(info["sd"], draws.beta.shape[0], seed=seed)
+    prev = getattr(draws, "step_log_factor", None)
+    widen(draws, d if prev is None else np.asarray(prev, dtype=float) + d)
+    return info
+
+
+def version_note(info: dict) -> str:
+    """One sentence on a :func:`version_discrepancy` record, for ``check`` reasons and ``predict`` notes."""
+    trained = ", ".join(info["trained"]) or "unknown"
+    if info["distance"] is None:
+        return (
+            f"vLLM {info['version']} was asked for, but no training run's vLLM release is known: the version "
+            "change is not in the intervals (set vllm_version in the training runs' server configs)"
+        )
+    if info["distance"] == 0:
+        return f"vLLM {info['version']} is the release line of the training runs ({trained})"
+    if info["sd"] is None:
+        return (
+            f"vLLM {info['version']} is {info['distance']} minor releases from the training runs' ({trained}); "
+            "the fit has no hardware level with two releases to size the change, so the intervals do not carry it"
+        )
+    return (
+        f"vLLM {info['version']} is {info['distance']} minor release{'s' if info['distance'] != 1 else ''} from the "
+        f"training runs' ({trained}): the draws carry a step-time discrepancy of sd {info['sd']:.3f} (log scale; "
+        f"{info['per_release_sd']:.3f} per release from the kernels timed under vLLM "
+        f"{' and '.join(info['basis']['versions'])}; host-side changes are not in it)"
+    )

@@ -135,7 +135,7 @@ def spec_for_run(run: str, *, hardware=None, model=None, server_overrides: dict 
     """The resolved spec of a bundled run (its model, GPU, server with the recorded KV capacity and
     its replayed workload), optionally with the hardware / model / server fields replaced."""
     info = datasets.run_info(run)
-    srv = dict(info["server"])
+    srv = {"vllm_version": datasets.VLLM_VERSION, **info["server"]}
     if hardware is not None or model is not None:
         srv.pop("kv_blocks", None)  # the recorded capacity belongs to the recorded deployment
     srv.update(server_overrides or {})

@@ -31,7 +31,10 @@ feature is beyond ``EXTRAP_FEATURE_RATIO`` (x1.1) of the training range, or more
 ``bayeslat.simulate.extrapolation.workload_extrapolation``) outside the training runs', or the load is near
 saturation: the simulated mean TTFT or E2E moves more than ``SENSITIVITY_LIMIT`` (3) times as much
 as the step time (``load_sensitivity``, step time -/+ ``SENSITIVITY_STEP``, 5%), so the ~5%
-step-time error of a new deployment becomes a > 15% workload error although no feature is new;
+step-time error of a new deployment becomes a > 15% workload error although no feature is new, or
+the server's ``vllm_version`` is a minor release the training runs were not measured on (its
+kernels and scheduler differ; the intervals carry a step-time discrepancy sized by the kernels
+timed under two releases, ``bayeslat.simulate.extrapolation.version_discrepancy``);
 ``in-distribution`` otherwise.
 
 The training deployments come from the fit's attrs ``training_deployments`` (each training run's
@@ -54,7 +57,13 @@ from bayeslat.data import design
 from bayeslat.model.hardware_steps import HW_GROUP
 from bayeslat.model.training import _levels, _trained_tp, _training
 from bayeslat.probe.gate import _coef_draws
-from bayeslat.simulate.extrapolation import widen_for_workload
+from bayeslat.simulate.extrapolation import (
+    version_discrepancy,
+    version_note,
+    version_step_factors,
+    widen_for_version,
+    widen_for_workload,
+)
 from bayeslat.simulate.spec import resolve_spec, spec_sim_server
 from bayeslat.transfer.distance import _canonical_raw, canonical_batches, config_distance, workload_distance
 
@@ -283,6 +292,13 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
             )
             (ood if e["ratio"] > OOD_FEATURE_RATIO else extrap).append(f"feature {fname}")
 
+    # a vLLM release the training runs were not measured on: its kernels and scheduler differ
+    vdisc = version_discrepancy(idata, s["server"].vllm_version, hwname)
+    new["vllm_version"] = bool(vdisc) and vdisc["distance"] != 0
+    if new["vllm_version"]:
+        reasons.append(version_note(vdisc))
+        extrap.append("vllm_version")
+
     # (b) simulate the workload with the posterior-mean coefficients: regimes, per-step features
     wd, regimes = {}, {}
     wl = s.get("workload")
@@ -333,8 +349,10 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
     cb = canonical_batches(_server_max_len(s))
     fs, rg = F.step_features(np.array(list(cb.values())), s["ctx"])
     step_iv = {}
+    # the version discrepancy is a step-time factor: the step intervals carry it too
+    vf = np.exp(version_step_factors(vdisc["sd"], cd.beta.shape[0], seed=seed)) if vdisc and vdisc["sd"] else 1.0
     for i, nm in enumerate(names):
-        t = np.einsum("f,df->d", fs[i], cd.beta[:, rg[i], :])
+        t = np.einsum("f,df->d", fs[i], cd.beta[:, rg[i], :]) * vf
         step_iv[nm] = _interval(t) | {"regime": F.REGIMES[rg[i]]}
     wl_iv = {}
     if wl is not None and len(wl):
@@ -342,6 +360,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         # the load sensitivity is the coefficients' own, before the workload discrepancy widens them
         sens = load_sensitivity(wl, s["ctx"], srv, np.median(pdraws.beta, axis=0), np.median(pdraws.alpha, axis=0), seed=seed)
         wdisc = widen_for_workload(pdraws, idata, wl, s["ctx"], srv, seed=seed, reference=cd)
+        widen_for_version(pdraws, idata, s["server"].vllm_version, hwname, seed=seed)
         pp = simulate.posterior_predictive(wl, s["ctx"], srv, pdraws, n_draws=None, seed=seed)
         for m in simulate.METRICS:
             # the predictive's own point (median across draws) and 90% interval (simulator discrepancy included)
@@ -391,6 +410,8 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
             "every hierarchy level (hardware, model class, regime, deployment, TP degree) was fit and every "
             "feature lies inside the training range"
         )
+    if vdisc and vdisc["distance"] is None:
+        reasons.append(version_note(vdisc))
     return {
         "spec": s.get("spec_path"),
         "hardware": hwname,
@@ -406,6 +427,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         "feature_distance": {"config": cfg, "workload": wd},
         "training": {"deployments": len(train), "unknown_runs": unknown},
         "regimes": regimes,
+        "vllm_version": vdisc,
         "intervals": {"step": step_iv, "workload": wl_iv},
         "score": score_of({"verdict": verdict, "intervals": {"workload": wl_iv}, "feature_distance": {"config": cfg}}),
     }
