@@ -28,10 +28,8 @@ import pandas as pd
 from bayeslat import config as C
 from bayeslat import model as M
 from bayeslat.config import hardware_key
-from bayeslat.data import kernels as K
 from bayeslat.errors import SpecError
 from bayeslat.model import hardware_steps as HS
-from bayeslat.model.hardware import _flat, _inputs, _log_time, efficiency_draws
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "kernels" / "aiconfigurator" / "silicon_sample.csv.gz"
@@ -55,20 +53,9 @@ PAIR_KEYS = [
 
 
 def by_batch(ds, gpu: str, hw) -> dict:
-    """RMS log change 0.14 -> 0.19 of the canonical decode steps, per batch band (posterior means)."""
-    a, _ = efficiency_draws(ds, gpu)
-    ver, p = _flat(ds, "ver"), _flat(ds, "p")
-    rows, Mx, _ = HS.decode_steps(hw)
-    flop, byte = _inputs(rows, hw, benchmark_loop=False)
-    fam = pd.Categorical(rows["family"], categories=K.FAMILIES).codes
-    idx = np.linspace(0, a.shape[0] - 1, 100).astype(int)
-
-    def t(v):
-        e = (a[idx] + ver[idx, v])[:, fam]
-        return np.exp(_log_time(e[..., 0], e[..., 1], e[..., 2], p[idx][:, fam], flop[None], byte[None], np)) @ Mx.T
-
-    d = np.log(t(1) / t(0))
-    batch = np.tile(np.asarray(HS.BATCH, dtype=float), Mx.shape[0] // len(HS.BATCH))
+    """RMS log change 0.14 -> 0.19 of the canonical decode steps, per batch band."""
+    d = HS.version_log_change(ds, gpu, hw)[0]
+    batch = np.tile(np.asarray(HS.BATCH, dtype=float), d.shape[-1] // len(HS.BATCH))
     return {k: float(np.sqrt(np.mean(d[:, (batch >= lo) & (batch <= hi)] ** 2))) for k, (lo, hi) in BATCH_BANDS.items()}
 
 

@@ -251,29 +251,13 @@ VERSION_SHIFT_DRAWS = 200
 _SHIFT_CACHE: dict = {}
 
 
-def version_shift(ds, gpu: str, hw, *, draws: int = VERSION_SHIFT_DRAWS) -> dict | None:
-    """How far a decode step's kernel time moves from one vLLM release to another, per release.
-
-    ``ds``: a hardware level (a step fit's ``hardware_level`` group or a hardware fit's posterior)
-    with at least two versions; ``gpu``: one of its GPUs, ``hw`` its datasheet. The canonical decode
-    steps (:func:`decode_steps`) are timed as the sum of their kernels, launch floors included,
-    under the GPU's efficiencies plus the fit's version term ``ver`` of each version, and the log
-    ratio to the first version is taken per step and draw. A release changes some kernels and not
-    others, so the step-time change is modelled as a random walk over minor releases: its variance
-    per release is the mean squared log ratio divided by the releases between the two versions
-    (:func:`bayeslat.config.release_distance`). Returns ``{"gpu", "versions", "releases",
-    "rms_log_change" (per later version), "per_release_sd", "steps"}``, or None with one version."""
-    from bayeslat.config import release_distance
-
-    versions = [str(v) for v in ds.coords["version"].values]
-    if len(versions) < 2:
-        return None
+def version_log_change(ds, gpu: str, hw, *, draws: int = VERSION_SHIFT_DRAWS) -> np.ndarray:
+    """Log change of each canonical decode step's kernel time (:func:`decode_steps`, launch floors
+    included) from the first vLLM release of hardware level ``ds`` to each later one, on ``gpu``
+    (datasheet ``hw``): ``(versions - 1, draws, steps)``, over ``draws`` evenly spaced posterior draws."""
     a, _ = efficiency_draws(ds, gpu)
     ver, p = _flat(ds, "ver"), _flat(ds, "p")
     idx = np.linspace(0, a.shape[0] - 1, min(int(draws), a.shape[0])).astype(int)
-    key = (gpu, hw.name, float(a[idx].sum()), float(ver[idx].sum()), len(idx))
-    if key in _SHIFT_CACHE:
-        return _SHIFT_CACHE[key]
     rows, M, _ = decode_steps(hw)
     flop, byte = _inputs(rows, hw, benchmark_loop=False)
     fam = pd.Categorical(rows["family"], categories=K.FAMILIES).codes
@@ -283,20 +267,40 @@ def version_shift(ds, gpu: str, hw, *, draws: int = VERSION_SHIFT_DRAWS) -> dict
         return np.exp(_log_time(e[..., 0], e[..., 1], e[..., 2], p[idx][:, fam], flop[None], byte[None], np)) @ M.T
 
     t0 = step_ms(0)
-    rel, rms, var = [], [], []
-    for v in range(1, len(versions)):
-        d = np.log(step_ms(v) / t0)
-        n = max(release_distance(versions[0], versions[v]), 1)
-        rel.append(n)
-        rms.append(float(np.sqrt(np.mean(d**2))))
-        var.append(float(np.mean(d**2)) / n)
+    return np.stack([np.log(step_ms(v) / t0) for v in range(1, ver.shape[1])])
+
+
+def version_shift(ds, gpu: str, hw, *, draws: int = VERSION_SHIFT_DRAWS) -> dict | None:
+    """How far a decode step's kernel time moves from one vLLM release to another, per release.
+
+    ``ds``: a hardware level (a step fit's ``hardware_level`` group or a hardware fit's posterior)
+    with at least two versions; ``gpu``: one of its GPUs, ``hw`` its datasheet. The canonical decode
+    steps are timed as the sum of their kernels under the GPU's efficiencies plus the fit's version
+    term ``ver`` of each version (:func:`version_log_change`). A release changes some kernels and
+    not others, so the step-time change is modelled as a random walk over minor releases: its
+    variance per release is the mean squared log change divided by the releases between the two
+    versions (:func:`bayeslat.config.release_distance`). Returns ``{"gpu", "versions", "releases",
+    "rms_log_change" (per later version), "per_release_sd", "steps"}``, or None with one version."""
+    from bayeslat.config import release_distance
+
+    versions = [str(v) for v in ds.coords["version"].values]
+    if len(versions) < 2:
+        return None
+    key = (gpu, hw.name, float(_flat(ds, "a").sum()), float(_flat(ds, "ver").sum()), int(draws))
+    if key in _SHIFT_CACHE:
+        return _SHIFT_CACHE[key]
+    d = version_log_change(ds, gpu, hw, draws=draws)
+    rel = [max(release_distance(versions[0], v), 1) for v in versions[1:]]
+    ms = [float(np.mean(x**2)) for x in d]
+    rms = [float(np.sqrt(m)) for m in ms]
+    var = [m / n for m, n in zip(ms, rel)]
     out = {
         "gpu": gpu,
         "versions": versions,
         "releases": rel,
         "rms_log_change": rms,
         "per_release_sd": float(np.sqrt(np.mean(var))),
-        "steps": int(M.shape[0]),
+        "steps": int(d.shape[-1]),
     }
     if len(_SHIFT_CACHE) > 8:
         _SHIFT_CACHE.clear()
