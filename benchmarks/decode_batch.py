@@ -14,7 +14,8 @@ The slope is the secant (t(256) - t(1)) / 255 in ms per sequence; ``ratio`` = sl
 slope of ``kernel`` (1 = the load term matches the kernels); ``step ratio`` = slope of ``pred`` / slope
 of ``kernel``, the whole step's, whose per-token software cost (``context_overhead``) also grows
 with the batch and is not in any kernel. A batch whose KV does not fit the GPU
-at that TP is kept (it is arithmetic on the kernel grid) and flagged.
+at that TP is kept (it is arithmetic on the kernel grid) and flagged; the ``feasible`` ratios take
+the secant from 1 to the largest grid batch whose KV fits (no server runs the others).
 
     python benchmarks/decode_batch.py [--model FIT.nc] [--context 1024] [--out benchmarks/out/decode_batch.json]
 """
@@ -89,6 +90,11 @@ def main(argv=None) -> int:
             r = slope(gpart, BATCH) / k_sl
             r_step = slope(tot, BATCH) / k_sl
             fits = dep.kv_blocks * dep.server.block_size / (args.context + 1) if dep.kv_blocks else 0.0
+            # the batches a server of this deployment can hold at this context (at least 2 points)
+            j = max(int(np.searchsorted(BATCH, fits, side="right")) - 1, 1)
+            fk = (ks["total"][j] - ks["total"][0]) / (BATCH[j] - BATCH[0])
+            rf = (gpart[:, j] - gpart[:, 0]) / (BATCH[j] - BATCH[0]) / fk
+            rf_step = (tot[:, j] - tot[:, 0]) / (BATCH[j] - BATCH[0]) / fk
             row = {
                 "deployment": name,
                 "gpu": gpu,
@@ -108,6 +114,9 @@ def main(argv=None) -> int:
                 "step_slope_ratio_90": np.quantile(r_step, [0.05, 0.95]).tolist(),
                 "new_levels": list(new),
                 "max_batch_kv_fits": round(fits, 1),
+                "feasible_batch": float(BATCH[j]),
+                "feasible_slope_ratio": float(np.median(rf)),
+                "feasible_step_slope_ratio": float(np.median(rf_step)),
             }
             rows.append(row)
             print(
@@ -119,12 +128,23 @@ def main(argv=None) -> int:
     within_step = [abs(r["step_slope_ratio"] - 1) <= 0.10 for r in rows]
     print(f"slope of pred_gpu within 10% of the kernel sums: {sum(within)} of {len(rows)}")
     print(f"slope of pred (whole step) within 10% of the kernel sums: {sum(within_step)} of {len(rows)}")
+    feas = [abs(r["feasible_slope_ratio"] - 1) <= 0.10 for r in rows]
+    feas_step = [abs(r["feasible_step_slope_ratio"] - 1) <= 0.10 for r in rows]
+    print("over the batches whose KV fits the GPU (1 -> the largest grid batch that fits):")
+    for r in rows:
+        print(
+            f"  {r['deployment']:18s} {r['gpu']:9s} up to {r['feasible_batch']:4.0f}: GPU terms {r['feasible_slope_ratio']:5.2f}, "
+            f"step {r['feasible_step_slope_ratio']:5.2f}"
+        )
+    print(f"  GPU terms within 10%: {sum(feas)} of {len(rows)}; whole step: {sum(feas_step)} of {len(rows)}")
     out = {
         "settings": vars(args),
         "batch": BATCH.tolist(),
         "rows": rows,
         "within_10pct": int(sum(within)),
         "step_within_10pct": int(sum(within_step)),
+        "feasible_within_10pct": int(sum(feas)),
+        "feasible_step_within_10pct": int(sum(feas_step)),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

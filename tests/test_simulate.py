@@ -427,8 +427,9 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(M, "coefficient_draws", cd)
     assert cli.main(["predict", str(spec), "--model", str(fake), "--draws", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"ttft_ms", "itl_ms", "e2e_ms", "requests", "workload_discrepancy"}
+    assert set(out) == {"ttft_ms", "itl_ms", "e2e_ms", "requests", "workload_discrepancy", "version_discrepancy"}
     assert out["requests"] == 100 and out["workload_discrepancy"] is None  # a fit without one
+    assert out["version_discrepancy"] is None  # the spec names no vLLM release
     for m in S.METRICS:
         assert set(out[m]) == {"mean", "p90", "p99", "mean_interval90"}
         assert out[m]["mean_interval90"][0] <= out[m]["mean"] <= out[m]["mean_interval90"][1]
