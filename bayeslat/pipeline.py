@@ -385,6 +385,7 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
         n=int(draws),
         seed=int(seed),
         deployment=F.deployment_key(s["ctx"], s["hardware"].name),
+        tensor_parallel=s["server"].tensor_parallel,
     )
     srv = simulate.spec_sim_server(s)
     # a SPEC's workload is one the fit was not trained on: its draws carry the workload discrepancy
@@ -397,6 +398,7 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
             n=REFERENCE_DRAWS,
             seed=int(seed),
             deployment=F.deployment_key(s["ctx"], s["hardware"].name),
+            tensor_parallel=s["server"].tensor_parallel,
         )
         wd = widen_for_workload(cdraws, idata, s["workload"], s["ctx"], srv, seed=int(seed), reference=ref)
     vd = widen_for_version(cdraws, idata, s["server"].vllm_version, s["hardware"].name, seed=int(seed))

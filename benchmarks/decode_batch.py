@@ -51,7 +51,9 @@ def predicted(idata, dep, batch, context, draws, seed):
     stats[:, F.S["n_decode"]] = batch
     stats[:, F.S["decode_ctx_tokens"]] = batch * (context + 1)
     X, regime = F.step_features(stats, dep.ctx)
-    cd = M.coefficient_draws(idata, dep.hardware.name, dep.model_class, n=draws, seed=seed, new_run=False)
+    cd = M.coefficient_draws(
+        idata, dep.hardware.name, dep.model_class, n=draws, seed=seed, new_run=False, tensor_parallel=dep.server.tensor_parallel
+    )
     b = cd.beta[:, regime, :]  # (D, n, F)
     gpu = np.isin(np.asarray(F.BETA_NAMES), GPU_FEATURES)
     total = (X[None] * b).sum(axis=2)

@@ -76,7 +76,9 @@ def main(argv=None) -> int:
                 print(f"{name:18s} {gpu:14s} not run: {e}")
                 continue
             cls = model.model_class
-            cd = M.coefficient_draws(idata, hw.name, cls, n=args.draws, seed=args.seed, deployment=F.deployment_key(ctx, hw.name))
+            cd = M.coefficient_draws(
+                idata, hw.name, cls, n=args.draws, seed=args.seed, deployment=F.deployment_key(ctx, hw.name), tensor_parallel=tp
+            )
             ref = M.coefficient_draws(idata, "H100 SXM", cls, n=args.draws, seed=args.seed, new_run=False)
             p = S.posterior_predictive(spec["workload"], ctx, srv, cd, seed=args.seed)
             r = S.posterior_predictive(spec["workload"], ctx, srv, ref, seed=args.seed)

@@ -26,8 +26,9 @@ def _truth(seed=0):
     return a
 
 
-def fake_hardware(draws=40, seed=0, health=None):
-    """A hardware fit at known values (no sampling), in the saved format."""
+def fake_hardware(draws=40, seed=0, health=None, tp_slope=None):
+    """A hardware fit at known values (no sampling), in the saved format; ``tp_slope``: each GPU's
+    all-reduce change per doubling of GPUs (a fit of the earlier format has none)."""
     rng = np.random.default_rng(seed)
     a = _truth(seed)
     D = draws
@@ -48,6 +49,11 @@ def fake_hardware(draws=40, seed=0, health=None):
         "ver": ["version", "family", "term"],
     }
     dims |= {"p": ["family"], "s": ["family"], "nu_m2": ["family"]}
+    if tp_slope is not None:
+        post["tp_slope"] = np.broadcast_to(np.asarray(tp_slope, dtype=float), (1, D, len(GPUS))).copy()
+        post["mu_tp"] = np.full((1, D), 0.3)
+        post["sigma_tp"] = np.full((1, D), 0.4)
+        dims["tp_slope"] = ["gpu"]
     coords = {"gpu": list(GPUS), "family": list(K.FAMILIES), "term": list(HW.TERMS), "version": ["0.14"]}
     idata = az.from_dict(posterior=post, dims=dims, coords=coords)
     idata.attrs["format"] = HW.HW_FORMAT
@@ -130,6 +136,33 @@ def test_the_reference_has_no_deviation_and_an_unknown_gpu_keeps_the_population(
     assert "hardware" in cd.new_levels
 
 
+def test_the_all_reduce_terms_follow_the_gpus_a_ring_spans(default_fit):
+    # per doubling of GPUs: L40S all-reduce 2x slower, H100 (the reference) and A100 flat
+    slopes = {"a100_sxm": 0.0, "h100_sxm": 0.0, "l40s": np.log(2.0)}
+    idata = HS.attach_hardware_level(default_fit.copy(), fake_hardware(tp_slope=[slopes[g] for g in GPUS]))
+    flat = HS.attach_hardware_level(default_fit.copy(), fake_hardware())
+    sel = np.arange(20)
+    tp_feats = [F.B[f] for f in HS.TP_FEATURES]
+    base = HS.step_hardware_deviation(flat, "L40S", sel)[0]
+    for tp, doublings in ((None, 0), (1, 0), (2, 0), (4, 1), (8, 2)):
+        lr = HS.step_hardware_deviation(idata, "L40S", sel, tp)[0]
+        assert np.allclose(lr[:, tp_feats] - base[:, tp_feats], doublings * np.log(2.0))
+        others = np.setdiff1d(np.arange(F.N_BETA), tp_feats)
+        assert np.allclose(lr[:, others], base[:, others])
+    # a GPU as flat as the reference keeps its 2-GPU ratio at every TP degree
+    a8 = HS.step_hardware_deviation(idata, "A100 SXM 80GB", sel, 8)[0]
+    assert np.allclose(a8, HS.step_hardware_deviation(flat, "A100 SXM 80GB", sel, 8)[0])
+    # through coefficient_draws: the L40S TP8 all-reduce coefficient is 4x its TP2 one
+    c2 = M.coefficient_draws(idata, "L40S", "dense", n=30, seed=2, new_run=False, tensor_parallel=2)
+    c8 = M.coefficient_draws(idata, "L40S", "dense", n=30, seed=2, new_run=False, tensor_parallel=8)
+    assert np.allclose(c8.beta[..., F.B["tp_comm"]], 4.0 * c2.beta[..., F.B["tp_comm"]])
+    assert np.allclose(c8.beta[..., F.B["weight_load"]], c2.beta[..., F.B["weight_load"]])
+    # an unseen GPU draws its slope from N(mu_tp, sigma_tp), one fixed draw per name
+    t1 = HW.tp_slope_draws(idata[HS.HW_GROUP], "Some GPU")
+    assert np.allclose(t1, 0.3 + 0.4 * (t1 - 0.3) / 0.4) and np.array_equal(t1, HW.tp_slope_draws(idata[HS.HW_GROUP], "Some GPU"))
+    assert np.all(HW.tp_slope_draws(flat[HS.HW_GROUP], "L40S") == 0.0)
+
+
 def test_attach_needs_a_shared_gpu(default_fit):
     hw = fake_hardware()
     hw.posterior = hw.posterior.assign_coords(gpu=["a100_sxm", "l40s", "b200_sxm"])
@@ -178,10 +211,20 @@ def test_nuts_recovers_known_kernel_efficiencies():
     rng = np.random.default_rng(2)
     d = HW.design(sub, gpus=list(GPUS))
     e = truth[d["gpu"], d["fam"]]
+    # the all-reduce flat in the GPU count on two GPUs, 2x slower per doubling on the PCIe one
+    tp_true = np.array([0.0 if g != "l40s" else np.log(2.0) for g in GPUS])
     mu_y = HW._log_time(e[:, 0], e[:, 1], e[:, 2], p_true, d["flop_ms"], d["byte_ms"], np)
+    mu_y = mu_y + tp_true[d["gpu"]] * d["doublings"]
+    assert set(np.unique(d["doublings"][d["fam"] == list(K.FAMILIES).index("allreduce")])) == {0.0, 1.0, 2.0}
     sim = sub.assign(latency_ms=np.exp(mu_y + 0.05 * rng.standard_normal(len(sub))))
     idata = HW.fit_hardware(sim, per_family=40, draws=300, tune=300, chains=2, seed=3)
     post = idata.posterior["a"].mean(("chain", "draw")).values
     m = HW.ACTIVE_MASK[None].repeat(len(GPUS), axis=0)
     assert np.max(np.abs(post - truth)[m]) < 0.12
+    tp_post = idata.posterior["tp_slope"].mean(("chain", "draw")).values
+    assert np.max(np.abs(tp_post - tp_true)) < 0.1
     assert int(idata.sample_stats["diverging"].sum()) == 0
+    # predictions carry the slope: the L40S all-reduce over 8 GPUs, 4x its 2-GPU time per byte
+    ar = sim[(sim["family"] == "allreduce") & (sim["gpu"] == "l40s")]
+    pred = np.median(HW.predict_kernels(idata, ar, "l40s", n=200, noise=False), axis=0)
+    assert np.max(np.abs(np.log(pred / np.exp(mu_y[(sim["family"] == "allreduce") & (sim["gpu"] == "l40s")])))) < 0.15

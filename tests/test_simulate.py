@@ -420,8 +420,8 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(M.io, "load", lambda p: "IDATA")
 
-    def cd(idata, hardware, model_class, n=None, seed=0, deployment=None):
-        seen.update(hardware=hardware, model_class=model_class, n=n, deployment=deployment)
+    def cd(idata, hardware, model_class, n=None, seed=0, deployment=None, tensor_parallel=None):
+        seen.update(hardware=hardware, model_class=model_class, n=n, deployment=deployment, tensor_parallel=tensor_parallel)
         return fake_draws(D=n)
 
     monkeypatch.setattr(M, "coefficient_draws", cd)
@@ -434,7 +434,13 @@ def test_cli_predict(tmp_path, monkeypatch, capsys):
         assert set(out[m]) == {"mean", "p90", "p99", "mean_interval90"}
         assert out[m]["mean_interval90"][0] <= out[m]["mean"] <= out[m]["mean_interval90"][1]
     # the configuration's deployment key is passed on (a trained deployment: the bundled 7B TP1)
-    assert seen == {"hardware": "H100 SXM", "model_class": "dense", "n": 3, "deployment": "H100 SXM|9ba1fd527f"}
+    assert seen == {
+        "hardware": "H100 SXM",
+        "model_class": "dense",
+        "n": 3,
+        "deployment": "H100 SXM|9ba1fd527f",
+        "tensor_parallel": 1,
+    }
     # a requests CSV relative to the SPEC, and the kv_blocks override
     (tmp_path / "reqs.csv").write_text("arrival_time_us,input_tokens,output_tokens\n0,100,5\n1000,200,5\n")
     spec2 = tmp_path / "SPEC2.yaml"

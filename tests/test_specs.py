@@ -321,3 +321,11 @@ def test_model_that_does_not_fit_says_why(tmp_path):
     assert e.value.field == "server.tensor_parallel" and "SPEC.yaml" in str(e.value)
     tp4 = S.load_server({"tensor_parallel": 4})
     assert S.require_kv_blocks(model, hw, tp4) == S.kv_blocks(model, hw, tp4) > 0
+    # through a SPEC mapping with an inline server: the field is named once
+    from bayeslat.simulate import spec as SP
+
+    with pytest.raises(SpecError) as e:
+        SP.spec_from_dict(
+            {"model": "llama-3.1-70b-instruct", "hardware": "L40S", "server": {"tensor_parallel": 1}}, require_workload=False
+        )
+    assert e.value.field == "server.tensor_parallel"

@@ -31,14 +31,13 @@ import numpy as np
 
 from bayeslat import model as M
 from bayeslat import simulate
-from bayeslat.features import deployment_key
 from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, WORKLOAD_DISCREPANCY_ATTR, workload_extrapolation
 
 #: log step-time factors of the response curve (implied_step_errors): +-0.6 reaches x0.55 and x1.8
 RESPONSE_GRID = np.linspace(-0.6, 0.6, 25)
 #: prior scale of tau1: the kernel model's per-shape log residual scale, median over its five
-#: families (models/hardware.nc posterior ``s``: GEMM 0.17, prefill 0.32, decode 0.30, MoE 0.28,
-#: all-reduce 0.16); tests/test_discrepancy.py checks it against the shipped hardware fit
+#: families (models/hardware.nc posterior ``s``: GEMM 0.17, prefill 0.31, decode 0.30, MoE 0.28,
+#: all-reduce 0.14); tests/test_discrepancy.py checks it against the shipped hardware fit
 TAU1_PRIOR_SCALE = 0.28
 #: prior scale of tau0 when the fit has no between-deployment spread
 TAU0_PRIOR_SCALE = 0.05
@@ -88,9 +87,7 @@ def implied_step_errors(case: dict, idata, pred: dict, *, seed: int = 0) -> dict
     {"r", "v", "elasticity", "e" (log observed / predicted), "used"}}}`` for the metrics with an
     observed mean; ``used``: the elasticity is at least :data:`MIN_ELASTICITY`."""
     dep = case["deployment"]
-    cd = M.coefficient_draws(
-        idata, dep.hardware, dep.model_class, n=REFERENCE_DRAWS, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
-    )
+    cd = dep.coefficient_draws(idata, REFERENCE_DRAWS, seed)
     beta, alpha = np.median(cd.beta, axis=0), np.median(cd.alpha, axis=0)
     wl = case["workload_obj"]
     g = workload_extrapolation(wl, dep.ctx, dep.server, idata, beta, alpha, seed=seed)

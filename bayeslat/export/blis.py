@@ -78,7 +78,7 @@ def multi_gpu_rows(idata, group) -> tuple[int, int] | None:
 def blis_coefficients(idata, group=("H100 SXM", "dense"), hbm_over_link: float | None = None, tp: int = 1) -> dict:
     """BLIS trained-physics alpha (3) and beta (10) coefficients in microseconds (posterior means)."""
     hw, cls = _parse_group(group)
-    cd = coefficient_draws(idata, hw, cls, new_run=False)
+    cd = coefficient_draws(idata, hw, cls, new_run=False, tensor_parallel=tp)
     c = cd.beta.mean(axis=0)  # (R, F) ms per scaled unit
     rows = _group_rows(idata, hw, cls)
     if rows is not None:

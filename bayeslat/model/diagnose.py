@@ -269,8 +269,10 @@ def diagnose_hardware(idata) -> dict:
     kernel fit's sampler health (recorded over every draw when it was fit) and, per GPU, how its
     GPU-bound step coefficients differ from the reference hardware's, median and 90% interval:
     a multiplier for the ratio terms, the added coefficient (ms per scaled unit) for the
-    difference terms. ``status`` "not attached" (no checks) or "diagnosed"."""
+    difference terms (at a 2-GPU all-reduce), and ``allreduce_per_gpu_doubling``, the factor of
+    its all-reduce per doubling of the GPUs a ring spans. ``status`` "not attached" (no checks) or "diagnosed"."""
     from bayeslat import features as F
+    from bayeslat.model.hardware import tp_slope_draws
     from bayeslat.model.hardware_steps import HW_GROUP, step_hardware_deviation
 
     if HW_GROUP not in idata.groups():
@@ -298,6 +300,10 @@ def diagnose_hardware(idata) -> dict:
                     "lo90": float(lo),
                     "hi90": float(hi),
                 }
+        if "tp_slope" in ds:
+            # the all-reduce's change per doubling of the GPUs a ring spans (x 1: flat)
+            lo, med, hi = np.quantile(np.exp(tp_slope_draws(ds, g)), [0.05, 0.5, 0.95])
+            row["allreduce_per_gpu_doubling"] = {"how": "ratio", "median": float(med), "lo90": float(lo), "hi90": float(hi)}
         devs[g] = row
     return {
         "status": "diagnosed",

@@ -8,7 +8,8 @@ A kernel call of family k on GPU g under vLLM version v takes::
     t = smoothmax(E_flop * flop_ms, E_byte * byte_ms; p_k) + E_call * 0.01 ms
     log E_j = a[g, k, j] + ver[v, k, j]              j in (flop, byte, call)
     a[g, k, j] ~ N(mu[k, j], sigma[k, j])            the hardware population
-    log t_obs ~ StudentT(nu_k, log t, s_k)
+    log t_obs ~ StudentT(nu_k, log t + tp_slope[g] * log2(n / 2) [all-reduce of n GPUs], s_k)
+    tp_slope[g] ~ N(mu_tp, sigma_tp)
 
 ``flop_ms`` and ``byte_ms`` are roofline times from the GPU's datasheet (dense BF16 peak; DRAM or
 link bandwidth), so ``E`` are multipliers over the datasheet roofline (1 = the roofline; 1.25 = 80%
@@ -18,6 +19,12 @@ the step model uses overstates the knee by up to 2x, and by a different amount o
 the knee sits at a different arithmetic intensity on each). The version is its own term (the
 first version is the reference), identified by the GPU measured under both, so that a kernel
 change between releases never hides in a GPU's efficiency.
+
+``tp_slope`` is the all-reduce's change per doubling of the GPUs it spans, beyond the ring's own
+byte count: about 0 where every GPU pair has an NVLink / NVSwitch path, large where a ring of 4 or
+8 crosses PCIe switches and host bridges (the L40S: 3.6x its link roofline at 2 GPUs, 18x at 4,
+37x at 8). One efficiency for every GPU count would put the L40S's 2-GPU all-reduce 5x too slow
+and its 8-GPU one 2x too fast; ``a`` of the all-reduce is the 2-GPU efficiency.
 
 A GPU of the fit has its ``a[g]``; any other GPU draws ``a ~ N(mu, sigma)`` per posterior draw:
 what its datasheet alone can say, with the spread the fitted GPUs show.
@@ -57,7 +64,11 @@ DEFAULT_HW_PRIORS = {
     "ver_sd": 0.3,  # N(0, ver_sd): a version's log change of E
     "p": [3.0, 0.3],  # LogNormal(log median, sd) of the smooth-max exponent
     "s": 0.3,  # HalfNormal scale of the log-time noise per family
+    "tp_mu": [0.0, 0.5],  # N(mean, sd) of the population all-reduce change per doubling of GPUs (log)
+    "tp_sigma": [0.25, 0.5],  # LogNormal(log median, sd) of its between-GPU scale
 }
+#: the family whose time changes with the GPUs a call spans (``tp_slope``)
+TP_FAMILY = "allreduce"
 
 
 def design(df: pd.DataFrame, gpus: list[str] | None = None, versions: list[str] | None = None) -> dict:
@@ -78,12 +89,21 @@ def design(df: pd.DataFrame, gpus: list[str] | None = None, versions: list[str] 
         "y": np.log(df["latency_ms"].to_numpy(np.float64)),
         "flop_ms": flop,
         "byte_ms": byte,
+        "doublings": tp_doublings(df),
         "fam": fam,
         "gpu": pd.Categorical(df["gpu"], categories=gpus).codes.astype(np.int64),
         "ver": pd.Categorical(df["version"], categories=versions).codes.astype(np.int64),
         "gpus": gpus,
         "versions": versions,
     }
+
+
+def tp_doublings(df: pd.DataFrame) -> np.ndarray:
+    """``log2(n / 2)`` of the all-reduce rows of kernel rows ``df`` over ``n`` GPUs (0 for the other
+    families): the covariate of ``tp_slope``."""
+    fam = df["family"].to_numpy()
+    n = df[K.SHAPE_COLS[0]].to_numpy(np.float64)
+    return np.where(fam == TP_FAMILY, np.log2(np.maximum(n, 1.0) / 2.0), 0.0)
 
 
 def _inputs(df: pd.DataFrame, hw, benchmark_loop: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +157,12 @@ def build_hardware_model(d: dict, priors: dict | None = None):
         s = pm.HalfNormal("s", p["s"], dims="family")
         nu_m2 = pm.Gamma("nu_m2", 2.0, 0.2, dims="family")
         e = a[d["gpu"], d["fam"]] + ver[d["ver"], d["fam"]]  # (n, J)
+        mu_tp = pm.Normal("mu_tp", p["tp_mu"][0], p["tp_mu"][1])
+        sigma_tp = pm.LogNormal("sigma_tp", np.log(p["tp_sigma"][0]), p["tp_sigma"][1])
+        # centred: each GPU's all-reduce rows at 2, 4 and 8 GPUs pin its slope
+        tp_slope = pm.Normal("tp_slope", mu_tp, sigma_tp, dims="gpu")
         mu_y = _log_time(e[:, 0], e[:, 1], e[:, 2], pexp[d["fam"]], d["flop_ms"], d["byte_ms"], pt)
+        mu_y = mu_y + tp_slope[d["gpu"]] * d["doublings"]
         pm.StudentT("y", nu=2.0 + nu_m2[d["fam"]], mu=mu_y, sigma=s[d["fam"]], observed=d["y"])
     return model
 
@@ -223,6 +248,25 @@ def efficiency_draws(idata, gpu: str, version: str | None = None, n: int | None 
     return a[sel], fitted
 
 
+def tp_slope_draws(idata, gpu: str, n: int | None = None, seed: int = 0) -> np.ndarray:
+    """Draws ``(D,)`` of ``gpu``'s all-reduce change per doubling of GPUs (``tp_slope``), aligned with
+    :func:`efficiency_draws` of the same ``n`` and ``seed``; an unfitted GPU draws
+    ``N(mu_tp, sigma_tp)`` (one fixed standard normal per draw, seeded by its name). Zeros for a fit
+    without the term."""
+    post = idata.posterior if hasattr(idata, "posterior") else idata
+    D = _flat(post, "mu").shape[0]
+    sel = np.arange(D) if n is None else np.random.default_rng(seed).choice(D, size=int(n), replace=int(n) > D)
+    if "tp_slope" not in post:
+        return np.zeros(len(sel))
+    gpus = [str(x) for x in post.coords["gpu"].values]
+    if gpu in gpus:
+        t = _flat(post, "tp_slope")[:, gpus.index(gpu)]
+    else:
+        z = np.random.default_rng(zlib.crc32(f"tp|{gpu}".encode())).standard_normal(D)
+        t = _flat(post, "mu_tp") + _flat(post, "sigma_tp") * z
+    return t[sel]
+
+
 def json_attr(idata, key, default):
     import json
 
@@ -253,6 +297,7 @@ def predict_kernels(idata, df: pd.DataFrame, gpu: str, n: int | None = None, see
     p = _flat(post, "p")[sel][:, fam]
     e = a[:, fam]  # (D, n, J)
     ly = _log_time(e[..., 0], e[..., 1], e[..., 2], p, flop[None], byte[None], np)
+    ly = ly + tp_slope_draws(idata, gpu, n=n, seed=seed)[:, None] * tp_doublings(df)[None]
     if noise:
         s = _flat(post, "s")[sel][:, fam]
         nu = 2.0 + _flat(post, "nu_m2")[sel][:, fam]
@@ -261,7 +306,7 @@ def predict_kernels(idata, df: pd.DataFrame, gpu: str, n: int | None = None, see
 
 
 DEFAULT_HARDWARE = Path(__file__).parent.parent / "data" / "models" / "hardware.nc"
-SAVED_VARS = ("a", "mu", "sigma", "ver", "p", "s", "nu_m2")
+SAVED_VARS = ("a", "mu", "sigma", "ver", "p", "s", "nu_m2", "tp_slope", "mu_tp", "sigma_tp")
 
 
 def summarize_fit(idata) -> dict:
@@ -269,7 +314,11 @@ def summarize_fit(idata) -> dict:
     free parameters), recorded in the saved file's attrs."""
     import arviz as az
 
-    free = [v for v in ("mu_raw", "sigma_raw", "a_raw", "ver_raw", "p", "s", "nu_m2") if v in idata.posterior]
+    free = [
+        v
+        for v in ("mu_raw", "sigma_raw", "a_raw", "ver_raw", "p", "s", "nu_m2", "mu_tp", "sigma_tp", "tp_slope")
+        if v in idata.posterior
+    ]
     s = az.summary(idata, var_names=free, kind="diagnostics")
     return {
         "divergences": int(idata.sample_stats["diverging"].sum()),
@@ -290,7 +339,7 @@ def save_hardware(idata, path, max_draws: int = 1000) -> Path:
 
     path = Path(path)
     health = summarize_fit(idata) if "sample_stats" in idata.groups() else json_attr(idata, "health", {})
-    post = idata.posterior[list(SAVED_VARS)]
+    post = idata.posterior[[v for v in SAVED_VARS if v in idata.posterior]]
     nd = post.sizes["chain"] * post.sizes["draw"]
     if nd > max_draws:
         post = post.isel(draw=slice(None, None, int(np.ceil(nd / max_draws))))

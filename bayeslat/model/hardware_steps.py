@@ -38,11 +38,20 @@ from bayeslat import features as F
 from bayeslat.config.hardware import hardware_key, load_hardware
 from bayeslat.data import kernels as K
 from bayeslat.errors import SpecError
-from bayeslat.model.hardware import DEFAULT_HW_PRIORS, TERMS, _flat, _inputs, _log_time, efficiency_draws, json_attr
+from bayeslat.model.hardware import (
+    DEFAULT_HW_PRIORS,
+    TERMS,
+    _flat,
+    _inputs,
+    _log_time,
+    efficiency_draws,
+    json_attr,
+    tp_slope_draws,
+)
 from bayeslat.model.io import put_group
 
 HW_GROUP = "hardware_level"
-HW_VARS = ("a", "mu", "sigma", "ver", "p", "s", "nu_m2")
+HW_VARS = ("a", "mu", "sigma", "ver", "p", "s", "nu_m2", "tp_slope", "mu_tp", "sigma_tp")
 PROJECTED = ("decode_compute", "weight_load", "decode_kv", "tp_comm")
 # projected terms that change by the difference of the projections (a reference coefficient near
 # 0 is not evidence that the term is 0 on every GPU); the others by their ratio
@@ -54,6 +63,8 @@ RATIO_MAP = {
     "moe_layer_overhead": ("moe", "call"),
     "tp_sync_overhead": ("allreduce", "call"),
 }
+#: the step features of the TP all-reduce, which change with the GPUs it spans (``tp_slope``)
+TP_FEATURES = ("tp_comm", "tp_sync_overhead")
 BATCH = (1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256)
 CONTEXTS = (256.0, 1024.0, 4096.0)
 TPS = (1, 2, 4, 8)
@@ -145,7 +156,9 @@ def attach_hardware_level(idata, hw_idata, reference: str | None = None, max_dra
     post = hw_idata[HW_GROUP] if HW_GROUP in hw_idata.groups() else hw_idata.posterior
     # kernel-table names (a100_sxm) -> datasheet names; a carried-over group is named already
     names = dict(zip((str(g) for g in post.coords["gpu"].values), hardware_names(hw_idata)))
-    ds = xr.Dataset({v: post[v] for v in HW_VARS}).assign_coords(gpu=[names[str(g)] for g in post.coords["gpu"].values])
+    ds = xr.Dataset({v: post[v] for v in HW_VARS if v in post}).assign_coords(
+        gpu=[names[str(g)] for g in post.coords["gpu"].values]
+    )
     nd = ds.sizes["chain"] * ds.sizes["draw"]
     if nd > max_draws:
         ds = ds.stack(sample=("chain", "draw")).isel(sample=slice(None, None, int(np.ceil(nd / max_draws))))
@@ -184,14 +197,19 @@ def attach_hardware_level(idata, hw_idata, reference: str | None = None, max_dra
     return idata
 
 
-def step_hardware_deviation(idata, hardware: str, sel: np.ndarray):
+def step_hardware_deviation(idata, hardware: str, sel: np.ndarray, tensor_parallel: int | None = None):
     """For a step fit with a hardware level: how ``hardware``'s coefficients differ from the fit's
     reference hardware, per step draw ``sel`` (kernel draws paired by index, modulo their
     number). Returns ``(log_ratio, ratio_mask, delta, delta_mask, fitted)``: ``log_ratio``
     ``(len(sel), N_BETA)`` for the :data:`RATIO_MAP` features, ``delta`` for the
     :data:`PROJECTED` ones (added to the reference's coefficient), and whether ``hardware`` was in
     the kernel fit. None without a hardware level, or for a GPU outside it with no bundled
-    datasheet (its deviation then stays the step model's population draw)."""
+    datasheet (its deviation then stays the step model's population draw).
+
+    ``tensor_parallel``: the deployment's TP degree. The projection times the all-reduce at its
+    2-GPU efficiency; at TP ``n`` > 2 the all-reduce terms (``tp_comm``, ``tp_sync_overhead``) also
+    change by ``(tp_slope_g - tp_slope_ref) log2(n / 2)`` (:mod:`bayeslat.model.hardware`): a PCIe
+    GPU's ring over 4 or 8 GPUs is slower per byte than its pair. None: the 2-GPU level."""
     if HW_GROUP not in idata.groups():
         return None
     meta = json_attr(idata, HW_GROUP, {})
@@ -230,6 +248,10 @@ def step_hardware_deviation(idata, hardware: str, sel: np.ndarray):
         else:
             log_ratio[:, F.B[f]] = np.log(np.maximum(c[:, i], 1e-9) / np.maximum(c_ref[:, i], 1e-9))[idx]
             ratio_mask[F.B[f]] = True
+    if tensor_parallel is not None and int(tensor_parallel) > 2:
+        shift = (tp_slope_draws(ds, hardware) - tp_slope_draws(ds, ref))[idx] * np.log2(int(tensor_parallel) / 2.0)
+        for f in TP_FEATURES:
+            log_ratio[:, F.B[f]] += shift
     return log_ratio, ratio_mask, delta, delta_mask, fitted
 
 

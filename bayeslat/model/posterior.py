@@ -59,6 +59,7 @@ def coefficient_draws(
     seed: int = 0,
     new_run: bool = True,
     deployment: str | None = None,
+    tensor_parallel: int | None = None,
 ) -> CoefDraws:
     """Posterior draws of the coefficients of group (hardware, model_class).
 
@@ -81,6 +82,10 @@ def coefficient_draws(
     from ``N(0, sigma_dep)`` / ``N(0, sigma_alpha_dep)`` (``new_deployment``), which is what a
     prediction for a configuration never run must carry. None: the group's coefficients (the
     geometric mean over its deployments; what ``export`` writes, with ``new_run=False``).
+
+    ``tensor_parallel`` (the configuration's TP degree): on a GPU of the hardware level other than
+    the reference, the all-reduce terms take that GPU's change with the GPUs a ring spans
+    (:func:`bayeslat.model.hardware_steps.step_hardware_deviation`); None: the 2-GPU level.
 
     A new level's deviation is one fixed standard-normal vector per posterior draw, seeded by the
     level's name: the same in every call for that draw, whatever ``n`` and ``seed`` select. After
@@ -155,7 +160,7 @@ def coefficient_draws(
         # the hardware level fitted to kernel timings (model.hardware): the GPU-bound features
         # take the reference hardware's deviation times the ratio of the kernel efficiencies;
         # CPU-side features (no kernel) keep the draw above
-        kd = step_hardware_deviation(idata, hardware, sel)
+        kd = step_hardware_deviation(idata, hardware, sel, tensor_parallel)
         if kd is not None:
             log_ratio, ratio_mask, kernel_delta, delta_mask, kernel_fitted = kd
             ref = hw_levels.index(attr_json(idata, HW_GROUP, {})["reference"])

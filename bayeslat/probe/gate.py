@@ -255,6 +255,7 @@ def _coef_draws(idata, s, n, seed):
         n=n,
         seed=seed,
         deployment=F.deployment_key(s["ctx"], s["hardware"].name),
+        tensor_parallel=s["server"].tensor_parallel,
     )
 
 

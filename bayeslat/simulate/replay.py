@@ -3,9 +3,7 @@ posterior predictive of a case under a fit (what validation and the simulator di
 
 from __future__ import annotations
 
-from bayeslat import model
 from bayeslat.data import datasets, workload
-from bayeslat.features import deployment_key
 from bayeslat.model.training import _training_runs
 from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, discrepancy_calibration, widen_for_workload
 from bayeslat.simulate.predictive import posterior_predictive
@@ -51,16 +49,12 @@ def predict_case(
     :func:`bayeslat.simulate.discrepancy.sim_discrepancy` measures); ``workload_discrepancy=False``:
     without the workload discrepancy (what :mod:`bayeslat.evaluate.discrepancy` calibrates it on)."""
     dep = case["deployment"]
-    cd = model.coefficient_draws(
-        idata, dep.hardware, dep.model_class, n=draws, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
-    )
+    cd = dep.coefficient_draws(idata, draws, seed)
     wd = None
     if not discrepancy:
         cd.sim_sd = None
     elif workload_discrepancy and discrepancy_calibration(idata) and case["run"] not in set(_training_runs(idata) or []):
-        ref = model.coefficient_draws(
-            idata, dep.hardware, dep.model_class, n=REFERENCE_DRAWS, seed=seed, deployment=deployment_key(dep.ctx, dep.hardware)
-        )
+        ref = dep.coefficient_draws(idata, REFERENCE_DRAWS, seed)
         wd = widen_for_workload(cd, idata, case["workload_obj"], dep.ctx, dep.server, seed=seed, reference=ref)
     out = posterior_predictive(case["workload_obj"], dep.ctx, dep.server, cd, n_draws=draws, seed=seed)
     out["workload_discrepancy"] = wd

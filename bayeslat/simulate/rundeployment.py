@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bayeslat.deployment import resolve
+from bayeslat.features import deployment_key
+from bayeslat.model import coefficient_draws
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,24 @@ class RunDeployment:
     server: dict
     ctx: object
     kv_blocks: int
+
+    @property
+    def tensor_parallel(self) -> int:
+        """The TP degree (the feature context's GPU worker processes)."""
+        return int(self.ctx.workers)
+
+    def coefficient_draws(self, idata, n: int | None, seed: int = 0):
+        """:func:`bayeslat.model.coefficient_draws` of this deployment (its hardware, class,
+        deployment key and TP degree): the draws a prediction of one of its runs takes."""
+        return coefficient_draws(
+            idata,
+            self.hardware,
+            self.model_class,
+            n=n,
+            seed=seed,
+            deployment=deployment_key(self.ctx, self.hardware),
+            tensor_parallel=self.tensor_parallel,
+        )
 
 
 def deployment(model_spec: str, hardware_spec: str, server: dict, name: str = "") -> RunDeployment:

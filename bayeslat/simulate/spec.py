@@ -64,7 +64,10 @@ def spec_from_dict(spec, file: str = "<dict>", base: Path | None = None, require
 
     def in_server(e: SpecError) -> SpecError:
         # errors of an inline server mapping come back as file '<dict>': they are this SPEC's
-        return SpecError(e.reason, file=file, field=f"server.{e.field}" if e.field else "server") if e.file == "<dict>" else e
+        if e.file != "<dict>":
+            return e
+        field = e.field if e.field and e.field.split(".")[0] == "server" else f"server.{e.field}" if e.field else "server"
+        return SpecError(e.reason, file=file, field=field)
 
     model = named_here(C.load_model, "model", "model")
     hw = named_here(C.load_hardware, "hardware", "hardware")
