@@ -1,7 +1,9 @@
-"""The sparsity prior of the population coefficients: BetaPrime (the default) against the
-regularised horseshoe (priors ``ard_prior``), on the real bundled rows.
+"""Prior and structure variants of the coefficient model against the default, on the real bundled
+rows: the sparsity prior of the population coefficients, BetaPrime (the default, ``betaprime``)
+against the regularised horseshoe (``horseshoe``, priors ``ard_prior``), and regimes nested under
+model class (``regime_by_class``, priors ``regime_by_class``).
 
-    python benchmarks/prior_comparison.py [--priors betaprime horseshoe] [--draws 2000] [--tune 1000]
+    python benchmarks/prior_comparison.py [--priors betaprime horseshoe regime_by_class] [--draws 2000] [--tune 1000]
         [--cv-draws 1000] [--cv-tune 500] [--pred-draws 40] [--fit-dir benchmarks/out/cv_fits]
         [--cv-suites lomo [lowo]] [--out benchmarks/out/prior_comparison.json]
 
@@ -29,10 +31,17 @@ import time
 import warnings
 from pathlib import Path
 
+#: variant -> the priors it changes from the default (``betaprime`` is the default itself)
+VARIANTS = {
+    "betaprime": {},
+    "horseshoe": {"ard_prior": "horseshoe"},
+    "regime_by_class": {"regime_by_class": True},
+}
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--priors", nargs="+", default=["betaprime", "horseshoe"])
+    ap.add_argument("--priors", nargs="+", default=["betaprime", "horseshoe"], choices=list(VARIANTS))
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--cv-draws", type=int, default=1000)
@@ -69,7 +78,7 @@ def main(argv=None) -> int:
             if not same:
                 raise SystemExit("--reuse-default: models/default.nc is not the fit of these rows and draws")
         else:
-            idata = M.fit(obs, seed=0, draws=a.draws, tune=a.tune, progressbar=False, priors={"ard_prior": prior})
+            idata = M.fit(obs, seed=0, draws=a.draws, tune=a.tune, progressbar=False, priors=VARIANTS[prior])
         wall = time.perf_counter() - t0
         d = diagnose(idata)
         fits[prior] = idata
@@ -85,7 +94,7 @@ def main(argv=None) -> int:
         }
         for suite in [] if a.no_cv else a.cv_suites:
             t0 = time.perf_counter()
-            fk = {"draws": a.cv_draws, "tune": a.cv_tune} | ({} if prior == "betaprime" else {"priors": {"ard_prior": prior}})
+            fk = {"draws": a.cv_draws, "tune": a.cv_tune} | ({"priors": VARIANTS[prior]} if VARIANTS[prior] else {})
             # the coefficient models compared as they are: no workload discrepancy (it would need
             # leave-one-workload-out folds of each prior too)
             df, summ = evaluate.validate(suite, draws=a.pred_draws, fit_kwargs=fk, fit_dir=a.fit_dir, workload_discrepancy=False)

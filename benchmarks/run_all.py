@@ -59,6 +59,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "prior_comparison": {
         "default": "python benchmarks/prior_comparison.py --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits",
         "lowo": "python benchmarks/prior_comparison.py --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits --cv-suites lowo",
+        "regime_by_class": "python benchmarks/prior_comparison.py --priors betaprime regime_by_class --reuse-default --cv-draws 2000 --cv-tune 1000 --fit-dir benchmarks/out/cv_fits",
     },
     "hardware_transfer": {"default": "python benchmarks/hardware_transfer.py"},
     "validate_accuracy": {

@@ -562,3 +562,40 @@ def test_run_spread_without_repeat_runs_is_the_prior():
     for part in ("step", "alpha"):
         sig = idata["run_spread"][f"sigma_run_{part}"].values.ravel()
         assert np.median(sig) == pytest.approx(0.674 * M.RUN_SPREAD[f"prior_{part}"], rel=0.1)
+
+
+def test_regimes_nested_under_class_build_and_draw():
+    """priors regime_by_class: build_model adds a zero-sum class x regime deviation (none for the
+    reference regime) and beta multiplies it in; coefficient_draws gives each class its own regime
+    factors and a new class a draw of N(0, sigma_regime_cls) with the reference regime at 1."""
+    from fakefit import FAKE_PRIORS
+
+    obs, truth = M.simulate_obs(seed=3, rows={("H100 SXM", "dense"): 40, ("H100 SXM", "moe"): 40})
+    m = M.build_model(obs, priors={**FAKE_PRIORS, "regime_by_class": True})
+    assert "sigma_regime_cls" in m.named_vars and tuple(m.named_vars_to_dims["dev_regime_cls"]) == ("model_class", "regime")
+    plain = M.build_model(obs, priors=FAKE_PRIORS)
+    assert "dev_regime_cls" not in plain.named_vars
+    # a posterior with known class x regime deviations on top of the fake fit
+    fake = fake_idata(obs, truth, seed=1)
+    post = fake.posterior
+    ch, dr = post.sizes["chain"], post.sizes["draw"]
+    R = len(F.REGIMES)
+    ref = int(np.flatnonzero(np.all(post["dev_regime"].values == 0.0, axis=(0, 1)))[0])
+    dev = np.zeros((2, R))
+    dev[0] = np.where(np.arange(R) == ref, 0.0, 0.2)
+    dev[1] = -dev[0]
+    post["dev_regime_cls"] = (("chain", "draw", "model_class", "regime"), np.broadcast_to(dev, (ch, dr, 2, R)).copy())
+    post["sigma_regime_cls"] = (("chain", "draw"), np.full((ch, dr), 0.1))
+    nested = fake.copy()
+    del fake.posterior["dev_regime_cls"], fake.posterior["sigma_regime_cls"]
+    classes = [str(c) for c in post.coords["model_class"].values]
+    for c in classes:
+        a = M.coefficient_draws(nested, "H100 SXM", c, new_run=False)
+        b = M.coefficient_draws(fake, "H100 SXM", c, new_run=False)
+        want = np.exp(dev[classes.index(c)])[None, :, None]
+        assert np.allclose(a.beta, b.beta * want)
+    new = M.coefficient_draws(nested, "H100 SXM", "mla", new_run=False)
+    base = M.coefficient_draws(fake, "H100 SXM", "mla", new_run=False)
+    ratio = np.log(new.beta / np.where(base.beta > 0, base.beta, 1.0))[..., F.B["weight_load"]]
+    assert np.allclose(ratio[:, ref], 0.0) and not np.allclose(ratio, 0.0)
+    assert 0.05 < np.std(ratio[:, [r for r in range(R) if r != ref]]) < 0.2

@@ -15,7 +15,8 @@ from bayeslat.model import hardware as HW
 
 def efficiency_table(idata) -> list[dict]:
     """Per GPU, family and term: the fraction of the datasheet roofline reached (1 / multiplier),
-    posterior median and 90% interval; plus the population (``"new GPU"``: a GPU drawn from it)."""
+    posterior median and 90% interval, and the all-reduce's factor per doubling of GPUs (term
+    ``x2gpu``); plus the population (``"new GPU"``: a GPU drawn from it)."""
     post = idata.posterior
     gpus = [str(g) for g in post.coords["gpu"].values]
     rows = []
@@ -28,12 +29,17 @@ def efficiency_table(idata) -> list[dict]:
                 v = np.exp(-a[:, fi, ti]) if term != "call" else np.exp(a[:, fi, ti]) * HW.CALL_MS * 1e3
                 lo, med, hi = np.quantile(v, [0.05, 0.5, 0.95])
                 rows.append({"gpu": g, "family": fam, "term": term, "median": med, "lo90": lo, "hi90": hi})
+        if "tp_slope" in post:
+            # the all-reduce's time factor per doubling of the GPUs its ring spans
+            lo, med, hi = np.quantile(np.exp(HW.tp_slope_draws(idata, g if g in gpus else "__population__")), [0.05, 0.5, 0.95])
+            rows.append({"gpu": g, "family": HW.TP_FAMILY, "term": "x2gpu", "median": med, "lo90": lo, "hi90": hi})
     return rows
 
 
 def format_table(rows: list[dict], health: dict) -> str:
     lines = [
-        "fraction of the datasheet roofline (flop, byte) and launch floor in us (call), median [90% interval]",
+        "fraction of the datasheet roofline (flop, byte), launch floor in us (call) and the all-reduce's time factor per "
+        "doubling of its GPUs (x2gpu), median [90% interval]",
         f"{'gpu':10s} {'family':10s} {'term':5s} {'median':>8s} {'90% interval':>18s}",
     ]
     for r in rows:

@@ -435,6 +435,20 @@ def build_model(obs, priors: dict | None = None):
             else:
                 rdev = pt.set_subtensor(rdev[r], sig_reg * pm.Normal(f"z_dev_regime_{F.REGIMES[r]}", 0.0, 1.0))
         dev = pm.Deterministic("dev_regime", rdev, dims="regime")[None, None, :, None]
+        if p.get("regime_by_class") and st["use_cls"] and C > 1:
+            # each class's regime factor: the shared one times a zero-sum deviation over the
+            # classes (the reference regime stays 1 in every class)
+            sig_rcls = pm.LogNormal("sigma_regime_cls", np.log(p["sigma_regime_cls"]), sd)
+            rcls = _zerosum(
+                pm,
+                "dev_regime_cls",
+                sig_rcls,
+                ("model_class", "regime"),
+                axis=0,
+                centred=np.array([bool(rcen[r]) for r in range(R)]),
+                active=np.arange(R) != ref,
+            )
+            dev = dev + rcls[None, :, :, None]
         adev = pt.zeros((H, C, F.N_ALPHA))
         if st["use_hw"]:
             dev = dev + _zerosum(pm, "dev_hw", sig_hw, ("hardware", "feature"), axis=0)[:, None, None, :]

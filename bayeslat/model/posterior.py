@@ -193,6 +193,14 @@ def coefficient_draws(
     # (D, R): one factor per regime, shared by features and groups (build_model's only layout;
     # load() refuses fits of an older feature spec)
     dr = _flat(post, "dev_regime")[sel]
+    if "dev_regime_cls" in post:
+        # regimes nested under class (priors "regime_by_class"): a fitted class's own deviation,
+        # a new class's drawn from N(0, sigma_regime_cls) (the reference regime stays at 1)
+        if c is not None:
+            dr = dr + _flat(post, "dev_regime_cls")[sel][:, c]
+        else:
+            moving = np.any(_flat(post, "dev_regime") != 0.0, axis=0)
+            dr = dr + _flat(post, "sigma_regime_cls")[sel][:, None] * _z(f"dev_regime_cls|{model_class}", (dr.shape[1],)) * moving
     beta = beta_pop[:, None, :] * np.exp(dh[:, None, :] + dc[:, None, :] + dr[:, :, None])
     if kernel_delta is not None:
         # the kernels' change of the decode coefficients from the reference GPU (model.hardware_steps)

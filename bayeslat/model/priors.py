@@ -87,6 +87,11 @@ DEFAULT_PRIORS = {
     "sigma_hw": 0.2,
     "sigma_cls": 0.3,
     "sigma_regime": 0.2,
+    # regimes nested under model class (the mission's hardware -> class -> regime): each class's
+    # regime factor deviates from the shared one by a zero-sum N(0, sigma_regime_cls) over the
+    # classes. Off by default: benchmarks/prereg/s39_regime_by_class.md and docs/results.md
+    "regime_by_class": False,
+    "sigma_regime_cls": 0.1,
     "sigma_alpha_hw": 0.2,
     "sigma_alpha_cls": 0.3,
     "sigma_log_sd": 0.5,
