@@ -36,7 +36,13 @@ from bayeslat import simulate
 from bayeslat.data import datasets, design
 from bayeslat.errors import SpecError
 from bayeslat.evaluate import discrepancy as VD
-from bayeslat.simulate.extrapolation import REFERENCE_DRAWS, discrepancy_calibration, widen_for_version, widen_for_workload
+from bayeslat.simulate.extrapolation import (
+    REFERENCE_DRAWS,
+    discrepancy_calibration,
+    version_discrepancy,
+    widen_for_version,
+    widen_for_workload,
+)
 
 #: probe size, in requests, of the calibration's out-of-sample errors (the size ``bayeslat update``
 #: probes are compared with)
@@ -401,7 +407,8 @@ def predict(spec, model=None, *, draws: int = 20, seed: int = 0) -> dict:
             tensor_parallel=s["server"].tensor_parallel,
         )
         wd = widen_for_workload(cdraws, idata, s["workload"], s["ctx"], srv, seed=int(seed), reference=ref)
-    vd = widen_for_version(cdraws, idata, s["server"].vllm_version, s["hardware"].name, seed=int(seed))
+    vd = version_discrepancy(idata, s["server"].vllm_version, s["hardware"].name)
+    widen_for_version(cdraws, vd, seed=int(seed))
     res = simulate.posterior_predictive(s["workload"], s["ctx"], srv, cdraws, n_draws=None, seed=int(seed))
     out = {m: {k: res[m][k] for k in ("mean", "p90", "p99", "mean_interval90")} for m in simulate.METRICS}
     out["requests"] = res["requests"]

@@ -216,6 +216,12 @@ def fit_hardware(
     return idata
 
 
+def _draw_index(D: int, n: int | None, seed: int) -> np.ndarray:
+    """The posterior draws a call with ``n`` draws and ``seed`` takes (every draw when ``n`` is None):
+    the same selection in :func:`efficiency_draws`, :func:`tp_slope_draws` and :func:`predict_kernels`."""
+    return np.arange(D) if n is None else np.random.default_rng(seed).choice(D, size=int(n), replace=int(n) > D)
+
+
 def _flat(post, name):
     v = post[name].values
     return v.reshape((-1,) + v.shape[2:])
@@ -231,7 +237,7 @@ def efficiency_draws(idata, gpu: str, version: str | None = None, n: int | None 
     versions = [str(x) for x in post.coords["version"].values]
     mu, sig = _flat(post, "mu"), _flat(post, "sigma")
     D = mu.shape[0]
-    sel = np.arange(D) if n is None else np.random.default_rng(seed).choice(D, size=int(n), replace=int(n) > D)
+    sel = _draw_index(D, n, seed)
     fitted = gpu in gpus
     if fitted:
         a = _flat(post, "a")[:, gpus.index(gpu)]
@@ -255,7 +261,7 @@ def tp_slope_draws(idata, gpu: str, n: int | None = None, seed: int = 0) -> np.n
     without the term."""
     post = idata.posterior if hasattr(idata, "posterior") else idata
     D = _flat(post, "mu").shape[0]
-    sel = np.arange(D) if n is None else np.random.default_rng(seed).choice(D, size=int(n), replace=int(n) > D)
+    sel = _draw_index(D, n, seed)
     if "tp_slope" not in post:
         return np.zeros(len(sel))
     gpus = [str(x) for x in post.coords["gpu"].values]
@@ -287,13 +293,7 @@ def predict_kernels(idata, df: pd.DataFrame, gpu: str, n: int | None = None, see
     flop, byte = _inputs(df, K.datasheet(gpu))
     fam = pd.Categorical(df["family"], categories=K.FAMILIES).codes
     rng = np.random.default_rng(seed)
-    sel = (
-        np.arange(_flat(post, "p").shape[0])
-        if n is None
-        else np.random.default_rng(seed).choice(
-            _flat(post, "p").shape[0], size=int(n), replace=int(n) > _flat(post, "p").shape[0]
-        )
-    )
+    sel = _draw_index(_flat(post, "p").shape[0], n, seed)
     p = _flat(post, "p")[sel][:, fam]
     e = a[:, fam]  # (D, n, J)
     ly = _log_time(e[..., 0], e[..., 1], e[..., 2], p, flop[None], byte[None], np)

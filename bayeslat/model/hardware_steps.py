@@ -118,20 +118,28 @@ def decode_steps(hw) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     return rows, M, np.vstack(feats)
 
 
+def decode_step_ms(a: np.ndarray, p: np.ndarray, hw, floors: bool = True) -> np.ndarray:
+    """Kernel-sum time (ms) ``(D, steps)`` of the canonical decode steps (:func:`decode_steps`) on
+    datasheet ``hw`` under log efficiencies ``a`` ``(D, family, term)`` and smooth-max exponents
+    ``p`` ``(D, family)``; ``floors=False`` leaves out every call's launch floor."""
+    rows, M, _ = decode_steps(hw)
+    flop, byte = _inputs(rows, hw, benchmark_loop=False)
+    fam = pd.Categorical(rows["family"], categories=K.FAMILIES).codes
+    e = a[:, fam]
+    call = e[..., 2] if floors else np.full_like(e[..., 2], -np.inf)
+    return np.exp(_log_time(e[..., 0], e[..., 1], call, p[:, fam], flop[None], byte[None], np)) @ M.T
+
+
 def projected_coefficients(a: np.ndarray, p: np.ndarray, hw) -> np.ndarray:
     """Per draw, the :data:`PROJECTED` step coefficients ``(D, len(PROJECTED))`` of a GPU with
     log efficiencies ``a`` ``(D, family, term)`` and smooth-max exponents ``p`` ``(D, family)`` on
     datasheet ``hw`` (see the module docstring)."""
     from scipy.optimize import nnls
 
-    rows, M, X = decode_steps(hw)
-    flop, byte = _inputs(rows, hw, benchmark_loop=False)
-    fam = pd.Categorical(rows["family"], categories=K.FAMILIES).codes
-    e = a[:, fam]
+    _, _, X = decode_steps(hw)
     # the roofline part of each call, without its launch floor (the floors scale the per-layer and
     # per-collective overheads, RATIO_MAP): no constant competes with the weight term
-    t = np.exp(_log_time(e[..., 0], e[..., 1], np.full_like(e[..., 2], -np.inf), p[:, fam], flop[None], byte[None], np))
-    y = t @ M.T  # (D, steps)
+    y = decode_step_ms(a, p, hw, floors=False)  # (D, steps)
     out = np.empty((a.shape[0], len(PROJECTED)))
     for d in range(a.shape[0]):
         out[d] = nnls(X / y[d][:, None], np.ones(X.shape[0]))[0]
@@ -280,16 +288,8 @@ def version_log_change(ds, gpu: str, hw, *, draws: int = VERSION_SHIFT_DRAWS) ->
     a, _ = efficiency_draws(ds, gpu)
     ver, p = _flat(ds, "ver"), _flat(ds, "p")
     idx = np.linspace(0, a.shape[0] - 1, min(int(draws), a.shape[0])).astype(int)
-    rows, M, _ = decode_steps(hw)
-    flop, byte = _inputs(rows, hw, benchmark_loop=False)
-    fam = pd.Categorical(rows["family"], categories=K.FAMILIES).codes
-
-    def step_ms(v):
-        e = (a[idx] + ver[idx, v])[:, fam]
-        return np.exp(_log_time(e[..., 0], e[..., 1], e[..., 2], p[idx][:, fam], flop[None], byte[None], np)) @ M.T
-
-    t0 = step_ms(0)
-    return np.stack([np.log(step_ms(v) / t0) for v in range(1, ver.shape[1])])
+    t = [decode_step_ms(a[idx] + ver[idx, v], p[idx], hw) for v in range(ver.shape[1])]
+    return np.stack([np.log(tv / t[0]) for tv in t[1:]])
 
 
 def version_shift(ds, gpu: str, hw, *, draws: int = VERSION_SHIFT_DRAWS) -> dict | None:

@@ -256,7 +256,13 @@ def step_discrepancy(idata, distance: float, n: int, *, seed: int = 0) -> np.nda
     # antithetic pairs (tau z, -tau z), one (tau0, tau1) pair each: every sample of factors is
     # symmetric about 0, which steadies its 5% / 95% quantiles at 20-40 draws
     j = rng.integers(0, len(t0), size=h)
-    d = np.sqrt(t0[j] ** 2 + (t1[j] * g) ** 2) * rng.standard_normal(h)
+    return _antithetic(np.sqrt(t0[j] ** 2 + (t1[j] * g) ** 2), rng, n)
+
+
+def _antithetic(scale, rng, n: int) -> np.ndarray:
+    """``n`` factors ``scale z`` in antithetic pairs ``(scale z, -scale z)``, ``z`` standard normal
+    (``scale``: a number or one per pair)."""
+    d = scale * rng.standard_normal((int(n) + 1) // 2)
     return np.concatenate([d, -d])[: int(n)]
 
 
@@ -341,25 +347,19 @@ def version_discrepancy(idata, version: str | None, hardware: str | None = None)
 
 def version_step_factors(sd: float, n: int, *, seed: int = 0) -> np.ndarray:
     """``n`` log step-time factors ``sd z`` in antithetic pairs (as :func:`step_discrepancy`)."""
-    rng = np.random.default_rng([int(seed), 104729])
-    h = (int(n) + 1) // 2
-    d = float(sd) * rng.standard_normal(h)
-    return np.concatenate([d, -d])[: int(n)]
+    return _antithetic(float(sd), np.random.default_rng([int(seed), 104729]), n)
 
 
-def widen_for_version(draws, idata, version: str | None, hardware: str | None = None, *, seed: int = 0) -> dict | None:
-    """Add the vLLM version discrepancy (:func:`version_discrepancy`) to ``draws``' log step-time
-    factors (``draws.step_log_factor``, after :func:`widen_for_workload` if the fit has a workload
-    discrepancy: the two are independent, so their log factors add). Returns the
-    :func:`version_discrepancy` record (None: no version named; draws unchanged when its ``sd``
-    is 0 or unknown)."""
-    info = version_discrepancy(idata, version, hardware)
+def widen_for_version(draws, info: dict | None, *, seed: int = 0):
+    """Add the vLLM version discrepancy ``info`` (a :func:`version_discrepancy` record) to ``draws``'
+    log step-time factors (``draws.step_log_factor``, after :func:`widen_for_workload` if the fit has
+    a workload discrepancy: the two are independent, so their log factors add). ``draws`` unchanged
+    when ``info`` is None (no version named) or its ``sd`` is 0 or unknown. Returns ``draws``."""
     if info is None or not info["sd"]:
-        return info
+        return draws
     d = version_step_factors(info["sd"], draws.beta.shape[0], seed=seed)
     prev = getattr(draws, "step_log_factor", None)
-    widen(draws, d if prev is None else np.asarray(prev, dtype=float) + d)
-    return info
+    return widen(draws, d if prev is None else np.asarray(prev, dtype=float) + d)
 
 
 def version_note(info: dict) -> str:

@@ -360,7 +360,7 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
         # the load sensitivity is the coefficients' own, before the workload discrepancy widens them
         sens = load_sensitivity(wl, s["ctx"], srv, np.median(pdraws.beta, axis=0), np.median(pdraws.alpha, axis=0), seed=seed)
         wdisc = widen_for_workload(pdraws, idata, wl, s["ctx"], srv, seed=seed, reference=cd)
-        widen_for_version(pdraws, idata, s["server"].vllm_version, hwname, seed=seed)
+        widen_for_version(pdraws, vdisc, seed=seed)
         pp = simulate.posterior_predictive(wl, s["ctx"], srv, pdraws, n_draws=None, seed=seed)
         for m in simulate.METRICS:
             # the predictive's own point (median across draws) and 90% interval (simulator discrepancy included)
