@@ -122,6 +122,12 @@ def test_version_discrepancy_without_a_known_training_release(default_fit):
     info = X.version_discrepancy(fit, "0.23")
     assert info["distance"] is None and info["sd"] is None
     assert "no training run's vLLM release is known" in X.version_note(info)
+    # check says so once, and does not call the release extrapolation it cannot measure
+    rep = T.check(
+        SP.spec_for_run(RUN, workload=W.from_run(RUN).head(60), server_overrides={"vllm_version": "0.23"}), fit, draws=4
+    )
+    assert not rep["level_flags"]["vllm_version"] and "vllm_version" not in rep["triggers"]["extrapolating"]
+    assert sum("no training run's vLLM release is known" in r for r in rep["reasons"]) == 1
 
 
 def test_check_and_predict_widen_for_another_release(default_fit):

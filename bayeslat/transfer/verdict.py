@@ -294,7 +294,8 @@ def check(spec, idata, *, draws: int = 20, seed: int = 0, step_draws: int = 400)
 
     # a vLLM release the training runs were not measured on: its kernels and scheduler differ
     vdisc = version_discrepancy(idata, s["server"].vllm_version, hwname)
-    new["vllm_version"] = bool(vdisc) and vdisc["distance"] != 0
+    # (a release distance of None: no training run's release is known, said once at the end)
+    new["vllm_version"] = bool(vdisc and vdisc["distance"])
     if new["vllm_version"]:
         reasons.append(version_note(vdisc))
         extrap.append("vllm_version")
